@@ -1,0 +1,263 @@
+//! The command line: argument parsing and output, nothing else.
+//!
+//! Each subcommand maps to library calls and prints their results; exit codes are part of the
+//! interface (`validate`: 0 valid, 1 invalid, 2 could not run), so scripts and CI can branch
+//! on them. `anyhow` lives here and only here.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Code, Diagnostic, diag};
+use crate::model::{DesiredState, Environment};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "telbase",
+    version,
+    about = "Make telbase.yaml true: apps, databases, edge and access, reconciled from git"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check telbase.yaml files and report every problem with its location.
+    Validate(ValidateArgs),
+    /// Print the JSON Schema of telbase.yaml (the committed schemas/telbase.schema.json).
+    Schema,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Files to check; `-` reads standard input. Default: ./telbase.yaml.
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+    /// Also print the resources each valid file lowers to, with their dependencies.
+    #[arg(long)]
+    pub show_resources: bool,
+    /// With --show-resources: show the preview environment of this pull request instead of
+    /// production.
+    #[arg(long, value_name = "PR", requires = "show_resources")]
+    pub preview: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Compiler-style messages with the source line and a caret.
+    Text,
+    /// A JSON array of {file, line, column, code, severity, message, hint}.
+    Json,
+    /// GitHub Actions workflow annotations.
+    Github,
+}
+
+/// Entry point of the binary.
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        Command::Validate(args) => validate(&args),
+        Command::Schema => schema(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn schema() -> anyhow::Result<ExitCode> {
+    let mut text = serde_json::to_string_pretty(&config::file::schema())?;
+    text.push('\n');
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What checking one input produced.
+struct FileResult {
+    name: String,
+    source: Option<String>,
+    diagnostics: Vec<Diagnostic>,
+    state: Option<DesiredState>,
+    unreadable: bool,
+}
+
+fn check_one(path: &PathBuf, env: Environment) -> FileResult {
+    let name = path.display().to_string();
+    let bytes = if name == "-" {
+        config::read_capped(std::io::stdin().lock())
+    } else {
+        config::read(path)
+    };
+    let bytes = match bytes {
+        Ok(b) => b,
+        Err(d) => {
+            return FileResult {
+                name,
+                source: None,
+                unreadable: d.code == Code::E0001,
+                diagnostics: vec![d],
+                state: None,
+            };
+        }
+    };
+    let checked = config::check_bytes(&bytes);
+    let state = checked
+        .config
+        .as_ref()
+        .map(|c| config::lower::lower(c, env));
+    FileResult {
+        name,
+        source: String::from_utf8(bytes).ok(),
+        diagnostics: checked.diagnostics,
+        state,
+        unreadable: false,
+    }
+}
+
+pub fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
+    let paths = if args.paths.is_empty() {
+        vec![PathBuf::from("telbase.yaml")]
+    } else {
+        args.paths.clone()
+    };
+    let env = match args.preview {
+        Some(n) => Environment::Preview { pull_request: n },
+        None => Environment::Production,
+    };
+    let results: Vec<FileResult> = paths.iter().map(|p| check_one(p, env)).collect();
+    let mut out = String::new();
+    match args.format {
+        OutputFormat::Text => {
+            for r in &results {
+                out.push_str(&diag::render_text(
+                    &r.name,
+                    r.source.as_deref(),
+                    &r.diagnostics,
+                ));
+                let errors = r.diagnostics.iter().filter(|d| d.is_error()).count();
+                let warnings = r.diagnostics.len() - errors;
+                let name = diag::sanitize(&r.name);
+                if errors == 0 {
+                    let _ = writeln!(out, "{name}: valid{}", plural_suffix(warnings, "warning"));
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "{name}: invalid: {errors} error{}{}",
+                        if errors == 1 { "" } else { "s" },
+                        plural_suffix(warnings, "warning")
+                    );
+                }
+                if args.show_resources
+                    && let Some(state) = &r.state
+                {
+                    out.push('\n');
+                    out.push_str(&render_resources(state));
+                }
+            }
+        }
+        OutputFormat::Json => {
+            if args.show_resources {
+                let files: Vec<serde_json::Value> = results
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "file": r.name,
+                            "valid": r.state.is_some(),
+                            "diagnostics": diag::to_json(&r.name, &r.diagnostics),
+                            "desired_state": r.state,
+                        })
+                    })
+                    .collect();
+                out = serde_json::to_string_pretty(&files)?;
+            } else {
+                let all: Vec<_> = results
+                    .iter()
+                    .flat_map(|r| diag::to_json(&r.name, &r.diagnostics))
+                    .collect();
+                out = serde_json::to_string_pretty(&all)?;
+            }
+            out.push('\n');
+        }
+        OutputFormat::Github => {
+            for r in &results {
+                out.push_str(&diag::render_github(&r.name, &r.diagnostics));
+            }
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    // A closed pipe (`telbase validate | head`) is not an error worth a panic.
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+    Ok(if results.iter().any(|r| r.unreadable) {
+        ExitCode::from(2)
+    } else if results.iter().any(|r| r.state.is_none()) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn plural_suffix(n: usize, word: &str) -> String {
+    match n {
+        0 => String::new(),
+        1 => format!(", 1 {word}"),
+        n => format!(", {n} {word}s"),
+    }
+}
+
+/// The resource list of `--show-resources`: dependency order, with each resource's origin in
+/// the file and what it waits for.
+pub fn render_resources(state: &DesiredState) -> String {
+    let mut out = String::new();
+    let env = match state.environment {
+        Environment::Production => "production".to_owned(),
+        Environment::Preview { pull_request } => format!("preview of pull request #{pull_request}"),
+    };
+    let _ = writeln!(
+        out,
+        "{} · {env} · {} resource{}",
+        state.project,
+        state.resources.len(),
+        if state.resources.len() == 1 { "" } else { "s" }
+    );
+    let ordered = state.topological();
+    let width = ordered
+        .iter()
+        .map(|r| r.key.to_string().len())
+        .max()
+        .unwrap_or(0);
+    for r in ordered {
+        let _ = writeln!(out, "  {:width$}  {}", r.key.to_string(), r.origin);
+        for d in &r.depends_on {
+            let _ = writeln!(out, "  {:width$}    after {d}", "");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "reconcile: drift \"{}\", on drift {}, prune {}",
+        state.reconcile.drift_cron,
+        state.reconcile.on_drift,
+        if state.reconcile.prune { "on" } else { "off" }
+    );
+    out
+}

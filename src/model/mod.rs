@@ -1,0 +1,446 @@
+//! Shared types of the reconcile loop: what Telbase wants to exist (`DesiredState`), keyed by
+//! `ResourceKey`, with each resource's settings (`ResourceSpec`) and dependency edges.
+//!
+//! `config` produces these from a validated `telbase.yaml`; the planner, providers and
+//! executor consume them. This module does no I/O and knows no provider wire format: a spec
+//! says what the user asked for in provider terms (a Vercel project, a Cloud Run service), not
+//! how the provider's API spells it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+/// The services Telbase talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provider {
+    Vercel,
+    CloudRun,
+    SecretManager,
+    Neon,
+    CloudSql,
+    Turso,
+    Cloudflare,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Vercel => "vercel",
+            Provider::CloudRun => "cloud-run",
+            Provider::SecretManager => "secret-manager",
+            Provider::Neon => "neon",
+            Provider::CloudSql => "cloud-sql",
+            Provider::Turso => "turso",
+            Provider::Cloudflare => "cloudflare",
+        }
+    }
+}
+
+/// The kinds of resource Telbase manages, each at exactly one provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    VercelProject,
+    VercelDomain,
+    CloudRunService,
+    CloudRunDomainMapping,
+    Secret,
+    NeonProject,
+    NeonBranch,
+    NeonDatabase,
+    CloudSqlInstance,
+    CloudSqlDatabase,
+    CloudSqlUser,
+    TursoGroup,
+    TursoDatabase,
+    ZoneSettings,
+    DnsRecord,
+    AccessPolicy,
+    AccessApplication,
+}
+
+impl Kind {
+    pub fn provider(self) -> Provider {
+        match self {
+            Kind::VercelProject | Kind::VercelDomain => Provider::Vercel,
+            Kind::CloudRunService | Kind::CloudRunDomainMapping => Provider::CloudRun,
+            Kind::Secret => Provider::SecretManager,
+            Kind::NeonProject | Kind::NeonBranch | Kind::NeonDatabase => Provider::Neon,
+            Kind::CloudSqlInstance | Kind::CloudSqlDatabase | Kind::CloudSqlUser => {
+                Provider::CloudSql
+            }
+            Kind::TursoGroup | Kind::TursoDatabase => Provider::Turso,
+            Kind::ZoneSettings | Kind::DnsRecord | Kind::AccessPolicy | Kind::AccessApplication => {
+                Provider::Cloudflare
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::VercelProject => "project",
+            Kind::VercelDomain => "domain",
+            Kind::CloudRunService => "service",
+            Kind::CloudRunDomainMapping => "domain-mapping",
+            Kind::Secret => "secret",
+            Kind::NeonProject => "project",
+            Kind::NeonBranch => "branch",
+            Kind::NeonDatabase => "database",
+            Kind::CloudSqlInstance => "instance",
+            Kind::CloudSqlDatabase => "database",
+            Kind::CloudSqlUser => "user",
+            Kind::TursoGroup => "group",
+            Kind::TursoDatabase => "database",
+            Kind::ZoneSettings => "zone-settings",
+            Kind::DnsRecord => "dns-record",
+            Kind::AccessPolicy => "access-policy",
+            Kind::AccessApplication => "access-app",
+        }
+    }
+}
+
+/// A resource's identity: provider, kind, and the name the provider sees. Stable across runs:
+/// the same file always yields the same keys, which is what lets the planner match desired
+/// resources with observed ones.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ResourceKey {
+    pub kind: Kind,
+    pub name: String,
+}
+
+impl ResourceKey {
+    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.kind.provider()
+    }
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.provider().as_str(),
+            self.kind.as_str(),
+            self.name
+        )
+    }
+}
+
+/// Which environment a `DesiredState` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "environment")]
+pub enum Environment {
+    Production,
+    /// The preview of one pull request.
+    Preview {
+        pull_request: u64,
+    },
+}
+
+/// Outputs a resource offers to env vars through `from:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    Url,
+    Host,
+    Port,
+    Database,
+    User,
+    Password,
+    Token,
+}
+
+impl Output {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Output::Url => "url",
+            Output::Host => "host",
+            Output::Port => "port",
+            Output::Database => "database",
+            Output::User => "user",
+            Output::Password => "password",
+            Output::Token => "token",
+        }
+    }
+
+    /// Outputs that are credentials, or contain one; they are always written to providers as
+    /// sensitive values.
+    pub fn is_secret(self) -> bool {
+        matches!(self, Output::Url | Output::Password | Output::Token)
+    }
+}
+
+/// An age-encrypted value exactly as committed (ASCII armor). Ciphertext, so not secret
+/// itself, but it is still never printed: a plan shows a fingerprint of it instead.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct Sealed(#[serde(skip)] pub String);
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sealed(…)")
+    }
+}
+
+/// Where an environment variable's value comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvSource {
+    /// Written in the file; not secret.
+    Plain(String),
+    /// Age-sealed in the file; opened only in memory at apply time.
+    Sealed(Sealed),
+    /// Fetched from another resource at apply time; never stored.
+    Output {
+        resource: ResourceKey,
+        output: Output,
+    },
+}
+
+impl EnvSource {
+    pub fn is_secret(&self) -> bool {
+        match self {
+            EnvSource::Plain(_) => false,
+            EnvSource::Sealed(_) => true,
+            EnvSource::Output { output, .. } => output.is_secret(),
+        }
+    }
+}
+
+/// One environment variable of an app.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub source: EnvSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VercelProject {
+    pub framework: Option<&'static str>,
+    pub root_directory: Option<String>,
+    pub build_command: Option<String>,
+    pub install_command: Option<String>,
+    pub output_directory: Option<String>,
+    pub node_version: Option<String>,
+    pub production_branch: String,
+    pub env: Vec<EnvVar>,
+    /// For a preview environment: the git branch its env values and deployment belong to.
+    pub preview_branch_of_pr: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Probe {
+    pub path: String,
+    pub period_seconds: u32,
+    pub timeout_seconds: u32,
+    pub initial_delay_seconds: u32,
+    pub failure_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CloudRunService {
+    pub region: String,
+    /// The image with `${git.*}` still in it; the reconciler substitutes the commit.
+    pub image: String,
+    pub port: u16,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    /// Cloud Run's own spelling: "1", "2", "0.5"…
+    pub cpu: String,
+    /// Mebibytes, written back as `NMi`.
+    pub memory_mib: u32,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    pub concurrency: u32,
+    pub probe: Option<Probe>,
+    /// `true`: anyone may invoke (allUsers); `false`: behind Cloudflare Access.
+    pub public: bool,
+    pub env: Vec<EnvVar>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Domain {
+    pub hostname: String,
+    /// The app resource it routes to.
+    pub target: ResourceKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Secret {
+    /// The env var it backs, for display.
+    pub env: String,
+    pub source: EnvSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NeonProject {
+    pub region: String,
+    pub pg_version: u32,
+    pub deletion_protection: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NeonBranch {
+    pub project: ResourceKey,
+    pub parent: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NamedDatabase {
+    /// The database name inside the server.
+    pub database: String,
+    /// The role (Neon) or user (Cloud SQL) that owns it.
+    pub owner: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CloudSqlInstance {
+    pub region: String,
+    pub database_version: String,
+    pub tier: String,
+    pub disk_gb: u32,
+    pub deletion_protection: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TursoGroup {
+    pub location: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TursoDatabase {
+    pub group: String,
+    /// For a preview branch: the database it is seeded from.
+    pub seed_from: Option<String>,
+    pub deletion_protection: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ZoneSettings {
+    pub min_tls_version: &'static str,
+    pub always_use_https: bool,
+    pub ssl_mode: &'static str,
+    pub hsts_max_age_seconds: u64,
+    pub hsts_include_subdomains: bool,
+    pub hsts_preload: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DnsRecord {
+    pub zone: String,
+    pub hostname: String,
+    pub proxied: bool,
+    /// The app whose host the record points at; its address is known after apply.
+    pub target: ResourceKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessPolicy {
+    pub login: Vec<&'static str>,
+    pub allow_domains: Vec<String>,
+    pub allow_emails: Vec<String>,
+    pub session_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccessApplication {
+    pub domains: Vec<String>,
+    pub policy: ResourceKey,
+}
+
+/// What one resource should look like.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum ResourceSpec {
+    VercelProject(VercelProject),
+    VercelDomain(Domain),
+    CloudRunService(CloudRunService),
+    CloudRunDomainMapping(Domain),
+    Secret(Secret),
+    NeonProject(NeonProject),
+    NeonBranch(NeonBranch),
+    NeonDatabase(NamedDatabase),
+    CloudSqlInstance(CloudSqlInstance),
+    CloudSqlDatabase(NamedDatabase),
+    CloudSqlUser { user: String },
+    TursoGroup(TursoGroup),
+    TursoDatabase(TursoDatabase),
+    ZoneSettings(ZoneSettings),
+    DnsRecord(DnsRecord),
+    AccessPolicy(AccessPolicy),
+    AccessApplication(AccessApplication),
+}
+
+/// One resource Telbase will manage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Resource {
+    pub key: ResourceKey,
+    /// Where it came from in the file, e.g. `apps.web` (for messages and plans).
+    pub origin: String,
+    pub spec: ResourceSpec,
+    /// Resources that must exist (and whose outputs must be known) before this one.
+    pub depends_on: BTreeSet<ResourceKey>,
+}
+
+/// How the reconciler treats this project.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReconcilePolicy {
+    pub drift_cron: String,
+    pub on_drift: &'static str,
+    pub prune: bool,
+    pub preview_ttl_seconds: Option<u64>,
+    pub production_branch: String,
+}
+
+/// Everything Telbase should manage for one environment of one project.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DesiredState {
+    pub project: String,
+    pub environment: Environment,
+    pub reconcile: ReconcilePolicy,
+    pub resources: BTreeMap<ResourceKey, Resource>,
+}
+
+impl DesiredState {
+    /// Resources in an order where every resource comes after what it depends on (ties broken
+    /// by key, so the order is deterministic). Lowering guarantees the graph is acyclic.
+    pub fn topological(&self) -> Vec<&Resource> {
+        let mut done: BTreeSet<&ResourceKey> = BTreeSet::new();
+        let mut out = Vec::with_capacity(self.resources.len());
+        while out.len() < self.resources.len() {
+            let before = out.len();
+            for (key, res) in &self.resources {
+                if !done.contains(key)
+                    && res
+                        .depends_on
+                        .iter()
+                        .all(|d| done.contains(d) || !self.resources.contains_key(d))
+                {
+                    out.push(res);
+                }
+            }
+            for r in &out[before..] {
+                done.insert(&r.key);
+            }
+            if out.len() == before {
+                // A cycle would be a lowering bug; keep going deterministically rather than
+                // loop forever.
+                for (key, res) in &self.resources {
+                    if !done.contains(key) {
+                        out.push(res);
+                        done.insert(key);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
