@@ -31,7 +31,7 @@ pub struct ConfigFile {
     /// Project slug: lowercase letters, digits and dashes, 2 to 40 characters, starting with a
     /// letter. It prefixes the name of every resource Telbase creates, which is how Telbase
     /// recognises what it owns.
-    #[schemars(regex(pattern = PROJECT_PATTERN))]
+    #[schemars(regex(pattern = PROJECT_PATTERN), extend("x-expected" = "2 to 40 lowercase letters, digits and dashes, starting with a letter and not ending with a dash"))]
     pub project: String,
     /// Where production comes from and how pull-request previews behave.
     #[serde(default)]
@@ -519,7 +519,6 @@ pub struct EnvSpec {
     /// stored: `databases.<name>.<url|host|port|database|user|password|token>` or
     /// `apps.<name>.<url|host>`.
     #[serde(default)]
-    #[schemars(regex(pattern = "^(databases|apps)\\.[a-z0-9-]+\\.[a-z_]+$"), extend("x-expected" = "a reference such as databases.main.url"))]
     pub from: Option<String>,
     /// Limit the variable to one environment. Default both.
     #[serde(default)]

@@ -22,6 +22,9 @@ pub struct Defined {
     pub apps: BTreeSet<String>,
     pub databases: BTreeSet<String>,
     pub policies: BTreeSet<String>,
+    /// `edge` is written, even if too malformed to check; with it, `zone` when readable.
+    pub edge: bool,
+    pub zone: Option<String>,
 }
 
 impl Defined {
@@ -35,6 +38,15 @@ impl Defined {
             apps: names("apps"),
             databases: names("databases"),
             policies: names("access"),
+            edge: root.child("edge").is_some(),
+            zone: match root
+                .child("edge")
+                .and_then(|e| e.child("zone"))
+                .map(|z| &z.value)
+            {
+                Some(super::yaml::Value::Str(z)) => Some(z.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -185,7 +197,6 @@ pub fn check(root: &Node, cfg: &ConfigFile, defined: &Defined) -> Vec<Diagnostic
         .preview
         .as_ref()
         .is_some_and(|p| p.pull_requests);
-    let zone = cfg.edge.as_ref().map(|e| e.zone.as_str());
 
     // environments
     if let Err(e) = units::branch(&cfg.environments.production.branch) {
@@ -203,7 +214,7 @@ pub fn check(root: &Node, cfg: &ConfigFile, defined: &Defined) -> Vec<Diagnostic
             &p.access,
             &["environments", "preview", "access"],
         );
-        if p.access != "public" && zone.is_none() && defined.policies.contains(&p.access) {
+        if p.access != "public" && !defined.edge && defined.policies.contains(&p.access) {
             cx.at(
                 Code::E0206,
                 &["environments", "preview", "access"],
@@ -312,7 +323,6 @@ pub fn check(root: &Node, cfg: &ConfigFile, defined: &Defined) -> Vec<Diagnostic
             name,
             app,
             previews,
-            zone,
             &mut domain_owner,
         );
         let refs: Vec<(&str, &str)> = app
@@ -402,10 +412,10 @@ fn check_app<'c>(
     name: &'c str,
     app: &'c App,
     previews: bool,
-    zone: Option<&str>,
     domain_owner: &mut BTreeMap<&'c str, &'c str>,
 ) {
     let base = ["apps", name];
+    let zone = defined.zone.as_deref();
     let container = match (app.framework.is_some(), app.runtime.is_some()) {
         (true, false) => false,
         (false, true) => true,
@@ -592,6 +602,7 @@ fn check_app<'c>(
             continue;
         }
         match zone {
+            None if defined.edge => {}
             None => {
                 cx.at(
                     Code::E0204,
@@ -836,7 +847,9 @@ pub fn check_sealed(text: &str) -> Result<(), String> {
         .map_err(|e| format!("`sealed` has broken armor: {e}"))?;
     match age::Decryptor::new(age::armor::ArmoredReader::new(trimmed.as_bytes())) {
         Ok(_) => Ok(()),
-        Err(e) => Err(format!("`sealed` is not a valid age message: {e}")),
+        Err(e) => Err(format!(
+            "`sealed` is not a valid age message: its header is truncated or corrupted ({e})"
+        )),
     }
 }
 

@@ -101,8 +101,11 @@ pub fn check(root: &Node) -> Structural {
         match err.kind() {
             // Unknown keys are removed one by one; the rest of the item is still checked.
             ValidationErrorKind::AdditionalProperties { .. } => continue,
+            // A badly named entry is dropped alone; its siblings are still checked.
             ValidationErrorKind::PropertyNames { error } => {
-                item.push(error.instance().as_str().unwrap_or_default().to_owned())
+                item.push(error.instance().as_str().unwrap_or_default().to_owned());
+                removals.push(item);
+                continue;
             }
             _ => {}
         }

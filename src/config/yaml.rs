@@ -268,7 +268,7 @@ fn options() -> Options {
     o.duplicate_keys = DuplicateKeyPolicy::Error;
     let mut budget = Budget::default();
     budget.max_depth = MAX_DEPTH;
-    budget.max_documents = 1;
+    budget.max_documents = 2;
     budget.max_nodes = 200_000;
     budget.max_aliases = 1_000;
     budget.max_anchors = 1_000;
@@ -390,6 +390,11 @@ fn yaml_error(err: serde_saphyr::Error) -> Diagnostic {
         (Code::E0004, Some("YAML indents with spaces, never tabs"))
     } else {
         (Code::E0004, None)
+    };
+    let message = if code == Code::E0007 {
+        "the file holds more than one YAML document".to_owned()
+    } else {
+        message
     };
     let d = Diagnostic::new(code, pos, message);
     match hint {
