@@ -269,13 +269,13 @@ fn options() -> Options {
     let mut budget = Budget::default();
     budget.max_depth = MAX_DEPTH;
     budget.max_documents = 2;
-    budget.max_nodes = 200_000;
+    budget.max_nodes = 100_000;
     budget.max_aliases = 1_000;
     budget.max_anchors = 1_000;
     budget.max_total_scalar_bytes = MAX_CONFIG_BYTES as usize;
     o.budget = Some(budget);
     // An alias bomb is small on disk and huge once expanded; cap the expansion, not the file.
-    o.alias_limits.max_total_replayed_events = 100_000;
+    o.alias_limits.max_total_replayed_events = 10_000;
     o.alias_limits.max_replay_stack_depth = 16;
     o
 }
@@ -359,6 +359,10 @@ fn yaml_error(err: serde_saphyr::Error) -> Diagnostic {
     let message = UserMessageFormatter.format_message(err.without_snippet());
     let message = sanitize(&message);
     let lower = message.to_ascii_lowercase();
+    // A second document is either the parser's own error or the document budget breached.
+    let multiple_documents = matches!(err, serde_saphyr::Error::MultipleDocuments { .. })
+        || lower.contains("documents {")
+        || lower.contains("multiple found");
     let (code, hint) = if lower.contains("duplicate") {
         (
             Code::E0005,
@@ -366,15 +370,14 @@ fn yaml_error(err: serde_saphyr::Error) -> Diagnostic {
                 "each key may appear once in a map; YAML tools disagree on which copy wins, so Telbase accepts neither",
             ),
         )
-    } else if lower.contains("multiple documents")
-        || lower.contains("more than one document")
-        || lower.contains("document") && lower.contains("limit")
-    {
+    } else if multiple_documents {
         (
             Code::E0007,
             Some("telbase.yaml holds one YAML document; remove the extra `---`"),
         )
     } else if lower.contains("budget")
+        || lower.contains("too complex")
+        || lower.contains("too large")
         || lower.contains("alias")
         || lower.contains("depth")
         || lower.contains("limit")
