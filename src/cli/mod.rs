@@ -177,15 +177,20 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
         }
         OutputFormat::Json => {
             if args.show_resources {
-                let files: Vec<serde_json::Value> = results
+                #[derive(serde::Serialize)]
+                struct FileReport<'a> {
+                    file: &'a str,
+                    valid: bool,
+                    diagnostics: Vec<diag::JsonDiagnostic<'a>>,
+                    desired_state: Option<&'a DesiredState>,
+                }
+                let files: Vec<FileReport> = results
                     .iter()
-                    .map(|r| {
-                        serde_json::json!({
-                            "file": r.name,
-                            "valid": r.state.is_some(),
-                            "diagnostics": diag::to_json(&r.name, &r.diagnostics),
-                            "desired_state": r.state,
-                        })
+                    .map(|r| FileReport {
+                        file: &r.name,
+                        valid: r.state.is_some(),
+                        diagnostics: diag::to_json(&r.name, &r.diagnostics),
+                        desired_state: r.state.as_ref(),
                     })
                     .collect();
                 out = serde_json::to_string_pretty(&files)?;

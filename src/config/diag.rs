@@ -254,7 +254,13 @@ pub fn render_text(file: &str, source: Option<&str>, diags: &[Diagnostic]) -> St
             d.code.as_str(),
             d.message
         );
-        if let Some(line) = lines.get((d.pos.line as usize).wrapping_sub(1)) {
+        if d.code == Code::W0302 {
+            // The line holds what looks like a credential: do not copy it into logs.
+            let _ = writeln!(
+                out,
+                "  | (source line not shown: it appears to contain a credential)"
+            );
+        } else if let Some(line) = lines.get((d.pos.line as usize).wrapping_sub(1)) {
             let number = d.pos.line.to_string();
             let pad = " ".repeat(number.len());
             // Quote the line as the user wrote it (tabs shown as spaces so the caret lines

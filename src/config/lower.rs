@@ -317,14 +317,18 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
             Some(DatabaseProvider::Turso) => {
                 let group_name = db.group.clone().unwrap_or_else(|| "default".into());
                 let group = ResourceKey::new(Kind::TursoGroup, group_name.clone());
-                l.add(
-                    group.clone(),
-                    origin.clone(),
-                    ResourceSpec::TursoGroup(TursoGroup {
-                        location: db.location.clone().unwrap_or_default(),
-                    }),
-                    [],
-                );
+                // A preview without its own branch uses production's database and needs
+                // nothing from the group.
+                if l.pr().is_none() || branch.is_some() {
+                    l.add(
+                        group.clone(),
+                        origin.clone(),
+                        ResourceSpec::TursoGroup(TursoGroup {
+                            location: db.location.clone().unwrap_or_default(),
+                        }),
+                        [],
+                    );
+                }
                 match branch {
                     Some(n) => l.add(
                         ResourceKey::new(Kind::TursoDatabase, format!("{base}-pr-{n}")),
@@ -511,8 +515,15 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
             let policy_key = ResourceKey::new(Kind::AccessPolicy, l.prefixed(&policy));
             let mut deps = records.clone();
             deps.push(policy_key.clone());
+            // Named after the environment's app resource plus the PR for Vercel previews,
+            // which share the production project: production and each preview own a
+            // separate Access application.
+            let access_name = match (l.pr(), app.framework.is_some()) {
+                (Some(n), true) => format!("{}-pr-{n}", key.name),
+                _ => key.name.clone(),
+            };
             l.add(
-                ResourceKey::new(Kind::AccessApplication, key.name.clone()),
+                ResourceKey::new(Kind::AccessApplication, access_name),
                 origin,
                 ResourceSpec::AccessApplication(AccessApplication {
                     domains: domains.clone(),

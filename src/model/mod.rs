@@ -180,13 +180,30 @@ impl Output {
 }
 
 /// An age-encrypted value exactly as committed (ASCII armor). Ciphertext, so not secret
-/// itself, but it is still never printed: a plan shows a fingerprint of it instead.
-#[derive(Clone, PartialEq, Eq, Serialize)]
-pub struct Sealed(#[serde(skip)] pub String);
+/// itself, but it is still never printed: output shows a fingerprint of the ciphertext, which
+/// changes exactly when the sealed value is re-sealed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed(pub String);
+
+impl Sealed {
+    /// `sha256:` and the first 12 hex digits of the SHA-256 of the armored text.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(self.0.as_bytes());
+        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+}
 
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Sealed(…)")
+        write!(f, "Sealed({})", self.fingerprint())
+    }
+}
+
+impl Serialize for Sealed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.fingerprint())
     }
 }
 
@@ -406,7 +423,16 @@ pub struct DesiredState {
     pub project: String,
     pub environment: Environment,
     pub reconcile: ReconcilePolicy,
+    /// Keyed for lookups; serialized as a list (JSON object keys must be strings).
+    #[serde(serialize_with = "resources_as_list")]
     pub resources: BTreeMap<ResourceKey, Resource>,
+}
+
+fn resources_as_list<S: serde::Serializer>(
+    resources: &BTreeMap<ResourceKey, Resource>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(resources.values())
 }
 
 impl DesiredState {
