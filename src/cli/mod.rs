@@ -101,7 +101,7 @@ struct FileResult {
     unreadable: bool,
 }
 
-fn check_one(path: &PathBuf, env: Environment) -> FileResult {
+fn check_one(path: &std::path::Path, env: Environment) -> FileResult {
     let name = path.display().to_string();
     let bytes = if name == "-" {
         config::read_capped(std::io::stdin().lock())

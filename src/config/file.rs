@@ -170,11 +170,14 @@ impl<'de> Deserialize<'de> for TlsVersion {
             S(String),
             F(f64),
         }
-        match Raw::deserialize(d)? {
-            Raw::S(s) if s == "1.2" => Ok(TlsVersion::V1_2),
-            Raw::S(s) if s == "1.3" => Ok(TlsVersion::V1_3),
-            Raw::F(f) if f == 1.2 => Ok(TlsVersion::V1_2),
-            Raw::F(f) if f == 1.3 => Ok(TlsVersion::V1_3),
+        // A bare `1.2` arrives as a float; its shortest display is the same text.
+        let text = match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::F(f) => f.to_string(),
+        };
+        match text.as_str() {
+            "1.2" => Ok(TlsVersion::V1_2),
+            "1.3" => Ok(TlsVersion::V1_3),
             _ => Err(serde::de::Error::custom("expected \"1.2\" or \"1.3\"")),
         }
     }

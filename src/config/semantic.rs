@@ -7,7 +7,7 @@
 //! and are allowed by the target provider, and `sealed` values are well-formed age messages.
 //! Every finding carries the position of the node it is about.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read as _;
 
 use super::diag::{Code, Diagnostic, quote};
@@ -312,12 +312,26 @@ pub fn check(root: &Node, cfg: &ConfigFile, defined: &Defined) -> Vec<Diagnostic
         }
     }
 
+    // Index the item nodes once: `apps` and `databases` may hold thousands of entries and
+    // each check asks its node which keys were written.
+    let index = |section: &str| -> HashMap<&str, &Node> {
+        match root.child(section).map(|n| &n.value) {
+            Some(super::yaml::Value::Map(entries)) => {
+                entries.iter().map(|(k, v)| (k.name.as_str(), v)).collect()
+            }
+            _ => HashMap::new(),
+        }
+    };
+    let apps = index("apps");
+    let databases = index("databases");
+
     // apps
     let mut domain_owner: BTreeMap<&str, &str> = BTreeMap::new();
     let mut app_edges: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
     for (name, app) in &cfg.apps {
         check_app(
             &mut cx,
+            apps.get(name.as_str()).copied().unwrap_or(root),
             cfg,
             defined,
             name,
@@ -348,7 +362,8 @@ pub fn check(root: &Node, cfg: &ConfigFile, defined: &Defined) -> Vec<Diagnostic
 
     // databases
     for (name, db) in &cfg.databases {
-        check_database(&mut cx, cfg, name, db, previews);
+        let node = databases.get(name.as_str()).copied().unwrap_or(root);
+        check_database(&mut cx, node, cfg, name, db, previews);
     }
 
     // reconcile
@@ -407,6 +422,7 @@ fn check_access_ref(cx: &mut Ctx, defined: &Defined, name: &str, path: &[&str]) 
 #[allow(clippy::too_many_arguments)]
 fn check_app<'c>(
     cx: &mut Ctx,
+    node: &Node,
     cfg: &'c ConfigFile,
     defined: &Defined,
     name: &'c str,
@@ -438,7 +454,7 @@ fn check_app<'c>(
             return;
         }
     };
-    let set = |field: &str| cx_has(cx.root, &["apps", name, field]);
+    let set = |field: &str| node.key(field).is_some();
     if container {
         for field in ["build", "root"] {
             if set(field) {
@@ -708,20 +724,6 @@ fn check_app<'c>(
             }
         }
     }
-}
-
-fn cx_has(root: &Node, path: &[&str]) -> bool {
-    let Some((last, parent)) = path.split_last() else {
-        return false;
-    };
-    let mut node = root;
-    for seg in parent {
-        match node.child(seg) {
-            Some(child) => node = child,
-            None => return false,
-        }
-    }
-    node.key(last).is_some()
 }
 
 fn check_gcp_region(cx: &mut Ctx, region: &str, path: &[&str]) {
@@ -1001,7 +1003,14 @@ fn check_cycles(cx: &mut Ctx, edges: &BTreeMap<&str, Vec<(&str, &str)>>) {
     }
 }
 
-fn check_database(cx: &mut Ctx, cfg: &ConfigFile, name: &str, db: &Database, previews: bool) {
+fn check_database(
+    cx: &mut Ctx,
+    node: &Node,
+    cfg: &ConfigFile,
+    name: &str,
+    db: &Database,
+    previews: bool,
+) {
     let base = ["databases", name];
     let Some(provider) = effective_provider(db) else {
         let engine = match db.engine {
@@ -1019,7 +1028,7 @@ fn check_database(cx: &mut Ctx, cfg: &ConfigFile, name: &str, db: &Database, pre
         });
         return;
     };
-    let present = |f: &str| cx_has(cx.root, &["databases", name, f]);
+    let present = |f: &str| node.key(f).is_some();
     let not_here: &[&str] = match provider {
         DatabaseProvider::Neon => &["tier", "disk_gb", "group", "location"],
         DatabaseProvider::Cloudsql => &["group", "location", "branch_per_preview"],

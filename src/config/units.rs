@@ -31,11 +31,11 @@ pub fn duration_seconds(text: &str) -> Result<u64, String> {
 
 /// Human form of a number of seconds, for messages.
 pub fn human_seconds(s: u64) -> String {
-    if s % 86_400 == 0 {
+    if s.is_multiple_of(86_400) {
         format!("{}d", s / 86_400)
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
