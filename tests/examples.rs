@@ -101,3 +101,23 @@ fn show_resources_json_is_the_desired_state() {
         "sealed armor leaked into output"
     );
 }
+
+#[path = "common/generate.rs"]
+mod generate;
+
+#[test]
+fn a_project_with_1000_apps_and_1000_databases_fits_the_budgets() {
+    // The parser's node budget must leave room for the largest project we benchmark.
+    let big = generate::large_config(1000, 1000);
+    let checked = telbase::config::check_str(&big);
+    assert!(
+        checked.is_valid(),
+        "{:?}",
+        &checked.diagnostics[..checked.diagnostics.len().min(5)]
+    );
+    let state = telbase::config::lower::lower(
+        checked.config.as_ref().unwrap(),
+        telbase::model::Environment::Production,
+    );
+    assert!(state.resources.len() > 4000, "{}", state.resources.len());
+}

@@ -19,8 +19,8 @@ pub enum Severity {
     Warning,
 }
 
-/// Stable diagnostic codes. The number never changes meaning once released; the README's
-/// configuration reference lists them.
+/// Stable diagnostic codes. A number never changes meaning once released; `docs/configuration.md`
+/// lists them all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Code {
     /// The file could not be read.
