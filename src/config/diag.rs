@@ -93,7 +93,6 @@ pub enum Code {
 
 impl Code {
     pub fn as_str(self) -> &'static str {
-        // Debug of a fieldless enum is its name; kept in one place so renames are deliberate.
         match self {
             Code::E0001 => "E0001",
             Code::E0002 => "E0002",
@@ -179,6 +178,11 @@ impl Diagnostic {
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
+    }
+
+    /// Set the hint of a diagnostic already pushed to a list.
+    pub fn set_hint(&mut self, hint: impl Into<String>) {
+        self.hint = Some(hint.into());
     }
 
     pub fn severity(&self) -> Severity {

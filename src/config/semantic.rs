@@ -71,15 +71,6 @@ impl Ctx<'_> {
     }
 }
 
-trait Hint {
-    fn hint(&mut self, h: impl Into<String>);
-}
-impl Hint for Diagnostic {
-    fn hint(&mut self, h: impl Into<String>) {
-        self.hint = Some(h.into());
-    }
-}
-
 /// Outputs each kind of referenced resource offers to `from:`.
 pub fn outputs_of_database(db: &Database) -> &'static [&'static str] {
     match effective_provider(db) {
@@ -220,7 +211,7 @@ pub fn check(root: &Node, cfg: &ConfigFile, defined: &Defined) -> Vec<Diagnostic
                 &["environments", "preview", "access"],
                 "previews behind an access policy need `edge.zone`: each preview gets a hostname <app>-pr-<N>.<zone> that Cloudflare Access protects",
             )
-            .hint("add `edge: { zone: <your domain> }`, or set `access: public`");
+            .set_hint("add `edge: { zone: <your domain> }`, or set `access: public`");
         }
     }
 
@@ -235,7 +226,7 @@ pub fn check(root: &Node, cfg: &ConfigFile, defined: &Defined) -> Vec<Diagnostic
                 &["edge", "always_https"],
                 "HTTPS only is part of Telbase's security baseline and cannot be turned off",
             )
-            .hint("remove the line; every domain redirects HTTP to HTTPS");
+            .set_hint("remove the line; every domain redirects HTTP to HTTPS");
         }
         let max_age = match &edge.hsts.max_age {
             Some(m) => match units::duration_in(m, 86_400, 365 * 86_400) {
@@ -286,7 +277,7 @@ pub fn check(root: &Node, cfg: &ConfigFile, defined: &Defined) -> Vec<Diagnostic
             let path = ["access", name.as_str(), "allow_domains", idx.as_str()];
             if let Some(stripped) = d.strip_prefix('@') {
                 cx.at(Code::E0105, &path, format!("{} is not a domain", quote(d)))
-                    .hint(format!("write `{stripped}` without the `@`"));
+                    .set_hint(format!("write `{stripped}` without the `@`"));
             } else if let Err(e) = units::hostname(d) {
                 cx.at(Code::E0105, &path, format!("allow_domains: {e}"));
             }
@@ -375,7 +366,7 @@ pub fn check(root: &Node, cfg: &ConfigFile, defined: &Defined) -> Vec<Diagnostic
                     &["reconcile", "drift"],
                     format!("invalid drift schedule {}: {e}", quote(drift)),
                 )
-                .hint("5 fields in UTC, e.g. \"*/15 * * * *\" for every 15 minutes");
+                .set_hint("5 fields in UTC, e.g. \"*/15 * * * *\" for every 15 minutes");
             }
             Ok(n) if n > 12 => {
                 cx.at(
@@ -383,7 +374,7 @@ pub fn check(root: &Node, cfg: &ConfigFile, defined: &Defined) -> Vec<Diagnostic
                     &["reconcile", "drift"],
                     format!("the drift check runs up to {n} times an hour; providers rate-limit API calls"),
                 )
-                .hint("every 5 minutes or less often is plenty: pushes and webhooks already reconcile at once");
+                .set_hint("every 5 minutes or less often is plenty: pushes and webhooks already reconcile at once");
             }
             Ok(_) => {}
         }
@@ -407,12 +398,12 @@ fn check_access_ref(cx: &mut Ctx, defined: &Defined, name: &str, path: &[&str]) 
         .map(String::as_str)
         .chain(std::iter::once("public"));
     if let Some(s) = did_you_mean(name, candidates) {
-        d.hint(format!("did you mean `{s}`?"));
+        d.set_hint(format!("did you mean `{s}`?"));
     } else if defined.policies.is_empty() {
-        d.hint("define it under `access:`, or write `public`");
+        d.set_hint("define it under `access:`, or write `public`");
     } else {
         let list: Vec<&str> = defined.policies.iter().map(String::as_str).collect();
-        d.hint(format!(
+        d.set_hint(format!(
             "defined policies: {}; or `public`",
             list.join(", ")
         ));
@@ -441,7 +432,7 @@ fn check_app<'c>(
                 &["apps", name, "runtime"],
                 format!("app `{name}` has both `framework` and `runtime`"),
             )
-            .hint("`framework` deploys to Vercel, `runtime` to Cloud Run: keep one");
+            .set_hint("`framework` deploys to Vercel, `runtime` to Cloud Run: keep one");
             return;
         }
         (false, false) => {
@@ -450,7 +441,7 @@ fn check_app<'c>(
                 &base,
                 format!("app `{name}` needs `framework` (Vercel) or `runtime` (Cloud Run)"),
             )
-            .hint("e.g. `framework: nextjs` or `runtime: docker` with an `image`");
+            .set_hint("e.g. `framework: nextjs` or `runtime: docker` with an `image`");
             return;
         }
     };
@@ -479,7 +470,7 @@ fn check_app<'c>(
                     &base,
                     format!("container app `{name}` needs a `region`"),
                 )
-                .hint("a Google Cloud region such as `us-central1`");
+                .set_hint("a Google Cloud region such as `us-central1`");
             }
             Some(r) => check_gcp_region(cx, r, &["apps", name, "region"]),
         }
@@ -552,7 +543,7 @@ fn check_app<'c>(
         let svc = format!("{}-{name}", cfg.project);
         if let Err(e) = units::check_name(&units::CLOUD_RUN_SERVICE, &svc, previews) {
             cx.at_key(Code::E0207, &base, e)
-                .hint("shorten the project or app name");
+                .set_hint("shorten the project or app name");
         }
     } else {
         for field in [
@@ -657,7 +648,7 @@ fn check_app<'c>(
                 &["apps", name, "access"],
                 "an access policy protects the app's domains through Cloudflare, and this app has none",
             )
-            .hint("add a domain under edge.zone, or set `access: public`");
+            .set_hint("add a domain under edge.zone, or set `access: public`");
         }
     }
 
@@ -682,6 +673,17 @@ fn check_app<'c>(
                     "`{var}` is set by {} itself and cannot be defined",
                     if container { "Cloud Run" } else { "Vercel" }
                 ),
+            );
+        }
+        // Secret values of a container app become Secret Manager secrets named
+        // `<service>-<VAR>`; secret IDs are at most 255 characters.
+        let secret_id_len =
+            cfg.project.len() + name.len() + var.len() + 2 + units::PREVIEW_SUFFIX_MAX;
+        if container && !matches!(value, EnvValue::Plain(_)) && secret_id_len > 255 {
+            cx.at_key(
+                Code::E0207,
+                &path,
+                format!("the Secret Manager secret for `{var}` would have a {secret_id_len}-character ID; the limit is 255"),
             );
         }
         match value {
@@ -714,7 +716,7 @@ fn check_app<'c>(
                     let mut p = path.to_vec();
                     p.push("sealed");
                     cx.at(Code::E0210, &p, e)
-                        .hint("seal values with `telbase secrets seal` (or `age -a -r <recipient>`) and paste the whole armored block");
+                        .set_hint("seal values with `telbase secrets seal` (or `age -a -r <recipient>`) and paste the whole armored block");
                 }
                 if let Some(f) = &spec.from {
                     let mut p = path.to_vec();
@@ -741,7 +743,7 @@ fn check_gcp_region(cx: &mut Ctx, region: &str, path: &[&str]) {
             format!("{} is not a Google Cloud region", quote(region)),
         );
         if let Some(s) = did_you_mean(region, GCP_REGIONS.iter().copied()) {
-            d.hint(format!("did you mean `{s}`?"));
+            d.set_hint(format!("did you mean `{s}`?"));
         }
     } else if !GCP_REGIONS.contains(&region) {
         let d = cx.at(
@@ -753,7 +755,7 @@ fn check_gcp_region(cx: &mut Ctx, region: &str, path: &[&str]) {
             ),
         );
         if let Some(s) = did_you_mean(region, GCP_REGIONS.iter().copied()) {
-            d.hint(format!(
+            d.set_hint(format!(
                 "did you mean `{s}`? (ignore this if the region is new)"
             ));
         }
@@ -779,7 +781,7 @@ fn check_image(cx: &mut Ctx, image: &str, path: &[&str]) {
                 path,
                 format!("unknown variable `${{{var}}}` in image"),
             )
-            .hint("available: ${git.sha}, ${git.short_sha}");
+            .set_hint("available: ${git.sha}, ${git.short_sha}");
         }
         rest = &after[end + 1..];
     }
@@ -791,14 +793,14 @@ fn check_image(cx: &mut Ctx, image: &str, path: &[&str]) {
             path,
             format!("image {} has no tag or digest", quote(image)),
         )
-        .hint("pin it, e.g. `:${git.sha}`; `latest` cannot be reconciled to a commit");
+        .set_hint("pin it, e.g. `:${git.sha}`; `latest` cannot be reconciled to a commit");
     } else if last.ends_with(":latest") {
         cx.at(
             Code::E0209,
             path,
             "the `latest` tag cannot be reconciled: it names no particular build",
         )
-        .hint("use `:${git.sha}` or a digest");
+        .set_hint("use `:${git.sha}` or a digest");
     }
 }
 
@@ -831,7 +833,7 @@ fn check_plain(cx: &mut Ctx, value: &str, path: &[&str]) {
             path,
             "this plain value looks like a credential",
         )
-        .hint("seal it: `telbase secrets seal`, or use `from:` for a database URL");
+        .set_hint("seal it: `telbase secrets seal`, or use `from:` for a database URL");
     }
 }
 
@@ -870,7 +872,7 @@ fn check_from(
             path,
             format!("{} is not a reference", quote(text)),
         )
-        .hint("write databases.<name>.<output> or apps.<name>.<output>");
+        .set_hint("write databases.<name>.<output> or apps.<name>.<output>");
         return;
     };
     match *section {
@@ -883,7 +885,7 @@ fn check_from(
                 );
                 if let Some(s) = did_you_mean(target, defined.databases.iter().map(String::as_str))
                 {
-                    d.hint(format!("did you mean `databases.{s}.{output}`?"));
+                    d.set_hint(format!("did you mean `databases.{s}.{output}`?"));
                 }
                 return;
             }
@@ -902,11 +904,11 @@ fn check_from(
                     format!("database `{target}` has no output `{output}`"),
                 );
                 match did_you_mean(output, outputs.iter().copied()) {
-                    Some(s) => d.hint(format!(
+                    Some(s) => d.set_hint(format!(
                         "did you mean `{s}`? outputs: {}",
                         outputs.join(", ")
                     )),
-                    None => d.hint(format!("outputs: {}", outputs.join(", "))),
+                    None => d.set_hint(format!("outputs: {}", outputs.join(", "))),
                 }
             }
         }
@@ -918,7 +920,7 @@ fn check_from(
                     format!("unknown app `{target}` in {}", quote(text)),
                 );
                 if let Some(s) = did_you_mean(target, defined.apps.iter().map(String::as_str)) {
-                    d.hint(format!("did you mean `apps.{s}.{output}`?"));
+                    d.set_hint(format!("did you mean `apps.{s}.{output}`?"));
                 }
                 return;
             }
@@ -928,7 +930,9 @@ fn check_from(
                     path,
                     format!("app `{app}` refers to its own {output}"),
                 )
-                .hint("an app's own URL is known to it at run time; Vercel and Cloud Run set it");
+                .set_hint(
+                    "an app's own URL is known to it at run time; Vercel and Cloud Run set it",
+                );
                 return;
             }
             if !APP_OUTPUTS.contains(output) {
@@ -937,13 +941,13 @@ fn check_from(
                     path,
                     format!("app `{target}` has no output `{output}`"),
                 )
-                .hint(format!("outputs: {}", APP_OUTPUTS.join(", ")));
+                .set_hint(format!("outputs: {}", APP_OUTPUTS.join(", ")));
             }
         }
         other => {
             let d = cx.at(Code::E0202, path, format!("`{other}` cannot be referenced"));
             if let Some(s) = did_you_mean(other, ["databases", "apps"]) {
-                d.hint(format!("did you mean `{s}`?"));
+                d.set_hint(format!("did you mean `{s}`?"));
             }
         }
     }
@@ -992,7 +996,7 @@ fn check_cycles(cx: &mut Ctx, edges: &BTreeMap<&str, Vec<(&str, &str)>>) {
                                     &["apps", node, "env", var, "from"],
                                     format!("apps refer to each other in a cycle: {}", cycle.join(" → ")),
                                 )
-                                .hint("break the cycle: one of them must learn the other's address at run time");
+                                .set_hint("break the cycle: one of them must learn the other's address at run time");
                             }
                         }
                         _ => {}
@@ -1022,7 +1026,7 @@ fn check_database(
             &["databases", name, "provider"],
             format!("{engine} does not run on this provider"),
         )
-        .hint(match db.engine {
+        .set_hint(match db.engine {
             Engine::Postgres => "postgres runs on `neon` (default) or `cloudsql`",
             Engine::Sqlite => "sqlite runs on `turso`",
         });
@@ -1047,7 +1051,7 @@ fn check_database(
             format!("`{f}` does not apply to a {provider_name} database"),
         );
         if f == "branch_per_preview" {
-            d.hint("Cloud SQL has no branches; a preview would need a new instance");
+            d.set_hint("Cloud SQL has no branches; a preview would need a new instance");
         }
     }
     let prefixed = format!("{}-{name}", cfg.project);
@@ -1065,7 +1069,7 @@ fn check_database(
                         format!("{} is not a Neon region", quote(r)),
                     );
                     if let Some(s) = did_you_mean(r, NEON_REGIONS.iter().copied()) {
-                        d.hint(format!("did you mean `{s}`?"));
+                        d.set_hint(format!("did you mean `{s}`?"));
                     }
                 } else if !NEON_REGIONS.contains(&r.as_str()) {
                     let d = cx.at(
@@ -1074,7 +1078,7 @@ fn check_database(
                         format!("{} is not a Neon region Telbase knows", quote(r)),
                     );
                     if let Some(s) = did_you_mean(r, NEON_REGIONS.iter().copied()) {
-                        d.hint(format!(
+                        d.set_hint(format!(
                             "did you mean `{s}`? (ignore this if the region is new)"
                         ));
                     }
@@ -1104,7 +1108,7 @@ fn check_database(
                         &base,
                         format!("Cloud SQL database `{name}` needs a `region`"),
                     )
-                    .hint("a Google Cloud region such as `us-central1`");
+                    .set_hint("a Google Cloud region such as `us-central1`");
                 }
                 Some(r) => check_gcp_region(cx, r, &["databases", name, "region"]),
             }
@@ -1145,7 +1149,7 @@ fn check_database(
                     &base,
                     format!("Turso database `{name}` needs a `location`"),
                 )
-                .hint("a Turso location such as `aws-us-east-1`");
+                .set_hint("a Turso location such as `aws-us-east-1`");
             }
             if let Some(l) = &db.location
                 && !l

@@ -39,11 +39,10 @@ pub struct Structural {
     pub diagnostics: Vec<Diagnostic>,
     /// The document with unknown keys removed and unsound items pruned, ready for typed
     /// deserialization; `None` when what is broken (project, version) leaves nothing to check.
+    /// Malformed items (an app, a database, a section) are pruned whole; the semantic layer
+    /// still treats their names as defined (`semantic::Defined` reads them from the tree), so
+    /// a broken database does not also cause "unknown database" at every reference.
     pub sound: Option<J>,
-    /// Paths (as segments) of items pruned from `sound` because they are malformed; the
-    /// semantic layer still treats their names as defined, so that a broken database does not
-    /// also produce "unknown database" errors at every reference.
-    pub pruned: Vec<Vec<String>>,
 }
 
 /// Validate a parsed document.
@@ -69,7 +68,6 @@ pub fn check(root: &Node) -> Structural {
         return Structural {
             diagnostics,
             sound: None,
-            pruned: Vec::new(),
         };
     }
 
@@ -79,14 +77,7 @@ pub fn check(root: &Node) -> Structural {
     let mut pruned: Vec<Vec<String>> = Vec::new();
     let mut fatal = false;
     for err in c.validator.iter_errors(&json) {
-        let path: Vec<String> = err
-            .instance_path()
-            .segments()
-            .map(|s| match s {
-                LocationSegment::Property(p) => p.into_owned(),
-                LocationSegment::Index(i) => i.to_string(),
-            })
-            .collect();
+        let path = segments(err.instance_path());
         let schema_path = err.schema_path().as_str().to_owned();
         describe_error(
             root,
@@ -121,7 +112,6 @@ pub fn check(root: &Node) -> Structural {
         return Structural {
             diagnostics,
             sound: None,
-            pruned,
         };
     }
     for path in removals.iter().chain(pruned.iter()) {
@@ -130,8 +120,18 @@ pub fn check(root: &Node) -> Structural {
     Structural {
         diagnostics,
         sound: Some(json),
-        pruned,
     }
+}
+
+/// An instance location as path segments (keys and sequence indexes).
+fn segments(location: &jsonschema::paths::Location) -> Vec<String> {
+    location
+        .segments()
+        .map(|s| match s {
+            LocationSegment::Property(p) => p.into_owned(),
+            LocationSegment::Index(i) => i.to_string(),
+        })
+        .collect()
 }
 
 fn remove(json: &mut J, path: &[String]) {
@@ -459,14 +459,7 @@ fn describe_error(
             match branch {
                 Some(errs) if !errs.is_empty() => {
                     for e in errs {
-                        let p: Vec<String> = e
-                            .instance_path()
-                            .segments()
-                            .map(|s| match s {
-                                LocationSegment::Property(p) => p.into_owned(),
-                                LocationSegment::Index(i) => i.to_string(),
-                            })
-                            .collect();
+                        let p = segments(e.instance_path());
                         describe_error(
                             root,
                             schema,
