@@ -166,23 +166,25 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
+    /// Messages and hints quote the file; control characters in them are escaped here, at
+    /// the one place every diagnostic is made, so no message can carry them out.
     pub fn new(code: Code, pos: Pos, message: impl Into<String>) -> Self {
         Self {
             code,
             pos,
-            message: message.into(),
+            message: escape_controls(message.into()),
             hint: None,
         }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        self.set_hint(hint);
         self
     }
 
     /// Set the hint of a diagnostic already pushed to a list.
     pub fn set_hint(&mut self, hint: impl Into<String>) {
-        self.hint = Some(hint.into());
+        self.hint = Some(escape_controls(hint.into()));
     }
 
     pub fn severity(&self) -> Severity {
@@ -218,13 +220,33 @@ pub fn sanitize(text: &str) -> String {
             out.push('…');
             break;
         }
-        if ch.is_control() || ch == '\u{feff}' || ch == '\u{2028}' || ch == '\u{2029}' {
+        if is_unsafe(ch) {
             let _ = write!(out, "{}", ch.escape_default());
         } else {
             out.push(ch);
         }
     }
     out
+}
+
+fn escape_controls(text: String) -> String {
+    if text.chars().any(is_unsafe) {
+        text.chars()
+            .map(|c| {
+                if is_unsafe(c) {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        text
+    }
+}
+
+fn is_unsafe(c: char) -> bool {
+    c.is_control() || c == '\u{feff}' || c == '\u{2028}' || c == '\u{2029}'
 }
 
 /// Quote a value from the user's file for a message.

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Read as _;
 
-use super::diag::{Code, Diagnostic, quote};
+use super::diag::{self, Code, Diagnostic, quote};
 use super::file::{App, ConfigFile, Database, DatabaseProvider, Engine, EnvValue};
 use super::structural::did_you_mean;
 use super::units;
@@ -848,13 +848,19 @@ pub fn check_sealed(text: &str) -> Result<(), String> {
     age::armor::ArmoredReader::new(trimmed.as_bytes())
         .take(super::yaml::MAX_CONFIG_BYTES)
         .read_to_end(&mut sink)
-        .map_err(|e| format!("`sealed` has broken armor: {e}"))?;
+        .map_err(|e| format!("`sealed` has broken armor: {}", one_line(&e.to_string())))?;
     match age::Decryptor::new(age::armor::ArmoredReader::new(trimmed.as_bytes())) {
         Ok(_) => Ok(()),
         Err(e) => Err(format!(
-            "`sealed` is not a valid age message: its header is truncated or corrupted ({e})"
+            "`sealed` is not a valid age message: its header is truncated or corrupted ({})",
+            one_line(&e.to_string())
         )),
     }
+}
+
+/// Library error texts may span lines; a diagnostic message is one line.
+fn one_line(text: &str) -> String {
+    diag::sanitize(&text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 fn check_from(

@@ -158,8 +158,9 @@ pub fn dotted(path: &[impl AsRef<str>]) -> String {
     if path.is_empty() {
         return "the top level".to_owned();
     }
+    // Keys come from the file; escape anything a terminal would interpret.
     path.iter()
-        .map(|s| s.as_ref())
+        .map(|s| super::diag::sanitize(s.as_ref()))
         .collect::<Vec<_>>()
         .join(".")
 }
