@@ -404,7 +404,14 @@ mod tests {
 
     #[test]
     fn github_annotations_cannot_be_split() {
-        let d = Diagnostic::new(Code::E0101, Pos::START, "bad\n::error::forged");
+        // Construction escapes control characters…
+        let made = Diagnostic::new(Code::E0101, Pos::START, "bad\n::error::forged");
+        assert_eq!(made.message, "bad\\n::error::forged");
+        // …and the renderer escapes on its own too, should a raw newline ever get through.
+        let d = Diagnostic {
+            message: "bad\n::error::forged".into(),
+            ..made
+        };
         let out = render_github("a,b:c.yaml", &[d]);
         assert_eq!(out.lines().count(), 1);
         assert!(out.contains("file=a%2Cb%3Ac.yaml"));
