@@ -11,6 +11,10 @@ use std::hint::black_box;
 use telbase::config;
 use telbase::model::Environment;
 
+// Measure with the allocator the `telbase` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/common/generate.rs"]
 mod generate;
 #[path = "../tests/common/hostile_cases.rs"]
