@@ -48,6 +48,11 @@ fn pipeline(c: &mut Criterion) {
     // Where the time goes, stage by stage, on the same input.
     let mut group = c.benchmark_group("stages");
     group.sample_size(20);
+    // The peer: serde-saphyr reading the same text into nothing at all, the floor any
+    // pipeline built on it pays.
+    group.bench_function("serde-saphyr-floor", |b| {
+        b.iter(|| serde_saphyr::from_str::<serde::de::IgnoredAny>(black_box(&big)).is_ok())
+    });
     group.bench_function("yaml-parse", |b| {
         b.iter(|| config::yaml::parse(black_box(&big)).is_ok())
     });

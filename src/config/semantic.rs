@@ -736,28 +736,42 @@ fn check_gcp_region(cx: &mut Ctx, region: &str, path: &[&str]) {
             && b.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
     });
-    if !well_formed {
-        let d = cx.at(
-            Code::E0105,
-            path,
-            format!("{} is not a Google Cloud region", quote(region)),
-        );
-        if let Some(s) = did_you_mean(region, GCP_REGIONS.iter().copied()) {
-            d.set_hint(format!("did you mean `{s}`?"));
-        }
-    } else if !GCP_REGIONS.contains(&region) {
+    check_region(cx, region, path, well_formed, GCP_REGIONS, "Google Cloud");
+}
+
+/// A malformed region is an error; a well-formed one Telbase does not know is a warning,
+/// because providers open regions faster than Telbase releases.
+fn check_region(
+    cx: &mut Ctx,
+    region: &str,
+    path: &[&str],
+    well_formed: bool,
+    known: &[&str],
+    provider: &str,
+) {
+    if well_formed && known.contains(&region) {
+        return;
+    }
+    let suggestion = did_you_mean(region, known.iter().copied());
+    if well_formed {
         let d = cx.at(
             Code::W0301,
             path,
-            format!(
-                "{} is not a Google Cloud region Telbase knows",
-                quote(region)
-            ),
+            format!("{} is not a {provider} region Telbase knows", quote(region)),
         );
-        if let Some(s) = did_you_mean(region, GCP_REGIONS.iter().copied()) {
+        if let Some(s) = suggestion {
             d.set_hint(format!(
                 "did you mean `{s}`? (ignore this if the region is new)"
             ));
+        }
+    } else {
+        let d = cx.at(
+            Code::E0105,
+            path,
+            format!("{} is not a {provider} region", quote(region)),
+        );
+        if let Some(s) = suggestion {
+            d.set_hint(format!("did you mean `{s}`?"));
         }
     }
 }
@@ -1068,27 +1082,14 @@ fn check_database(
                 let well_formed = (r.starts_with("aws-") || r.starts_with("azure-"))
                     && r.chars()
                         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-                if !well_formed {
-                    let d = cx.at(
-                        Code::E0105,
-                        &["databases", name, "region"],
-                        format!("{} is not a Neon region", quote(r)),
-                    );
-                    if let Some(s) = did_you_mean(r, NEON_REGIONS.iter().copied()) {
-                        d.set_hint(format!("did you mean `{s}`?"));
-                    }
-                } else if !NEON_REGIONS.contains(&r.as_str()) {
-                    let d = cx.at(
-                        Code::W0301,
-                        &["databases", name, "region"],
-                        format!("{} is not a Neon region Telbase knows", quote(r)),
-                    );
-                    if let Some(s) = did_you_mean(r, NEON_REGIONS.iter().copied()) {
-                        d.set_hint(format!(
-                            "did you mean `{s}`? (ignore this if the region is new)"
-                        ));
-                    }
-                }
+                check_region(
+                    cx,
+                    r,
+                    &["databases", name, "region"],
+                    well_formed,
+                    NEON_REGIONS,
+                    "Neon",
+                );
             }
             if let Some(v) = db.version
                 && !(14..=17).contains(&v)

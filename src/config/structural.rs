@@ -317,22 +317,7 @@ fn describe_error(
             out.push(d);
         }
         ValidationErrorKind::Enum { options } => {
-            let words = enum_words(options);
-            let mut d = Diagnostic::new(
-                Code::E0104,
-                node.pos,
-                format!(
-                    "{} is not allowed for {here}; expected one of: {}",
-                    describe(node),
-                    words.join(", ")
-                ),
-            );
-            if let Value::Str(s) = &node.value
-                && let Some(s) = did_you_mean(s, words.iter().map(String::as_str))
-            {
-                d = d.with_hint(format!("did you mean `{s}`?"));
-            }
-            out.push(d);
+            out.push(not_one_of(node, &here, &enum_words(options)));
         }
         ValidationErrorKind::Constant { expected_value } => {
             out.push(Diagnostic::new(
@@ -432,21 +417,7 @@ fn describe_error(
                         .collect()
                 });
             if let Some(words) = consts {
-                let mut d = Diagnostic::new(
-                    Code::E0104,
-                    node.pos,
-                    format!(
-                        "{} is not allowed for {here}; expected one of: {}",
-                        describe(node),
-                        words.join(", ")
-                    ),
-                );
-                if let Value::Str(s) = &node.value
-                    && let Some(s) = did_you_mean(s, words.iter().map(String::as_str))
-                {
-                    d = d.with_hint(format!("did you mean `{s}`?"));
-                }
-                out.push(d);
+                out.push(not_one_of(node, &here, &words));
                 return;
             }
             // Report the branch that matched the value's type (for `EnvValue`, the map form
@@ -502,6 +473,26 @@ fn describe_error(
             node.pos,
             format!("{here}: {}", fallback_message(other)),
         )),
+    }
+}
+
+/// "`x` is not allowed here; expected one of: …", with a did-you-mean.
+fn not_one_of(node: &Node, here: &str, words: &[String]) -> Diagnostic {
+    let d = Diagnostic::new(
+        Code::E0104,
+        node.pos,
+        format!(
+            "{} is not allowed for {here}; expected one of: {}",
+            describe(node),
+            words.join(", ")
+        ),
+    );
+    match &node.value {
+        Value::Str(s) => match did_you_mean(s, words.iter().map(String::as_str)) {
+            Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+            None => d,
+        },
+        _ => d,
     }
 }
 
