@@ -41,6 +41,7 @@ impl Lowering<'_> {
                 origin,
                 spec,
                 depends_on,
+                allow_data_loss: false,
             },
         );
     }
@@ -354,6 +355,15 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                 }
             }
             _ => {}
+        }
+    }
+
+    for (name, db) in &cfg.databases {
+        if db.allow_data_loss {
+            let origin = format!("databases.{name}");
+            for r in l.out.values_mut().filter(|r| r.origin == origin) {
+                r.allow_data_loss = true;
+            }
         }
     }
 

@@ -405,6 +405,74 @@ pub struct Resource {
     pub spec: ResourceSpec,
     /// Resources that must exist (and whose outputs must be known) before this one.
     pub depends_on: BTreeSet<ResourceKey>,
+    /// The file allows destroying this resource's data (`allow_data_loss: true` on its
+    /// database). Only meaningful for kinds that hold data.
+    pub allow_data_loss: bool,
+}
+
+impl ResourceSpec {
+    /// Whether destroying this resource destroys data someone may need. Preview copies (a
+    /// Neon branch, a Turso database seeded from production) are disposable by design.
+    pub fn holds_data(&self) -> bool {
+        match self {
+            ResourceSpec::NeonProject(_)
+            | ResourceSpec::NeonDatabase(_)
+            | ResourceSpec::CloudSqlInstance(_)
+            | ResourceSpec::CloudSqlDatabase(_) => true,
+            ResourceSpec::TursoDatabase(db) => db.seed_from.is_none(),
+            _ => false,
+        }
+    }
+}
+
+impl Kind {
+    /// Order for deletions, which run against observed resources that carry no dependency
+    /// edges: what fronts an app goes first, what apps stand on goes last.
+    pub fn teardown_rank(self) -> u8 {
+        match self {
+            Kind::AccessApplication => 0,
+            Kind::DnsRecord => 1,
+            Kind::VercelDomain | Kind::CloudRunDomainMapping => 2,
+            Kind::VercelProject | Kind::CloudRunService => 3,
+            Kind::Secret => 4,
+            Kind::AccessPolicy | Kind::ZoneSettings => 5,
+            Kind::NeonBranch | Kind::NeonDatabase | Kind::CloudSqlDatabase | Kind::CloudSqlUser => {
+                6
+            }
+            Kind::TursoDatabase => 6,
+            Kind::NeonProject | Kind::CloudSqlInstance => 7,
+            Kind::TursoGroup => 8,
+        }
+    }
+}
+
+/// One resource as a provider reports it, already mapped into model terms and normalized by
+/// the provider's `map.rs` (defaults filled, lists in canonical order), so that comparing it
+/// with the desired spec shows only real differences.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Observed {
+    pub key: ResourceKey,
+    pub spec: ResourceSpec,
+    /// The provider's own identifier (project id, record id, operation name…).
+    pub provider_id: String,
+    /// The ownership marker recorded that its data may be destroyed: set when Telbase last
+    /// applied it with `allow_data_loss: true`, since a database removed from the file no
+    /// longer says anything about itself.
+    pub deletion_allowed: bool,
+}
+
+/// Everything Telbase owns at the providers for one environment of one project.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ActualState {
+    #[serde(serialize_with = "observed_as_list")]
+    pub resources: BTreeMap<ResourceKey, Observed>,
+}
+
+fn observed_as_list<S: serde::Serializer>(
+    resources: &BTreeMap<ResourceKey, Observed>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(resources.values())
 }
 
 /// How the reconciler treats this project.

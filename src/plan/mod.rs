@@ -1,0 +1,234 @@
+//! The planner: a pure, deterministic function of (`DesiredState`, `ActualState`) → `Plan`.
+//!
+//! It proposes changes and changes nothing (as in omicron's reconfigurator): for every
+//! resource one step, NoOp, Create, Update with field-level changes, Replace when a field the
+//! provider cannot change in place differs, or Delete for what Telbase owns but the file no
+//! longer has. Deletions need `prune: true`, and resources that hold data also need
+//! `allow_data_loss`; anything the rules refuse is listed as held back rather than silently
+//! dropped. Comparison happens on normalized specs (providers' `map.rs` fill defaults and
+//! order lists), so a reordered list or a server default is never a change. Secret values
+//! never appear: sealed values serialize as fingerprints and `from:` values as references.
+//! No I/O, no clock, no environment.
+
+mod render;
+
+use serde::Serialize;
+use serde_json::Value as J;
+
+use crate::model::{ActualState, DesiredState, ResourceKey, ResourceSpec};
+
+pub use render::render_text;
+
+/// What the plan does to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    NoOp,
+    Create,
+    Update,
+    Replace,
+    Delete,
+}
+
+/// One changed field, by dotted path inside the spec.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldChange {
+    pub path: String,
+    /// Absent when the field is new.
+    pub before: Option<J>,
+    /// Absent when the field goes away.
+    pub after: Option<J>,
+    /// The provider cannot change this field in place.
+    pub forces_replacement: bool,
+}
+
+/// One step of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    pub key: ResourceKey,
+    pub action: Action,
+    pub changes: Vec<FieldChange>,
+}
+
+/// A change the rules hold back, with the reason and how to allow it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeldBack {
+    pub key: ResourceKey,
+    pub wanted: Action,
+    pub reason: String,
+}
+
+/// The plan: steps in an order the executor can follow (creates and updates after what they
+/// depend on, deletions after everything else, dependents first).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub project: String,
+    pub steps: Vec<Step>,
+    pub held_back: Vec<HeldBack>,
+}
+
+/// Counts by action, for summaries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub create: usize,
+    pub update: usize,
+    pub replace: usize,
+    pub delete: usize,
+    pub unchanged: usize,
+    pub held_back: usize,
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary {
+            held_back: self.held_back.len(),
+            ..Summary::default()
+        };
+        for step in &self.steps {
+            match step.action {
+                Action::NoOp => s.unchanged += 1,
+                Action::Create => s.create += 1,
+                Action::Update => s.update += 1,
+                Action::Replace => s.replace += 1,
+                Action::Delete => s.delete += 1,
+            }
+        }
+        s
+    }
+
+    /// Whether applying the plan would change anything. Destructures the summary so a new
+    /// kind of action forces a decision here.
+    pub fn has_changes(&self) -> bool {
+        let Summary {
+            create,
+            update,
+            replace,
+            delete,
+            unchanged: _,
+            held_back: _,
+        } = self.summary();
+        create + update + replace + delete > 0
+    }
+}
+
+/// Fields (dotted paths inside a spec) that the provider cannot change in place.
+fn immutable_fields(spec: &ResourceSpec) -> &'static [&'static str] {
+    match spec {
+        ResourceSpec::CloudRunService(_) => &["region"],
+        ResourceSpec::NeonProject(_) => &["region", "pg_version"],
+        ResourceSpec::NeonBranch(_) => &["project", "parent"],
+        ResourceSpec::CloudSqlInstance(_) => &["region"],
+        ResourceSpec::TursoGroup(_) => &["location"],
+        ResourceSpec::TursoDatabase(_) => &["group", "seed_from"],
+        ResourceSpec::VercelDomain(_) | ResourceSpec::CloudRunDomainMapping(_) => &["target"],
+        ResourceSpec::DnsRecord(_) => &["zone"],
+        ResourceSpec::NeonDatabase(_) | ResourceSpec::CloudSqlDatabase(_) => &["database"],
+        ResourceSpec::CloudSqlUser { .. } => &["user"],
+        _ => &[],
+    }
+}
+
+/// Compare two specs as JSON; null and absent are the same (an unset optional setting).
+fn diff(before: &J, after: &J, path: &mut Vec<String>, out: &mut Vec<FieldChange>) {
+    match (before, after) {
+        (J::Object(b), J::Object(a)) => {
+            let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+            for k in keys {
+                path.push(k.clone());
+                diff(
+                    b.get(k).unwrap_or(&J::Null),
+                    a.get(k).unwrap_or(&J::Null),
+                    path,
+                    out,
+                );
+                path.pop();
+            }
+        }
+        (b, a) if b == a => {}
+        (b, a) => out.push(FieldChange {
+            path: path.join("."),
+            before: (!b.is_null()).then(|| b.clone()),
+            after: (!a.is_null()).then(|| a.clone()),
+            forces_replacement: false,
+        }),
+    }
+}
+
+/// Plan the changes that make `actual` match `desired`.
+pub fn plan(desired: &DesiredState, actual: &ActualState) -> Plan {
+    let mut steps = Vec::with_capacity(desired.resources.len());
+    let mut held_back = Vec::new();
+    for res in desired.topological() {
+        let Some(observed) = actual.resources.get(&res.key) else {
+            steps.push(Step {
+                key: res.key.clone(),
+                action: Action::Create,
+                changes: Vec::new(),
+            });
+            continue;
+        };
+        // Specs serialize infallibly: plain data, string keys.
+        let before = serde_json::to_value(&observed.spec).unwrap_or(J::Null);
+        let after = serde_json::to_value(&res.spec).unwrap_or(J::Null);
+        let mut changes = Vec::new();
+        diff(&before, &after, &mut Vec::new(), &mut changes);
+        let immutable = immutable_fields(&res.spec);
+        for c in &mut changes {
+            let top = c.path.split('.').next().unwrap_or("");
+            c.forces_replacement = immutable.contains(&top);
+        }
+        let replace = changes.iter().any(|c| c.forces_replacement);
+        let action = match (changes.is_empty(), replace) {
+            (true, _) => Action::NoOp,
+            (false, false) => Action::Update,
+            (false, true) => Action::Replace,
+        };
+        if action == Action::Replace && res.spec.holds_data() && !res.allow_data_loss {
+            held_back.push(HeldBack {
+                key: res.key.clone(),
+                wanted: Action::Replace,
+                reason: "replacing it would destroy its data; set `allow_data_loss: true` on the database to allow it".into(),
+            });
+            continue;
+        }
+        steps.push(Step {
+            key: res.key.clone(),
+            action,
+            changes,
+        });
+    }
+
+    // What Telbase owns but the file no longer has: dependents first.
+    let mut gone: Vec<_> = actual
+        .resources
+        .values()
+        .filter(|o| !desired.resources.contains_key(&o.key))
+        .collect();
+    gone.sort_by_key(|o| (o.key.kind.teardown_rank(), o.key.clone()));
+    for o in gone {
+        if !desired.reconcile.prune {
+            held_back.push(HeldBack {
+                key: o.key.clone(),
+                wanted: Action::Delete,
+                reason: "no longer in telbase.yaml; `reconcile.prune` is off".into(),
+            });
+        } else if o.spec.holds_data() && !o.deletion_allowed {
+            held_back.push(HeldBack {
+                key: o.key.clone(),
+                wanted: Action::Delete,
+                reason: "it holds data; apply it once with `allow_data_loss: true` before removing it from the file".into(),
+            });
+        } else {
+            steps.push(Step {
+                key: o.key.clone(),
+                action: Action::Delete,
+                changes: Vec::new(),
+            });
+        }
+    }
+    Plan {
+        project: desired.project.clone(),
+        steps,
+        held_back,
+    }
+}
