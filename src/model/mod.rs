@@ -504,36 +504,49 @@ fn resources_as_list<S: serde::Serializer>(
 }
 
 impl DesiredState {
-    /// Resources in an order where every resource comes after what it depends on (ties broken
-    /// by key, so the order is deterministic). Lowering guarantees the graph is acyclic.
+    /// Resources in an order where every resource comes after what it depends on, ties
+    /// broken by key so the order is deterministic (Kahn's algorithm, O(n log n)). Edges to
+    /// resources outside this state (production's database, seen from a preview) are already
+    /// satisfied. Lowering never makes a cycle; if one appeared, its members would follow the
+    /// rest in key order rather than vanish.
     pub fn topological(&self) -> Vec<&Resource> {
-        let mut done: BTreeSet<&ResourceKey> = BTreeSet::new();
+        use std::collections::BTreeSet as Set;
+        let mut waiting: BTreeMap<&ResourceKey, usize> = BTreeMap::new();
+        let mut dependents: BTreeMap<&ResourceKey, Vec<&ResourceKey>> = BTreeMap::new();
+        for (key, res) in &self.resources {
+            let deps = res
+                .depends_on
+                .iter()
+                .filter(|d| self.resources.contains_key(*d))
+                .inspect(|d| dependents.entry(*d).or_default().push(key))
+                .count();
+            waiting.insert(key, deps);
+        }
+        let mut ready: Set<&ResourceKey> = waiting
+            .iter()
+            .filter(|(_, n)| **n == 0)
+            .map(|(k, _)| *k)
+            .collect();
         let mut out = Vec::with_capacity(self.resources.len());
-        while out.len() < self.resources.len() {
-            let before = out.len();
-            for (key, res) in &self.resources {
-                if !done.contains(key)
-                    && res
-                        .depends_on
-                        .iter()
-                        .all(|d| done.contains(d) || !self.resources.contains_key(d))
-                {
-                    out.push(res);
-                }
-            }
-            for r in &out[before..] {
-                done.insert(&r.key);
-            }
-            if out.len() == before {
-                // A cycle would be a lowering bug; keep going deterministically rather than
-                // loop forever.
-                for (key, res) in &self.resources {
-                    if !done.contains(key) {
-                        out.push(res);
-                        done.insert(key);
+        while let Some(key) = ready.pop_first() {
+            out.push(&self.resources[key]);
+            for d in dependents.get(key).into_iter().flatten() {
+                if let Some(n) = waiting.get_mut(d) {
+                    *n -= 1;
+                    if *n == 0 {
+                        ready.insert(d);
                     }
                 }
             }
+        }
+        if out.len() < self.resources.len() {
+            let placed: Set<&ResourceKey> = out.iter().map(|r| &r.key).collect();
+            let rest: Vec<&Resource> = self
+                .resources
+                .values()
+                .filter(|r| !placed.contains(&r.key))
+                .collect();
+            out.extend(rest);
         }
         out
     }
