@@ -83,6 +83,7 @@ fn states(n: usize) -> (DesiredState, ActualState) {
             on_drift: "correct",
             prune: true,
             preview_ttl_seconds: None,
+            preview_max: None,
             production_branch: "main".into(),
         },
         resources,

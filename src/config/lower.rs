@@ -564,6 +564,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                 .preview
                 .as_ref()
                 .map(|p| secs(&p.ttl, 7 * 86_400)),
+            preview_max: cfg.environments.preview.as_ref().and_then(|p| p.max),
             production_branch: cfg.environments.production.branch.clone(),
         },
         resources: l.out,

@@ -482,6 +482,8 @@ pub struct ReconcilePolicy {
     pub on_drift: &'static str,
     pub prune: bool,
     pub preview_ttl_seconds: Option<u64>,
+    /// At most this many previews at once (`environments.preview.max`).
+    pub preview_max: Option<u32>,
     pub production_branch: String,
 }
 
