@@ -89,6 +89,14 @@ fn golden_renderings() {
         &root().join("tests/golden/plan/drift-update-replace.txt"),
         &plan::render_text(&p),
     );
+    assert_golden(
+        &root().join("tests/golden/plan/drift-update-replace.md"),
+        &plan::render_markdown(&p, plan::GITHUB_COMMENT_LIMIT),
+    );
+    assert_golden(
+        &root().join("tests/golden/plan/drift-update-replace.json"),
+        &plan::render_json(&p),
+    );
 
     // Resources that left the file: held back while prune is off…
     let mut extra = converged(&d);
@@ -235,4 +243,29 @@ proptest! {
         // The planner is deterministic.
         prop_assert_eq!(&second, &plan::plan(&d, &actual));
     }
+}
+
+#[test]
+fn markdown_stays_under_the_comment_limit() {
+    let d = desired("monorepo");
+    let p = plan::plan(&d, &ActualState::default());
+    let full = plan::render_markdown(&p, plan::GITHUB_COMMENT_LIMIT);
+    assert!(full.starts_with("### Telbase plan for `acme`"));
+    assert!(!full.contains("not shown"));
+    // A small limit forces a cut: the result fits and says what was left out.
+    let n = full.chars().count();
+    for limit in [400, n / 2, n - 1] {
+        let cut = plan::render_markdown(&p, limit);
+        assert!(
+            cut.chars().count() <= limit,
+            "{} > {limit}",
+            cut.chars().count()
+        );
+        assert!(cut.contains("not shown"), "{cut}");
+        assert!(cut.contains("to create"), "the summary comes first");
+    }
+    let json: serde_json::Value = serde_json::from_str(&plan::render_json(&p)).unwrap();
+    assert_eq!(json["format_version"], plan::PLAN_JSON_VERSION);
+    assert_eq!(json["has_changes"], true);
+    assert_eq!(json["summary"]["create"], d.resources.len());
 }

@@ -17,7 +17,9 @@ use serde_json::Value as J;
 
 use crate::model::{ActualState, DesiredState, ResourceKey, ResourceSpec};
 
-pub use render::render_text;
+pub use render::{
+    GITHUB_COMMENT_LIMIT, PLAN_JSON_VERSION, render_json, render_markdown, render_text,
+};
 
 /// What the plan does to one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]

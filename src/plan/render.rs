@@ -92,3 +92,132 @@ pub fn render_text(plan: &Plan) -> String {
     );
     out
 }
+
+/// GitHub's limit on an issue or pull-request comment body, in characters.
+pub const GITHUB_COMMENT_LIMIT: usize = 65_536;
+
+/// Markdown for a pull-request comment: the summary first, each resource's changes folded
+/// in `<details>`, and never longer than `limit` characters; when resources must be left out,
+/// the comment says how many and where to see the full plan.
+pub fn render_markdown(plan: &Plan, limit: usize) -> String {
+    let s = plan.summary();
+    let mut head = String::new();
+    let _ = writeln!(head, "### Telbase plan for `{}`\n", plan.project);
+    if !plan.has_changes() && plan.held_back.is_empty() {
+        let _ = writeln!(head, "No changes. The providers match `telbase.yaml`.");
+        return head;
+    }
+    let _ = writeln!(
+        head,
+        "**{} to create, {} to update, {} to replace, {} to delete**, {} unchanged{}.\n",
+        s.create,
+        s.update,
+        s.replace,
+        s.delete,
+        s.unchanged,
+        if s.held_back > 0 {
+            format!(", {} held back", s.held_back)
+        } else {
+            String::new()
+        }
+    );
+    let mut blocks: Vec<String> = Vec::new();
+    for h in &plan.held_back {
+        blocks.push(format!(
+            "- :warning: `{}` held back: {}\n",
+            h.key,
+            md_escape(&h.reason)
+        ));
+    }
+    for step in plan.steps.iter().filter(|s| s.action != Action::NoOp) {
+        let mut b = String::new();
+        if step.changes.is_empty() {
+            let _ = writeln!(b, "- `{}` `{}`", marker(step.action), step.key);
+        } else {
+            let _ = writeln!(
+                b,
+                "<details><summary><code>{}</code> <code>{}</code> ({} field{})</summary>\n\n```diff",
+                html_escape(marker(step.action)),
+                html_escape(&step.key.to_string()),
+                step.changes.len(),
+                if step.changes.len() == 1 { "" } else { "s" }
+            );
+            for c in &step.changes {
+                let _ = writeln!(b, "- {}: {}", c.path, fence_safe(&value(&c.before)));
+                let _ = writeln!(
+                    b,
+                    "+ {}: {}{}",
+                    c.path,
+                    fence_safe(&value(&c.after)),
+                    if c.forces_replacement {
+                        "  # forces replacement"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            let _ = writeln!(b, "```\n</details>");
+        }
+        blocks.push(b);
+    }
+    let mut out = head;
+    let total = blocks.len();
+    for (i, b) in blocks.into_iter().enumerate() {
+        // Keep room for the note that says what was cut.
+        if out.chars().count() + b.chars().count() + 200 > limit {
+            let _ = writeln!(
+                out,
+                "\n_{} more item{} not shown: the comment would exceed GitHub's size limit. Run `telbase plan` for the full plan._",
+                total - i,
+                if total - i == 1 { "" } else { "s" }
+            );
+            break;
+        }
+        out.push_str(&b);
+    }
+    out
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A value inside a ```diff fence must not close the fence.
+fn fence_safe(s: &str) -> String {
+    s.replace("```", "ˋˋˋ")
+}
+
+/// Version of the JSON plan format; bumped on any incompatible change (docs/plan-json.md).
+pub const PLAN_JSON_VERSION: u32 = 1;
+
+/// The plan as JSON: `{format_version, project, summary, steps, held_back}`; unchanged
+/// resources are included with action `noop` so tools can see the whole picture.
+pub fn render_json(plan: &Plan) -> String {
+    #[derive(serde::Serialize)]
+    struct Doc<'a> {
+        format_version: u32,
+        project: &'a str,
+        has_changes: bool,
+        summary: super::Summary,
+        steps: &'a [super::Step],
+        held_back: &'a [super::HeldBack],
+    }
+    let doc = Doc {
+        format_version: PLAN_JSON_VERSION,
+        project: &plan.project,
+        has_changes: plan.has_changes(),
+        summary: plan.summary(),
+        steps: &plan.steps,
+        held_back: &plan.held_back,
+    };
+    // Plain data with string keys: serialization cannot fail.
+    let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    s.push('\n');
+    s
+}
