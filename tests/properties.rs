@@ -297,3 +297,24 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Rate-limit headers come from the network: any text parses to a delay or to nothing,
+    /// never a panic, and the retry decision never waits past the policy's deadline.
+    #[test]
+    fn rate_limit_headers_never_panic(value in ".{0,64}", digits in "[0-9]{1,25}", attempts in 1u32..50, elapsed_ms in 0u64..200_000, jitter in 0.0f64..1.0) {
+        use telbase::providers::{retry, Decision, ErrorKind, ProviderError, RetryPolicy};
+        let now = chrono::DateTime::from_timestamp(1_795_000_000, 0).unwrap();
+        for v in [value.as_str(), digits.as_str()] {
+            let after = retry::parse_retry_after(v, now);
+            let _ = retry::parse_reset_epoch(v, now);
+            let e = ProviderError::new(telbase::model::Provider::Vercel, ErrorKind::RateLimited, "list projects", Some(429), v, None, after);
+            let policy = RetryPolicy::default();
+            let elapsed = std::time::Duration::from_millis(elapsed_ms);
+            if let Decision::RetryAfter(d) = policy.decide(attempts, &e, elapsed, jitter) {
+                prop_assert!(elapsed + d <= policy.deadline);
+                prop_assert!(attempts < policy.max_attempts);
+            }
+        }
+    }
+}
