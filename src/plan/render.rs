@@ -75,22 +75,23 @@ pub fn render_text(plan: &Plan) -> String {
             let _ = writeln!(out, "  ! {}: {}", h.key, h.reason);
         }
     }
-    let s = plan.summary();
-    let _ = writeln!(
-        out,
-        "\nPlan: {} to create, {} to update, {} to replace, {} to delete, {} unchanged{}.",
-        s.create,
-        s.update,
-        s.replace,
-        s.delete,
-        s.unchanged,
-        if s.held_back > 0 {
-            format!(", {} held back", s.held_back)
-        } else {
-            String::new()
-        }
-    );
+    let (changes, rest) = summary_parts(plan);
+    let _ = writeln!(out, "\nPlan: {changes}, {rest}.");
     out
+}
+
+/// "N to create, N to update, N to replace, N to delete" and "N unchanged[, N held back]".
+fn summary_parts(plan: &Plan) -> (String, String) {
+    let s = plan.summary();
+    let changes = format!(
+        "{} to create, {} to update, {} to replace, {} to delete",
+        s.create, s.update, s.replace, s.delete
+    );
+    let mut rest = format!("{} unchanged", s.unchanged);
+    if s.held_back > 0 {
+        rest.push_str(&format!(", {} held back", s.held_back));
+    }
+    (changes, rest)
 }
 
 /// GitHub's limit on an issue or pull-request comment body, in characters.
@@ -100,27 +101,14 @@ pub const GITHUB_COMMENT_LIMIT: usize = 65_536;
 /// in `<details>`, and never longer than `limit` characters; when resources must be left out,
 /// the comment says how many and where to see the full plan.
 pub fn render_markdown(plan: &Plan, limit: usize) -> String {
-    let s = plan.summary();
     let mut head = String::new();
     let _ = writeln!(head, "### Telbase plan for `{}`\n", plan.project);
     if !plan.has_changes() && plan.held_back.is_empty() {
         let _ = writeln!(head, "No changes. The providers match `telbase.yaml`.");
         return head;
     }
-    let _ = writeln!(
-        head,
-        "**{} to create, {} to update, {} to replace, {} to delete**, {} unchanged{}.\n",
-        s.create,
-        s.update,
-        s.replace,
-        s.delete,
-        s.unchanged,
-        if s.held_back > 0 {
-            format!(", {} held back", s.held_back)
-        } else {
-            String::new()
-        }
-    );
+    let (changes, rest) = summary_parts(plan);
+    let _ = writeln!(head, "**{changes}**, {rest}.\n");
     let mut blocks: Vec<String> = Vec::new();
     for h in &plan.held_back {
         blocks.push(format!(
