@@ -464,15 +464,8 @@ pub struct Observed {
 /// Everything Telbase owns at the providers for one environment of one project.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ActualState {
-    #[serde(serialize_with = "observed_as_list")]
+    #[serde(serialize_with = "values_as_list")]
     pub resources: BTreeMap<ResourceKey, Observed>,
-}
-
-fn observed_as_list<S: serde::Serializer>(
-    resources: &BTreeMap<ResourceKey, Observed>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_seq(resources.values())
 }
 
 /// How the reconciler treats this project.
@@ -494,15 +487,17 @@ pub struct DesiredState {
     pub environment: Environment,
     pub reconcile: ReconcilePolicy,
     /// Keyed for lookups; serialized as a list (JSON object keys must be strings).
-    #[serde(serialize_with = "resources_as_list")]
+    #[serde(serialize_with = "values_as_list")]
     pub resources: BTreeMap<ResourceKey, Resource>,
 }
 
-fn resources_as_list<S: serde::Serializer>(
-    resources: &BTreeMap<ResourceKey, Resource>,
+/// Maps keyed by `ResourceKey` serialize as lists of their values: JSON object keys must be
+/// strings, and each value carries its key anyway.
+fn values_as_list<S: serde::Serializer, V: Serialize>(
+    map: &BTreeMap<ResourceKey, V>,
     s: S,
 ) -> Result<S::Ok, S::Error> {
-    s.collect_seq(resources.values())
+    s.collect_seq(map.values())
 }
 
 impl DesiredState {
