@@ -254,14 +254,6 @@ pub fn quote(text: &str) -> String {
     format!("`{}`", sanitize(text))
 }
 
-/// Output formats of `telbase validate`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Text,
-    Json,
-    Github,
-}
-
 /// Render diagnostics for one file as compiler-style text with source excerpts.
 pub fn render_text(file: &str, source: Option<&str>, diags: &[Diagnostic]) -> String {
     let mut out = String::new();

@@ -17,7 +17,7 @@ pub mod yaml;
 use std::io::Read as _;
 use std::path::Path;
 
-pub use diag::{Code, Diagnostic, Format, Pos, Severity};
+pub use diag::{Code, Diagnostic, Pos, Severity};
 pub use file::ConfigFile;
 
 use crate::model::{DesiredState, Environment};

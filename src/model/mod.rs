@@ -160,18 +160,6 @@ pub enum Output {
 }
 
 impl Output {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Output::Url => "url",
-            Output::Host => "host",
-            Output::Port => "port",
-            Output::Database => "database",
-            Output::User => "user",
-            Output::Password => "password",
-            Output::Token => "token",
-        }
-    }
-
     /// Outputs that are credentials, or contain one; they are always written to providers as
     /// sensitive values.
     pub fn is_secret(self) -> bool {
