@@ -12,3 +12,4 @@ pub mod config;
 pub mod model;
 pub mod plan;
 pub mod providers;
+pub mod conformance;

@@ -1,0 +1,1 @@
+//! Checks HTTP exchanges against a provider's published OpenAPI description.
