@@ -7,8 +7,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod emulator;
 pub mod model;
 pub mod plan;
 pub mod providers;

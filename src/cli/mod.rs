@@ -11,6 +11,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod demo;
+pub mod reconcile;
+
 use crate::config::{self, Code, Diagnostic, diag};
 use crate::model::{DesiredState, Environment};
 
@@ -31,6 +34,14 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the JSON Schema of telbase.yaml (the committed schemas/telbase.schema.json).
     Schema,
+    /// Show what apply would change: observe the providers and compare with telbase.yaml.
+    Plan(reconcile::PlanArgs),
+    /// Make the providers match telbase.yaml.
+    Apply(reconcile::ApplyArgs),
+    /// Serve the emulated provider APIs (Vercel, Neon) on a loopback address.
+    Emulate(reconcile::EmulateArgs),
+    /// Run the whole loop against the built-in emulator: validate, plan, apply, drift, correct.
+    Demo,
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,9 +83,14 @@ pub fn run() -> ExitCode {
             };
         }
     };
+    init_tracing();
     let result = match cli.command {
         Command::Validate(args) => validate(&args),
         Command::Schema => schema(),
+        Command::Plan(args) => return reconcile::plan_cmd(&args),
+        Command::Apply(args) => return reconcile::apply_cmd(&args),
+        Command::Emulate(args) => return reconcile::emulate_cmd(&args),
+        Command::Demo => return demo::demo_cmd(),
     };
     match result {
         Ok(code) => code,
@@ -83,6 +99,16 @@ pub fn run() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings and errors).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn schema() -> anyhow::Result<ExitCode> {

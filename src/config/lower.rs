@@ -109,7 +109,7 @@ impl Lowering<'_> {
                         if let Some(s) = &spec.value {
                             EnvSource::Plain(s.clone())
                         } else if let Some(s) = &spec.sealed {
-                            EnvSource::Sealed(Sealed(s.trim().to_owned()))
+                            EnvSource::Sealed(Sealed::new(s.trim().to_owned()))
                         } else {
                             let f = spec.from.as_deref()?;
                             let mut parts = f.split('.');
@@ -398,7 +398,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                 key.clone(),
                 origin.clone(),
                 ResourceSpec::VercelProject(VercelProject {
-                    framework: vercel_framework(fw),
+                    framework: vercel_framework(fw).map(str::to_owned),
                     root_directory: app.root.clone(),
                     build_command: build.command,
                     install_command: build.install,
@@ -407,6 +407,8 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                     production_branch: cfg.environments.production.branch.clone(),
                     env,
                     preview_branch_of_pr: l.pr(),
+                    git_repository: None,
+                    production_commit: None,
                 }),
                 deps,
             );

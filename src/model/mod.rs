@@ -62,6 +62,26 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 17] = [
+        Kind::VercelProject,
+        Kind::VercelDomain,
+        Kind::CloudRunService,
+        Kind::CloudRunDomainMapping,
+        Kind::Secret,
+        Kind::NeonProject,
+        Kind::NeonBranch,
+        Kind::NeonDatabase,
+        Kind::CloudSqlInstance,
+        Kind::CloudSqlDatabase,
+        Kind::CloudSqlUser,
+        Kind::TursoGroup,
+        Kind::TursoDatabase,
+        Kind::ZoneSettings,
+        Kind::DnsRecord,
+        Kind::AccessPolicy,
+        Kind::AccessApplication,
+    ];
+
     pub fn provider(self) -> Provider {
         match self {
             Kind::VercelProject | Kind::VercelDomain => Provider::Vercel,
@@ -121,6 +141,17 @@ impl ResourceKey {
     pub fn provider(&self) -> Provider {
         self.kind.provider()
     }
+
+    /// The inverse of `Display`: `neon/database/notes-main`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '/');
+        let (provider, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
+        let kind = Kind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.provider().as_str() == provider && k.as_str() == kind)?;
+        (!name.is_empty()).then(|| ResourceKey::new(kind, name))
+    }
 }
 
 impl fmt::Display for ResourceKey {
@@ -147,7 +178,9 @@ pub enum Environment {
 }
 
 /// Outputs a resource offers to env vars through `from:`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Output {
     Url,
@@ -169,29 +202,62 @@ impl Output {
 
 /// An age-encrypted value exactly as committed (ASCII armor). Ciphertext, so not secret
 /// itself, but it is still never printed: output shows a fingerprint of the ciphertext, which
-/// changes exactly when the sealed value is re-sealed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sealed(pub String);
+/// changes exactly when the sealed value is re-sealed. A value observed at a provider has
+/// only the fingerprint (recorded beside the value when Telbase wrote it); two `Sealed`
+/// compare equal when their fingerprints do.
+#[derive(Clone)]
+pub struct Sealed {
+    armor: Option<String>,
+    fingerprint: String,
+}
 
 impl Sealed {
-    /// `sha256:` and the first 12 hex digits of the SHA-256 of the armored text.
-    pub fn fingerprint(&self) -> String {
+    pub fn new(armor: String) -> Self {
         use sha2::Digest as _;
-        let digest = sha2::Sha256::digest(self.0.as_bytes());
+        let digest = sha2::Sha256::digest(armor.as_bytes());
         let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
+        Sealed {
+            armor: Some(armor),
+            fingerprint: format!("sha256:{hex}"),
+        }
+    }
+
+    /// A sealed value known only by its fingerprint (read back from a provider).
+    pub fn from_fingerprint(fingerprint: impl Into<String>) -> Self {
+        Sealed {
+            armor: None,
+            fingerprint: fingerprint.into(),
+        }
+    }
+
+    /// `sha256:` and the first 12 hex digits of the SHA-256 of the armored text.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The armored ciphertext, when this value came from the file.
+    pub fn armor(&self) -> Option<&str> {
+        self.armor.as_deref()
     }
 }
 
+impl PartialEq for Sealed {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
+}
+
+impl Eq for Sealed {}
+
 impl fmt::Debug for Sealed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sealed({})", self.fingerprint())
+        write!(f, "Sealed({})", self.fingerprint)
     }
 }
 
 impl Serialize for Sealed {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.fingerprint())
+        s.serialize_str(&self.fingerprint)
     }
 }
 
@@ -229,16 +295,26 @@ pub struct EnvVar {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VercelProject {
-    pub framework: Option<&'static str>,
+    pub framework: Option<String>,
     pub root_directory: Option<String>,
     pub build_command: Option<String>,
     pub install_command: Option<String>,
     pub output_directory: Option<String>,
     pub node_version: Option<String>,
+    /// Not compared: Vercel's API offers no call to change a project's production branch,
+    /// and Telbase deploys production itself with an explicit ref, so Vercel's setting has
+    /// no effect on what runs.
+    #[serde(skip_serializing)]
     pub production_branch: String,
     pub env: Vec<EnvVar>,
     /// For a preview environment: the git branch its env values and deployment belong to.
     pub preview_branch_of_pr: Option<u64>,
+    /// The GitHub repository (`owner/name`) the project builds from; set from the checkout
+    /// by `DesiredState::pin_git`, not from the file.
+    pub git_repository: Option<String>,
+    /// The commit production should run; set by `pin_git`. A different commit at Vercel is
+    /// an update: deploy it, wait until it is ready, promote it.
+    pub production_commit: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -489,6 +565,18 @@ fn values_as_list<S: serde::Serializer, V: Serialize>(
 }
 
 impl DesiredState {
+    /// Record the commit being reconciled in every resource that deploys code.
+    pub fn pin_git(&mut self, repo: Option<&str>, sha: &str) {
+        for res in self.resources.values_mut() {
+            if let ResourceSpec::VercelProject(p) = &mut res.spec {
+                p.git_repository = repo.map(str::to_owned);
+                if matches!(self.environment, Environment::Production) {
+                    p.production_commit = Some(sha.to_owned());
+                }
+            }
+        }
+    }
+
     /// Resources in an order where every resource comes after what it depends on, ties
     /// broken by key so the order is deterministic (Kahn's algorithm, O(n log n)). Edges to
     /// resources outside this state (production's database, seen from a preview) are already

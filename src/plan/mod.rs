@@ -19,6 +19,7 @@ use crate::model::{ActualState, DesiredState, ResourceKey, ResourceSpec};
 
 pub use render::{
     GITHUB_COMMENT_LIMIT, PLAN_JSON_VERSION, render_json, render_markdown, render_text,
+    render_text_styled,
 };
 
 /// What the plan does to one resource.
@@ -130,6 +131,16 @@ fn immutable_fields(spec: &ResourceSpec) -> &'static [&'static str] {
     }
 }
 
+/// Fields where leaving the setting out of the file means "whatever the provider chose":
+/// Vercel fills in a Node.js version, and without a git checkout there is no commit or
+/// repository to pin. A value the file does set is compared as usual.
+fn no_opinion_when_unset(spec: &ResourceSpec) -> &'static [&'static str] {
+    match spec {
+        ResourceSpec::VercelProject(_) => &["node_version", "production_commit", "git_repository"],
+        _ => &[],
+    }
+}
+
 /// Compare two specs as JSON; null and absent are the same (an unset optional setting).
 fn diff(before: &J, after: &J, path: &mut Vec<String>, out: &mut Vec<FieldChange>) {
     match (before, after) {
@@ -174,6 +185,8 @@ pub fn plan(desired: &DesiredState, actual: &ActualState) -> Plan {
         let after = serde_json::to_value(&res.spec).unwrap_or(J::Null);
         let mut changes = Vec::new();
         diff(&before, &after, &mut Vec::new(), &mut changes);
+        let no_opinion = no_opinion_when_unset(&res.spec);
+        changes.retain(|c| c.after.is_some() || !no_opinion.contains(&c.path.as_str()));
         let immutable = immutable_fields(&res.spec);
         for c in &mut changes {
             let top = c.path.split('.').next().unwrap_or("");

@@ -27,6 +27,27 @@ fn value(v: &Option<J>) -> String {
 }
 
 pub fn render_text(plan: &Plan) -> String {
+    render_text_styled(plan, false)
+}
+
+/// ANSI colour for a marker: green create, yellow update, magenta replace, red delete.
+fn paint(a: Action, text: &str, colour: bool) -> String {
+    if !colour {
+        return text.to_owned();
+    }
+    let code = match a {
+        Action::Create => "32",
+        Action::Update => "33",
+        Action::Replace => "35",
+        Action::Delete => "31",
+        Action::NoOp => return text.to_owned(),
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+/// The terminal rendering, coloured when `colour` (the CLI decides: a TTY and no
+/// `NO_COLOR`).
+pub fn render_text_styled(plan: &Plan, colour: bool) -> String {
     let mut out = String::new();
     let changing: Vec<_> = plan
         .steps
@@ -53,7 +74,12 @@ pub fn render_text(plan: &Plan) -> String {
             Action::Delete => "delete",
             Action::NoOp => "",
         };
-        let _ = writeln!(out, "{:>3} {}  ({verb})", marker(step.action), step.key);
+        let _ = writeln!(
+            out,
+            "{} {}  ({verb})",
+            paint(step.action, &format!("{:>3}", marker(step.action)), colour),
+            step.key
+        );
         for c in &step.changes {
             let _ = writeln!(
                 out,

@@ -1,0 +1,402 @@
+//! The executor: carries out a `Plan` and makes no choices of its own (as omicron's
+//! executor does for the reconfigurator's blueprints).
+//!
+//! Steps run in dependency order (creates and updates after what they depend on; deletions
+//! after everything else, dependents first by teardown rank), with bounded concurrency per
+//! provider. A failed step stops only the steps that depend on it; everything else goes on,
+//! and the report says per resource what happened. Each step is one idempotent provider
+//! call sequence, so running the same plan again after a crash or a kill finishes the work
+//! without duplicates. Values a step needs (sealed secrets, connection strings) are opened
+//! or fetched right before its call, handed to the provider, and dropped.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde::Serialize;
+use sha2::Digest as _;
+
+use crate::model::{ActualState, DesiredState, EnvSource, Provider, ResourceKey, ResourceSpec};
+use crate::plan::{Action, Plan};
+use crate::providers::{Applied, Change, Inputs, ProviderError, Registry, Scope};
+
+/// Opens age-sealed values at apply time.
+pub trait Opener: Send + Sync {
+    /// The plaintext of an armored age value, or why it cannot be opened.
+    fn open(&self, armor: &str) -> Result<SecretString, String>;
+}
+
+/// An opener with no identity: every sealed value fails with a clear message.
+pub struct NoIdentity;
+
+impl Opener for NoIdentity {
+    fn open(&self, _armor: &str) -> Result<SecretString, String> {
+        Err("sealed values need the age identity: set TELBASE_IDENTITY_FILE (a file with an AGE-SECRET-KEY-1… line)".into())
+    }
+}
+
+/// Opens with an X25519 identity.
+pub struct AgeOpener(pub age::x25519::Identity);
+
+impl Opener for AgeOpener {
+    fn open(&self, armor: &str) -> Result<SecretString, String> {
+        use std::io::Read as _;
+        let reader = age::armor::ArmoredReader::new(armor.as_bytes());
+        let decryptor = age::Decryptor::new(reader).map_err(|e| format!("not an age file: {e}"))?;
+        let mut out = zeroize::Zeroizing::new(Vec::new());
+        decryptor
+            .decrypt(std::iter::once(&self.0 as &dyn age::Identity))
+            .map_err(|e| format!("cannot open it with this identity: {e}"))?
+            .read_to_end(&mut out)
+            .map_err(|e| format!("the ciphertext is damaged: {e}"))?;
+        let text = String::from_utf8(out.to_vec()).map_err(|_| "the sealed value is not UTF-8 text".to_owned())?;
+        Ok(SecretString::from(text))
+    }
+}
+
+/// What happened to one step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "outcome")]
+pub enum Outcome {
+    Done {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+    },
+    Failed {
+        error: String,
+    },
+    /// Not attempted because a step it depends on failed.
+    Skipped {
+        because: ResourceKey,
+    },
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepReport {
+    pub key: ResourceKey,
+    pub action: Action,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub millis: u64,
+}
+
+/// The result of an apply.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    pub steps: Vec<StepReport>,
+}
+
+impl Report {
+    pub fn succeeded(&self) -> bool {
+        self.steps.iter().all(|s| matches!(s.outcome, Outcome::Done { .. }))
+    }
+
+    pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
+        self.steps.iter().filter(|s| f(&s.outcome)).count()
+    }
+}
+
+/// Progress notifications, for terminals and logs.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started(ResourceKey, Action),
+    Finished(StepReport),
+}
+
+/// How the executor runs.
+#[derive(Clone)]
+pub struct Options {
+    /// Calls in flight at once, per provider.
+    pub concurrency: usize,
+    pub on_event: Option<Arc<dyn Fn(Event) + Send + Sync>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            concurrency: 8,
+            on_event: None,
+        }
+    }
+}
+
+/// Resolve the values a resource's env needs: `from:` outputs from their providers, sealed
+/// values with the opener. Plain values need nothing.
+async fn resolve_inputs(
+    key: &ResourceKey,
+    desired: &DesiredState,
+    registry: &Registry,
+    scope: &Scope,
+    opener: &dyn Opener,
+) -> Result<Inputs, String> {
+    let env = match desired.resources.get(key).map(|r| &r.spec) {
+        Some(ResourceSpec::VercelProject(p)) => &p.env,
+        Some(ResourceSpec::CloudRunService(s)) => &s.env,
+        _ => return Ok(Inputs::default()),
+    };
+    let mut inputs = Inputs::default();
+    for var in env {
+        match &var.source {
+            EnvSource::Plain(_) => {}
+            EnvSource::Sealed(s) => {
+                let armor = s.armor().ok_or_else(|| format!("{}: the sealed value is not in the file", var.name))?;
+                let v = opener.open(armor).map_err(|e| format!("{}: {e}", var.name))?;
+                inputs.env.insert(var.name.clone(), v);
+            }
+            EnvSource::Output { resource, output } => {
+                let source = desired.resources.get(resource).ok_or_else(|| {
+                    format!("{}: {resource} is not part of this environment", var.name)
+                })?;
+                let provider = registry
+                    .get(&resource.provider())
+                    .ok_or_else(|| format!("{}: no client for {}", var.name, resource.provider().as_str()))?;
+                let v = provider
+                    .output(scope, source, *output)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                inputs.env.insert(var.name.clone(), v);
+            }
+        }
+    }
+    Ok(inputs)
+}
+
+async fn run_step(
+    index: usize,
+    plan: Arc<Plan>,
+    desired: Arc<DesiredState>,
+    actual: Arc<ActualState>,
+    registry: Arc<Registry>,
+    scope: Arc<Scope>,
+    opener: Arc<dyn Opener>,
+) -> Result<Applied, String> {
+    let step = &plan.steps[index];
+    let provider = registry
+        .get(&step.key.provider())
+        .ok_or_else(|| format!("no client for {}", step.key.provider().as_str()))?;
+    let res = desired.resources.get(&step.key);
+    let obs = actual.resources.get(&step.key);
+    let change = match (step.action, res, obs) {
+        (Action::Create, Some(d), _) => Change::Create { desired: d },
+        (Action::Update, Some(d), Some(o)) => Change::Update {
+            desired: d,
+            observed: o,
+            changes: &step.changes,
+        },
+        (Action::Replace, Some(d), Some(o)) => Change::Replace {
+            desired: d,
+            observed: o,
+        },
+        (Action::Delete, _, Some(o)) => Change::Delete { observed: o },
+        (action, _, _) => {
+            return Err(format!(
+                "the plan says {action:?} but the states it was made from do not have this resource"
+            ));
+        }
+    };
+    let inputs = match step.action {
+        Action::Delete => Inputs::default(),
+        _ => resolve_inputs(&step.key, &desired, &registry, &scope, opener.as_ref()).await?,
+    };
+    provider
+        .apply(&scope, change, &inputs, &desired)
+        .await
+        .map_err(|e: ProviderError| e.to_string())
+}
+
+/// Carry out `plan`, made from `desired` and `actual`.
+pub async fn execute(
+    plan: Arc<Plan>,
+    desired: Arc<DesiredState>,
+    actual: Arc<ActualState>,
+    registry: Arc<Registry>,
+    scope: Arc<Scope>,
+    opener: Arc<dyn Opener>,
+    options: Options,
+) -> Report {
+    // Which steps wait for which.
+    let todo: Vec<usize> = (0..plan.steps.len())
+        .filter(|i| plan.steps[*i].action != Action::NoOp)
+        .collect();
+    let index: BTreeMap<&ResourceKey, usize> = todo.iter().map(|i| (&plan.steps[*i].key, *i)).collect();
+    let mut waits: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
+    let writes: Vec<usize> = todo.iter().copied().filter(|i| plan.steps[*i].action != Action::Delete).collect();
+    for &i in &todo {
+        let step = &plan.steps[i];
+        let deps: BTreeSet<usize> = if step.action == Action::Delete {
+            let rank = step.key.kind.teardown_rank();
+            // Deletions go last, and dependents (lower rank) before what they stand on.
+            writes
+                .iter()
+                .copied()
+                .chain(todo.iter().copied().filter(|j| {
+                    let s = &plan.steps[*j];
+                    s.action == Action::Delete && s.key.kind.teardown_rank() < rank
+                }))
+                .collect()
+        } else {
+            desired
+                .resources
+                .get(&step.key)
+                .map(|r| r.depends_on.iter().filter_map(|d| index.get(d).copied()).collect())
+                .unwrap_or_default()
+        };
+        waits.insert(i, deps);
+    }
+
+    let mut semaphores: BTreeMap<Provider, Arc<tokio::sync::Semaphore>> = BTreeMap::new();
+    for &i in &todo {
+        semaphores
+            .entry(plan.steps[i].key.provider())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1))));
+    }
+    let notify = |e: Event| {
+        if let Some(f) = &options.on_event {
+            f(e);
+        }
+    };
+
+    let mut done: BTreeMap<usize, bool> = BTreeMap::new();
+    let mut reports: BTreeMap<usize, StepReport> = BTreeMap::new();
+    let mut started: BTreeSet<usize> = BTreeSet::new();
+    let mut set = tokio::task::JoinSet::new();
+    loop {
+        // Skip whatever waits on a failure; start whatever is ready.
+        let mut progressed = true;
+        while progressed {
+            progressed = false;
+            for &i in &todo {
+                if started.contains(&i) {
+                    continue;
+                }
+                let deps = &waits[&i];
+                if let Some(&failed) = deps.iter().find(|d| done.get(d) == Some(&false)) {
+                    started.insert(i);
+                    done.insert(i, false);
+                    let r = StepReport {
+                        key: plan.steps[i].key.clone(),
+                        action: plan.steps[i].action,
+                        outcome: Outcome::Skipped {
+                            because: plan.steps[failed].key.clone(),
+                        },
+                        millis: 0,
+                    };
+                    notify(Event::Finished(r.clone()));
+                    reports.insert(i, r);
+                    progressed = true;
+                } else if deps.iter().all(|d| done.get(d) == Some(&true)) {
+                    started.insert(i);
+                    let sem = semaphores[&plan.steps[i].key.provider()].clone();
+                    let (plan, desired, actual, registry, scope, opener) = (
+                        plan.clone(),
+                        desired.clone(),
+                        actual.clone(),
+                        registry.clone(),
+                        scope.clone(),
+                        opener.clone(),
+                    );
+                    let on_event = options.on_event.clone();
+                    set.spawn(async move {
+                        let _permit = sem.acquire_owned().await;
+                        if let Some(f) = &on_event {
+                            f(Event::Started(plan.steps[i].key.clone(), plan.steps[i].action));
+                        }
+                        let t = Instant::now();
+                        let r = run_step(i, plan, desired, actual, registry, scope, opener).await;
+                        (i, r, t.elapsed())
+                    });
+                }
+            }
+        }
+        let Some(joined) = set.join_next().await else { break };
+        let (i, result, took): (usize, Result<Applied, String>, Duration) = match joined {
+            Ok(v) => v,
+            // A panicking provider is a bug; report it rather than take the run down.
+            Err(e) => {
+                tracing::error!(error = %e, "an apply task failed");
+                continue;
+            }
+        };
+        let outcome = match result {
+            Ok(applied) => Outcome::Done { url: applied.url },
+            Err(error) => Outcome::Failed { error },
+        };
+        done.insert(i, matches!(outcome, Outcome::Done { .. }));
+        let r = StepReport {
+            key: plan.steps[i].key.clone(),
+            action: plan.steps[i].action,
+            outcome,
+            millis: took.as_millis() as u64,
+        };
+        notify(Event::Finished(r.clone()));
+        reports.insert(i, r);
+    }
+    // Anything never started (only possible after a task panicked) is reported as such.
+    for &i in &todo {
+        reports.entry(i).or_insert_with(|| StepReport {
+            key: plan.steps[i].key.clone(),
+            action: plan.steps[i].action,
+            outcome: Outcome::Failed {
+                error: "not run: an earlier task stopped unexpectedly".into(),
+            },
+            millis: 0,
+        });
+    }
+    Report {
+        steps: reports.into_values().collect(),
+    }
+}
+
+/// Observe everything a desired state's providers hold for this scope.
+pub async fn observe(registry: &Registry, scope: &Scope) -> Result<ActualState, ProviderError> {
+    let mut actual = ActualState::default();
+    let futures: Vec<_> = registry.values().map(|p| p.observe(scope)).collect();
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(f);
+    }
+    // Providers are independent: observe them concurrently.
+    let results = join_all(set).await;
+    for r in results {
+        for o in r? {
+            actual.resources.insert(o.key.clone(), o);
+        }
+    }
+    Ok(actual)
+}
+
+/// Await boxed futures concurrently, keeping their order.
+async fn join_all<T>(futs: Vec<crate::providers::BoxFuture<'_, T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(futs.len());
+    // Small counts (one per provider): poll them together with a simple select loop.
+    let mut pending: Vec<Option<crate::providers::BoxFuture<'_, T>>> = futs.into_iter().map(Some).collect();
+    let mut results: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    out.extend(results.into_iter().flatten());
+    out
+}
+
+/// A short fingerprint of a serializable state, for saved plans: equal fingerprints mean
+/// the same state as far as the planner can see.
+pub fn fingerprint<T: Serialize>(v: &T) -> String {
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    let d = sha2::Sha256::digest(&bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}

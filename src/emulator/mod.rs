@@ -1,0 +1,687 @@
+//! The built-in provider emulator: one loopback HTTP listener that serves the provider APIs
+//! Telbase talks to, under documented path prefixes (`/vercel`, `/neon/api/v2`), with the
+//! providers' real paths, fields, error envelopes, pagination and asynchronous operations,
+//! checked against their published descriptions by the conformance test.
+//!
+//! It is stateful (what you create is there when you list), answers in small pages to
+//! exercise clients' pagination, checks the bearer token, and injects faults on request:
+//! latency, 5xx, 429 with `Retry-After`, timeouts, connection resets and garbage bodies,
+//! from a seeded generator so a failing run can be repeated. `--record` writes every
+//! exchange as a JSON line (credentials and secret values redacted). `/_admin` changes
+//! resources behind Telbase's back (drift), reads request counters and resource counts.
+//!
+//! Routing is by hand (a slice match on path segments per provider) rather than axum's
+//! router: the providers' paths overlap across versions and prefixes, and one fallback
+//! handler keeps faults, recording and counting in one place.
+
+mod neon;
+mod vercel;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::model::Provider;
+
+/// The token the emulator accepts, and that clients send to it. Real tokens are never sent
+/// to the emulator.
+pub const EMULATOR_TOKEN: &str = "telbase-emulator-token";
+
+/// Where each provider's API lives below the emulator's address.
+pub fn prefix(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Vercel => "/vercel",
+        Provider::Neon => "/neon/api/v2",
+        Provider::CloudRun => "/cloud-run",
+        Provider::SecretManager => "/secret-manager",
+        Provider::CloudSql => "/cloud-sql",
+        Provider::Turso => "/turso",
+        Provider::Cloudflare => "/cloudflare/client/v4",
+    }
+}
+
+/// Fault injection settings. Rates are probabilities per request, in [0, 1].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// Added before every answer.
+    pub latency: Duration,
+    pub rate_5xx: f64,
+    pub rate_429: f64,
+    /// The request is carried out, then the answer never comes (the client times out).
+    pub rate_timeout: f64,
+    /// The request is carried out, then the connection is cut in the middle of the body.
+    pub rate_reset: f64,
+    /// The request is carried out and the answer is not JSON.
+    pub rate_garbage: f64,
+    /// How long a "timeout" stalls.
+    pub stall: Duration,
+    pub seed: u64,
+}
+
+/// Emulator settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub faults: Faults,
+    /// Largest page a list endpoint returns, whatever the client asks for.
+    pub page_size: usize,
+    /// Polls before an asynchronous operation (a Neon operation, a Vercel build) finishes.
+    pub async_polls: u32,
+    pub record: Option<std::path::PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            faults: Faults::default(),
+            page_size: 3,
+            async_polls: 1,
+            record: None,
+        }
+    }
+}
+
+/// Everything the emulated providers hold.
+#[derive(Default)]
+pub(crate) struct World {
+    pub(crate) vercel: vercel::State,
+    pub(crate) neon: neon::State,
+    seq: u64,
+}
+
+impl World {
+    /// A fresh number for ids and timestamps (monotonic, so list order is stable).
+    pub(crate) fn next(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// A millisecond timestamp that is unique and increasing.
+    pub(crate) fn now_ms(&mut self) -> u64 {
+        1_767_225_600_000 + self.next() * 1000
+    }
+
+    pub(crate) fn now_rfc3339(&mut self) -> String {
+        let ms = self.now_ms();
+        chrono::DateTime::from_timestamp_millis(ms as i64)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    }
+}
+
+/// Request counters, by provider and by kind.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counters {
+    pub requests: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub by_provider: BTreeMap<String, ProviderCounters>,
+    pub faults: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ProviderCounters {
+    pub reads: u64,
+    pub writes: u64,
+    /// `"GET /v10/projects" → n`, by the route as written in the provider's docs.
+    pub routes: BTreeMap<String, u64>,
+}
+
+struct Inner {
+    config: Config,
+    world: Mutex<World>,
+    counters: Mutex<Counters>,
+    rng: Mutex<fastrand::Rng>,
+    record: Option<Mutex<std::fs::File>>,
+}
+
+/// A running emulator.
+pub struct Handle {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Handle {
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.inner.counters.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// How many of each resource exist, for duplicate checks.
+    pub fn inventory(&self) -> BTreeMap<String, u64> {
+        self.inner
+            .world
+            .lock()
+            .map(|w| inventory(&w))
+            .unwrap_or_default()
+    }
+
+    /// Apply an admin drift request in-process; same body as `POST /_admin/drift`.
+    pub fn drift(&self, body: &Value) -> Result<Value, String> {
+        let mut w = self.inner.world.lock().map_err(|_| "state poisoned".to_owned())?;
+        drift(&mut w, body)
+    }
+
+    /// Stop listening and wait for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+fn inventory(w: &World) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    vercel::inventory(&w.vercel, &mut m);
+    neon::inventory(&w.neon, &mut m);
+    m
+}
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error("cannot open the record file {0}: {1}")]
+    Record(String, std::io::Error),
+}
+
+/// Start the emulator on `addr` (port 0 picks a free one).
+pub async fn start(addr: SocketAddr, config: Config) -> Result<Handle, StartError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Bind(addr.to_string(), e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(addr.to_string(), e))?;
+    let record = match &config.record {
+        Some(p) => Some(Mutex::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| StartError::Record(p.display().to_string(), e))?,
+        )),
+        None => None,
+    };
+    let inner = Arc::new(Inner {
+        rng: Mutex::new(fastrand::Rng::with_seed(config.faults.seed)),
+        config,
+        world: Mutex::new(World::default()),
+        counters: Mutex::new(Counters::default()),
+        record,
+    });
+    let app = axum::Router::new()
+        .fallback(handle)
+        .with_state(inner.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Ok(Handle {
+        addr: local,
+        inner,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}
+
+/// A provider's answer, before faults and recording.
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Option<Value>,
+    pub(crate) headers: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    pub(crate) fn ok(status: u16, body: Value) -> Self {
+        Answer {
+            status,
+            body: Some(body),
+            headers: Vec::new(),
+        }
+    }
+
+    pub(crate) fn empty(status: u16) -> Self {
+        Answer {
+            status,
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A parsed request, as the provider routers see it.
+pub(crate) struct Req<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) segments: Vec<&'a str>,
+    pub(crate) query: Vec<(String, String)>,
+    pub(crate) body: Option<Value>,
+    pub(crate) page_size: usize,
+    pub(crate) async_polls: u32,
+}
+
+impl Req<'_> {
+    pub(crate) fn q(&self, key: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The page size: what the client asked for, capped by the emulator's small pages.
+    pub(crate) fn limit(&self) -> usize {
+        self.q("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .unwrap_or(20)
+            .clamp(1, self.page_size)
+    }
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    provider: &'a str,
+    method: &'a str,
+    path: &'a str,
+    query: &'a [(String, String)],
+    request_body: Option<Value>,
+    status: u16,
+    response_body: Option<Value>,
+}
+
+/// Replace secret values in a recorded body: env var values of secret types, passwords,
+/// connection URIs and tokens. The emulator's values are fake, but a recording is a file
+/// people share, and the habit is the point.
+pub fn redact(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            let secret_type = matches!(
+                m.get("type").and_then(Value::as_str),
+                Some("sensitive" | "encrypted" | "secret")
+            );
+            for (k, x) in m.iter_mut() {
+                let hide = matches!(k.as_str(), "password" | "uri" | "connection_uri" | "jwt" | "token")
+                    || (k == "value" && secret_type);
+                if hide && x.is_string() {
+                    *x = Value::String("[redacted]".into());
+                } else {
+                    redact(x);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+fn classify(path: &str) -> Option<(Provider, &str)> {
+    [Provider::Neon, Provider::Vercel]
+        .into_iter()
+        .find_map(|p| {
+            let rest = path.strip_prefix(prefix(p))?;
+            (rest.is_empty() || rest.starts_with('/')).then_some((p, rest))
+        })
+}
+
+fn json_response(status: u16, body: Option<&Value>, headers: &[(&'static str, String)]) -> Response {
+    let mut resp = match body {
+        Some(b) => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            [("content-type", "application/json")],
+            b.to_string(),
+        )
+            .into_response(),
+        None => StatusCode::from_u16(status)
+            .unwrap_or(StatusCode::NO_CONTENT)
+            .into_response(),
+    };
+    for (k, v) in headers {
+        if let Ok(v) = v.parse() {
+            resp.headers_mut().insert(*k, v);
+        }
+    }
+    resp
+}
+
+/// The provider's error envelope.
+pub(crate) fn provider_error(p: Provider, status: u16, code: &str, message: &str) -> Answer {
+    let body = match p {
+        Provider::Neon => json!({"code": code, "message": message, "request_id": format!("req-{status}")}),
+        _ => json!({"error": {"code": code, "message": message}}),
+    };
+    Answer::ok(status, body)
+}
+
+async fn handle(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_owned();
+    let query: Vec<(String, String)> = uri
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (percent_decode(k), percent_decode(v))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(rest) = path.strip_prefix("/_admin") {
+        return admin(&inner, &method, rest, &body);
+    }
+    let Some((provider, rest)) = classify(&path) else {
+        return json_response(
+            404,
+            Some(&json!({"error": {"code": "not_found", "message": format!("the emulator serves /vercel and /neon/api/v2, not {path}")}})),
+            &[],
+        );
+    };
+    let faults = inner.config.faults.clone();
+    if !faults.latency.is_zero() {
+        tokio::time::sleep(faults.latency).await;
+    }
+    let write = method != Method::GET;
+    let rest = rest.to_owned();
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let route = route_name(provider, &method, &segments);
+    if let Ok(mut c) = inner.counters.lock() {
+        c.requests += 1;
+        if write {
+            c.writes += 1;
+        } else {
+            c.reads += 1;
+        }
+        let pc = c.by_provider.entry(provider.as_str().to_owned()).or_default();
+        if write {
+            pc.writes += 1;
+        } else {
+            pc.reads += 1;
+        }
+        *pc.routes.entry(route).or_default() += 1;
+    }
+
+    // Draw every fault decision up front, so a seed gives the same run.
+    let (r5, r429, rto, rreset, rgarb) = {
+        let mut rng = inner.rng.lock().unwrap_or_else(|e| e.into_inner());
+        (rng.f64(), rng.f64(), rng.f64(), rng.f64(), rng.f64())
+    };
+    let count_fault = |name: &str| {
+        if let Ok(mut c) = inner.counters.lock() {
+            *c.faults.entry(name.to_owned()).or_default() += 1;
+        }
+    };
+    if r429 < faults.rate_429 {
+        count_fault("429");
+        let a = provider_error(provider, 429, "rate_limited", "Too many requests, slow down");
+        return json_response(429, a.body.as_ref(), &[("retry-after", "1".into())]);
+    }
+    if r5 < faults.rate_5xx {
+        count_fault("5xx");
+        let a = provider_error(provider, 503, "internal_server_error", "The service is temporarily unavailable");
+        return json_response(503, a.body.as_ref(), &[]);
+    }
+
+    // Auth, as the providers do it: a bearer token or 401/403.
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let answer = match token {
+        None => provider_error(provider, 401, "unauthorized", "Missing authorization header"),
+        Some(t) if t != EMULATOR_TOKEN => {
+            provider_error(provider, 403, "forbidden", "The token is not valid")
+        }
+        Some(_) => {
+            let parsed: Option<Value> = if body.is_empty() {
+                None
+            } else {
+                match serde_json::from_slice(&body) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        let a = provider_error(provider, 400, "bad_request", "Invalid JSON body");
+                        return json_response(400, a.body.as_ref(), &[]);
+                    }
+                }
+            };
+            let req = Req {
+                method: &method,
+                segments: segments.clone(),
+                query: query.clone(),
+                body: parsed,
+                page_size: inner.config.page_size,
+                async_polls: inner.config.async_polls,
+            };
+            let mut w = inner.world.lock().unwrap_or_else(|e| e.into_inner());
+            match provider {
+                Provider::Vercel => vercel::route(&mut w, &req),
+                Provider::Neon => neon::route(&mut w, &req),
+                _ => provider_error(provider, 404, "not_found", "not emulated"),
+            }
+        }
+    };
+
+    if let Some(rec) = &inner.record {
+        let mut req_body: Option<Value> = serde_json::from_slice(&body).ok();
+        if let Some(b) = &mut req_body {
+            redact(b);
+        }
+        let mut resp_body = answer.body.clone();
+        if let Some(b) = &mut resp_body {
+            redact(b);
+        }
+        let line = Record {
+            provider: provider.as_str(),
+            method: method.as_str(),
+            path: &rest,
+            query: &query,
+            request_body: req_body,
+            status: answer.status,
+            response_body: resp_body,
+        };
+        if let (Ok(mut f), Ok(s)) = (rec.lock(), serde_json::to_string(&line)) {
+            let _ = writeln!(f, "{s}");
+        }
+    }
+
+    if rto < faults.rate_timeout {
+        count_fault("timeout");
+        tokio::time::sleep(faults.stall).await;
+    }
+    if rreset < faults.rate_reset {
+        count_fault("reset");
+        // Headers and half a body, then the stream fails: hyper drops the connection.
+        let text = answer.body.as_ref().map(Value::to_string).unwrap_or_default();
+        let half = text.as_bytes()[..text.len() / 2].to_vec();
+        let stream = futures_stream(half);
+        return Response::builder()
+            .status(answer.status)
+            .header("content-type", "application/json")
+            .body(Body::from_stream(stream))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    if rgarb < faults.rate_garbage && answer.body.is_some() {
+        count_fault("garbage");
+        return (
+            StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK),
+            [("content-type", "application/json")],
+            "{\"projects\": [tru",
+        )
+            .into_response();
+    }
+    json_response(answer.status, answer.body.as_ref(), &answer.headers)
+}
+
+/// A body stream that yields `bytes` and then an error.
+fn futures_stream(
+    bytes: Vec<u8>,
+) -> impl futures_core::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    struct Cut(Option<Vec<u8>>, bool);
+    impl futures_core::Stream for Cut {
+        type Item = Result<Bytes, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            if let Some(b) = self.0.take() {
+                return std::task::Poll::Ready(Some(Ok(Bytes::from(b))));
+            }
+            if !self.1 {
+                self.1 = true;
+                return std::task::Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "emulated connection reset",
+                ))));
+            }
+            std::task::Poll::Ready(None)
+        }
+    }
+    Cut(Some(bytes), false)
+}
+
+/// `GET /v10/projects/{idOrName}` style names for counters: ids replaced by placeholders.
+fn route_name(p: Provider, method: &Method, segments: &[&str]) -> String {
+    let shape: Vec<String> = segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let literal = match p {
+                Provider::Vercel => {
+                    matches!(*s, "projects" | "env" | "domains" | "deployments" | "promote" | "verify" | "events" | "cancel")
+                        || (i == 0 && s.starts_with('v'))
+                }
+                _ => matches!(*s, "projects" | "branches" | "databases" | "roles" | "endpoints" | "operations" | "connection_uri" | "reveal_password"),
+            };
+            if literal { (*s).to_owned() } else { "{id}".to_owned() }
+        })
+        .collect();
+    format!("{} /{}", method, shape.join("/"))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `/_admin` routes: `GET /counters`, `GET /inventory`, `POST /drift`.
+fn admin(inner: &Inner, method: &Method, rest: &str, body: &[u8]) -> Response {
+    match (method.as_str(), rest) {
+        ("GET", "/counters") => {
+            let c = inner.counters.lock().map(|c| c.clone()).unwrap_or_default();
+            json_response(200, Some(&serde_json::to_value(c).unwrap_or_default()), &[])
+        }
+        ("GET", "/inventory") => {
+            let inv = inner.world.lock().map(|w| inventory(&w)).unwrap_or_default();
+            json_response(200, Some(&json!(inv)), &[])
+        }
+        ("POST", "/drift") => {
+            let Ok(v) = serde_json::from_slice::<Value>(body) else {
+                return json_response(400, Some(&json!({"error": "the body must be JSON"})), &[]);
+            };
+            let mut w = inner.world.lock().unwrap_or_else(|e| e.into_inner());
+            match drift(&mut w, &v) {
+                Ok(done) => json_response(200, Some(&done), &[]),
+                Err(e) => json_response(400, Some(&json!({"error": e})), &[]),
+            }
+        }
+        _ => json_response(
+            404,
+            Some(&json!({"error": "admin routes: GET /_admin/counters, GET /_admin/inventory, POST /_admin/drift"})),
+            &[],
+        ),
+    }
+}
+
+/// Change a resource behind Telbase's back. Body:
+/// `{"provider":"vercel","project":"notes-web","set":{"buildCommand":"make"}}`,
+/// `{"provider":"vercel","project":"notes-web","remove_env":"KEY"}`,
+/// `{"provider":"neon","project":"notes-main","protected":false}`,
+/// `{"provider":"vercel"|"neon","project":"…","delete":true}`.
+fn drift(w: &mut World, body: &Value) -> Result<Value, String> {
+    match body.get("provider").and_then(Value::as_str) {
+        Some("vercel") => vercel::drift(w, body),
+        Some("neon") => neon::drift(w, body),
+        other => Err(format!("unknown provider {other:?}; use \"vercel\" or \"neon\"")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        let mut v = json!({"envs": [{"key": "A", "value": "x", "type": "sensitive"}, {"key": "B", "value": "y", "type": "plain"}], "uri": "postgres://u:p@h/d", "role": {"password": "pw"}});
+        redact(&mut v);
+        assert_eq!(v["envs"][0]["value"], "[redacted]");
+        assert_eq!(v["envs"][1]["value"], "y");
+        assert_eq!(v["uri"], "[redacted]");
+        assert_eq!(v["role"]["password"], "[redacted]");
+    }
+
+    #[test]
+    fn decoding() {
+        assert_eq!(percent_decode("notes-%2A+x"), "notes-* x");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+
+    #[test]
+    fn route_names() {
+        let segs = ["v9", "projects", "prj_123", "env", "env_9"];
+        assert_eq!(route_name(Provider::Vercel, &Method::DELETE, &segs), "DELETE /v9/projects/{id}/env/{id}");
+    }
+}
