@@ -261,9 +261,10 @@ impl Serialize for Sealed {
     }
 }
 
-/// Where an environment variable's value comes from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Where an environment variable's value comes from. Serialized (for plans and
+/// comparison) as `{"plain": "…"}`, `{"sealed": "sha256:…"}` or
+/// `{"from": "neon/database/notes-main url"}`.
+#[derive(Debug, Clone, PartialEq)]
 pub enum EnvSource {
     /// Written in the file; not secret.
     Plain(String),
@@ -274,6 +275,33 @@ pub enum EnvSource {
         resource: ResourceKey,
         output: Output,
     },
+}
+
+impl Serialize for EnvSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(Some(1))?;
+        match self {
+            EnvSource::Plain(v) => m.serialize_entry("plain", v)?,
+            EnvSource::Sealed(v) => m.serialize_entry("sealed", v)?,
+            EnvSource::Output { resource, output } => {
+                let out = serde_json::to_value(output)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                m.serialize_entry("from", &format!("{resource} {out}"))?
+            }
+        }
+        m.end()
+    }
+}
+
+/// Env lists serialize as maps from name to source, so a plan shows the one variable that
+/// changed rather than the whole list, and order never matters.
+fn env_as_map<S: serde::Serializer>(env: &[EnvVar], s: S) -> Result<S::Ok, S::Error> {
+    let sorted: BTreeMap<&str, &EnvSource> =
+        env.iter().map(|v| (v.name.as_str(), &v.source)).collect();
+    s.collect_map(sorted)
 }
 
 impl EnvSource {
@@ -306,6 +334,7 @@ pub struct VercelProject {
     /// no effect on what runs.
     #[serde(skip_serializing)]
     pub production_branch: String,
+    #[serde(serialize_with = "env_as_map")]
     pub env: Vec<EnvVar>,
     /// For a preview environment: the git branch its env values and deployment belong to.
     pub preview_branch_of_pr: Option<u64>,
@@ -344,6 +373,7 @@ pub struct CloudRunService {
     pub probe: Option<Probe>,
     /// `true`: anyone may invoke (allUsers); `false`: behind Cloudflare Access.
     pub public: bool,
+    #[serde(serialize_with = "env_as_map")]
     pub env: Vec<EnvVar>,
 }
 
