@@ -10,8 +10,8 @@
 pub mod apply;
 pub mod cli;
 pub mod config;
+pub mod conformance;
 pub mod emulator;
 pub mod model;
 pub mod plan;
 pub mod providers;
-pub mod conformance;

@@ -50,7 +50,8 @@ impl Opener for AgeOpener {
             .map_err(|e| format!("cannot open it with this identity: {e}"))?
             .read_to_end(&mut out)
             .map_err(|e| format!("the ciphertext is damaged: {e}"))?;
-        let text = String::from_utf8(out.to_vec()).map_err(|_| "the sealed value is not UTF-8 text".to_owned())?;
+        let text = String::from_utf8(out.to_vec())
+            .map_err(|_| "the sealed value is not UTF-8 text".to_owned())?;
         Ok(SecretString::from(text))
     }
 }
@@ -90,7 +91,9 @@ pub struct Report {
 
 impl Report {
     pub fn succeeded(&self) -> bool {
-        self.steps.iter().all(|s| matches!(s.outcome, Outcome::Done { .. }))
+        self.steps
+            .iter()
+            .all(|s| matches!(s.outcome, Outcome::Done { .. }))
     }
 
     pub fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
@@ -141,17 +144,25 @@ async fn resolve_inputs(
         match &var.source {
             EnvSource::Plain(_) => {}
             EnvSource::Sealed(s) => {
-                let armor = s.armor().ok_or_else(|| format!("{}: the sealed value is not in the file", var.name))?;
-                let v = opener.open(armor).map_err(|e| format!("{}: {e}", var.name))?;
+                let armor = s
+                    .armor()
+                    .ok_or_else(|| format!("{}: the sealed value is not in the file", var.name))?;
+                let v = opener
+                    .open(armor)
+                    .map_err(|e| format!("{}: {e}", var.name))?;
                 inputs.env.insert(var.name.clone(), v);
             }
             EnvSource::Output { resource, output } => {
                 let source = desired.resources.get(resource).ok_or_else(|| {
                     format!("{}: {resource} is not part of this environment", var.name)
                 })?;
-                let provider = registry
-                    .get(&resource.provider())
-                    .ok_or_else(|| format!("{}: no client for {}", var.name, resource.provider().as_str()))?;
+                let provider = registry.get(&resource.provider()).ok_or_else(|| {
+                    format!(
+                        "{}: no client for {}",
+                        var.name,
+                        resource.provider().as_str()
+                    )
+                })?;
                 let v = provider
                     .output(scope, source, *output)
                     .await
@@ -220,9 +231,14 @@ pub async fn execute(
     let todo: Vec<usize> = (0..plan.steps.len())
         .filter(|i| plan.steps[*i].action != Action::NoOp)
         .collect();
-    let index: BTreeMap<&ResourceKey, usize> = todo.iter().map(|i| (&plan.steps[*i].key, *i)).collect();
+    let index: BTreeMap<&ResourceKey, usize> =
+        todo.iter().map(|i| (&plan.steps[*i].key, *i)).collect();
     let mut waits: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
-    let writes: Vec<usize> = todo.iter().copied().filter(|i| plan.steps[*i].action != Action::Delete).collect();
+    let writes: Vec<usize> = todo
+        .iter()
+        .copied()
+        .filter(|i| plan.steps[*i].action != Action::Delete)
+        .collect();
     for &i in &todo {
         let step = &plan.steps[i];
         let deps: BTreeSet<usize> = if step.action == Action::Delete {
@@ -240,7 +256,12 @@ pub async fn execute(
             desired
                 .resources
                 .get(&step.key)
-                .map(|r| r.depends_on.iter().filter_map(|d| index.get(d).copied()).collect())
+                .map(|r| {
+                    r.depends_on
+                        .iter()
+                        .filter_map(|d| index.get(d).copied())
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         waits.insert(i, deps);
@@ -301,7 +322,10 @@ pub async fn execute(
                     set.spawn(async move {
                         let _permit = sem.acquire_owned().await;
                         if let Some(f) = &on_event {
-                            f(Event::Started(plan.steps[i].key.clone(), plan.steps[i].action));
+                            f(Event::Started(
+                                plan.steps[i].key.clone(),
+                                plan.steps[i].action,
+                            ));
                         }
                         let t = Instant::now();
                         let r = run_step(i, plan, desired, actual, registry, scope, opener).await;
@@ -310,7 +334,9 @@ pub async fn execute(
                 }
             }
         }
-        let Some(joined) = set.join_next().await else { break };
+        let Some(joined) = set.join_next().await else {
+            break;
+        };
         let (i, result, took): (usize, Result<Applied, String>, Duration) = match joined {
             Ok(v) => v,
             // A panicking provider is a bug; report it rather than take the run down.
@@ -371,7 +397,8 @@ pub async fn observe(registry: &Registry, scope: &Scope) -> Result<ActualState, 
 async fn join_all<T>(futs: Vec<crate::providers::BoxFuture<'_, T>>) -> Vec<T> {
     let mut out = Vec::with_capacity(futs.len());
     // Small counts (one per provider): poll them together with a simple select loop.
-    let mut pending: Vec<Option<crate::providers::BoxFuture<'_, T>>> = futs.into_iter().map(Some).collect();
+    let mut pending: Vec<Option<crate::providers::BoxFuture<'_, T>>> =
+        futs.into_iter().map(Some).collect();
     let mut results: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
     std::future::poll_fn(|cx| {
         let mut all = true;
@@ -386,7 +413,11 @@ async fn join_all<T>(futs: Vec<crate::providers::BoxFuture<'_, T>>) -> Vec<T> {
                 }
             }
         }
-        if all { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     })
     .await;
     out.extend(results.into_iter().flatten());

@@ -45,10 +45,8 @@ fn make_repo(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = dir.join("telbase.yaml");
     std::fs::write(&config, EXAMPLE)?;
-    let repo = git2::Repository::init_opts(
-        dir,
-        git2::RepositoryInitOptions::new().initial_head("main"),
-    )?;
+    let repo =
+        git2::Repository::init_opts(dir, git2::RepositoryInitOptions::new().initial_head("main"))?;
     let mut index = repo.index()?;
     index.add_path(Path::new("telbase.yaml"))?;
     index.write()?;
@@ -73,9 +71,15 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     )
     .await?;
     println!("Telbase demo: a Next.js app on Vercel with a Neon Postgres database.");
-    println!("Provider APIs are served by the built-in emulator at {}.", handle.url());
+    println!(
+        "Provider APIs are served by the built-in emulator at {}.",
+        handle.url()
+    );
     let config = make_repo(dir)?;
-    println!("The project is a fresh git repository in {}.", dir.display());
+    println!(
+        "The project is a fresh git repository in {}.",
+        dir.display()
+    );
 
     stage(1, "validate telbase.yaml");
     let checked = crate::config::check_str(EXAMPLE);
@@ -119,12 +123,17 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         bail!("the second plan still has changes");
     }
 
-    stage(5, "drift: someone edits the resources behind Telbase's back");
+    stage(
+        5,
+        "drift: someone edits the resources behind Telbase's back",
+    );
     let web = "notes-web";
     handle
         .drift(&json!({"provider": "vercel", "project": web, "set": {"buildCommand": "npm run build:fast"}, "remove_env": "NEXT_PUBLIC_SITE_NAME"}))
         .map_err(|e| anyhow!(e))?;
-    println!("  Vercel: build command of {web} set to `npm run build:fast`; NEXT_PUBLIC_SITE_NAME removed");
+    println!(
+        "  Vercel: build command of {web} set to `npm run build:fast`; NEXT_PUBLIC_SITE_NAME removed"
+    );
     handle
         .drift(&json!({"provider": "neon", "project": "notes-main", "protected": false}))
         .map_err(|e| anyhow!(e))?;
@@ -162,7 +171,9 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         inv.get("neon.projects").copied().unwrap_or(0),
         inv.get("neon.databases").copied().unwrap_or(0),
     );
-    println!("Next: `telbase emulate` in one terminal, then `TELBASE_EMULATOR=http://127.0.0.1:4010 telbase plan --config examples/quickstart/telbase.yaml`.");
+    println!(
+        "Next: `telbase emulate` in one terminal, then `TELBASE_EMULATOR=http://127.0.0.1:4010 telbase plan --config examples/quickstart/telbase.yaml`."
+    );
     handle.stop().await;
     Ok(())
 }

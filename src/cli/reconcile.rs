@@ -113,7 +113,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| s.split_at(i))
         .unwrap_or((s, "ms"));
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 20ms or 2s"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 20ms or 2s"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
@@ -165,7 +167,8 @@ pub fn github_repo(url: &str) -> Option<String> {
         .or_else(|| url.strip_prefix("ssh://git@github.com/"))?;
     let rest = rest.trim_end_matches('/').trim_end_matches(".git");
     let (owner, name) = rest.split_once('/')?;
-    (!owner.is_empty() && !name.is_empty() && !name.contains('/')).then(|| format!("{owner}/{name}"))
+    (!owner.is_empty() && !name.is_empty() && !name.contains('/'))
+        .then(|| format!("{owner}/{name}"))
 }
 
 /// Everything a plan or apply works with.
@@ -184,7 +187,10 @@ pub fn session(target: &Target) -> anyhow::Result<Session> {
     let checked = config::check_bytes(&bytes);
     let source = String::from_utf8(bytes).ok();
     if !checked.diagnostics.is_empty() {
-        eprint!("{}", diag::render_text(&name, source.as_deref(), &checked.diagnostics));
+        eprint!(
+            "{}",
+            diag::render_text(&name, source.as_deref(), &checked.diagnostics)
+        );
     }
     let Some(cfg) = checked.config else {
         bail!("{name} is not valid; fix the errors above");
@@ -275,8 +281,13 @@ fn plan_inner(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             plan: plan_value(&plan),
         };
         let json = serde_json::to_string_pretty(&saved)?;
-        std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!("Saved the plan to {}; apply it with `telbase apply --plan {}`.", path.display(), path.display());
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!(
+            "Saved the plan to {}; apply it with `telbase apply --plan {}`.",
+            path.display(),
+            path.display()
+        );
     }
     Ok(if args.detailed_exitcode && plan.has_changes() {
         ExitCode::from(2)
@@ -290,9 +301,12 @@ fn opener() -> anyhow::Result<Arc<dyn Opener>> {
     let Some(path) = std::env::var_os("TELBASE_IDENTITY_FILE") else {
         return Ok(Arc::new(NoIdentity));
     };
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read TELBASE_IDENTITY_FILE {}", PathBuf::from(&path).display()))?,
-    );
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read TELBASE_IDENTITY_FILE {}",
+            PathBuf::from(&path).display()
+        )
+    })?);
     let line = text
         .lines()
         .map(str::trim)
@@ -331,7 +345,9 @@ fn apply_inner(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
     }
     if !args.auto_approve {
         if !std::io::stdin().is_terminal() {
-            bail!("refusing to apply without a terminal to confirm on; pass --auto-approve to apply unattended");
+            bail!(
+                "refusing to apply without a terminal to confirm on; pass --auto-approve to apply unattended"
+            );
         }
         print!("\nApply these changes? Only 'yes' is accepted: ");
         let _ = std::io::stdout().flush();
@@ -345,25 +361,40 @@ fn apply_inner(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
     println!();
     let report = rt.block_on(run_apply(&s, plan, actual, opener, args.concurrency, true));
     println!("{}", report_summary(&report));
-    Ok(if report.succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Refuse a saved plan when the file or the providers moved since it was made.
 fn check_saved(path: &Path, s: &Session, actual: &ActualState, plan: &Plan) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let saved: SavedPlan = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a plan saved by `telbase plan --out`", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let saved: SavedPlan = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a plan saved by `telbase plan --out`",
+            path.display()
+        )
+    })?;
     if saved.format != SAVED_PLAN_FORMAT || saved.version != 1 {
         bail!("{} is not a version 1 Telbase plan", path.display());
     }
     if saved.desired_sha256 != apply::fingerprint(&s.desired) {
-        bail!("telbase.yaml (or the commit) changed since the plan was made; run `telbase plan --out` again");
+        bail!(
+            "telbase.yaml (or the commit) changed since the plan was made; run `telbase plan --out` again"
+        );
     }
     if saved.actual_sha256 != apply::fingerprint(actual) {
-        bail!("the resources at the providers changed since the plan was made; run `telbase plan --out` again and review it");
+        bail!(
+            "the resources at the providers changed since the plan was made; run `telbase plan --out` again and review it"
+        );
     }
     if saved.plan != plan_value(plan) {
-        bail!("this version of Telbase plans differently from the one that saved the plan; run `telbase plan --out` again");
+        bail!(
+            "this version of Telbase plans differently from the one that saved the plan; run `telbase plan --out` again"
+        );
     }
     Ok(())
 }
@@ -377,7 +408,11 @@ pub async fn run_apply(
     concurrency: usize,
     progress: bool,
 ) -> Report {
-    let total = plan.steps.iter().filter(|st| st.action != Action::NoOp).count();
+    let total = plan
+        .steps
+        .iter()
+        .filter(|st| st.action != Action::NoOp)
+        .count();
     let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let on_event: Option<Arc<dyn Fn(Event) + Send + Sync>> = progress.then(|| {
         let finished = finished.clone();
@@ -395,7 +430,10 @@ pub async fn run_apply(
         Arc::new(s.registry.clone()),
         Arc::new(s.scope.clone()),
         opener,
-        apply::Options { concurrency, on_event },
+        apply::Options {
+            concurrency,
+            on_event,
+        },
     )
     .await
 }
@@ -416,7 +454,9 @@ fn step_line(r: &apply::StepReport) -> String {
             url.as_ref().map(|u| format!(" {u}")).unwrap_or_default()
         ),
         Outcome::Failed { error } => format!("{} FAILED: {error}", r.key),
-        Outcome::Skipped { because } => format!("{} skipped: it depends on {because}, which failed", r.key),
+        Outcome::Skipped { because } => {
+            format!("{} skipped: it depends on {because}, which failed", r.key)
+        }
     }
 }
 
@@ -427,7 +467,9 @@ pub fn report_summary(r: &Report) -> String {
     if failed + skipped == 0 {
         format!("\nApply complete: {done} done.")
     } else {
-        format!("\nApply incomplete: {done} done, {failed} failed, {skipped} skipped. Run `telbase apply` again once the cause is fixed; finished steps are not repeated.")
+        format!(
+            "\nApply incomplete: {done} done, {failed} failed, {skipped} skipped. Run `telbase apply` again once the cause is fixed; finished steps are not repeated."
+        )
     }
 }
 
@@ -454,8 +496,14 @@ pub fn emulate_cmd(args: &EmulateArgs) -> ExitCode {
             println!("Telbase emulator listening on {}", handle.url());
             println!("  Vercel  {}/vercel", handle.url());
             println!("  Neon    {}/neon/api/v2", handle.url());
-            println!("  admin   {}/_admin/counters, /_admin/inventory, POST /_admin/drift", handle.url());
-            println!("Point Telbase at it with:  export TELBASE_EMULATOR={}", handle.url());
+            println!(
+                "  admin   {}/_admin/counters, /_admin/inventory, POST /_admin/drift",
+                handle.url()
+            );
+            println!(
+                "Point Telbase at it with:  export TELBASE_EMULATOR={}",
+                handle.url()
+            );
             let _ = tokio::signal::ctrl_c().await;
             handle.stop().await;
             Ok(())

@@ -159,7 +159,11 @@ impl Handle {
     }
 
     pub fn counters(&self) -> Counters {
-        self.inner.counters.lock().map(|c| c.clone()).unwrap_or_default()
+        self.inner
+            .counters
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     /// How many of each resource exist, for duplicate checks.
@@ -173,7 +177,11 @@ impl Handle {
 
     /// Apply an admin drift request in-process; same body as `POST /_admin/drift`.
     pub fn drift(&self, body: &Value) -> Result<Value, String> {
-        let mut w = self.inner.world.lock().map_err(|_| "state poisoned".to_owned())?;
+        let mut w = self
+            .inner
+            .world
+            .lock()
+            .map_err(|_| "state poisoned".to_owned())?;
         drift(&mut w, body)
     }
 
@@ -322,8 +330,10 @@ pub fn redact(v: &mut Value) {
                 Some("sensitive" | "encrypted" | "secret")
             );
             for (k, x) in m.iter_mut() {
-                let hide = matches!(k.as_str(), "password" | "uri" | "connection_uri" | "jwt" | "token")
-                    || (k == "value" && secret_type);
+                let hide = matches!(
+                    k.as_str(),
+                    "password" | "uri" | "connection_uri" | "jwt" | "token"
+                ) || (k == "value" && secret_type);
                 if hide && x.is_string() {
                     *x = Value::String("[redacted]".into());
                 } else {
@@ -345,7 +355,11 @@ fn classify(path: &str) -> Option<(Provider, &str)> {
         })
 }
 
-fn json_response(status: u16, body: Option<&Value>, headers: &[(&'static str, String)]) -> Response {
+fn json_response(
+    status: u16,
+    body: Option<&Value>,
+    headers: &[(&'static str, String)],
+) -> Response {
     let mut resp = match body {
         Some(b) => (
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -368,7 +382,9 @@ fn json_response(status: u16, body: Option<&Value>, headers: &[(&'static str, St
 /// The provider's error envelope.
 pub(crate) fn provider_error(p: Provider, status: u16, code: &str, message: &str) -> Answer {
     let body = match p {
-        Provider::Neon => json!({"code": code, "message": message, "request_id": format!("req-{status}")}),
+        Provider::Neon => {
+            json!({"code": code, "message": message, "request_id": format!("req-{status}")})
+        }
         _ => json!({"error": {"code": code, "message": message}}),
     };
     Answer::ok(status, body)
@@ -400,7 +416,9 @@ async fn handle(
     let Some((provider, rest)) = classify(&path) else {
         return json_response(
             404,
-            Some(&json!({"error": {"code": "not_found", "message": format!("the emulator serves /vercel and /neon/api/v2, not {path}")}})),
+            Some(
+                &json!({"error": {"code": "not_found", "message": format!("the emulator serves /vercel and /neon/api/v2, not {path}")}}),
+            ),
             &[],
         );
     };
@@ -419,7 +437,10 @@ async fn handle(
         } else {
             c.reads += 1;
         }
-        let pc = c.by_provider.entry(provider.as_str().to_owned()).or_default();
+        let pc = c
+            .by_provider
+            .entry(provider.as_str().to_owned())
+            .or_default();
         if write {
             pc.writes += 1;
         } else {
@@ -440,12 +461,22 @@ async fn handle(
     };
     if r429 < faults.rate_429 {
         count_fault("429");
-        let a = provider_error(provider, 429, "rate_limited", "Too many requests, slow down");
+        let a = provider_error(
+            provider,
+            429,
+            "rate_limited",
+            "Too many requests, slow down",
+        );
         return json_response(429, a.body.as_ref(), &[("retry-after", "1".into())]);
     }
     if r5 < faults.rate_5xx {
         count_fault("5xx");
-        let a = provider_error(provider, 503, "internal_server_error", "The service is temporarily unavailable");
+        let a = provider_error(
+            provider,
+            503,
+            "internal_server_error",
+            "The service is temporarily unavailable",
+        );
         return json_response(503, a.body.as_ref(), &[]);
     }
 
@@ -455,7 +486,12 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let answer = match token {
-        None => provider_error(provider, 401, "unauthorized", "Missing authorization header"),
+        None => provider_error(
+            provider,
+            401,
+            "unauthorized",
+            "Missing authorization header",
+        ),
         Some(t) if t != EMULATOR_TOKEN => {
             provider_error(provider, 403, "forbidden", "The token is not valid")
         }
@@ -518,7 +554,11 @@ async fn handle(
     if rreset < faults.rate_reset {
         count_fault("reset");
         // Headers and half a body, then the stream fails: hyper drops the connection.
-        let text = answer.body.as_ref().map(Value::to_string).unwrap_or_default();
+        let text = answer
+            .body
+            .as_ref()
+            .map(Value::to_string)
+            .unwrap_or_default();
         let half = text.as_bytes()[..text.len() / 2].to_vec();
         let stream = futures_stream(half);
         return Response::builder()
@@ -574,12 +614,35 @@ fn route_name(p: Provider, method: &Method, segments: &[&str]) -> String {
         .map(|(i, s)| {
             let literal = match p {
                 Provider::Vercel => {
-                    matches!(*s, "projects" | "env" | "domains" | "deployments" | "promote" | "verify" | "events" | "cancel")
-                        || (i == 0 && s.starts_with('v'))
+                    matches!(
+                        *s,
+                        "projects"
+                            | "env"
+                            | "domains"
+                            | "deployments"
+                            | "promote"
+                            | "verify"
+                            | "events"
+                            | "cancel"
+                    ) || (i == 0 && s.starts_with('v'))
                 }
-                _ => matches!(*s, "projects" | "branches" | "databases" | "roles" | "endpoints" | "operations" | "connection_uri" | "reveal_password"),
+                _ => matches!(
+                    *s,
+                    "projects"
+                        | "branches"
+                        | "databases"
+                        | "roles"
+                        | "endpoints"
+                        | "operations"
+                        | "connection_uri"
+                        | "reveal_password"
+                ),
             };
-            if literal { (*s).to_owned() } else { "{id}".to_owned() }
+            if literal {
+                (*s).to_owned()
+            } else {
+                "{id}".to_owned()
+            }
         })
         .collect();
     format!("{} /{}", method, shape.join("/"))
@@ -625,7 +688,11 @@ fn admin(inner: &Inner, method: &Method, rest: &str, body: &[u8]) -> Response {
             json_response(200, Some(&serde_json::to_value(c).unwrap_or_default()), &[])
         }
         ("GET", "/inventory") => {
-            let inv = inner.world.lock().map(|w| inventory(&w)).unwrap_or_default();
+            let inv = inner
+                .world
+                .lock()
+                .map(|w| inventory(&w))
+                .unwrap_or_default();
             json_response(200, Some(&json!(inv)), &[])
         }
         ("POST", "/drift") => {
@@ -640,7 +707,9 @@ fn admin(inner: &Inner, method: &Method, rest: &str, body: &[u8]) -> Response {
         }
         _ => json_response(
             404,
-            Some(&json!({"error": "admin routes: GET /_admin/counters, GET /_admin/inventory, POST /_admin/drift"})),
+            Some(
+                &json!({"error": "admin routes: GET /_admin/counters, GET /_admin/inventory, POST /_admin/drift"}),
+            ),
             &[],
         ),
     }
@@ -655,7 +724,9 @@ fn drift(w: &mut World, body: &Value) -> Result<Value, String> {
     match body.get("provider").and_then(Value::as_str) {
         Some("vercel") => vercel::drift(w, body),
         Some("neon") => neon::drift(w, body),
-        other => Err(format!("unknown provider {other:?}; use \"vercel\" or \"neon\"")),
+        other => Err(format!(
+            "unknown provider {other:?}; use \"vercel\" or \"neon\""
+        )),
     }
 }
 
@@ -682,6 +753,9 @@ mod tests {
     #[test]
     fn route_names() {
         let segs = ["v9", "projects", "prj_123", "env", "env_9"];
-        assert_eq!(route_name(Provider::Vercel, &Method::DELETE, &segs), "DELETE /v9/projects/{id}/env/{id}");
+        assert_eq!(
+            route_name(Provider::Vercel, &Method::DELETE, &segs),
+            "DELETE /v9/projects/{id}/env/{id}"
+        );
     }
 }

@@ -60,19 +60,31 @@ fn err(status: u16, message: &str) -> Answer {
     provider_error(Provider::Neon, status, "", message)
 }
 
-const WORDS: [&str; 8] = ["misty", "bold", "quiet", "shiny", "aged", "sweet", "noisy", "winter"];
-const NOUNS: [&str; 8] = ["bird", "cloud", "salad", "wind", "breeze", "sunset", "boat", "river"];
+const WORDS: [&str; 8] = [
+    "misty", "bold", "quiet", "shiny", "aged", "sweet", "noisy", "winter",
+];
+const NOUNS: [&str; 8] = [
+    "bird", "cloud", "salad", "wind", "breeze", "sunset", "boat", "river",
+];
 
 fn neon_id(w: &mut World, prefix: &str) -> String {
     let n = w.next();
     let word = WORDS[(n % 8) as usize];
     let noun = NOUNS[((n / 8) % 8) as usize];
     let body = format!("{word}-{noun}-{:06}", n);
-    if prefix.is_empty() { body } else { format!("{prefix}-{body}") }
+    if prefix.is_empty() {
+        body
+    } else {
+        format!("{prefix}-{body}")
+    }
 }
 
 fn host(p: &Project, b: &Branch) -> String {
-    format!("{}.{}.aws.neon.tech", b.endpoint, p.region.trim_start_matches("aws-"))
+    format!(
+        "{}.{}.aws.neon.tech",
+        b.endpoint,
+        p.region.trim_start_matches("aws-")
+    )
 }
 
 fn project_json(p: &Project, list_item: bool) -> Value {
@@ -100,7 +112,14 @@ fn project_json(p: &Project, list_item: bool) -> Value {
         for k in ["consumption_period_end", "consumption_period_start"] {
             v[k] = json!(p.created_at);
         }
-        for k in ["active_time_seconds", "compute_time_seconds", "written_data_bytes", "data_transfer_bytes", "data_storage_bytes_hour", "synthetic_storage_size"] {
+        for k in [
+            "active_time_seconds",
+            "compute_time_seconds",
+            "written_data_bytes",
+            "data_transfer_bytes",
+            "data_storage_bytes_hour",
+            "synthetic_storage_size",
+        ] {
             v[k] = json!(0);
         }
     }
@@ -183,7 +202,13 @@ fn op_json(o: &Operation) -> Value {
     })
 }
 
-fn new_op(w: &mut World, project_id: &str, branch_id: &str, action: &'static str, polls: u32) -> Value {
+fn new_op(
+    w: &mut World,
+    project_id: &str,
+    branch_id: &str,
+    action: &'static str,
+    polls: u32,
+) -> Value {
     let n = w.next();
     let created_at = w.now_rfc3339();
     let o = Operation {
@@ -203,11 +228,28 @@ fn password(w: &mut World) -> String {
     format!("npg_{:016x}", w.next().wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-fn new_branch(w: &mut World, name: String, parent: Option<String>, default: bool, annotations: Map<String, Value>) -> Branch {
+fn new_branch(
+    w: &mut World,
+    name: String,
+    parent: Option<String>,
+    default: bool,
+    annotations: Map<String, Value>,
+) -> Branch {
     let id = neon_id(w, "br");
     let endpoint = neon_id(w, "ep");
     let created_at = w.now_rfc3339();
-    Branch { id, name, parent_id: parent, default, protected: false, annotations, roles: Vec::new(), databases: Vec::new(), endpoint, created_at }
+    Branch {
+        id,
+        name,
+        parent_id: parent,
+        default,
+        protected: false,
+        annotations,
+        roles: Vec::new(),
+        databases: Vec::new(),
+        endpoint,
+        created_at,
+    }
 }
 
 fn s(v: &Value, k: &str) -> Option<String> {
@@ -224,7 +266,10 @@ pub(crate) fn route(w: &mut World, r: &Req<'_>) -> Answer {
         ["projects"] if m == Method::GET => list_projects(w, r),
         ["projects"] if m == Method::POST => create_project(w, r),
         ["projects", p] if m == Method::GET => match idx(&w.neon, p) {
-            Some(i) => Answer::ok(200, json!({"project": project_json(&w.neon.projects[i], false)})),
+            Some(i) => Answer::ok(
+                200,
+                json!({"project": project_json(&w.neon.projects[i], false)}),
+            ),
             None => err(404, "project not found"),
         },
         ["projects", p] if m == Method::DELETE => match idx(&w.neon, p) {
@@ -236,7 +281,11 @@ pub(crate) fn route(w: &mut World, r: &Req<'_>) -> Answer {
         },
         ["projects", p, "operations", o] if m == Method::GET => {
             let st = &mut w.neon;
-            match st.operations.iter_mut().find(|x| x.id == *o && x.project_id == *p) {
+            match st
+                .operations
+                .iter_mut()
+                .find(|x| x.id == *o && x.project_id == *p)
+            {
                 Some(op) => {
                     let v = op_json(op);
                     op.polls_left = op.polls_left.saturating_sub(1);
@@ -246,7 +295,9 @@ pub(crate) fn route(w: &mut World, r: &Req<'_>) -> Answer {
             }
         }
         ["projects", p, "branches"] if m == Method::GET => {
-            let Some(i) = idx(&w.neon, p) else { return err(404, "project not found") };
+            let Some(i) = idx(&w.neon, p) else {
+                return err(404, "project not found");
+            };
             let proj = &w.neon.projects[i];
             let mut annotations = Map::new();
             for b in &proj.branches {
@@ -257,26 +308,47 @@ pub(crate) fn route(w: &mut World, r: &Req<'_>) -> Answer {
                     );
                 }
             }
-            Answer::ok(200, json!({"branches": proj.branches.iter().map(|b| branch_json(proj, b)).collect::<Vec<_>>(), "annotations": annotations}))
+            Answer::ok(
+                200,
+                json!({"branches": proj.branches.iter().map(|b| branch_json(proj, b)).collect::<Vec<_>>(), "annotations": annotations}),
+            )
         }
         ["projects", p, "branches"] if m == Method::POST => create_branch(w, p, r),
         ["projects", p, "branches", b] if m == Method::PATCH => {
             let polls = r.async_polls;
-            let protected = r.body.as_ref().and_then(|v| v.pointer("/branch/protected")).and_then(Value::as_bool);
-            let Some(i) = idx(&w.neon, p) else { return err(404, "project not found") };
-            let Some(bi) = w.neon.projects[i].branches.iter().position(|x| x.id == *b) else { return err(404, "branch not found") };
+            let protected = r
+                .body
+                .as_ref()
+                .and_then(|v| v.pointer("/branch/protected"))
+                .and_then(Value::as_bool);
+            let Some(i) = idx(&w.neon, p) else {
+                return err(404, "project not found");
+            };
+            let Some(bi) = w.neon.projects[i].branches.iter().position(|x| x.id == *b) else {
+                return err(404, "branch not found");
+            };
             if let Some(pr) = protected {
                 w.neon.projects[i].branches[bi].protected = pr;
             }
-            let (pid, bid) = (w.neon.projects[i].id.clone(), w.neon.projects[i].branches[bi].id.clone());
+            let (pid, bid) = (
+                w.neon.projects[i].id.clone(),
+                w.neon.projects[i].branches[bi].id.clone(),
+            );
             let op = new_op(w, &pid, &bid, "apply_config", polls);
             let proj = &w.neon.projects[i];
-            Answer::ok(200, json!({"branch": branch_json(proj, &proj.branches[bi]), "operations": [op]}))
+            Answer::ok(
+                200,
+                json!({"branch": branch_json(proj, &proj.branches[bi]), "operations": [op]}),
+            )
         }
         ["projects", p, "branches", b] if m == Method::DELETE => {
             let polls = r.async_polls;
-            let Some(i) = idx(&w.neon, p) else { return err(404, "project not found") };
-            let Some(bi) = w.neon.projects[i].branches.iter().position(|x| x.id == *b) else { return err(404, "branch not found") };
+            let Some(i) = idx(&w.neon, p) else {
+                return err(404, "project not found");
+            };
+            let Some(bi) = w.neon.projects[i].branches.iter().position(|x| x.id == *b) else {
+                return err(404, "branch not found");
+            };
             if w.neon.projects[i].branches[bi].default {
                 return err(422, "the default branch cannot be deleted");
             }
@@ -286,26 +358,51 @@ pub(crate) fn route(w: &mut World, r: &Req<'_>) -> Answer {
             let gone = w.neon.projects[i].branches.remove(bi);
             let pid = w.neon.projects[i].id.clone();
             let op = new_op(w, &pid, &gone.id, "delete_timeline", polls);
-            Answer::ok(200, json!({"branch": branch_json(&w.neon.projects[i], &gone), "operations": [op]}))
+            Answer::ok(
+                200,
+                json!({"branch": branch_json(&w.neon.projects[i], &gone), "operations": [op]}),
+            )
         }
-        ["projects", p, "branches", b, "databases"] if m == Method::GET => with_branch(w, p, b, |proj, br| {
-            let _ = proj;
-            Answer::ok(200, json!({"databases": br.databases.iter().map(|d| db_json(br, d)).collect::<Vec<_>>()}))
-        }),
-        ["projects", p, "branches", b, "databases"] if m == Method::POST => create_database(w, p, b, r),
-        ["projects", p, "branches", b, "databases", d] if m == Method::GET => with_branch(w, p, b, |_, br| {
-            match br.databases.iter().find(|x| x.name == *d) {
-                Some(x) => Answer::ok(200, json!({"database": db_json(br, x)})),
-                None => err(404, "database not found"),
-            }
-        }),
-        ["projects", p, "branches", b, "databases", d] if m == Method::PATCH || m == Method::DELETE => {
+        ["projects", p, "branches", b, "databases"] if m == Method::GET => {
+            with_branch(w, p, b, |proj, br| {
+                let _ = proj;
+                Answer::ok(
+                    200,
+                    json!({"databases": br.databases.iter().map(|d| db_json(br, d)).collect::<Vec<_>>()}),
+                )
+            })
+        }
+        ["projects", p, "branches", b, "databases"] if m == Method::POST => {
+            create_database(w, p, b, r)
+        }
+        ["projects", p, "branches", b, "databases", d] if m == Method::GET => {
+            with_branch(w, p, b, |_, br| {
+                match br.databases.iter().find(|x| x.name == *d) {
+                    Some(x) => Answer::ok(200, json!({"database": db_json(br, x)})),
+                    None => err(404, "database not found"),
+                }
+            })
+        }
+        ["projects", p, "branches", b, "databases", d]
+            if m == Method::PATCH || m == Method::DELETE =>
+        {
             let polls = r.async_polls;
-            let owner = r.body.as_ref().and_then(|v| v.pointer("/database/owner_name")).and_then(Value::as_str).map(str::to_owned);
-            let Some(i) = idx(&w.neon, p) else { return err(404, "project not found") };
-            let Some(bi) = w.neon.projects[i].branches.iter().position(|x| x.id == *b) else { return err(404, "branch not found") };
+            let owner = r
+                .body
+                .as_ref()
+                .and_then(|v| v.pointer("/database/owner_name"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let Some(i) = idx(&w.neon, p) else {
+                return err(404, "project not found");
+            };
+            let Some(bi) = w.neon.projects[i].branches.iter().position(|x| x.id == *b) else {
+                return err(404, "branch not found");
+            };
             let br = &mut w.neon.projects[i].branches[bi];
-            let Some(di) = br.databases.iter().position(|x| x.name == *d) else { return err(404, "database not found") };
+            let Some(di) = br.databases.iter().position(|x| x.name == *d) else {
+                return err(404, "database not found");
+            };
             let db = if m == Method::DELETE {
                 br.databases.remove(di)
             } else {
@@ -321,23 +418,40 @@ pub(crate) fn route(w: &mut World, r: &Req<'_>) -> Answer {
             let pid = w.neon.projects[i].id.clone();
             let op = new_op(w, &pid, &bid, "apply_config", polls);
             let br = &w.neon.projects[i].branches[bi];
-            Answer::ok(200, json!({"database": db_json(br, &db), "operations": [op]}))
+            Answer::ok(
+                200,
+                json!({"database": db_json(br, &db), "operations": [op]}),
+            )
         }
-        ["projects", p, "branches", b, "roles", role] if m == Method::GET => with_branch(w, p, b, |_, br| {
-            match br.roles.iter().find(|(n, _)| n == role) {
-                Some((n, _)) => Answer::ok(200, json!({"role": role_json(br, n, &br.created_at, None)})),
-                None => err(404, "role not found"),
-            }
-        }),
+        ["projects", p, "branches", b, "roles", role] if m == Method::GET => {
+            with_branch(w, p, b, |_, br| {
+                match br.roles.iter().find(|(n, _)| n == role) {
+                    Some((n, _)) => {
+                        Answer::ok(200, json!({"role": role_json(br, n, &br.created_at, None)}))
+                    }
+                    None => err(404, "role not found"),
+                }
+            })
+        }
         ["projects", p, "branches", b, "roles"] if m == Method::POST => {
             let polls = r.async_polls;
-            let Some(name) = r.body.as_ref().and_then(|v| v.pointer("/role/name")).and_then(Value::as_str).map(str::to_owned) else {
+            let Some(name) = r
+                .body
+                .as_ref()
+                .and_then(|v| v.pointer("/role/name"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+            else {
                 return err(400, "role.name is required");
             };
             let pw = password(w);
             let created_at = w.now_rfc3339();
-            let Some(i) = idx(&w.neon, p) else { return err(404, "project not found") };
-            let Some(bi) = w.neon.projects[i].branches.iter().position(|x| x.id == *b) else { return err(404, "branch not found") };
+            let Some(i) = idx(&w.neon, p) else {
+                return err(404, "project not found");
+            };
+            let Some(bi) = w.neon.projects[i].branches.iter().position(|x| x.id == *b) else {
+                return err(404, "branch not found");
+            };
             let br = &mut w.neon.projects[i].branches[bi];
             if br.roles.iter().any(|(n, _)| *n == name) {
                 return err(409, "role already exists");
@@ -347,31 +461,53 @@ pub(crate) fn route(w: &mut World, r: &Req<'_>) -> Answer {
             let pid = w.neon.projects[i].id.clone();
             let op = new_op(w, &pid, &bid, "apply_config", polls);
             let br = &w.neon.projects[i].branches[bi];
-            Answer::ok(201, json!({"role": role_json(br, &name, &created_at, Some(&pw)), "operations": [op]}))
+            Answer::ok(
+                201,
+                json!({"role": role_json(br, &name, &created_at, Some(&pw)), "operations": [op]}),
+            )
         }
         ["projects", p, "connection_uri"] if m == Method::GET => {
             let (Some(db), Some(role)) = (r.q("database_name"), r.q("role_name")) else {
                 return err(400, "database_name and role_name are required");
             };
-            let Some(i) = idx(&w.neon, p) else { return err(404, "project not found") };
+            let Some(i) = idx(&w.neon, p) else {
+                return err(404, "project not found");
+            };
             let proj = &w.neon.projects[i];
             let br = match r.q("branch_id") {
                 Some(b) => proj.branches.iter().find(|x| x.id == b),
                 None => proj.branches.iter().find(|x| x.default),
             };
-            let Some(br) = br else { return err(404, "branch not found") };
-            let Some((_, pw)) = br.roles.iter().find(|(n, _)| n == role) else { return err(404, "role not found") };
+            let Some(br) = br else {
+                return err(404, "branch not found");
+            };
+            let Some((_, pw)) = br.roles.iter().find(|(n, _)| n == role) else {
+                return err(404, "role not found");
+            };
             if !br.databases.iter().any(|d| d.name == db) {
                 return err(404, "database not found");
             }
-            Answer::ok(200, json!({"uri": format!("postgresql://{role}:{pw}@{}/{db}?sslmode=require&channel_binding=require", host(proj, br))}))
+            Answer::ok(
+                200,
+                json!({"uri": format!("postgresql://{role}:{pw}@{}/{db}?sslmode=require&channel_binding=require", host(proj, br))}),
+            )
         }
-        _ => err(404, "the requested path does not exist in the emulator's Neon API"),
+        _ => err(
+            404,
+            "the requested path does not exist in the emulator's Neon API",
+        ),
     }
 }
 
-fn with_branch(w: &mut World, p: &str, b: &str, f: impl FnOnce(&Project, &Branch) -> Answer) -> Answer {
-    let Some(i) = idx(&w.neon, p) else { return err(404, "project not found") };
+fn with_branch(
+    w: &mut World,
+    p: &str,
+    b: &str,
+    f: impl FnOnce(&Project, &Branch) -> Answer,
+) -> Answer {
+    let Some(i) = idx(&w.neon, p) else {
+        return err(404, "project not found");
+    };
     let proj = &w.neon.projects[i];
     match proj.branches.iter().find(|x| x.id == b) {
         Some(br) => f(proj, br),
@@ -416,21 +552,46 @@ fn create_project(w: &mut World, r: &Req<'_>) -> Answer {
     let region = s(spec, "region_id").unwrap_or_else(|| "aws-us-east-2".into());
     let pg_version = spec.get("pg_version").and_then(Value::as_u64).unwrap_or(17);
     let b = spec.get("branch").cloned().unwrap_or(json!({}));
-    let annotations = b.get("annotations").and_then(Value::as_object).cloned().unwrap_or_default();
+    let annotations = b
+        .get("annotations")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     let db_name = s(&b, "database_name").unwrap_or_else(|| "neondb".into());
     let role = s(&b, "role_name").unwrap_or_else(|| format!("{db_name}_owner"));
-    let mut branch = new_branch(w, s(&b, "name").unwrap_or_else(|| "main".into()), None, true, annotations);
+    let mut branch = new_branch(
+        w,
+        s(&b, "name").unwrap_or_else(|| "main".into()),
+        None,
+        true,
+        annotations,
+    );
     let pw = password(w);
     let created_at = w.now_rfc3339();
     branch.roles.push((role.clone(), pw.clone()));
     let db_id = w.next();
-    branch.databases.push(Db { id: db_id, name: db_name.clone(), owner: role.clone(), created_at: created_at.clone() });
-    let proj = Project { id: id.clone(), name, region, pg_version, created_at, branches: vec![branch] };
+    branch.databases.push(Db {
+        id: db_id,
+        name: db_name.clone(),
+        owner: role.clone(),
+        created_at: created_at.clone(),
+    });
+    let proj = Project {
+        id: id.clone(),
+        name,
+        region,
+        pg_version,
+        created_at,
+        branches: vec![branch],
+    };
     let bid = proj.branches[0].id.clone();
     let op1 = new_op(w, &id, &bid, "create_timeline", polls);
     let op2 = new_op(w, &id, &bid, "start_compute", polls);
     let br = &proj.branches[0];
-    let uri = format!("postgresql://{role}:{pw}@{}/{db_name}?sslmode=require", host(&proj, br));
+    let uri = format!(
+        "postgresql://{role}:{pw}@{}/{db_name}?sslmode=require",
+        host(&proj, br)
+    );
     let v = json!({
         "project": project_json(&proj, false),
         "connection_uris": [{"connection_uri": uri, "connection_parameters": {"database": db_name, "password": pw, "role": role, "host": host(&proj, br), "pooler_host": host(&proj, br)}}],
@@ -447,15 +608,36 @@ fn create_project(w: &mut World, r: &Req<'_>) -> Answer {
 fn create_branch(w: &mut World, p: &str, r: &Req<'_>) -> Answer {
     let polls = r.async_polls;
     let body = r.body.clone().unwrap_or(json!({}));
-    let Some(i) = idx(&w.neon, p) else { return err(404, "project not found") };
-    let default = w.neon.projects[i].branches.iter().find(|b| b.default).map(|b| (b.id.clone(), b.roles.clone(), b.databases.clone()));
-    let parent = body.pointer("/branch/parent_id").and_then(Value::as_str).map(str::to_owned).or(default.as_ref().map(|d| d.0.clone()));
-    let Some(parent_branch) = w.neon.projects[i].branches.iter().find(|b| Some(&b.id) == parent.as_ref()) else {
+    let Some(i) = idx(&w.neon, p) else {
+        return err(404, "project not found");
+    };
+    let default = w.neon.projects[i]
+        .branches
+        .iter()
+        .find(|b| b.default)
+        .map(|b| (b.id.clone(), b.roles.clone(), b.databases.clone()));
+    let parent = body
+        .pointer("/branch/parent_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or(default.as_ref().map(|d| d.0.clone()));
+    let Some(parent_branch) = w.neon.projects[i]
+        .branches
+        .iter()
+        .find(|b| Some(&b.id) == parent.as_ref())
+    else {
         return err(404, "parent branch not found");
     };
     let (roles, dbs) = (parent_branch.roles.clone(), parent_branch.databases.clone());
-    let annotations = body.get("annotation_value").and_then(Value::as_object).cloned().unwrap_or_default();
-    let name = body.pointer("/branch/name").and_then(Value::as_str).map(str::to_owned);
+    let annotations = body
+        .get("annotation_value")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let name = body
+        .pointer("/branch/name")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let mut br = new_branch(w, String::new(), parent, false, annotations);
     br.name = name.unwrap_or_else(|| br.id.clone());
     // A branch is a copy of its parent: same roles and databases.
@@ -480,15 +662,23 @@ fn create_database(w: &mut World, p: &str, b: &str, r: &Req<'_>) -> Answer {
     let polls = r.async_polls;
     let body = r.body.clone().unwrap_or(json!({}));
     let (Some(name), Some(owner)) = (
-        body.pointer("/database/name").and_then(Value::as_str).map(str::to_owned),
-        body.pointer("/database/owner_name").and_then(Value::as_str).map(str::to_owned),
+        body.pointer("/database/name")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        body.pointer("/database/owner_name")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     ) else {
         return err(400, "database.name and database.owner_name are required");
     };
     let id = w.next();
     let created_at = w.now_rfc3339();
-    let Some(i) = idx(&w.neon, p) else { return err(404, "project not found") };
-    let Some(bi) = w.neon.projects[i].branches.iter().position(|x| x.id == b) else { return err(404, "branch not found") };
+    let Some(i) = idx(&w.neon, p) else {
+        return err(404, "project not found");
+    };
+    let Some(bi) = w.neon.projects[i].branches.iter().position(|x| x.id == b) else {
+        return err(404, "branch not found");
+    };
     let br = &mut w.neon.projects[i].branches[bi];
     if br.databases.iter().any(|d| d.name == name) {
         return err(409, "database already exists");
@@ -496,25 +686,44 @@ fn create_database(w: &mut World, p: &str, b: &str, r: &Req<'_>) -> Answer {
     if !br.roles.iter().any(|(r, _)| *r == owner) {
         return err(400, "owner role does not exist");
     }
-    let db = Db { id, name, owner, created_at };
+    let db = Db {
+        id,
+        name,
+        owner,
+        created_at,
+    };
     br.databases.push(db.clone());
     let bid = br.id.clone();
     let pid = w.neon.projects[i].id.clone();
     let op = new_op(w, &pid, &bid, "apply_config", polls);
     let br = &w.neon.projects[i].branches[bi];
-    Answer::ok(201, json!({"database": db_json(br, &db), "operations": [op]}))
+    Answer::ok(
+        201,
+        json!({"database": db_json(br, &db), "operations": [op]}),
+    )
 }
 
 pub(crate) fn inventory(st: &State, m: &mut BTreeMap<String, u64>) {
     m.insert("neon.projects".into(), st.projects.len() as u64);
-    m.insert("neon.branches".into(), st.projects.iter().map(|p| p.branches.len() as u64).sum());
+    m.insert(
+        "neon.branches".into(),
+        st.projects.iter().map(|p| p.branches.len() as u64).sum(),
+    );
     m.insert(
         "neon.databases".into(),
-        st.projects.iter().flat_map(|p| p.branches.iter()).map(|b| b.databases.len() as u64).sum(),
+        st.projects
+            .iter()
+            .flat_map(|p| p.branches.iter())
+            .map(|b| b.databases.len() as u64)
+            .sum(),
     );
     m.insert(
         "neon.roles".into(),
-        st.projects.iter().flat_map(|p| p.branches.iter()).map(|b| b.roles.len() as u64).sum(),
+        st.projects
+            .iter()
+            .flat_map(|p| p.branches.iter())
+            .map(|b| b.roles.len() as u64)
+            .sum(),
     );
 }
 
@@ -526,7 +735,11 @@ pub(crate) fn drift(w: &mut World, body: &Value) -> Result<Value, String> {
         st.projects.retain(|p| p.name != name);
         return Ok(json!({"deleted": before - st.projects.len()}));
     }
-    let p = st.projects.iter_mut().find(|p| p.name == name).ok_or_else(|| format!("no Neon project named {name}"))?;
+    let p = st
+        .projects
+        .iter_mut()
+        .find(|p| p.name == name)
+        .ok_or_else(|| format!("no Neon project named {name}"))?;
     let mut changed = Vec::new();
     if let Some(pr) = body.get("protected").and_then(Value::as_bool) {
         for b in p.branches.iter_mut().filter(|b| b.default) {

@@ -212,7 +212,10 @@ fn str_of(v: &Value, k: &str) -> Option<String> {
 fn targets_of(v: &Value) -> Vec<String> {
     match v.get("target") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -240,12 +243,13 @@ pub(crate) fn route(w: &mut World, r: &Req<'_>) -> Answer {
             Answer::empty(204)
         }
         ["v10", "projects", p, "env"] if m == Method::POST => create_env(w, p, r),
-        ["v10", "projects", p, "env"] if m == Method::GET => {
-            match find_project(&mut w.vercel, p) {
-                Some(x) => Answer::ok(200, json!({"envs": x.env.iter().map(env_json).collect::<Vec<_>>()})),
-                None => err(404, "not_found", "Project not found"),
-            }
-        }
+        ["v10", "projects", p, "env"] if m == Method::GET => match find_project(&mut w.vercel, p) {
+            Some(x) => Answer::ok(
+                200,
+                json!({"envs": x.env.iter().map(env_json).collect::<Vec<_>>()}),
+            ),
+            None => err(404, "not_found", "Project not found"),
+        },
         ["v9", "projects", p, "env", e] if m == Method::DELETE => {
             let Some(x) = find_project(&mut w.vercel, p) else {
                 return err(404, "not_found", "Project not found");
@@ -282,14 +286,20 @@ pub(crate) fn route(w: &mut World, r: &Req<'_>) -> Answer {
         ["v13", "deployments"] if m == Method::POST => create_deployment(w, r),
         ["v13", "deployments", d] if m == Method::GET => {
             let s = &mut w.vercel;
-            let Some(dep) = s.deployments.iter_mut().find(|x| x.id == *d || deployment_host(x) == *d) else {
+            let Some(dep) = s
+                .deployments
+                .iter_mut()
+                .find(|x| x.id == *d || deployment_host(x) == *d)
+            else {
                 return err(404, "not_found", "Deployment not found");
             };
             // Each look moves the build along: QUEUED → BUILDING → READY.
-            if dep.polls_left > 0 {
+            if matches!(dep.state, "ERROR" | "CANCELED") {
+                // Finished for good.
+            } else if dep.polls_left > 0 {
                 dep.polls_left -= 1;
                 dep.state = "BUILDING";
-            } else if dep.state != "ERROR" && dep.state != "CANCELED" {
+            } else {
                 dep.state = "READY";
             }
             Answer::ok(200, deployment_json(dep))
@@ -316,12 +326,33 @@ pub(crate) fn route(w: &mut World, r: &Req<'_>) -> Answer {
                     let mut v = deployment_json(d);
                     // The list shape is the short one.
                     if let Some(o) = v.as_object_mut() {
-                        o.retain(|k, _| matches!(k.as_str(), "uid" | "name" | "url" | "created" | "createdAt" | "state" | "readyState" | "type" | "creator" | "meta" | "target" | "projectId" | "inspectorUrl" | "buildingAt"));
+                        o.retain(|k, _| {
+                            matches!(
+                                k.as_str(),
+                                "uid"
+                                    | "name"
+                                    | "url"
+                                    | "created"
+                                    | "createdAt"
+                                    | "state"
+                                    | "readyState"
+                                    | "type"
+                                    | "creator"
+                                    | "meta"
+                                    | "target"
+                                    | "projectId"
+                                    | "inspectorUrl"
+                                    | "buildingAt"
+                            )
+                        });
                     }
                     v
                 })
                 .collect();
-            Answer::ok(200, json!({"deployments": list, "pagination": {"count": list.len(), "next": null, "prev": null}}))
+            Answer::ok(
+                200,
+                json!({"deployments": list, "pagination": {"count": list.len(), "next": null, "prev": null}}),
+            )
         }
         ["v10", "projects", p, "promote", d] if m == Method::POST => {
             let s = &mut w.vercel;
@@ -337,12 +368,20 @@ pub(crate) fn route(w: &mut World, r: &Req<'_>) -> Answer {
                 return err(404, "not_found", "Project not found");
             };
             if x.id != dep_project {
-                return err(400, "bad_request", "The deployment belongs to another project");
+                return err(
+                    400,
+                    "bad_request",
+                    "The deployment belongs to another project",
+                );
             }
             x.production = Some(dep_id);
             Answer::empty(201)
         }
-        _ => err(404, "not_found", "The requested path does not exist in the emulator's Vercel API"),
+        _ => err(
+            404,
+            "not_found",
+            "The requested path does not exist in the emulator's Vercel API",
+        ),
     }
 }
 
@@ -351,11 +390,27 @@ fn list_projects(w: &mut World, r: &Req<'_>) -> Answer {
     let limit = r.limit();
     let search = r.q("search").unwrap_or("");
     // `from` is our continuation token: the index to start at.
-    let start: usize = r.q("from").and_then(|f| f.strip_prefix('o')).and_then(|n| n.parse().ok()).unwrap_or(0);
-    let matching: Vec<&Project> = s.projects.iter().filter(|p| p.name.contains(search)).collect();
-    let page: Vec<Value> = matching.iter().skip(start).take(limit).map(|p| project_json(s, p)).collect();
+    let start: usize = r
+        .q("from")
+        .and_then(|f| f.strip_prefix('o'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let matching: Vec<&Project> = s
+        .projects
+        .iter()
+        .filter(|p| p.name.contains(search))
+        .collect();
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|p| project_json(s, p))
+        .collect();
     let next = (start + limit < matching.len()).then(|| format!("o{}", start + limit));
-    Answer::ok(200, json!({"projects": page, "pagination": {"count": page.len(), "next": next}}))
+    Answer::ok(
+        200,
+        json!({"projects": page, "pagination": {"count": page.len(), "next": next}}),
+    )
 }
 
 fn create_project(w: &mut World, r: &Req<'_>) -> Answer {
@@ -377,11 +432,18 @@ fn create_project(w: &mut World, r: &Req<'_>) -> Answer {
         }
     }
     let link = body.get("gitRepository").and_then(|g| {
-        let (org, repo) = str_of(g, "repo")?.split_once('/').map(|(a, b)| (a.to_owned(), b.to_owned()))?;
+        let (org, repo) = str_of(g, "repo")?
+            .split_once('/')
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))?;
         Some((org, repo))
     });
     let mut env = Vec::new();
-    for e in body.get("environmentVariables").and_then(Value::as_array).into_iter().flatten() {
+    for e in body
+        .get("environmentVariables")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let eid = id(w, "env");
         env.push(Env {
             id: eid,
@@ -406,7 +468,11 @@ fn create_project(w: &mut World, r: &Req<'_>) -> Answer {
         production: None,
     });
     let s = &w.vercel;
-    let p = s.projects.last().map(|p| project_json(s, p)).unwrap_or_default();
+    let p = s
+        .projects
+        .last()
+        .map(|p| project_json(s, p))
+        .unwrap_or_default();
     Answer::ok(200, p)
 }
 
@@ -430,7 +496,12 @@ fn update_project(w: &mut World, p: &str, r: &Req<'_>) -> Answer {
     }
     x.updated_at = now;
     let id = x.id.clone();
-    let p = s.projects.iter().find(|p| p.id == id).map(|p| project_json(s, p)).unwrap_or_default();
+    let p = s
+        .projects
+        .iter()
+        .find(|p| p.id == id)
+        .map(|p| project_json(s, p))
+        .unwrap_or_default();
     Answer::ok(200, p)
 }
 
@@ -451,23 +522,44 @@ fn create_env(w: &mut World, p: &str, r: &Req<'_>) -> Answer {
     };
     let mut created = Vec::new();
     for (item, eid) in items.iter().zip(ids) {
-        let (Some(key), Some(value), Some(kind)) = (str_of(item, "key"), str_of(item, "value"), str_of(item, "type")) else {
+        let (Some(key), Some(value), Some(kind)) = (
+            str_of(item, "key"),
+            str_of(item, "value"),
+            str_of(item, "type"),
+        ) else {
             return err(400, "bad_request", "Each env var needs key, value and type");
         };
         let target = targets_of(item);
         let git_branch = str_of(item, "gitBranch");
         let comment = str_of(item, "comment");
         let clash = x.env.iter().position(|e| {
-            e.key == key && e.git_branch == git_branch && e.target.iter().any(|t| target.contains(t))
+            e.key == key
+                && e.git_branch == git_branch
+                && e.target.iter().any(|t| target.contains(t))
         });
-        let env = Env { id: eid, key, value, kind, target, git_branch, comment, created_at: now };
+        let env = Env {
+            id: eid,
+            key,
+            value,
+            kind,
+            target,
+            git_branch,
+            comment,
+            created_at: now,
+        };
         match clash {
             Some(i) if upsert => {
                 let keep = x.env[i].id.clone();
                 x.env[i] = Env { id: keep, ..env };
                 created.push(env_json(&x.env[i]));
             }
-            Some(_) => return err(409, "ENV_ALREADY_EXISTS", "A variable with the same key and target exists"),
+            Some(_) => {
+                return err(
+                    409,
+                    "ENV_ALREADY_EXISTS",
+                    "A variable with the same key and target exists",
+                );
+            }
             None => {
                 created.push(env_json(&env));
                 x.env.push(env);
@@ -478,7 +570,15 @@ fn create_env(w: &mut World, p: &str, r: &Req<'_>) -> Answer {
 }
 
 fn domain_json(project_id: &str, d: &Dom) -> Value {
-    let apex = d.name.rsplitn(3, '.').take(2).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join(".");
+    let apex = d
+        .name
+        .rsplitn(3, '.')
+        .take(2)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join(".");
     let mut v = json!({
         "name": d.name,
         "apexName": apex,
@@ -500,15 +600,24 @@ fn list_domains(w: &mut World, p: &str, r: &Req<'_>) -> Answer {
     };
     let until: Option<u64> = r.q("until").and_then(|u| u.parse().ok());
     // Newest first, paged by creation time as Vercel does.
-    let mut all: Vec<&Dom> = x.domains.iter().filter(|d| until.is_none_or(|u| d.created_at < u)).collect();
+    let mut all: Vec<&Dom> = x
+        .domains
+        .iter()
+        .filter(|d| until.is_none_or(|u| d.created_at < u))
+        .collect();
     all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
     let page: Vec<&Dom> = all.iter().take(limit).copied().collect();
-    let next = (all.len() > limit).then(|| page.last().map(|d| d.created_at)).flatten();
+    let next = (all.len() > limit)
+        .then(|| page.last().map(|d| d.created_at))
+        .flatten();
     let pid = x.id.clone();
-    Answer::ok(200, json!({
-        "domains": page.iter().map(|d| domain_json(&pid, d)).collect::<Vec<_>>(),
-        "pagination": {"count": page.len(), "next": next, "prev": null},
-    }))
+    Answer::ok(
+        200,
+        json!({
+            "domains": page.iter().map(|d| domain_json(&pid, d)).collect::<Vec<_>>(),
+            "pagination": {"count": page.len(), "next": next, "prev": null},
+        }),
+    )
 }
 
 fn add_domain(w: &mut World, p: &str, r: &Req<'_>) -> Answer {
@@ -516,14 +625,26 @@ fn add_domain(w: &mut World, p: &str, r: &Req<'_>) -> Answer {
         return err(400, "bad_request", "`name` is required");
     };
     let git_branch = r.body.as_ref().and_then(|b| str_of(b, "gitBranch"));
-    if w.vercel.projects.iter().any(|x| x.domains.iter().any(|d| d.name == name)) {
-        return err(409, "domain_already_in_use", "The domain is already assigned to a project");
+    if w.vercel
+        .projects
+        .iter()
+        .any(|x| x.domains.iter().any(|d| d.name == name))
+    {
+        return err(
+            409,
+            "domain_already_in_use",
+            "The domain is already assigned to a project",
+        );
     }
     let now = w.now_ms();
     let Some(x) = find_project(&mut w.vercel, p) else {
         return err(404, "not_found", "Project not found");
     };
-    let d = Dom { name, git_branch, created_at: now };
+    let d = Dom {
+        name,
+        git_branch,
+        created_at: now,
+    };
     let v = domain_json(&x.id, &d);
     x.domains.push(d);
     Answer::ok(200, v)
@@ -537,12 +658,26 @@ fn create_deployment(w: &mut World, r: &Req<'_>) -> Answer {
         return err(400, "bad_request", "`name` is required");
     };
     let project = str_of(body, "project").unwrap_or_else(|| name.clone());
-    let Some(pid) = w.vercel.projects.iter().find(|p| p.id == project || p.name == project).map(|p| p.id.clone()) else {
+    let Some(pid) = w
+        .vercel
+        .projects
+        .iter()
+        .find(|p| p.id == project || p.name == project)
+        .map(|p| p.id.clone())
+    else {
         return err(404, "not_found", "Project not found");
     };
     let git = body.get("gitSource").cloned().unwrap_or(Value::Null);
-    let (Some(org), Some(repo), Some(git_ref)) = (str_of(&git, "org"), str_of(&git, "repo"), str_of(&git, "ref")) else {
-        return err(400, "bad_request", "The emulator deploys only from gitSource {type: github, org, repo, ref, sha}");
+    let (Some(org), Some(repo), Some(git_ref)) = (
+        str_of(&git, "org"),
+        str_of(&git, "repo"),
+        str_of(&git, "ref"),
+    ) else {
+        return err(
+            400,
+            "bad_request",
+            "The emulator deploys only from gitSource {type: github, org, repo, ref, sha}",
+        );
     };
     let sha = str_of(&git, "sha").unwrap_or_else(|| "0".repeat(40));
     let did = id(w, "dpl");
@@ -571,8 +706,14 @@ fn create_deployment(w: &mut World, r: &Req<'_>) -> Answer {
 pub(crate) fn inventory(s: &State, m: &mut BTreeMap<String, u64>) {
     m.insert("vercel.projects".into(), s.projects.len() as u64);
     m.insert("vercel.deployments".into(), s.deployments.len() as u64);
-    m.insert("vercel.env".into(), s.projects.iter().map(|p| p.env.len() as u64).sum());
-    m.insert("vercel.domains".into(), s.projects.iter().map(|p| p.domains.len() as u64).sum());
+    m.insert(
+        "vercel.env".into(),
+        s.projects.iter().map(|p| p.env.len() as u64).sum(),
+    );
+    m.insert(
+        "vercel.domains".into(),
+        s.projects.iter().map(|p| p.domains.len() as u64).sum(),
+    );
 }
 
 pub(crate) fn drift(w: &mut World, body: &Value) -> Result<Value, String> {
@@ -588,7 +729,10 @@ pub(crate) fn drift(w: &mut World, body: &Value) -> Result<Value, String> {
     if let Some(set) = body.get("set").and_then(Value::as_object) {
         for (k, v) in set {
             let Some(key) = SETTINGS.iter().find(|s| **s == k.as_str()) else {
-                return Err(format!("cannot set `{k}`; settable: {}", SETTINGS.join(", ")));
+                return Err(format!(
+                    "cannot set `{k}`; settable: {}",
+                    SETTINGS.join(", ")
+                ));
             };
             x.settings.insert(key, v.clone());
             changed.push(k.clone());

@@ -45,7 +45,9 @@ impl std::fmt::Debug for Endpoint {
 /// Why an endpoint was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
-    #[error("{0}: base URL `{1}` is not a URL Telbase can use (https://…, or http:// to a loopback emulator)")]
+    #[error(
+        "{0}: base URL `{1}` is not a URL Telbase can use (https://…, or http:// to a loopback emulator)"
+    )]
     BadBase(&'static str, String),
 }
 
@@ -341,11 +343,7 @@ impl Http {
     }
 
     /// One attempt. The flag says whether the provider certainly did not act on it.
-    async fn attempt(
-        &self,
-        ep: &Endpoint,
-        call: &Call,
-    ) -> Result<Response, (bool, ProviderError)> {
+    async fn attempt(&self, ep: &Endpoint, call: &Call) -> Result<Response, (bool, ProviderError)> {
         let err = |kind, status, message: String, request_id, retry_after| {
             ProviderError::new(
                 ep.provider,
@@ -521,7 +519,9 @@ impl Http {
         let mut seen_tokens = std::collections::HashSet::new();
         match paging {
             Paging::NeonCursor { limit } => call = call.query("limit", limit.to_string()),
-            Paging::CloudflarePage { per_page } => call = call.query("per_page", per_page.to_string()),
+            Paging::CloudflarePage { per_page } => {
+                call = call.query("per_page", per_page.to_string())
+            }
             _ => {}
         }
         let base_query = call.query.clone();
@@ -586,19 +586,17 @@ impl Http {
                         None
                     }
                 }
-                Paging::GithubLink => {
-                    match resp.link.as_deref().and_then(next_link) {
-                        Some(url) => {
-                            if !seen_tokens.insert(url.clone()) {
-                                break;
-                            }
-                            call.path = url;
-                            call.query.clear();
-                            continue;
+                Paging::GithubLink => match resp.link.as_deref().and_then(next_link) {
+                    Some(url) => {
+                        if !seen_tokens.insert(url.clone()) {
+                            break;
                         }
-                        None => None,
+                        call.path = url;
+                        call.query.clear();
+                        continue;
                     }
-                }
+                    None => None,
+                },
             };
             let Some((param, token)) = next else { break };
             if !seen_tokens.insert(token.clone()) {
@@ -667,9 +665,14 @@ pub fn next_link(header: &str) -> Option<String> {
 
 /// The request id a provider put in its headers.
 fn request_id_of(headers: &HeaderMap) -> Option<String> {
-    ["x-request-id", "x-vercel-id", "cf-ray", "x-github-request-id"]
-        .iter()
-        .find_map(|h| headers.get(*h)?.to_str().ok().map(str::to_owned))
+    [
+        "x-request-id",
+        "x-vercel-id",
+        "cf-ray",
+        "x-github-request-id",
+    ]
+    .iter()
+    .find_map(|h| headers.get(*h)?.to_str().ok().map(str::to_owned))
 }
 
 /// The message (and request id) from a provider's error envelope: Vercel
@@ -735,11 +738,21 @@ mod tests {
     fn loopback_only_for_plain_http() {
         let t = || SecretString::from("t");
         assert!(Endpoint::new(Provider::Vercel, "https://api.vercel.com", t(), vec![]).is_ok());
-        assert!(Endpoint::new(Provider::Vercel, "http://127.0.0.1:4000/vercel", t(), vec![]).is_ok());
+        assert!(
+            Endpoint::new(
+                Provider::Vercel,
+                "http://127.0.0.1:4000/vercel",
+                t(),
+                vec![]
+            )
+            .is_ok()
+        );
         assert!(Endpoint::new(Provider::Vercel, "http://[::1]:4000/vercel", t(), vec![]).is_ok());
         assert!(Endpoint::new(Provider::Vercel, "http://localhost:1/x", t(), vec![]).is_ok());
         assert!(Endpoint::new(Provider::Vercel, "http://api.vercel.com", t(), vec![]).is_err());
-        assert!(Endpoint::new(Provider::Vercel, "http://127.0.0.1.evil.com/", t(), vec![]).is_err());
+        assert!(
+            Endpoint::new(Provider::Vercel, "http://127.0.0.1.evil.com/", t(), vec![]).is_err()
+        );
         assert!(Endpoint::new(Provider::Vercel, "ftp://x", t(), vec![]).is_err());
     }
 
@@ -758,7 +771,10 @@ mod tests {
     #[test]
     fn link_header() {
         let h = r#"<https://api.github.com/x?page=2>; rel="next", <https://api.github.com/x?page=5>; rel="last""#;
-        assert_eq!(next_link(h).as_deref(), Some("https://api.github.com/x?page=2"));
+        assert_eq!(
+            next_link(h).as_deref(),
+            Some("https://api.github.com/x?page=2")
+        );
         assert_eq!(next_link(r#"<https://a/x?page=1>; rel="prev""#), None);
         assert_eq!(next_link("garbage"), None);
     }
@@ -778,7 +794,10 @@ mod tests {
             m(r#"{"success":false,"errors":[{"code":1003,"message":"bad zone"}]}"#).0,
             "bad zone [1003]"
         );
-        assert_eq!(m("<html>502 Bad Gateway</html>").0, "<html>502 Bad Gateway</html>");
+        assert_eq!(
+            m("<html>502 Bad Gateway</html>").0,
+            "<html>502 Bad Gateway</html>"
+        );
         assert_eq!(m("").0, "(empty response)");
     }
 }

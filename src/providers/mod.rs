@@ -112,8 +112,10 @@ pub trait Provider: Send + Sync {
 
     /// Every resource at this provider that carries this scope's ownership marker, mapped
     /// to model terms and normalized. Nothing else is ever returned.
-    fn observe<'a>(&'a self, scope: &'a Scope)
-    -> BoxFuture<'a, Result<Vec<Observed>, ProviderError>>;
+    fn observe<'a>(
+        &'a self,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Vec<Observed>, ProviderError>>;
 
     /// Carry out one change. One idempotent attempt: run again after a crash, it finishes
     /// the work without creating a second copy. `desired` is the whole state, for clients
@@ -192,10 +194,7 @@ impl Credentials {
 
     /// The endpoint of one provider: the emulator's prefix when an emulator is set, else
     /// the real API with the provider's token.
-    pub fn endpoint(
-        &self,
-        provider: crate::model::Provider,
-    ) -> Result<http::Endpoint, SetupError> {
+    pub fn endpoint(&self, provider: crate::model::Provider) -> Result<http::Endpoint, SetupError> {
         use crate::model::Provider as P;
         let (real, token, vars, team): (&str, &Option<SecretString>, &'static str, _) =
             match provider {
@@ -217,7 +216,9 @@ impl Credentials {
                     });
                 }
             };
-        let always_query = team.map(|t| vec![("teamId".to_owned(), t)]).unwrap_or_default();
+        let always_query = team
+            .map(|t| vec![("teamId".to_owned(), t)])
+            .unwrap_or_default();
         if let Some(emu) = &self.emulator {
             // Real tokens never go to the emulator.
             let token = SecretString::from(crate::emulator::EMULATOR_TOKEN);

@@ -61,7 +61,11 @@ pub fn require_tls(uri: &str) -> String {
         .filter(|p| !p.is_empty())
         .map(str::to_owned)
         .collect();
-    let strong = ["sslmode=require", "sslmode=verify-ca", "sslmode=verify-full"];
+    let strong = [
+        "sslmode=require",
+        "sslmode=verify-ca",
+        "sslmode=verify-full",
+    ];
     if !params.iter().any(|p| strong.contains(&p.as_str())) {
         params.retain(|p| !p.starts_with("sslmode="));
         params.push("sslmode=require".into());
@@ -76,14 +80,22 @@ impl Neon {
 
     /// Projects whose name has the prefix and whose default branch carries our marker.
     async fn owned_projects(&self, scope: &Scope) -> Result<Vec<Owned>, ProviderError> {
-        let call = Call::get("/projects", "list projects").query("search", format!("{}-", scope.project));
+        let call =
+            Call::get("/projects", "list projects").query("search", format!("{}-", scope.project));
         let projects = self
             .http
-            .list(&self.ep, call, "/projects", Paging::NeonCursor { limit: 400 })
+            .list(
+                &self.ep,
+                call,
+                "/projects",
+                Paging::NeonCursor { limit: 400 },
+            )
             .await?;
         let mut out = Vec::new();
         for p in projects {
-            let (Some(id), Some(name)) = (s(&p, "id"), s(&p, "name")) else { continue };
+            let (Some(id), Some(name)) = (s(&p, "id"), s(&p, "name")) else {
+                continue;
+            };
             if !owner::has_prefix(&scope.project, &name) {
                 continue;
             }
@@ -95,7 +107,9 @@ impl Neon {
             else {
                 continue;
             };
-            if default.pointer(&format!("/annotations/{NEON_PROJECT_ANNOTATION}")).and_then(Value::as_str)
+            if default
+                .pointer(&format!("/annotations/{NEON_PROJECT_ANNOTATION}"))
+                .and_then(Value::as_str)
                 != Some(scope.project.as_str())
             {
                 continue;
@@ -122,7 +136,13 @@ impl Neon {
             .get("branches")
             .and_then(Value::as_array)
             .cloned()
-            .ok_or_else(|| err(ErrorKind::Transient, &call.what, "the response has no `branches` list"))?;
+            .ok_or_else(|| {
+                err(
+                    ErrorKind::Transient,
+                    &call.what,
+                    "the response has no `branches` list",
+                )
+            })?;
         for b in &mut branches {
             let id = s(b, "id").unwrap_or_default();
             let a = annotations
@@ -134,12 +154,22 @@ impl Neon {
         Ok(branches)
     }
 
-    async fn databases(&self, project_id: &str, branch_id: &str) -> Result<Vec<Value>, ProviderError> {
+    async fn databases(
+        &self,
+        project_id: &str,
+        branch_id: &str,
+    ) -> Result<Vec<Value>, ProviderError> {
         let call = Call::get(
-            format!("/projects/{}/branches/{}/databases", enc(project_id), enc(branch_id)),
+            format!(
+                "/projects/{}/branches/{}/databases",
+                enc(project_id),
+                enc(branch_id)
+            ),
             format!("list databases of {project_id}"),
         );
-        self.http.list(&self.ep, call, "/databases", Paging::None).await
+        self.http
+            .list(&self.ep, call, "/databases", Paging::None)
+            .await
     }
 
     /// Wait for the operations a mutation started.
@@ -155,13 +185,21 @@ impl Neon {
             let path = format!("/projects/{}/operations/{}", enc(project_id), enc(&op));
             self.http
                 .poll(P, what, || async {
-                    let v = self.http.json(&self.ep, &Call::get(path.clone(), what.to_owned())).await?;
+                    let v = self
+                        .http
+                        .json(&self.ep, &Call::get(path.clone(), what.to_owned()))
+                        .await?;
                     match v.pointer("/operation/status").and_then(Value::as_str) {
                         Some("finished" | "skipped") => Ok(Some(())),
                         Some(st @ ("failed" | "error" | "cancelled")) => Err(err(
                             ErrorKind::Permanent,
                             what,
-                            format!("operation {op} ended {st}: {}", v.pointer("/operation/error").and_then(Value::as_str).unwrap_or("no reason given")),
+                            format!(
+                                "operation {op} ended {st}: {}",
+                                v.pointer("/operation/error")
+                                    .and_then(Value::as_str)
+                                    .unwrap_or("no reason given")
+                            ),
                         )),
                         _ => Ok(None),
                     }
@@ -172,7 +210,11 @@ impl Neon {
     }
 
     async fn find(&self, scope: &Scope, name: &str) -> Result<Option<Owned>, ProviderError> {
-        Ok(self.owned_projects(scope).await?.into_iter().find(|o| o.name == name))
+        Ok(self
+            .owned_projects(scope)
+            .await?
+            .into_iter()
+            .find(|o| o.name == name))
     }
 
     async fn create_project(
@@ -220,12 +262,24 @@ impl Neon {
                     let id = resp
                         .pointer("/project/id")
                         .and_then(Value::as_str)
-                        .ok_or_else(|| err(ErrorKind::Transient, &what, "the response has no project id"))?
+                        .ok_or_else(|| {
+                            err(
+                                ErrorKind::Transient,
+                                &what,
+                                "the response has no project id",
+                            )
+                        })?
                         .to_owned();
                     self.wait(&id, &resp, &what).await?;
                     match self.find(scope, name).await? {
                         Some(found) => break found,
-                        None => return Err(err(ErrorKind::Transient, &what, "the new project is not listed yet")),
+                        None => {
+                            return Err(err(
+                                ErrorKind::Transient,
+                                &what,
+                                "the new project is not listed yet",
+                            ));
+                        }
                     }
                 }
                 // Maybe created, maybe not: look before sending it again.
@@ -235,7 +289,8 @@ impl Neon {
                 Err(e) => return Err(e),
             }
         };
-        self.set_protection(&owned, spec.deletion_protection).await?;
+        self.set_protection(&owned, spec.deletion_protection)
+            .await?;
         Ok(Applied {
             provider_id: owned.id,
             url: None,
@@ -243,7 +298,12 @@ impl Neon {
     }
 
     async fn set_protection(&self, owned: &Owned, protect: bool) -> Result<(), ProviderError> {
-        if owned.default_branch.get("protected").and_then(Value::as_bool) == Some(protect) {
+        if owned
+            .default_branch
+            .get("protected")
+            .and_then(Value::as_bool)
+            == Some(protect)
+        {
             return Ok(());
         }
         let branch_id = s(&owned.default_branch, "id").unwrap_or_default();
@@ -259,17 +319,29 @@ impl Neon {
         self.wait(&owned.id, &resp, &what).await
     }
 
-    async fn project_for(&self, scope: &Scope, key: &ResourceKey, project: &str) -> Result<Owned, ProviderError> {
+    async fn project_for(
+        &self,
+        scope: &Scope,
+        key: &ResourceKey,
+        project: &str,
+    ) -> Result<Owned, ProviderError> {
         self.find(scope, project).await?.ok_or_else(|| {
             err(
                 ErrorKind::NotFound,
                 &format!("change {key}"),
-                format!("the Neon project `{project}` it belongs to is not there (or not Telbase's)"),
+                format!(
+                    "the Neon project `{project}` it belongs to is not there (or not Telbase's)"
+                ),
             )
         })
     }
 
-    async fn ensure_database(&self, scope: &Scope, key: &ResourceKey, db: &NamedDatabase) -> Result<Applied, ProviderError> {
+    async fn ensure_database(
+        &self,
+        scope: &Scope,
+        key: &ResourceKey,
+        db: &NamedDatabase,
+    ) -> Result<Applied, ProviderError> {
         let owned = self.project_for(scope, key, &key.name).await?;
         let branch_id = s(&owned.default_branch, "id").unwrap_or_default();
         let base = format!("/projects/{}/branches/{}", enc(&owned.id), enc(&branch_id));
@@ -277,7 +349,13 @@ impl Neon {
         let role_what = format!("create role {} in {}", db.owner, owned.name);
         match self
             .http
-            .send(&self.ep, &Call::get(format!("{base}/roles/{}", enc(&db.owner)), role_what.clone()))
+            .send(
+                &self.ep,
+                &Call::get(
+                    format!("{base}/roles/{}", enc(&db.owner)),
+                    role_what.clone(),
+                ),
+            )
             .await
         {
             Ok(_) => {}
@@ -296,16 +374,33 @@ impl Neon {
         let what = format!("create database {} in {}", db.database, owned.name);
         let existing = self
             .http
-            .send(&self.ep, &Call::get(format!("{base}/databases/{}", enc(&db.database)), what.clone()))
+            .send(
+                &self.ep,
+                &Call::get(
+                    format!("{base}/databases/{}", enc(&db.database)),
+                    what.clone(),
+                ),
+            )
             .await;
         let resp = match existing {
             Ok(r) => {
-                if r.body.pointer("/database/owner_name").and_then(Value::as_str) == Some(db.owner.as_str()) {
-                    return Ok(Applied { provider_id: db.database.clone(), url: None });
+                if r.body
+                    .pointer("/database/owner_name")
+                    .and_then(Value::as_str)
+                    == Some(db.owner.as_str())
+                {
+                    return Ok(Applied {
+                        provider_id: db.database.clone(),
+                        url: None,
+                    });
                 }
-                let call = Call::new(Method::PATCH, format!("{base}/databases/{}", enc(&db.database)), format!("set owner of {}", db.database))
-                    .json(json!({"database": {"owner_name": db.owner}}))
-                    .retry(Retry::Always);
+                let call = Call::new(
+                    Method::PATCH,
+                    format!("{base}/databases/{}", enc(&db.database)),
+                    format!("set owner of {}", db.database),
+                )
+                .json(json!({"database": {"owner_name": db.owner}}))
+                .retry(Retry::Always);
                 self.http.json(&self.ep, &call).await?
             }
             Err(e) if e.kind == ErrorKind::NotFound => {
@@ -321,10 +416,18 @@ impl Neon {
             Err(e) => return Err(e),
         };
         self.wait(&owned.id, &resp, &what).await?;
-        Ok(Applied { provider_id: db.database.clone(), url: None })
+        Ok(Applied {
+            provider_id: db.database.clone(),
+            url: None,
+        })
     }
 
-    async fn delete_database(&self, scope: &Scope, observed: &Observed, db: &NamedDatabase) -> Result<Applied, ProviderError> {
+    async fn delete_database(
+        &self,
+        scope: &Scope,
+        observed: &Observed,
+        db: &NamedDatabase,
+    ) -> Result<Applied, ProviderError> {
         let Some(owned) = self.find(scope, &observed.key.name).await? else {
             return Ok(Applied::default());
         };
@@ -332,7 +435,12 @@ impl Neon {
         let what = format!("delete database {} in {}", db.database, owned.name);
         let call = Call::new(
             Method::DELETE,
-            format!("/projects/{}/branches/{}/databases/{}", enc(&owned.id), enc(&branch_id), enc(&db.database)),
+            format!(
+                "/projects/{}/branches/{}/databases/{}",
+                enc(&owned.id),
+                enc(&branch_id),
+                enc(&db.database)
+            ),
             what.clone(),
         );
         match self.http.json(&self.ep, &call).await {
@@ -347,9 +455,17 @@ impl Neon {
         let Some(owned) = self.find(scope, name).await? else {
             return Ok(Applied::default());
         };
-        let call = Call::new(Method::DELETE, format!("/projects/{}", enc(&owned.id)), format!("delete project {name}"));
+        let call = Call::new(
+            Method::DELETE,
+            format!("/projects/{}", enc(&owned.id)),
+            format!("delete project {name}"),
+        );
         match self.http.send(&self.ep, &call).await {
-            Ok(_) | Err(ProviderError { kind: ErrorKind::NotFound, .. }) => Ok(Applied::default()),
+            Ok(_)
+            | Err(ProviderError {
+                kind: ErrorKind::NotFound,
+                ..
+            }) => Ok(Applied::default()),
             Err(e) => Err(e),
         }
     }
@@ -358,11 +474,23 @@ impl Neon {
         owner::environment_label(scope.environment)
     }
 
-    async fn create_branch(&self, scope: &Scope, key: &ResourceKey, spec: &NeonBranch) -> Result<Applied, ProviderError> {
+    async fn create_branch(
+        &self,
+        scope: &Scope,
+        key: &ResourceKey,
+        spec: &NeonBranch,
+    ) -> Result<Applied, ProviderError> {
         let owned = self.project_for(scope, key, &spec.project.name).await?;
         let name = Self::branch_name(scope);
-        if let Some(b) = owned.branches.iter().find(|b| s(b, "name").as_deref() == Some(name.as_str())) {
-            return Ok(Applied { provider_id: s(b, "id").unwrap_or_default(), url: None });
+        if let Some(b) = owned
+            .branches
+            .iter()
+            .find(|b| s(b, "name").as_deref() == Some(name.as_str()))
+        {
+            return Ok(Applied {
+                provider_id: s(b, "id").unwrap_or_default(),
+                url: None,
+            });
         }
         let what = format!("create branch {name} of {}", owned.name);
         let body = json!({
@@ -373,21 +501,43 @@ impl Neon {
                 NEON_ENVIRONMENT_ANNOTATION: owner::environment_label(scope.environment),
             },
         });
-        let call = Call::new(Method::POST, format!("/projects/{}/branches", enc(&owned.id)), what.clone()).json(body);
+        let call = Call::new(
+            Method::POST,
+            format!("/projects/{}/branches", enc(&owned.id)),
+            what.clone(),
+        )
+        .json(body);
         let resp = self.http.json(&self.ep, &call).await?;
         self.wait(&owned.id, &resp, &what).await?;
-        Ok(Applied { provider_id: resp.pointer("/branch/id").and_then(Value::as_str).unwrap_or_default().to_owned(), url: None })
+        Ok(Applied {
+            provider_id: resp
+                .pointer("/branch/id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            url: None,
+        })
     }
 
-    async fn delete_branch(&self, scope: &Scope, observed: &Observed) -> Result<Applied, ProviderError> {
-        let ResourceSpec::NeonBranch(spec) = &observed.spec else { return Ok(Applied::default()) };
+    async fn delete_branch(
+        &self,
+        scope: &Scope,
+        observed: &Observed,
+    ) -> Result<Applied, ProviderError> {
+        let ResourceSpec::NeonBranch(spec) = &observed.spec else {
+            return Ok(Applied::default());
+        };
         let Some(owned) = self.find(scope, &spec.project.name).await? else {
             return Ok(Applied::default());
         };
         let what = format!("delete branch {}", observed.key.name);
         let call = Call::new(
             Method::DELETE,
-            format!("/projects/{}/branches/{}", enc(&owned.id), enc(&observed.provider_id)),
+            format!(
+                "/projects/{}/branches/{}",
+                enc(&owned.id),
+                enc(&observed.provider_id)
+            ),
             what.clone(),
         );
         match self.http.json(&self.ep, &call).await {
@@ -414,8 +564,16 @@ impl Neon {
                         key: project_key.clone(),
                         spec: ResourceSpec::NeonProject(NeonProject {
                             region: s(&o.project, "region_id").unwrap_or_default(),
-                            pg_version: o.project.get("pg_version").and_then(Value::as_u64).unwrap_or(0) as u32,
-                            deletion_protection: o.default_branch.get("protected").and_then(Value::as_bool).unwrap_or(false),
+                            pg_version: o
+                                .project
+                                .get("pg_version")
+                                .and_then(Value::as_u64)
+                                .unwrap_or(0) as u32,
+                            deletion_protection: o
+                                .default_branch
+                                .get("protected")
+                                .and_then(Value::as_bool)
+                                .unwrap_or(false),
                         }),
                         provider_id: o.id.clone(),
                         deletion_allowed,
@@ -424,7 +582,9 @@ impl Neon {
                     let mut dbs = self.databases(&o.id, &branch_id).await?;
                     // The first one made is ours (created with the project); later ones
                     // are someone else's business.
-                    dbs.sort_by(|a, b| (s(a, "created_at"), s(a, "name")).cmp(&(s(b, "created_at"), s(b, "name"))));
+                    dbs.sort_by(|a, b| {
+                        (s(a, "created_at"), s(a, "name")).cmp(&(s(b, "created_at"), s(b, "name")))
+                    });
                     if let Some(db) = dbs.first() {
                         out.push(Observed {
                             key: ResourceKey::new(Kind::NeonDatabase, o.name.clone()),
@@ -439,7 +599,10 @@ impl Neon {
                 }
                 Environment::Preview { .. } => {
                     for b in &o.branches {
-                        if b.pointer(&format!("/annotations/{NEON_ENVIRONMENT_ANNOTATION}")).and_then(Value::as_str) != Some(label.as_str()) {
+                        if b.pointer(&format!("/annotations/{NEON_ENVIRONMENT_ANNOTATION}"))
+                            .and_then(Value::as_str)
+                            != Some(label.as_str())
+                        {
                             continue;
                         }
                         out.push(Observed {
@@ -458,14 +621,21 @@ impl Neon {
         Ok(out)
     }
 
-    async fn apply_change(&self, scope: &Scope, change: Change<'_>, desired: &DesiredState) -> Result<Applied, ProviderError> {
+    async fn apply_change(
+        &self,
+        scope: &Scope,
+        change: Change<'_>,
+        desired: &DesiredState,
+    ) -> Result<Applied, ProviderError> {
         match change {
             Change::Create { desired: res } | Change::Replace { desired: res, .. } => {
                 if let Change::Replace { observed, .. } = change {
                     self.delete_observed(scope, observed).await?;
                 }
                 match &res.spec {
-                    ResourceSpec::NeonProject(p) => self.create_project(scope, res, p, desired).await,
+                    ResourceSpec::NeonProject(p) => {
+                        self.create_project(scope, res, p, desired).await
+                    }
                     ResourceSpec::NeonDatabase(d) => self.ensure_database(scope, &res.key, d).await,
                     ResourceSpec::NeonBranch(b) => self.create_branch(scope, &res.key, b).await,
                     _ => Err(unsupported(&res.key)),
@@ -475,7 +645,10 @@ impl Neon {
                 ResourceSpec::NeonProject(p) => {
                     let owned = self.project_for(scope, &res.key, &res.key.name).await?;
                     self.set_protection(&owned, p.deletion_protection).await?;
-                    Ok(Applied { provider_id: owned.id, url: None })
+                    Ok(Applied {
+                        provider_id: owned.id,
+                        url: None,
+                    })
                 }
                 ResourceSpec::NeonDatabase(d) => self.ensure_database(scope, &res.key, d).await,
                 ResourceSpec::NeonBranch(b) => self.create_branch(scope, &res.key, b).await,
@@ -485,7 +658,11 @@ impl Neon {
         }
     }
 
-    async fn delete_observed(&self, scope: &Scope, observed: &Observed) -> Result<Applied, ProviderError> {
+    async fn delete_observed(
+        &self,
+        scope: &Scope,
+        observed: &Observed,
+    ) -> Result<Applied, ProviderError> {
         match &observed.spec {
             ResourceSpec::NeonProject(_) => self.delete_project(scope, &observed.key.name).await,
             ResourceSpec::NeonDatabase(d) => self.delete_database(scope, observed, d).await,
@@ -494,11 +671,18 @@ impl Neon {
         }
     }
 
-    async fn connection_uri(&self, scope: &Scope, resource: &Resource, output: Output) -> Result<SecretString, ProviderError> {
+    async fn connection_uri(
+        &self,
+        scope: &Scope,
+        resource: &Resource,
+        output: Output,
+    ) -> Result<SecretString, ProviderError> {
         let what = format!("fetch the connection string of {}", resource.key);
         let (project, branch, db) = match &resource.spec {
             ResourceSpec::NeonDatabase(db) => (resource.key.name.clone(), None, Some(db.clone())),
-            ResourceSpec::NeonBranch(b) => (b.project.name.clone(), Some(Self::branch_name(scope)), None),
+            ResourceSpec::NeonBranch(b) => {
+                (b.project.name.clone(), Some(Self::branch_name(scope)), None)
+            }
             _ => return Err(unsupported(&resource.key)),
         };
         let owned = self.project_for(scope, &resource.key, &project).await?;
@@ -509,24 +693,37 @@ impl Neon {
                     .iter()
                     .find(|b| s(b, "name").as_deref() == Some(name.as_str()))
                     .and_then(|b| s(b, "id"))
-                    .ok_or_else(|| err(ErrorKind::NotFound, &what, format!("branch {name} is not there yet")))?,
+                    .ok_or_else(|| {
+                        err(
+                            ErrorKind::NotFound,
+                            &what,
+                            format!("branch {name} is not there yet"),
+                        )
+                    })?,
             ),
             None => None,
         };
         let db = match db {
             Some(d) => d,
             None => {
-                let dbs = self.databases(&owned.id, branch_id.as_deref().unwrap_or_default()).await?;
-                let first = dbs.first().ok_or_else(|| err(ErrorKind::NotFound, &what, "the branch has no database"))?;
+                let dbs = self
+                    .databases(&owned.id, branch_id.as_deref().unwrap_or_default())
+                    .await?;
+                let first = dbs
+                    .first()
+                    .ok_or_else(|| err(ErrorKind::NotFound, &what, "the branch has no database"))?;
                 NamedDatabase {
                     database: s(first, "name").unwrap_or_default(),
                     owner: s(first, "owner_name").unwrap_or_default(),
                 }
             }
         };
-        let mut call = Call::get(format!("/projects/{}/connection_uri", enc(&owned.id)), what.clone())
-            .query("database_name", db.database.clone())
-            .query("role_name", db.owner.clone());
+        let mut call = Call::get(
+            format!("/projects/{}/connection_uri", enc(&owned.id)),
+            what.clone(),
+        )
+        .query("database_name", db.database.clone())
+        .query("role_name", db.owner.clone());
         if let Some(b) = branch_id {
             call = call.query("branch_id", b);
         }
@@ -541,7 +738,11 @@ impl Neon {
             Output::Database => db.database,
             Output::User => db.owner,
             other => {
-                return Err(err(ErrorKind::Permanent, &what, format!("Neon databases offer url, database and user, not {other:?}")));
+                return Err(err(
+                    ErrorKind::Permanent,
+                    &what,
+                    format!("Neon databases offer url, database and user, not {other:?}"),
+                ));
             }
         };
         Ok(SecretString::from(value))
@@ -549,7 +750,11 @@ impl Neon {
 }
 
 fn unsupported(key: &ResourceKey) -> ProviderError {
-    err(ErrorKind::Permanent, &format!("change {key}"), "not a Neon resource")
+    err(
+        ErrorKind::Permanent,
+        &format!("change {key}"),
+        "not a Neon resource",
+    )
 }
 
 impl Provider for Neon {
@@ -557,7 +762,10 @@ impl Provider for Neon {
         P
     }
 
-    fn observe<'a>(&'a self, scope: &'a Scope) -> BoxFuture<'a, Result<Vec<Observed>, ProviderError>> {
+    fn observe<'a>(
+        &'a self,
+        scope: &'a Scope,
+    ) -> BoxFuture<'a, Result<Vec<Observed>, ProviderError>> {
         Box::pin(self.observe_all(scope))
     }
 
@@ -587,7 +795,10 @@ mod tests {
 
     #[test]
     fn tls_is_always_required() {
-        assert_eq!(require_tls("postgresql://u:p@h/db"), "postgresql://u:p@h/db?sslmode=require");
+        assert_eq!(
+            require_tls("postgresql://u:p@h/db"),
+            "postgresql://u:p@h/db?sslmode=require"
+        );
         assert_eq!(
             require_tls("postgresql://u:p@h/db?sslmode=disable&x=1"),
             "postgresql://u:p@h/db?x=1&sslmode=require"

@@ -99,7 +99,9 @@ fn str_field(v: &Value, key: &str) -> Option<String> {
 fn env_in_scope(e: &Value, scope: &Scope) -> bool {
     let (targets, branch) = env_target(scope);
     let has_target = match e.get("target") {
-        Some(Value::Array(a)) => a.iter().any(|t| targets.contains(&t.as_str().unwrap_or(""))),
+        Some(Value::Array(a)) => a
+            .iter()
+            .any(|t| targets.contains(&t.as_str().unwrap_or(""))),
         Some(Value::String(t)) => targets.contains(&t.as_str()),
         _ => false,
     };
@@ -134,7 +136,9 @@ pub fn map_project(p: &Value, scope: &Scope) -> VercelProject {
         })
         .collect();
     env.sort_by(|a, b| a.name.cmp(&b.name));
-    let link = p.get("link").filter(|l| l.get("type").and_then(Value::as_str) == Some("github"));
+    let link = p
+        .get("link")
+        .filter(|l| l.get("type").and_then(Value::as_str) == Some("github"));
     VercelProject {
         framework: str_field(p, "framework"),
         root_directory: str_field(p, "rootDirectory"),
@@ -151,7 +155,11 @@ pub fn map_project(p: &Value, scope: &Scope) -> VercelProject {
             Environment::Preview { pull_request } => Some(pull_request),
         },
         git_repository: link.and_then(|l| {
-            Some(format!("{}/{}", str_field(l, "org")?, str_field(l, "repo")?))
+            Some(format!(
+                "{}/{}",
+                str_field(l, "org")?,
+                str_field(l, "repo")?
+            ))
         }),
         production_commit: match scope.environment {
             Environment::Production => p
@@ -167,7 +175,10 @@ pub fn map_project(p: &Value, scope: &Scope) -> VercelProject {
 fn settings_body(spec: &VercelProject) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();
     let mut put = |k: &str, v: &Option<String>| {
-        m.insert(k.into(), v.clone().map(Value::String).unwrap_or(Value::Null));
+        m.insert(
+            k.into(),
+            v.clone().map(Value::String).unwrap_or(Value::Null),
+        );
     };
     put("framework", &spec.framework);
     put("rootDirectory", &spec.root_directory);
@@ -194,7 +205,10 @@ impl Vercel {
     }
 
     async fn get_project(&self, name: &str) -> Result<Option<Value>, ProviderError> {
-        let call = Call::get(format!("/v9/projects/{}", enc(name)), format!("read project {name}"));
+        let call = Call::get(
+            format!("/v9/projects/{}", enc(name)),
+            format!("read project {name}"),
+        );
         match self.http.json(&self.ep, &call).await {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.kind == ErrorKind::NotFound => Ok(None),
@@ -220,7 +234,10 @@ impl Vercel {
             let mut body = settings_body(spec);
             body.insert("name".into(), json!(name));
             if let Some(repo) = &spec.git_repository {
-                body.insert("gitRepository".into(), json!({"type": "github", "repo": repo}));
+                body.insert(
+                    "gitRepository".into(),
+                    json!({"type": "github", "repo": repo}),
+                );
             }
             // The marker goes in with the project, so there is never an unmarked project.
             body.insert(
@@ -382,14 +399,23 @@ impl Vercel {
         }
         let what = format!("deploy {} to {name}", short(sha));
         let git = scope.git.as_ref();
-        let repo = spec
-            .git_repository
-            .as_deref()
-            .ok_or_else(|| err(ErrorKind::Permanent, &what, "Vercel deploys from GitHub: the repository has no GitHub `origin` remote"))?;
-        let (org, repo_name) = repo
-            .split_once('/')
-            .ok_or_else(|| err(ErrorKind::Permanent, &what, format!("`{repo}` is not owner/name")))?;
-        let branch = git.map(|g| g.branch.clone()).unwrap_or_else(|| spec.production_branch.clone());
+        let repo = spec.git_repository.as_deref().ok_or_else(|| {
+            err(
+                ErrorKind::Permanent,
+                &what,
+                "Vercel deploys from GitHub: the repository has no GitHub `origin` remote",
+            )
+        })?;
+        let (org, repo_name) = repo.split_once('/').ok_or_else(|| {
+            err(
+                ErrorKind::Permanent,
+                &what,
+                format!("`{repo}` is not owner/name"),
+            )
+        })?;
+        let branch = git
+            .map(|g| g.branch.clone())
+            .unwrap_or_else(|| spec.production_branch.clone());
 
         let existing = self
             .http
@@ -409,7 +435,9 @@ impl Vercel {
             .flatten()
             .find(|d| {
                 !matches!(
-                    d.get("state").or_else(|| d.get("readyState")).and_then(Value::as_str),
+                    d.get("state")
+                        .or_else(|| d.get("readyState"))
+                        .and_then(Value::as_str),
                     Some("ERROR" | "CANCELED")
                 )
             })
@@ -430,7 +458,13 @@ impl Vercel {
                 d.get("id")
                     .and_then(Value::as_str)
                     .map(str::to_owned)
-                    .ok_or_else(|| err(ErrorKind::Transient, &what, "the response has no deployment id"))?
+                    .ok_or_else(|| {
+                        err(
+                            ErrorKind::Transient,
+                            &what,
+                            "the response has no deployment id",
+                        )
+                    })?
             }
         };
         let ready_url = self
@@ -488,11 +522,7 @@ impl Vercel {
         Ok(Applied::default())
     }
 
-    async fn add_domain(
-        &self,
-        scope: &Scope,
-        domain: &Domain,
-    ) -> Result<Applied, ProviderError> {
+    async fn add_domain(&self, scope: &Scope, domain: &Domain) -> Result<Applied, ProviderError> {
         let project = &domain.target.name;
         let what = format!("add domain {} to {project}", domain.hostname);
         let mut body = json!({"name": domain.hostname});
@@ -512,7 +542,11 @@ impl Vercel {
             Err(e) if e.kind == ErrorKind::Conflict => {
                 // Ours already (an earlier run), or another project's: only the first is fine.
                 let check = Call::get(
-                    format!("/v9/projects/{}/domains/{}", enc(project), enc(&domain.hostname)),
+                    format!(
+                        "/v9/projects/{}/domains/{}",
+                        enc(project),
+                        enc(&domain.hostname)
+                    ),
                     what.clone(),
                 );
                 match self.http.send(&self.ep, &check).await {
@@ -536,7 +570,11 @@ impl Vercel {
             format!("remove domain {host} from {project}"),
         );
         match self.http.send(&self.ep, &call).await {
-            Ok(_) | Err(ProviderError { kind: ErrorKind::NotFound, .. }) => Ok(Applied::default()),
+            Ok(_)
+            | Err(ProviderError {
+                kind: ErrorKind::NotFound,
+                ..
+            }) => Ok(Applied::default()),
             Err(e) => Err(e),
         }
     }
@@ -546,7 +584,9 @@ impl Vercel {
         let mut out = Vec::new();
         let (_, branch) = env_target(scope);
         for p in &projects {
-            let Some(name) = str_field(p, "name") else { continue };
+            let Some(name) = str_field(p, "name") else {
+                continue;
+            };
             let id = str_field(p, "id").unwrap_or_else(|| name.clone());
             let key = ResourceKey::new(Kind::VercelProject, name.clone());
             out.push(Observed {
@@ -565,7 +605,9 @@ impl Vercel {
                 .list(&self.ep, call, "/domains", Paging::VercelNext("until"))
                 .await?;
             for d in domains {
-                let Some(host) = str_field(&d, "name") else { continue };
+                let Some(host) = str_field(&d, "name") else {
+                    continue;
+                };
                 if str_field(&d, "gitBranch") != branch {
                     continue;
                 }
@@ -603,22 +645,30 @@ impl Vercel {
                 }
             }
             Change::Update {
-                desired, observed, changes,
+                desired,
+                observed,
+                changes,
             } => match (&desired.spec, &observed.spec) {
                 (ResourceSpec::VercelProject(spec), ResourceSpec::VercelProject(before)) => {
                     let name = &desired.key.name;
                     let settings_changed = changes.iter().any(|c| {
                         let top = c.path.split('.').next().unwrap_or("");
-                        !matches!(top, "env" | "production_commit" | "git_repository" | "preview_branch_of_pr")
+                        !matches!(
+                            top,
+                            "env" | "production_commit" | "git_repository" | "preview_branch_of_pr"
+                        )
                     });
                     if settings_changed {
                         self.patch_settings(name, spec, false).await?;
                     }
                     if spec.env != before.env {
-                        let current = self
-                            .get_project(name)
-                            .await?
-                            .ok_or_else(|| err(ErrorKind::NotFound, &format!("update project {name}"), "the project is gone"))?;
+                        let current = self.get_project(name).await?.ok_or_else(|| {
+                            err(
+                                ErrorKind::NotFound,
+                                &format!("update project {name}"),
+                                "the project is gone",
+                            )
+                        })?;
                         let env: Vec<Value> = current
                             .get("env")
                             .and_then(Value::as_array)
