@@ -605,7 +605,7 @@ fn list_domains(w: &mut World, p: &str, r: &Req<'_>) -> Answer {
         .iter()
         .filter(|d| until.is_none_or(|u| d.created_at < u))
         .collect();
-    all.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    all.sort_by_key(|d| std::cmp::Reverse(d.created_at));
     let page: Vec<&Dom> = all.iter().take(limit).copied().collect();
     let next = (all.len() > limit)
         .then(|| page.last().map(|d| d.created_at))

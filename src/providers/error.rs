@@ -25,8 +25,7 @@ pub enum ErrorKind {
 }
 
 /// A failed provider call.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{provider}: {what} failed ({kind_text}{status_text}): {message}{request_text}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderError {
     pub provider: &'static str,
     pub kind: ErrorKind,
@@ -39,11 +38,34 @@ pub struct ProviderError {
     pub request_id: Option<String>,
     /// How long the provider asked us to wait.
     pub retry_after: Option<Duration>,
-    // Pre-rendered pieces of the message above.
-    kind_text: &'static str,
-    status_text: String,
-    request_text: String,
 }
+
+impl std::fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            ErrorKind::Transient => "temporary failure",
+            ErrorKind::RateLimited => "rate limited",
+            ErrorKind::Auth => "not authorized",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::Permanent => "rejected",
+        };
+        write!(f, "{}: {} failed ({kind}", self.provider, self.what)?;
+        if let Some(s) = self.status {
+            write!(f, ", HTTP {s}")?;
+        }
+        write!(f, "): {}", self.message)?;
+        if let Some(r) = &self.request_id {
+            write!(f, " (request id {r})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ProviderError {}
+
+/// Longest provider message we keep, in characters.
+const MAX_MESSAGE: usize = 500;
 
 impl ProviderError {
     pub fn new(
@@ -57,31 +79,21 @@ impl ProviderError {
     ) -> Self {
         let message: String = message.into();
         // Provider messages are outside input: one line, bounded, no control characters.
-        let message = crate::config::diag::sanitize(
+        let mut message = crate::config::diag::sanitize(
             &message.split_whitespace().collect::<Vec<_>>().join(" "),
         );
-        let kind_text = match kind {
-            ErrorKind::Transient => "temporary failure",
-            ErrorKind::RateLimited => "rate limited",
-            ErrorKind::Auth => "not authorized",
-            ErrorKind::Conflict => "conflict",
-            ErrorKind::NotFound => "not found",
-            ErrorKind::Permanent => "rejected",
-        };
+        if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE) {
+            message.truncate(cut);
+            message.push('…');
+        }
         ProviderError {
             provider: provider.as_str(),
             kind,
             what: what.into(),
             status,
-            status_text: status.map(|s| format!(", HTTP {s}")).unwrap_or_default(),
-            request_text: request_id
-                .as_deref()
-                .map(|r| format!(" (request id {})", crate::config::diag::sanitize(r)))
-                .unwrap_or_default(),
             message,
-            request_id,
+            request_id: request_id.map(|r| crate::config::diag::sanitize(&r)),
             retry_after,
-            kind_text,
         }
     }
 
