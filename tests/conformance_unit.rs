@@ -12,24 +12,8 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use telbase::conformance::{ApiDescription, Exchange, LoadError, Violation};
 
-fn provider_apis() -> Option<PathBuf> {
-    let dir = std::env::var_os("TELBASE_PROVIDER_APIS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/provider-apis"));
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "provider API descriptions not found at {}: CI must provide them (set TELBASE_PROVIDER_APIS)",
-        dir.display()
-    );
-    eprintln!(
-        "skipping: provider API descriptions not found at {} (set TELBASE_PROVIDER_APIS)",
-        dir.display()
-    );
-    None
-}
+mod common;
+use common::provider_apis;
 
 /// Loads a description once per test binary; tests share it across threads, which also
 /// exercises the validator cache under concurrency.

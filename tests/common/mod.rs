@@ -7,6 +7,28 @@ pub mod emu;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The official provider API descriptions: `../shared/provider-apis/` beside the
+/// repository, or wherever `TELBASE_PROVIDER_APIS` points. Missing: a skip with a reason on
+/// a laptop, a failure in CI (a green run that checked nothing would be a lie).
+pub fn provider_apis() -> Option<PathBuf> {
+    let dir = std::env::var_os("TELBASE_PROVIDER_APIS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/provider-apis"));
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "provider API descriptions not found at {}: CI must provide them (set TELBASE_PROVIDER_APIS)",
+        dir.display()
+    );
+    eprintln!(
+        "skipping: provider API descriptions not found at {} (set TELBASE_PROVIDER_APIS)",
+        dir.display()
+    );
+    None
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
