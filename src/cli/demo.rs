@@ -161,15 +161,32 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     }
     let c = handle.counters();
     let inv = handle.inventory();
+    for k in [
+        "vercel.projects",
+        "vercel.deployments",
+        "neon.projects",
+        "neon.databases",
+    ] {
+        if inv.get(k).copied() != Some(1) {
+            bail!(
+                "expected exactly one of {k} at the providers, found {:?}",
+                inv.get(k)
+            );
+        }
+    }
+    let n = |k: &str, one: &str, many: &str| {
+        let v = inv.get(k).copied().unwrap_or(0);
+        format!("{v} {}", if v == 1 { one } else { many })
+    };
     println!(
-        "\nConverged. {} provider calls in all ({} reads, {} writes); at the providers: {} Vercel project, {} deployments, {} Neon project, {} database.",
+        "\nConverged. {} provider calls in all ({} reads, {} writes). At the providers: {}, {}, {}, {}; nothing duplicated.",
         c.requests,
         c.reads,
         c.writes,
-        inv.get("vercel.projects").copied().unwrap_or(0),
-        inv.get("vercel.deployments").copied().unwrap_or(0),
-        inv.get("neon.projects").copied().unwrap_or(0),
-        inv.get("neon.databases").copied().unwrap_or(0),
+        n("vercel.projects", "Vercel project", "Vercel projects"),
+        n("vercel.deployments", "deployment", "deployments"),
+        n("neon.projects", "Neon project", "Neon projects"),
+        n("neon.databases", "database", "databases"),
     );
     println!(
         "Next: `telbase emulate` in one terminal, then `TELBASE_EMULATOR=http://127.0.0.1:4010 telbase plan --config examples/quickstart/telbase.yaml`."
