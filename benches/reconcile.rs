@@ -91,7 +91,9 @@ async fn sample(projects: usize) -> Sample {
     })
     .await;
     let url = emu.url();
-    let runs: Vec<emu::Run> = (0..projects).map(|i| run_for(&format!("p{i:02}"), &url)).collect();
+    let runs: Vec<emu::Run> = (0..projects)
+        .map(|i| run_for(&format!("p{i:02}"), &url))
+        .collect();
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for run in runs {
@@ -145,7 +147,11 @@ fn main() {
     // Per project run: CONCURRENCY per provider, two providers.
     let limit = (PROJECTS * CONCURRENCY * 2) as f64;
     let ideal = (chain + calls / limit) * LATENCY.as_secs_f64();
-    println!("reconcile/1 project × 8 resources: median {:.0} ms over {runs} runs ({} calls) → longest chain ≈ {chain} calls", t1.as_secs_f64() * 1e3, one[0].calls);
+    println!(
+        "reconcile/1 project × 8 resources: median {:.0} ms over {runs} runs ({} calls) → longest chain ≈ {chain} calls",
+        t1.as_secs_f64() * 1e3,
+        one[0].calls
+    );
     println!(
         "reconcile/{PROJECTS} projects × 8 resources: median {:.0} ms over {runs} runs, {} calls, concurrency limit {limit}",
         tn.as_secs_f64() * 1e3,

@@ -27,6 +27,20 @@ use crate::model::{
 pub struct Neon {
     http: Http,
     ep: Endpoint,
+    /// What observe and creates learned about our projects, for the rest of this run: it
+    /// saves a list and a branch read per step. A client lives for one reconcile, so the
+    /// cache never outlives the observation it came from; mutations that change a project's
+    /// branches drop its entry.
+    cache: std::sync::Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    /// Scopes (by project) whose Neon projects were all listed: a name missing from
+    /// `projects` is known not to exist.
+    listed: std::collections::BTreeSet<String>,
+    /// Known projects; the flag says a mutation may have changed its branches since.
+    projects: std::collections::BTreeMap<(String, String), (Owned, bool)>,
 }
 
 const P: model::Provider = model::Provider::Neon;
@@ -43,6 +57,7 @@ fn s(v: &Value, key: &str) -> Option<String> {
 }
 
 /// A Neon project that Telbase owns, with what observe learned about it.
+#[derive(Clone)]
 struct Owned {
     id: String,
     name: String,
@@ -75,7 +90,11 @@ pub fn require_tls(uri: &str) -> String {
 
 impl Neon {
     pub fn new(http: Http, ep: Endpoint) -> Self {
-        Neon { http, ep }
+        Neon {
+            http,
+            ep,
+            cache: Default::default(),
+        }
     }
 
     /// Projects whose name has the prefix and whose default branch carries our marker.
@@ -122,7 +141,32 @@ impl Neon {
                 branches,
             });
         }
+        if let Ok(mut c) = self.cache.lock() {
+            c.projects
+                .retain(|(scope_project, _), _| scope_project != &scope.project);
+            for o in &out {
+                c.projects
+                    .insert((scope.project.clone(), o.name.clone()), (o.clone(), false));
+            }
+            c.listed.insert(scope.project.clone());
+        }
         Ok(out)
+    }
+
+    /// After a mutation: a known project is re-read (its branches) on next use; an unknown
+    /// name sends the next lookup back to the full list.
+    fn forget(&self, scope: &Scope, name: &str) {
+        if let Ok(mut c) = self.cache.lock() {
+            match c
+                .projects
+                .get_mut(&(scope.project.clone(), name.to_owned()))
+            {
+                Some(entry) => entry.1 = true,
+                None => {
+                    c.listed.remove(&scope.project);
+                }
+            }
+        }
     }
 
     async fn branches(&self, project_id: &str) -> Result<Vec<Value>, ProviderError> {
@@ -210,6 +254,46 @@ impl Neon {
     }
 
     async fn find(&self, scope: &Scope, name: &str) -> Result<Option<Owned>, ProviderError> {
+        let key = (scope.project.clone(), name.to_owned());
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| match c.projects.get(&key) {
+                Some((o, stale)) => Some(Some((o.clone(), *stale))),
+                None if c.listed.contains(&scope.project) => Some(None),
+                None => None,
+            });
+        match cached {
+            Some(Some((o, false))) => return Ok(Some(o)),
+            Some(Some((mut o, true))) => {
+                // One read of its branches brings it up to date.
+                match self.branches(&o.id).await {
+                    Ok(branches) => {
+                        if let Some(d) = branches
+                            .iter()
+                            .find(|b| b.get("default").and_then(Value::as_bool) == Some(true))
+                        {
+                            o.default_branch = d.clone();
+                        }
+                        o.branches = branches;
+                        if let Ok(mut c) = self.cache.lock() {
+                            c.projects.insert(key, (o.clone(), false));
+                        }
+                        return Ok(Some(o));
+                    }
+                    Err(e) if e.kind == ErrorKind::NotFound => {
+                        if let Ok(mut c) = self.cache.lock() {
+                            c.projects.remove(&key);
+                        }
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(None) => return Ok(None),
+            None => {}
+        }
         Ok(self
             .owned_projects(scope)
             .await?
@@ -271,6 +355,7 @@ impl Neon {
                         })?
                         .to_owned();
                     self.wait(&id, &resp, &what).await?;
+                    self.forget(scope, name);
                     match self.find(scope, name).await? {
                         Some(found) => break found,
                         None => {
@@ -282,8 +367,9 @@ impl Neon {
                         }
                     }
                 }
-                // Maybe created, maybe not: look before sending it again.
+                // Maybe created, maybe not: look (really look) before sending it again.
                 Err(e) if e.kind == ErrorKind::Transient && attempts < 4 => {
+                    self.forget(scope, name);
                     tracing::debug!(what = %what, error = %e, "ambiguous failure; looking before retrying");
                 }
                 Err(e) => return Err(e),
@@ -621,6 +707,28 @@ impl Neon {
         Ok(out)
     }
 
+    /// Carry out a change, then drop what the cache knew about the project it touched.
+    async fn apply_and_forget(
+        &self,
+        scope: &Scope,
+        change: Change<'_>,
+        desired: &DesiredState,
+    ) -> Result<Applied, ProviderError> {
+        let spec = match change {
+            Change::Create { desired: r }
+            | Change::Update { desired: r, .. }
+            | Change::Replace { desired: r, .. } => &r.spec,
+            Change::Delete { observed } => &observed.spec,
+        };
+        let project = match spec {
+            ResourceSpec::NeonBranch(b) => b.project.name.clone(),
+            _ => change.key().name.clone(),
+        };
+        let result = self.apply_change(scope, change, desired).await;
+        self.forget(scope, &project);
+        result
+    }
+
     async fn apply_change(
         &self,
         scope: &Scope,
@@ -776,7 +884,7 @@ impl Provider for Neon {
         _inputs: &'a Inputs,
         desired: &'a DesiredState,
     ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(self.apply_change(scope, change, desired))
+        Box::pin(self.apply_and_forget(scope, change, desired))
     }
 
     fn output<'a>(
