@@ -5,7 +5,7 @@
 //! because a green CI run that checked nothing would be a lie. Bodies below use real shapes
 //! from those files, so each assertion can fail if the checker misreads them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
