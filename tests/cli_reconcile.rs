@@ -52,21 +52,20 @@ fn normalize(s: &str) -> String {
                 l.replace_range(i..end, rep);
             }
         }
-        if let Some(i) = l.find(" (") {
-            if let Some(j) = l[i..].find("s)") {
-                if l[i + 2..i + j].parse::<f64>().is_ok() {
-                    l.replace_range(i..i + j + 2, " (T)");
-                }
-            }
+        if let Some(i) = l.find(" (")
+            && let Some(j) = l[i..].find("s)")
+            && l[i + 2..i + j].parse::<f64>().is_ok()
+        {
+            l.replace_range(i..i + j + 2, " (T)");
         }
         if let Some(i) = l.find("https://notes-web-") {
             l.replace_range(i.., "https://notes-web-ID.vercel.app");
         }
-        if let Some(rest) = l.trim_start().strip_prefix('[') {
-            if let Some((_, after)) = rest.split_once("] ") {
-                block.push(format!("  [*] {after}"));
-                continue;
-            }
+        if let Some(rest) = l.trim_start().strip_prefix('[')
+            && let Some((_, after)) = rest.split_once("] ")
+        {
+            block.push(format!("  [*] {after}"));
+            continue;
         }
         if !block.is_empty() {
             block.sort();
