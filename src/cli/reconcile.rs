@@ -280,9 +280,8 @@ fn plan_inner(args: &PlanArgs) -> anyhow::Result<ExitCode> {
             actual_sha256: apply::fingerprint(&actual),
             plan: plan_value(&plan),
         };
-        let json = serde_json::to_string_pretty(&saved)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let json = serde_json::to_string_pretty(&saved)? + "\n";
+        write_atomically(path, json.as_bytes())?;
         eprintln!(
             "Saved the plan to {}; apply it with `telbase apply --plan {}`.",
             path.display(),
@@ -294,6 +293,30 @@ fn plan_inner(args: &PlanArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Write through a temporary file in the same directory and rename it into place, so a
+/// crash never leaves a half-written plan behind.
+fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The opener for sealed values: `TELBASE_IDENTITY_FILE` when set.
