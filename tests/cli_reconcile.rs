@@ -286,3 +286,80 @@ fn an_emulator_url_that_is_not_loopback_http_is_refused() {
         text(&o)
     );
 }
+
+#[test]
+fn kill_9_in_the_middle_of_an_apply_then_apply_again_finishes_without_duplicates() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for kill_after_writes in [1u64, 3, 5] {
+        let emu = rt.block_on(emu::start(Config {
+            faults: telbase::emulator::Faults {
+                latency: std::time::Duration::from_millis(40),
+                ..Default::default()
+            },
+            ..Config::default()
+        }));
+        let url = emu.url();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_telbase"))
+            .args([
+                "apply",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--emulator",
+                &url,
+                "--auto-approve",
+            ])
+            .env_remove("TELBASE_EMULATOR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while emu.counters().writes < kill_after_writes {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the apply never wrote"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        child.kill().unwrap(); // SIGKILL: no cleanup, no goodbye.
+        let _ = child.wait();
+        let killed_at = emu.counters().writes;
+
+        let o = telbase(
+            &[
+                "apply",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--emulator",
+                &url,
+                "--auto-approve",
+            ],
+            dir.path(),
+        );
+        assert!(
+            o.status.success(),
+            "after kill at {killed_at} writes: {}",
+            text(&o)
+        );
+        let o = telbase(
+            &[
+                "plan",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--emulator",
+                &url,
+                "--detailed-exitcode",
+            ],
+            dir.path(),
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let inv = emu.inventory();
+        for k in ["vercel.projects", "neon.projects", "neon.databases"] {
+            assert_eq!(inv[k], 1, "{k} after a kill at {killed_at} writes: {inv:?}");
+        }
+        rt.block_on(emu.stop());
+    }
+}

@@ -269,3 +269,59 @@ async fn faults_never_leave_duplicates_and_apply_converges() {
     assert_eq!(inv["vercel.env"], 3 * n, "{inv:?}");
     emu.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_step_stops_only_what_depends_on_it() {
+    use telbase::model::{Domain, Kind, Resource, ResourceKey, ResourceSpec};
+    let emu = emu::start(Config::default()).await;
+    let src =
+        emu::quickstart("shop").replace("databases:", "  docs:\n    framework: astro\ndatabases:");
+    let mut run = emu::run(&src, &emu.url(), SHA, emu::http_config());
+    for app in ["web", "docs"] {
+        let target = ResourceKey::new(Kind::VercelProject, format!("shop-{app}"));
+        let key = ResourceKey::new(Kind::VercelDomain, format!("{app}.shop.example"));
+        run.desired.resources.insert(
+            key.clone(),
+            Resource {
+                key,
+                origin: format!("apps.{app}"),
+                spec: ResourceSpec::VercelDomain(Domain {
+                    hostname: format!("{app}.shop.example"),
+                    target: target.clone(),
+                }),
+                depends_on: [target].into(),
+                allow_data_loss: false,
+            },
+        );
+    }
+    // Somebody's hand-made `shop-web` makes Telbase's `shop-web` step fail.
+    let r = reqwest::Client::new()
+        .post(format!("{}/vercel/v11/projects", emu.url()))
+        .bearer_auth(telbase::emulator::EMULATOR_TOKEN)
+        .json(&json!({"name": "shop-web"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (plan, actual) = run.plan().await.unwrap();
+    let report = run.apply(plan, actual, 4).await;
+    let outcome = |name: &str| {
+        report
+            .steps
+            .iter()
+            .find(|s| s.key.name == name)
+            .map(|s| s.outcome.clone())
+            .unwrap()
+    };
+    assert!(matches!(outcome("shop-web"), Outcome::Failed { .. }));
+    assert_eq!(
+        outcome("web.shop.example"),
+        Outcome::Skipped {
+            because: ResourceKey::new(Kind::VercelProject, "shop-web")
+        }
+    );
+    assert!(matches!(outcome("shop-docs"), Outcome::Done { .. }));
+    assert!(matches!(outcome("docs.shop.example"), Outcome::Done { .. }));
+    assert!(matches!(outcome("shop-main"), Outcome::Done { .. }));
+    emu.stop().await;
+}
