@@ -3,7 +3,9 @@
 //! each), reconciled concurrently as the server will, with 20 ms of latency on every call.
 //!
 //! The target: wall time within 1.5× of the ideal, where the ideal is the longest
-//! chain of dependent calls × 20 ms plus all calls ÷ the concurrency limit × 20 ms. The chain
+//! chain of dependent calls × 20 ms plus all calls ÷ the concurrency limit × 20 ms. The
+//! concurrency limit is the HTTP layer's in-flight limit per provider (16) times the two
+//! providers, shared by all twenty runs as the server will share it. The chain
 //! is measured, not guessed: one project alone, with nothing else in flight, takes
 //! chain × 20 ms (plus our own overhead, which this rounds down). Also reported: the read
 //! calls of a no-change reconcile (list endpoints, not one read per resource) and its write
@@ -23,8 +25,10 @@ use telbase::model::{Domain, Kind, Resource, ResourceKey, ResourceSpec};
 const LATENCY: Duration = Duration::from_millis(20);
 const PROJECTS: usize = 20;
 const RUNS: usize = 5;
-/// Calls in flight at once per provider, per project run.
+/// Steps in flight at once per provider, per project run (the executor's limit).
 const CONCURRENCY: usize = 8;
+/// Calls in flight at once per provider across all runs (the HTTP layer's limit).
+const IN_FLIGHT: usize = 16;
 
 fn config(project: &str) -> String {
     format!(
@@ -51,8 +55,8 @@ databases:
     )
 }
 
-fn run_for(project: &str, url: &str) -> emu::Run {
-    let mut run = emu::run(&config(project), url, &"c".repeat(40), emu::http_config());
+fn run_for(project: &str, url: &str, http: &telbase::providers::http::Http) -> emu::Run {
+    let mut run = emu::run_with(&config(project), url, &"c".repeat(40), http.clone());
     for app in ["web", "docs"] {
         let target = ResourceKey::new(Kind::VercelProject, format!("{project}-{app}"));
         let key = ResourceKey::new(Kind::VercelDomain, format!("{app}.{project}.example.com"));
@@ -91,8 +95,15 @@ async fn sample(projects: usize) -> Sample {
     })
     .await;
     let url = emu.url();
+    // One client for every project, as the server shares one: its per-provider in-flight
+    // limit is the concurrency limit of the ideal schedule.
+    let http = telbase::providers::http::Http::new(telbase::providers::http::HttpConfig {
+        max_in_flight: IN_FLIGHT,
+        ..emu::http_config()
+    })
+    .expect("http");
     let runs: Vec<emu::Run> = (0..projects)
-        .map(|i| run_for(&format!("p{i:02}"), &url))
+        .map(|i| run_for(&format!("p{i:02}"), &url, &http))
         .collect();
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -144,8 +155,8 @@ fn main() {
     let tn = median(all.iter().map(|s| s.wall).collect());
     let chain = (t1.as_secs_f64() / LATENCY.as_secs_f64()).floor();
     let calls = all[0].calls as f64;
-    // Per project run: CONCURRENCY per provider, two providers.
-    let limit = (PROJECTS * CONCURRENCY * 2) as f64;
+    // IN_FLIGHT per provider, two providers.
+    let limit = (IN_FLIGHT * 2) as f64;
     let ideal = (chain + calls / limit) * LATENCY.as_secs_f64();
     println!(
         "reconcile/1 project × 8 resources: median {:.0} ms over {runs} runs ({} calls) → longest chain ≈ {chain} calls",

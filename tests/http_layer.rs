@@ -108,6 +108,7 @@ fn http() -> Http {
         poll_interval: Duration::from_millis(10),
         poll_max_interval: Duration::from_millis(20),
         poll_deadline: Duration::from_millis(200),
+        max_in_flight: 4,
     })
     .unwrap()
 }

@@ -375,53 +375,17 @@ pub async fn execute(
     }
 }
 
-/// Observe everything a desired state's providers hold for this scope.
+/// Observe everything a desired state's providers hold for this scope, all providers at
+/// once (they are independent).
 pub async fn observe(registry: &Registry, scope: &Scope) -> Result<ActualState, ProviderError> {
+    let results = futures_util::future::join_all(registry.values().map(|p| p.observe(scope))).await;
     let mut actual = ActualState::default();
-    let futures: Vec<_> = registry.values().map(|p| p.observe(scope)).collect();
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(f);
-    }
-    // Providers are independent: observe them concurrently.
-    let results = join_all(set).await;
     for r in results {
         for o in r? {
             actual.resources.insert(o.key.clone(), o);
         }
     }
     Ok(actual)
-}
-
-/// Await boxed futures concurrently, keeping their order.
-async fn join_all<T>(futs: Vec<crate::providers::BoxFuture<'_, T>>) -> Vec<T> {
-    let mut out = Vec::with_capacity(futs.len());
-    // Small counts (one per provider): poll them together with a simple select loop.
-    let mut pending: Vec<Option<crate::providers::BoxFuture<'_, T>>> =
-        futs.into_iter().map(Some).collect();
-    let mut results: Vec<Option<T>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (i, slot) in pending.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.extend(results.into_iter().flatten());
-    out
 }
 
 /// A short fingerprint of a serializable state, for saved plans: equal fingerprints mean

@@ -187,6 +187,10 @@ pub struct HttpConfig {
     pub poll_max_interval: Duration,
     /// How long an asynchronous operation may take before we stop waiting.
     pub poll_deadline: Duration,
+    /// Calls in flight at once to one provider, across everything sharing this client (a
+    /// server reconciling many projects shares one): keeps bursts under the providers'
+    /// rate limits (Neon: 40 requests/s per route).
+    pub max_in_flight: usize,
 }
 
 impl Default for HttpConfig {
@@ -197,6 +201,7 @@ impl Default for HttpConfig {
             poll_interval: Duration::from_millis(500),
             poll_max_interval: Duration::from_secs(5),
             poll_deadline: Duration::from_secs(15 * 60),
+            max_in_flight: 16,
         }
     }
 }
@@ -237,6 +242,7 @@ pub struct Http {
     pub config: HttpConfig,
     rng: Arc<Mutex<fastrand::Rng>>,
     pub counts: Arc<CallCounts>,
+    in_flight: Arc<Mutex<BTreeMap<Provider, Arc<tokio::sync::Semaphore>>>>,
 }
 
 /// How a list endpoint hands out the next page.
@@ -291,7 +297,19 @@ impl Http {
             config,
             rng: Arc::new(Mutex::new(fastrand::Rng::new())),
             counts: Arc::new(CallCounts::default()),
+            in_flight: Arc::new(Mutex::new(BTreeMap::new())),
         })
+    }
+
+    fn limiter(&self, provider: Provider) -> Arc<tokio::sync::Semaphore> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(provider)
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(
+                    self.config.max_in_flight.max(1),
+                ))
+            })
+            .clone()
     }
 
     fn jitter(&self) -> f64 {
@@ -307,7 +325,11 @@ impl Http {
             let write = call.method != Method::GET && call.method != Method::HEAD;
             self.counts
                 .bump(ep.provider, if write { "write" } else { "read" });
-            let err = match self.attempt(ep, call).await {
+            // Held for the attempt only, not for the wait before a retry.
+            let permit = self.limiter(ep.provider).acquire_owned().await;
+            let outcome = self.attempt(ep, call).await;
+            drop(permit);
+            let err = match outcome {
                 Ok(r) => return Ok(r),
                 Err(e) => e,
             };

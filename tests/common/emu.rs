@@ -33,6 +33,7 @@ pub fn http_config() -> HttpConfig {
         poll_interval: Duration::from_millis(5),
         poll_max_interval: Duration::from_millis(20),
         poll_deadline: Duration::from_secs(30),
+        max_in_flight: 16,
     }
 }
 
@@ -46,6 +47,12 @@ pub struct Run {
 /// A run of `src` (a telbase.yaml) in production against the emulator at `url`, with a
 /// pinned commit so deployments happen.
 pub fn run(src: &str, url: &str, sha: &str, http: HttpConfig) -> Run {
+    run_with(src, url, sha, Http::new(http).expect("http client"))
+}
+
+/// The same, sharing an HTTP client (and its per-provider in-flight limits) with other runs,
+/// as a server does.
+pub fn run_with(src: &str, url: &str, sha: &str, http: Http) -> Run {
     let (mut desired, _) =
         telbase::config::load_str(src, Environment::Production).expect("the config is valid");
     let repo = format!("telbase-tests/{}", desired.project);
@@ -54,7 +61,6 @@ pub fn run(src: &str, url: &str, sha: &str, http: HttpConfig) -> Run {
         emulator: Some(url.to_owned()),
         ..Credentials::default()
     };
-    let http = Http::new(http).expect("http client");
     let registry = providers::registry_for(&desired, &creds, &http).expect("clients");
     let scope = Scope {
         project: desired.project.clone(),
