@@ -172,7 +172,57 @@ async fn scenario(url: &str) {
     .await
     .unwrap();
 
-    // 5. Tear down: every observed production resource deleted through its client.
+    // 5. Per-branch preview values on the Vercel project: written for the preview's branch
+    // only, invisible to production.
+    let preview_git = Scope {
+        git: Some(telbase::providers::GitRef {
+            branch: "feature-x".into(),
+            ..run.scope.git.clone().unwrap()
+        }),
+        ..preview.clone()
+    };
+    let web_key = ResourceKey::new(Kind::VercelProject, "notes-web");
+    let mut web = changed.desired.resources[&web_key].clone();
+    if let ResourceSpec::VercelProject(p) = &mut web.spec {
+        p.env = vec![telbase::model::EnvVar {
+            name: "PREVIEW_FLAG".into(),
+            source: telbase::model::EnvSource::Plain("on".into()),
+        }];
+        p.preview_branch_of_pr = Some(7);
+        p.production_commit = None;
+    }
+    let before = vercel.observe(&preview_git).await.unwrap();
+    let observed_web = before.iter().find(|o| o.key == web_key).unwrap().clone();
+    vercel
+        .apply(
+            &preview_git,
+            Change::Update {
+                desired: &web,
+                observed: &observed_web,
+                changes: &[],
+            },
+            &none,
+            &run.desired,
+        )
+        .await
+        .unwrap();
+    let after = vercel.observe(&preview_git).await.unwrap();
+    let seen = after.iter().find(|o| o.key == web_key).unwrap();
+    assert_eq!(
+        seen.spec, web.spec,
+        "the preview sees exactly its own values"
+    );
+    let prod = run.observe().await.unwrap();
+    let ResourceSpec::VercelProject(p) = &prod.resources[&web_key].spec else {
+        panic!()
+    };
+    assert!(
+        p.env.iter().all(|v| v.name != "PREVIEW_FLAG"),
+        "{:?}",
+        p.env
+    );
+
+    // 6. Tear down: every observed production resource deleted through its client.
     let actual = run.observe().await.unwrap();
     let mut all: Vec<_> = actual.resources.values().collect();
     all.sort_by_key(|o| o.key.kind.teardown_rank());
