@@ -226,10 +226,12 @@ impl Vercel {
         let name = &res.key.name;
         let what = format!("create project {name}");
         // After a crash the project may already be there: adopt it if it is ours.
-        if let Some(existing) = self.get_project(name).await? {
+        let id_of = |p: &Value| str_field(p, "id").unwrap_or_else(|| name.clone());
+        let id = if let Some(existing) = self.get_project(name).await? {
             if !owned(&existing, scope) {
                 return Err(foreign(&what, name));
             }
+            id_of(&existing)
         } else {
             let mut body = settings_body(spec);
             body.insert("name".into(), json!(name));
@@ -255,21 +257,19 @@ impl Vercel {
                 .json(Value::Object(body))
                 .retry(Retry::Always);
             match self.http.send(&self.ep, &call).await {
-                Ok(_) => {}
-                Err(e) if e.kind == ErrorKind::Conflict => {
-                    let again = self.get_project(name).await?;
-                    if !again.is_some_and(|p| owned(&p, scope)) {
-                        return Err(foreign(&what, name));
-                    }
-                }
+                Ok(r) => id_of(&r.body),
+                Err(e) if e.kind == ErrorKind::Conflict => match self.get_project(name).await? {
+                    Some(p) if owned(&p, scope) => id_of(&p),
+                    _ => return Err(foreign(&what, name)),
+                },
                 Err(e) => return Err(e),
             }
-        }
+        };
         if spec.node_version.is_some() {
             self.patch_settings(name, spec, true).await?;
         }
         self.write_env(scope, name, spec, inputs, &[]).await?;
-        self.deploy_if_needed(scope, name, spec, None).await
+        self.deploy_if_needed(scope, &id, name, spec, None).await
     }
 
     async fn patch_settings(
@@ -379,6 +379,7 @@ impl Vercel {
     async fn deploy_if_needed(
         &self,
         scope: &Scope,
+        id: &str,
         name: &str,
         spec: &VercelProject,
         observed_commit: Option<&str>,
@@ -422,7 +423,7 @@ impl Vercel {
             .json(
                 &self.ep,
                 &Call::get("/v6/deployments", format!("find deployments of {name}"))
-                    .query("projectId", name)
+                    .query("projectId", id)
                     .query("target", "production")
                     .query("sha", sha.clone())
                     .query("limit", "5"),
@@ -442,12 +443,12 @@ impl Vercel {
                 )
             })
             .and_then(|d| d.get("uid").and_then(Value::as_str).map(str::to_owned));
-        let id = match reusable {
-            Some(id) => id,
+        let deployment = match reusable {
+            Some(d) => d,
             None => {
                 let body = json!({
                     "name": name,
-                    "project": name,
+                    "project": id,
                     "target": "production",
                     "gitSource": {"type": "github", "org": org, "repo": repo_name, "ref": branch, "sha": sha},
                 });
@@ -474,7 +475,10 @@ impl Vercel {
                     .http
                     .json(
                         &self.ep,
-                        &Call::get(format!("/v13/deployments/{}", enc(&id)), what.clone()),
+                        &Call::get(
+                            format!("/v13/deployments/{}", enc(&deployment)),
+                            what.clone(),
+                        ),
                     )
                     .await?;
                 match d.get("readyState").and_then(Value::as_str) {
@@ -496,14 +500,14 @@ impl Vercel {
             .await?;
         let call = Call::new(
             Method::POST,
-            format!("/v10/projects/{}/promote/{}", enc(name), enc(&id)),
+            format!("/v10/projects/{}/promote/{}", enc(id), enc(&deployment)),
             format!("promote {} on {name}", short(sha)),
         )
         // Promoting the same deployment twice leaves it promoted.
         .retry(Retry::Always);
         self.http.send(&self.ep, &call).await?;
         Ok(Applied {
-            provider_id: id,
+            provider_id: deployment,
             url: ready_url.map(|u| format!("https://{u}")).or(Some(url)),
         })
     }
@@ -676,8 +680,14 @@ impl Vercel {
                             .unwrap_or_default();
                         self.write_env(scope, name, spec, inputs, &env).await?;
                     }
-                    self.deploy_if_needed(scope, name, spec, before.production_commit.as_deref())
-                        .await
+                    self.deploy_if_needed(
+                        scope,
+                        &observed.provider_id,
+                        name,
+                        spec,
+                        before.production_commit.as_deref(),
+                    )
+                    .await
                 }
                 (ResourceSpec::VercelDomain(d), _) => self.add_domain(scope, d).await,
                 _ => Err(unsupported(&desired.key)),
