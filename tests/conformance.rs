@@ -280,6 +280,7 @@ async fn every_operation_conforms_to_the_published_descriptions() {
     let mut exchanges = 0;
     for line in text.lines() {
         let v: Value = serde_json::from_str(line).unwrap();
+        assert!(v.get("fault").is_none(), "no faults were asked for: {line}");
         let provider = v["provider"].as_str().unwrap().to_owned();
         let ex: Exchange = serde_json::from_value(v).unwrap();
         exchanges += 1;

@@ -150,7 +150,7 @@ pub fn git_ref(config: &Path) -> Option<GitRef> {
     let github = repo
         .find_remote("origin")
         .ok()
-        .and_then(|r| r.url().and_then(github_repo));
+        .and_then(|r| r.url().ok().and_then(github_repo));
     Some(GitRef {
         repo: github.unwrap_or_default(),
         sha,
@@ -498,6 +498,22 @@ pub fn report_summary(r: &Report) -> String {
 
 pub fn emulate_cmd(args: &EmulateArgs) -> ExitCode {
     let run = || -> anyhow::Result<()> {
+        let rates = [
+            ("--rate-5xx", args.rate_5xx),
+            ("--rate-429", args.rate_429),
+            ("--rate-timeout", args.rate_timeout),
+            ("--rate-reset", args.rate_reset),
+            ("--rate-garbage", args.rate_garbage),
+        ];
+        if let Some((flag, r)) = rates.iter().find(|(_, r)| !(0.0..=1.0).contains(r)) {
+            bail!("{flag} {r}: a rate is a share of requests, between 0 and 1");
+        }
+        let total: f64 = rates.iter().map(|(_, r)| r).sum();
+        if total > 1.0 {
+            bail!(
+                "the fault rates add up to {total}; each request gets at most one fault, so they must add up to 1 or less"
+            );
+        }
         let rt = runtime()?;
         rt.block_on(async {
             let config = emulator::Config {

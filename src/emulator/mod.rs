@@ -317,6 +317,10 @@ struct Record<'a> {
     request_body: Option<Value>,
     status: u16,
     response_body: Option<Value>,
+    /// The fault injected into this exchange, if any (`429`, `5xx`, `timeout`, `reset`,
+    /// `garbage`); the status and body are what the provider decided before the fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fault: Option<&'static str>,
 }
 
 /// Replace secret values in a recorded body: env var values of secret types, passwords,
@@ -449,79 +453,50 @@ async fn handle(
         *pc.routes.entry(route).or_default() += 1;
     }
 
-    // Draw every fault decision up front, so a seed gives the same run.
-    let (r5, r429, rto, rreset, rgarb) = {
+    // One draw per request decides its fault (at most one), so a seed gives the same run.
+    let fault: Option<&'static str> = {
         let mut rng = inner.rng.lock().unwrap_or_else(|e| e.into_inner());
-        (rng.f64(), rng.f64(), rng.f64(), rng.f64(), rng.f64())
+        let r = rng.f64();
+        let mut edge = 0.0;
+        [
+            ("429", faults.rate_429),
+            ("5xx", faults.rate_5xx),
+            ("timeout", faults.rate_timeout),
+            ("reset", faults.rate_reset),
+            ("garbage", faults.rate_garbage),
+        ]
+        .into_iter()
+        .find(|(_, rate)| {
+            edge += rate;
+            r < edge
+        })
+        .map(|(name, _)| name)
     };
-    let count_fault = |name: &str| {
-        if let Ok(mut c) = inner.counters.lock() {
-            *c.faults.entry(name.to_owned()).or_default() += 1;
-        }
-    };
-    if r429 < faults.rate_429 {
-        count_fault("429");
-        let a = provider_error(
-            provider,
-            429,
-            "rate_limited",
-            "Too many requests, slow down",
-        );
-        return json_response(429, a.body.as_ref(), &[("retry-after", "1".into())]);
+    if let (Some(name), Ok(mut c)) = (fault, inner.counters.lock()) {
+        *c.faults.entry(name.to_owned()).or_default() += 1;
     }
-    if r5 < faults.rate_5xx {
-        count_fault("5xx");
-        let a = provider_error(
+
+    let answer = match fault {
+        // Turned away before anything happens, as a gateway or rate limiter does.
+        Some("429") => {
+            let mut a = provider_error(
+                provider,
+                429,
+                "rate_limited",
+                "Too many requests, slow down",
+            );
+            a.headers.push(("retry-after", "1".into()));
+            a
+        }
+        Some("5xx") => provider_error(
             provider,
             503,
             "internal_server_error",
             "The service is temporarily unavailable",
-        );
-        return json_response(503, a.body.as_ref(), &[]);
-    }
-
-    // Auth, as the providers do it: a bearer token or 401/403.
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let answer = match token {
-        None => provider_error(
-            provider,
-            401,
-            "unauthorized",
-            "Missing authorization header",
         ),
-        Some(t) if t != EMULATOR_TOKEN => {
-            provider_error(provider, 403, "forbidden", "The token is not valid")
-        }
-        Some(_) => {
-            let parsed: Option<Value> = if body.is_empty() {
-                None
-            } else {
-                match serde_json::from_slice(&body) {
-                    Ok(v) => Some(v),
-                    Err(_) => {
-                        let a = provider_error(provider, 400, "bad_request", "Invalid JSON body");
-                        return json_response(400, a.body.as_ref(), &[]);
-                    }
-                }
-            };
-            let req = Req {
-                method: &method,
-                segments: segments.clone(),
-                query: query.clone(),
-                body: parsed,
-                page_size: inner.config.page_size,
-                async_polls: inner.config.async_polls,
-            };
-            let mut w = inner.world.lock().unwrap_or_else(|e| e.into_inner());
-            match provider {
-                Provider::Vercel => vercel::route(&mut w, &req),
-                Provider::Neon => neon::route(&mut w, &req),
-                _ => provider_error(provider, 404, "not_found", "not emulated"),
-            }
-        }
+        _ => serve(
+            &inner, provider, &method, &segments, &query, &headers, &body,
+        ),
     };
 
     if let Some(rec) = &inner.record {
@@ -541,42 +516,93 @@ async fn handle(
             request_body: req_body,
             status: answer.status,
             response_body: resp_body,
+            fault,
         };
         if let (Ok(mut f), Ok(s)) = (rec.lock(), serde_json::to_string(&line)) {
             let _ = writeln!(f, "{s}");
         }
     }
 
-    if rto < faults.rate_timeout {
-        count_fault("timeout");
-        tokio::time::sleep(faults.stall).await;
-    }
-    if rreset < faults.rate_reset {
-        count_fault("reset");
-        // Headers and half a body, then the stream fails: hyper drops the connection.
-        let text = answer
-            .body
-            .as_ref()
-            .map(Value::to_string)
-            .unwrap_or_default();
-        let half = text.as_bytes()[..text.len() / 2].to_vec();
-        let stream = futures_stream(half);
-        return Response::builder()
-            .status(answer.status)
-            .header("content-type", "application/json")
-            .body(Body::from_stream(stream))
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
-    }
-    if rgarb < faults.rate_garbage && answer.body.is_some() {
-        count_fault("garbage");
-        return (
+    // The faults below come after the provider acted: the hard case for a client.
+    match fault {
+        Some("timeout") => {
+            tokio::time::sleep(faults.stall).await;
+            json_response(answer.status, answer.body.as_ref(), &answer.headers)
+        }
+        Some("reset") => {
+            // Headers and half a body, then the stream fails: hyper drops the connection.
+            let text = answer
+                .body
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_default();
+            let half = text.as_bytes()[..text.len() / 2].to_vec();
+            Response::builder()
+                .status(answer.status)
+                .header("content-type", "application/json")
+                .body(Body::from_stream(futures_stream(half)))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+        Some("garbage") => (
             StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK),
             [("content-type", "application/json")],
             "{\"projects\": [tru",
         )
-            .into_response();
+            .into_response(),
+        _ => json_response(answer.status, answer.body.as_ref(), &answer.headers),
     }
-    json_response(answer.status, answer.body.as_ref(), &answer.headers)
+}
+
+/// Auth as the providers do it (a bearer token, else 401/403), then the provider's routes.
+fn serve(
+    inner: &Inner,
+    provider: Provider,
+    method: &Method,
+    segments: &[&str],
+    query: &[(String, String)],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Answer {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match token {
+        None => {
+            return provider_error(
+                provider,
+                401,
+                "unauthorized",
+                "Missing authorization header",
+            );
+        }
+        Some(t) if t != EMULATOR_TOKEN => {
+            return provider_error(provider, 403, "forbidden", "The token is not valid");
+        }
+        Some(_) => {}
+    }
+    let parsed: Option<Value> = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v) => Some(v),
+            Err(_) => return provider_error(provider, 400, "bad_request", "Invalid JSON body"),
+        }
+    };
+    let req = Req {
+        method,
+        segments: segments.to_vec(),
+        query: query.to_vec(),
+        body: parsed,
+        page_size: inner.config.page_size,
+        async_polls: inner.config.async_polls,
+    };
+    let mut w = inner.world.lock().unwrap_or_else(|e| e.into_inner());
+    match provider {
+        Provider::Vercel => vercel::route(&mut w, &req),
+        Provider::Neon => neon::route(&mut w, &req),
+        _ => provider_error(provider, 404, "not_found", "not emulated"),
+    }
 }
 
 /// A body stream that yields `bytes` and then an error.
