@@ -325,3 +325,29 @@ async fn a_failed_step_stops_only_what_depends_on_it() {
     assert!(matches!(outcome("shop-main"), Outcome::Done { .. }));
     emu.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_longer_than_a_page_are_followed_to_the_end() {
+    // Five databases and four apps: more than the emulator's three per page everywhere.
+    let mut src = String::from(
+        "version: 1\nproject: big\nenvironments:\n  production:\n    branch: main\napps:\n",
+    );
+    for a in ["a1", "a2", "a3", "a4"] {
+        src += &format!("  {a}:\n    framework: vite\n");
+    }
+    src += "databases:\n";
+    for d in ["d1", "d2", "d3", "d4", "d5"] {
+        src += &format!("  {d}:\n    engine: postgres\n");
+    }
+    let emu = emu::start(Config::default()).await;
+    let run = emu::run(&src, &emu.url(), SHA, emu::http_config());
+    run.converge(3).await.unwrap();
+    let seen = run.observe().await.unwrap();
+    assert_eq!(
+        seen.resources.len(),
+        4 + 5 * 2,
+        "{:?}",
+        seen.resources.keys()
+    );
+    emu.stop().await;
+}

@@ -253,7 +253,10 @@ pub enum Paging {
     /// Vercel: `pagination.next` goes back as the named query parameter (`from` for
     /// projects, `until` for deployments); null when done.
     VercelNext(&'static str),
-    /// Neon: `pagination.cursor` goes back as `cursor`; done when a page is short.
+    /// Neon: `pagination.cursor` goes back as `cursor`, with `limit` per page; done at an
+    /// empty page or when no new cursor comes back. A short page is not taken as the end:
+    /// a server may cap pages below the asked limit, and one extra read is cheaper than a
+    /// silently truncated list.
     NeonCursor { limit: u32 },
     /// Google: `nextPageToken` goes back as `pageToken`.
     GoogleToken,
@@ -578,8 +581,8 @@ impl Http {
                         _ => None,
                     })
                     .map(|t| (param.to_owned(), t)),
-                Paging::NeonCursor { limit } => {
-                    if n < limit as usize {
+                Paging::NeonCursor { .. } => {
+                    if n == 0 {
                         None
                     } else {
                         resp.body
