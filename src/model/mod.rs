@@ -585,6 +585,62 @@ pub struct DesiredState {
     pub resources: BTreeMap<ResourceKey, Resource>,
 }
 
+/// Positions of resources by key (a fast, non-cryptographic hash: the keys come from our
+/// own state, so hash flooding is no concern).
+pub type KeyIndex<'a> = rustc_hash::FxHashMap<&'a ResourceKey, usize>;
+
+/// Kahn's algorithm over `resources` (in key order, as `index` numbers them): every
+/// resource after what it depends on, ties broken by position, so the order is
+/// deterministic. The work is on integers: one lookup per edge, edges laid out flat
+/// (compressed sparse rows: two allocations, not one per resource), and a heap of
+/// positions.
+pub fn dependency_order(resources: &[&Resource], index: &KeyIndex<'_>) -> Vec<usize> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let n = resources.len();
+    let mut edges: Vec<(usize, usize)> = Vec::with_capacity(n);
+    let mut waiting = vec![0usize; n];
+    for (i, r) in resources.iter().enumerate() {
+        for d in &r.depends_on {
+            if let Some(&j) = index.get(d) {
+                edges.push((j, i));
+                waiting[i] += 1;
+            }
+        }
+    }
+    let mut start = vec![0usize; n + 1];
+    for &(j, _) in &edges {
+        start[j + 1] += 1;
+    }
+    for k in 0..n {
+        start[k + 1] += start[k];
+    }
+    let mut fill = start.clone();
+    let mut dependents = vec![0usize; edges.len()];
+    for &(j, i) in &edges {
+        dependents[fill[j]] = i;
+        fill[j] += 1;
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| waiting[i] == 0).map(Reverse).collect();
+    let mut placed = vec![false; n];
+    let mut out = Vec::with_capacity(n);
+    while let Some(Reverse(i)) = ready.pop() {
+        out.push(i);
+        placed[i] = true;
+        for &d in &dependents[start[i]..start[i + 1]] {
+            waiting[d] -= 1;
+            if waiting[d] == 0 {
+                ready.push(Reverse(d));
+            }
+        }
+    }
+    if out.len() < n {
+        out.extend((0..n).filter(|&i| !placed[i]));
+    }
+    out
+}
+
 /// Maps keyed by `ResourceKey` serialize as lists of their values: JSON object keys must be
 /// strings, and each value carries its key anyway.
 fn values_as_list<S: serde::Serializer, V: Serialize>(
@@ -608,49 +664,24 @@ impl DesiredState {
     }
 
     /// Resources in an order where every resource comes after what it depends on, ties
-    /// broken by key so the order is deterministic (Kahn's algorithm, O(n log n)). Edges to
-    /// resources outside this state (production's database, seen from a preview) are already
-    /// satisfied. Lowering never makes a cycle; if one appeared, its members would follow the
-    /// rest in key order rather than vanish.
+    /// broken by key so the order is deterministic (Kahn's algorithm with a min-heap).
+    /// Edges to resources outside this state (production's database, seen from a preview)
+    /// are already satisfied. Lowering never makes a cycle; if one appeared, its members
+    /// would follow the rest in key order rather than vanish.
     pub fn topological(&self) -> Vec<&Resource> {
-        use std::collections::BTreeSet as Set;
-        let mut waiting: BTreeMap<&ResourceKey, usize> = BTreeMap::new();
-        let mut dependents: BTreeMap<&ResourceKey, Vec<&ResourceKey>> = BTreeMap::new();
-        for (key, res) in &self.resources {
-            let deps = res
-                .depends_on
-                .iter()
-                .filter(|d| self.resources.contains_key(*d))
-                .inspect(|d| dependents.entry(*d).or_default().push(key))
-                .count();
-            waiting.insert(key, deps);
-        }
-        let mut ready: Set<&ResourceKey> = waiting
-            .iter()
-            .filter(|(_, n)| **n == 0)
-            .map(|(k, _)| *k)
-            .collect();
-        let mut out = Vec::with_capacity(self.resources.len());
-        while let Some(key) = ready.pop_first() {
-            out.push(&self.resources[key]);
-            for d in dependents.get(key).into_iter().flatten() {
-                if let Some(n) = waiting.get_mut(d) {
-                    *n -= 1;
-                    if *n == 0 {
-                        ready.insert(d);
-                    }
-                }
-            }
-        }
-        if out.len() < self.resources.len() {
-            let placed: Set<&ResourceKey> = out.iter().map(|r| &r.key).collect();
-            let rest: Vec<&Resource> = self
-                .resources
-                .values()
-                .filter(|r| !placed.contains(&r.key))
-                .collect();
-            out.extend(rest);
-        }
-        out
+        let all: Vec<&Resource> = self.resources.values().collect();
+        self.topological_indices()
+            .into_iter()
+            .map(|i| all[i])
+            .collect()
+    }
+
+    /// The same order, as positions in key order (`resources.values()`), for callers that
+    /// keep per-resource data in vectors. Resources are numbered once, so the rest of the
+    /// work is on integers: one hash lookup per edge, edges laid out flat, a heap of indices.
+    pub fn topological_indices(&self) -> Vec<usize> {
+        let all: Vec<&Resource> = self.resources.values().collect();
+        let index: KeyIndex = all.iter().enumerate().map(|(i, r)| (&r.key, i)).collect();
+        dependency_order(&all, &index)
     }
 }
