@@ -540,7 +540,7 @@ async fn handle(
             Response::builder()
                 .status(answer.status)
                 .header("content-type", "application/json")
-                .body(Body::from_stream(futures_stream(half)))
+                .body(Body::from_stream(cut_stream(half)))
                 .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
         }
         Some("garbage") => (
@@ -606,7 +606,7 @@ fn serve(
 }
 
 /// A body stream that yields `bytes` and then an error.
-fn futures_stream(
+fn cut_stream(
     bytes: Vec<u8>,
 ) -> impl futures_core::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     struct Cut(Option<Vec<u8>>, bool);
