@@ -392,3 +392,38 @@ fn a_provider_this_version_cannot_reach_is_named() {
     );
     rt.block_on(emu.stop());
 }
+
+#[test]
+fn emulate_refuses_bad_settings_with_a_clear_message() {
+    let o = telbase(&["emulate", "--listen", "0.0.0.0:0"], &root());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("listens on loopback only"),
+        "{}",
+        text(&o)
+    );
+    let o = telbase(
+        &[
+            "emulate",
+            "--listen",
+            "127.0.0.1:0",
+            "--rate-5xx",
+            "0.8",
+            "--rate-429",
+            "0.5",
+        ],
+        &root(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("must add up to 1 or less"),
+        "{}",
+        text(&o)
+    );
+    let o = telbase(
+        &["emulate", "--listen", "127.0.0.1:0", "--rate-reset", "1.5"],
+        &root(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("between 0 and 1"), "{}", text(&o));
+}

@@ -72,7 +72,8 @@ pub struct ApplyArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct EmulateArgs {
-    /// Address to listen on (loopback only unless you mean it).
+    /// Address to listen on: a loopback address, since anyone who can reach the emulator
+    /// can use it (its token is public).
     #[arg(long, default_value = "127.0.0.1:4010")]
     pub listen: SocketAddr,
     /// Added to every answer, e.g. `20ms`.
@@ -507,6 +508,12 @@ pub fn emulate_cmd(args: &EmulateArgs) -> ExitCode {
         ];
         if let Some((flag, r)) = rates.iter().find(|(_, r)| !(0.0..=1.0).contains(r)) {
             bail!("{flag} {r}: a rate is a share of requests, between 0 and 1");
+        }
+        if !args.listen.ip().is_loopback() {
+            bail!(
+                "--listen {}: the emulator listens on loopback only (127.0.0.1 or [::1]); its token is public",
+                args.listen
+            );
         }
         let total: f64 = rates.iter().map(|(_, r)| r).sum();
         if total > 1.0 {
