@@ -3,7 +3,11 @@
 //!
 //! The crate is organised by responsibility (see `docs/architecture.md` in the project's
 //! shared docs): `model` holds the types every stage shares, `config` turns the file into a
-//! `DesiredState`, and `cli` is the command-line edge.
+//! `DesiredState`, `plan` compares it with what the providers report (pure, no I/O),
+//! `providers` observe and change resources at each provider over one HTTP layer, `apply`
+//! carries a plan out, `emulator` serves the provider APIs locally, `conformance` checks
+//! HTTP exchanges against the providers' published descriptions, and `cli` is the
+//! command-line edge.
 
 #![forbid(unsafe_code)]
 
