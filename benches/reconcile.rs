@@ -20,7 +20,6 @@ mod emu;
 use std::time::{Duration, Instant};
 
 use telbase::emulator::{Config, Faults};
-use telbase::model::{Domain, Kind, Resource, ResourceKey, ResourceSpec};
 
 const LATENCY: Duration = Duration::from_millis(20);
 const PROJECTS: usize = 20;
@@ -58,21 +57,7 @@ databases:
 fn run_for(project: &str, url: &str, http: &telbase::providers::http::Http) -> emu::Run {
     let mut run = emu::run_with(&config(project), url, &"c".repeat(40), http.clone());
     for app in ["web", "docs"] {
-        let target = ResourceKey::new(Kind::VercelProject, format!("{project}-{app}"));
-        let key = ResourceKey::new(Kind::VercelDomain, format!("{app}.{project}.example.com"));
-        run.desired.resources.insert(
-            key.clone(),
-            Resource {
-                key,
-                origin: format!("apps.{app}"),
-                spec: ResourceSpec::VercelDomain(Domain {
-                    hostname: format!("{app}.{project}.example.com"),
-                    target: target.clone(),
-                }),
-                depends_on: [target].into(),
-                allow_data_loss: false,
-            },
-        );
+        run.add_domain(app, &format!("{app}.{project}.example.com"));
     }
     run
 }

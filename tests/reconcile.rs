@@ -272,27 +272,13 @@ async fn faults_never_leave_duplicates_and_apply_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_step_stops_only_what_depends_on_it() {
-    use telbase::model::{Domain, Kind, Resource, ResourceKey, ResourceSpec};
+    use telbase::model::{Kind, ResourceKey};
     let emu = emu::start(Config::default()).await;
     let src =
         emu::quickstart("shop").replace("databases:", "  docs:\n    framework: astro\ndatabases:");
     let mut run = emu::run(&src, &emu.url(), SHA, emu::http_config());
     for app in ["web", "docs"] {
-        let target = ResourceKey::new(Kind::VercelProject, format!("shop-{app}"));
-        let key = ResourceKey::new(Kind::VercelDomain, format!("{app}.shop.example"));
-        run.desired.resources.insert(
-            key.clone(),
-            Resource {
-                key,
-                origin: format!("apps.{app}"),
-                spec: ResourceSpec::VercelDomain(Domain {
-                    hostname: format!("{app}.shop.example"),
-                    target: target.clone(),
-                }),
-                depends_on: [target].into(),
-                allow_data_loss: false,
-            },
-        );
+        run.add_domain(app, &format!("{app}.shop.example"));
     }
     // Somebody's hand-made `shop-web` makes Telbase's `shop-web` step fail.
     let r = reqwest::Client::new()

@@ -76,11 +76,6 @@ impl Endpoint {
             always_query,
         })
     }
-
-    /// Whether this endpoint is the built-in emulator (plain HTTP on loopback).
-    pub fn is_loopback(&self) -> bool {
-        self.base.starts_with("http://")
-    }
 }
 
 fn is_loopback(authority_and_path: &str) -> bool {
@@ -206,42 +201,12 @@ impl Default for HttpConfig {
     }
 }
 
-/// Calls counted per provider, for `/metrics`, benchmarks and the "a no-change reconcile
-/// writes nothing" check.
-#[derive(Debug, Default)]
-pub struct CallCounts {
-    counts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-}
-
-impl CallCounts {
-    fn bump(&self, provider: Provider, what: &'static str) {
-        if let Ok(mut c) = self.counts.lock() {
-            *c.entry((provider.as_str(), what)).or_default() += 1;
-        }
-    }
-
-    /// `(provider, "read" | "write" | "retry" | "error") → count`.
-    pub fn snapshot(&self) -> BTreeMap<(&'static str, &'static str), u64> {
-        self.counts.lock().map(|c| c.clone()).unwrap_or_default()
-    }
-
-    /// Sum over providers of one counter.
-    pub fn total(&self, what: &str) -> u64 {
-        self.snapshot()
-            .iter()
-            .filter(|((_, w), _)| *w == what)
-            .map(|(_, n)| n)
-            .sum()
-    }
-}
-
 /// The shared client. Cheap to clone.
 #[derive(Clone)]
 pub struct Http {
     client: reqwest::Client,
     pub config: HttpConfig,
     rng: Arc<Mutex<fastrand::Rng>>,
-    pub counts: Arc<CallCounts>,
     in_flight: Arc<Mutex<BTreeMap<Provider, Arc<tokio::sync::Semaphore>>>>,
 }
 
@@ -299,7 +264,6 @@ impl Http {
             client,
             config,
             rng: Arc::new(Mutex::new(fastrand::Rng::new())),
-            counts: Arc::new(CallCounts::default()),
             in_flight: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
@@ -325,9 +289,6 @@ impl Http {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let write = call.method != Method::GET && call.method != Method::HEAD;
-            self.counts
-                .bump(ep.provider, if write { "write" } else { "read" });
             // Held for the attempt only, not for the wait before a retry.
             let permit = self.limiter(ep.provider).acquire_owned().await;
             let outcome = self.attempt(ep, call).await;
@@ -350,12 +311,10 @@ impl Http {
             };
             match decision {
                 Decision::RetryAfter(d) => {
-                    self.counts.bump(ep.provider, "retry");
                     tracing::debug!(provider = ep.provider.as_str(), what = %call.what, kind = ?err.kind, delay_ms = d.as_millis() as u64, "retrying");
                     tokio::time::sleep(d).await;
                 }
                 Decision::GiveUp => {
-                    self.counts.bump(ep.provider, "error");
                     return Err(err);
                 }
             }

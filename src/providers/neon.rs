@@ -529,8 +529,17 @@ impl Neon {
             ),
             what.clone(),
         );
-        match self.http.json(&self.ep, &call).await {
-            Ok(resp) => self.wait(&owned.id, &resp, &what).await?,
+        self.delete_and_wait(&owned.id, &call).await
+    }
+
+    /// Send a DELETE and wait for the operations it starts; already gone counts as done.
+    async fn delete_and_wait(
+        &self,
+        project_id: &str,
+        call: &Call,
+    ) -> Result<Applied, ProviderError> {
+        match self.http.json(&self.ep, call).await {
+            Ok(resp) => self.wait(project_id, &resp, &call.what).await?,
             Err(e) if e.kind == ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
@@ -626,12 +635,7 @@ impl Neon {
             ),
             what.clone(),
         );
-        match self.http.json(&self.ep, &call).await {
-            Ok(resp) => self.wait(&owned.id, &resp, &what).await?,
-            Err(e) if e.kind == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        Ok(Applied::default())
+        self.delete_and_wait(&owned.id, &call).await
     }
 
     async fn observe_all(&self, scope: &Scope) -> Result<Vec<Observed>, ProviderError> {

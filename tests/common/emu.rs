@@ -80,6 +80,30 @@ pub fn run_with(src: &str, url: &str, sha: &str, http: Http) -> Run {
 }
 
 impl Run {
+    /// Add a Vercel domain for `project-app` (files that use domains need Cloudflare, which
+    /// this version does not drive, so tests add them to the lowered state directly).
+    pub fn add_domain(&mut self, app: &str, host: &str) {
+        use telbase::model::{Domain, Kind, Resource, ResourceKey, ResourceSpec};
+        let target = ResourceKey::new(
+            Kind::VercelProject,
+            format!("{}-{app}", self.desired.project),
+        );
+        let key = ResourceKey::new(Kind::VercelDomain, host);
+        self.desired.resources.insert(
+            key.clone(),
+            Resource {
+                key,
+                origin: format!("apps.{app}"),
+                spec: ResourceSpec::VercelDomain(Domain {
+                    hostname: host.to_owned(),
+                    target: target.clone(),
+                }),
+                depends_on: [target].into(),
+                allow_data_loss: false,
+            },
+        );
+    }
+
     pub async fn observe(&self) -> Result<ActualState, providers::ProviderError> {
         apply::observe(&self.registry, &self.scope).await
     }
