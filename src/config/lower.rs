@@ -532,7 +532,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
             // separate Access application.
             let access_name = match (l.pr(), app.framework.is_some()) {
                 (Some(n), true) => format!("{}-pr-{n}", key.name),
-                _ => key.name.clone(),
+                _ => key.name.to_string(),
             };
             l.add(
                 ResourceKey::new(Kind::AccessApplication, access_name),

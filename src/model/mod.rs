@@ -6,6 +6,7 @@
 //! says what the user asked for in provider terms (a Vercel project, a Cloud Run service), not
 //! how the provider's API spells it.
 
+use compact_str::CompactString;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -127,11 +128,14 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct ResourceKey {
     pub kind: Kind,
-    pub name: String,
+    /// Inline up to 24 bytes (most names): a key is then one flat value, so comparing,
+    /// hashing and cloning keys (the planner's main work on large states) never chases a
+    /// pointer or allocates.
+    pub name: CompactString,
 }
 
 impl ResourceKey {
-    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
+    pub fn new(kind: Kind, name: impl Into<CompactString>) -> Self {
         Self {
             kind,
             name: name.into(),
@@ -587,58 +591,68 @@ pub struct DesiredState {
 
 /// Positions of resources by key (a fast, non-cryptographic hash: the keys come from our
 /// own state, so hash flooding is no concern).
-pub type KeyIndex<'a> = rustc_hash::FxHashMap<&'a ResourceKey, usize>;
+pub type KeyIndex<'a> = rustc_hash::FxHashMap<&'a ResourceKey, u32>;
 
-/// Kahn's algorithm over `resources` (in key order, as `index` numbers them): every
-/// resource after what it depends on, ties broken by position, so the order is
-/// deterministic. The work is on integers: one lookup per edge, edges laid out flat
-/// (compressed sparse rows: two allocations, not one per resource), and a heap of
-/// positions.
-pub fn dependency_order(resources: &[&Resource], index: &KeyIndex<'_>) -> Vec<usize> {
+/// Kahn's algorithm over `n` resources numbered in key order, given `edges` as
+/// (dependency, dependent) positions: every resource after what it depends on, ties broken
+/// by position, so the order is deterministic. Pure integer work: edges laid out flat
+/// (compressed sparse rows: no allocation per resource) and a heap of positions. A cycle
+/// (which validation refuses earlier) leaves its members at the end in key order rather
+/// than dropping them.
+pub fn dependency_order(n: usize, edges: &[(u32, u32)]) -> Vec<u32> {
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
-    let n = resources.len();
-    let mut edges: Vec<(usize, usize)> = Vec::with_capacity(n);
-    let mut waiting = vec![0usize; n];
-    for (i, r) in resources.iter().enumerate() {
-        for d in &r.depends_on {
-            if let Some(&j) = index.get(d) {
-                edges.push((j, i));
-                waiting[i] += 1;
-            }
-        }
-    }
-    let mut start = vec![0usize; n + 1];
-    for &(j, _) in &edges {
-        start[j + 1] += 1;
+    let mut waiting = vec![0u32; n];
+    let mut start = vec![0u32; n + 1];
+    for &(j, i) in edges {
+        start[j as usize + 1] += 1;
+        waiting[i as usize] += 1;
     }
     for k in 0..n {
         start[k + 1] += start[k];
     }
     let mut fill = start.clone();
-    let mut dependents = vec![0usize; edges.len()];
-    for &(j, i) in &edges {
-        dependents[fill[j]] = i;
-        fill[j] += 1;
+    let mut dependents = vec![0u32; edges.len()];
+    for &(j, i) in edges {
+        dependents[fill[j as usize] as usize] = i;
+        fill[j as usize] += 1;
     }
-    let mut ready: BinaryHeap<Reverse<usize>> =
-        (0..n).filter(|&i| waiting[i] == 0).map(Reverse).collect();
+    drop(fill);
+    let mut ready: BinaryHeap<Reverse<u32>> = (0..n as u32)
+        .filter(|&i| waiting[i as usize] == 0)
+        .map(Reverse)
+        .collect();
     let mut placed = vec![false; n];
     let mut out = Vec::with_capacity(n);
     while let Some(Reverse(i)) = ready.pop() {
         out.push(i);
-        placed[i] = true;
-        for &d in &dependents[start[i]..start[i + 1]] {
-            waiting[d] -= 1;
-            if waiting[d] == 0 {
+        placed[i as usize] = true;
+        let (from, to) = (start[i as usize] as usize, start[i as usize + 1] as usize);
+        for &d in &dependents[from..to] {
+            waiting[d as usize] -= 1;
+            if waiting[d as usize] == 0 {
                 ready.push(Reverse(d));
             }
         }
     }
     if out.len() < n {
-        out.extend((0..n).filter(|&i| !placed[i]));
+        out.extend((0..n as u32).filter(|&i| !placed[i as usize]));
     }
     out
+}
+
+/// The (dependency, dependent) position pairs among `resources` (in key order, as `index`
+/// numbers them); dependencies outside the set are ignored.
+pub fn dependency_edges(resources: &[&Resource], index: &KeyIndex<'_>) -> Vec<(u32, u32)> {
+    let mut edges = Vec::with_capacity(resources.len());
+    for (i, r) in resources.iter().enumerate() {
+        for d in &r.depends_on {
+            if let Some(&j) = index.get(d) {
+                edges.push((j, i as u32));
+            }
+        }
+    }
+    edges
 }
 
 /// Maps keyed by `ResourceKey` serialize as lists of their values: JSON object keys must be
@@ -681,7 +695,14 @@ impl DesiredState {
     /// work is on integers: one hash lookup per edge, edges laid out flat, a heap of indices.
     pub fn topological_indices(&self) -> Vec<usize> {
         let all: Vec<&Resource> = self.resources.values().collect();
-        let index: KeyIndex = all.iter().enumerate().map(|(i, r)| (&r.key, i)).collect();
-        dependency_order(&all, &index)
+        let index: KeyIndex = all
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (&r.key, i as u32))
+            .collect();
+        dependency_order(all.len(), &dependency_edges(&all, &index))
+            .into_iter()
+            .map(|i| i as usize)
+            .collect()
     }
 }

@@ -226,7 +226,7 @@ impl Vercel {
         let name = &res.key.name;
         let what = format!("create project {name}");
         // After a crash the project may already be there: adopt it if it is ours.
-        let id_of = |p: &Value| str_field(p, "id").unwrap_or_else(|| name.clone());
+        let id_of = |p: &Value| str_field(p, "id").unwrap_or_else(|| name.to_string());
         let id = if let Some(existing) = self.get_project(name).await? {
             if !owned(&existing, scope) {
                 return Err(foreign(&what, name));
