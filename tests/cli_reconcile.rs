@@ -365,35 +365,6 @@ fn kill_9_in_the_middle_of_an_apply_then_apply_again_finishes_without_duplicates
 }
 
 #[test]
-fn a_provider_this_version_cannot_reach_is_named() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let emu = rt.block_on(emu::start(Config::default()));
-    let cfg = root().join("examples/nextjs-neon/telbase.yaml");
-    let o = telbase(
-        &[
-            "plan",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--emulator",
-            &emu.url(),
-        ],
-        &root(),
-    );
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        text(&o).contains("cloudflare is not supported yet"),
-        "{}",
-        text(&o)
-    );
-    assert_eq!(
-        emu.counters().requests,
-        0,
-        "nothing is called before every client exists"
-    );
-    rt.block_on(emu.stop());
-}
-
-#[test]
 fn emulate_refuses_bad_settings_with_a_clear_message() {
     let o = telbase(&["emulate", "--listen", "0.0.0.0:0"], &root());
     assert_eq!(o.status.code(), Some(1));

@@ -125,8 +125,50 @@ impl Default for Options {
     }
 }
 
-/// Resolve the values a resource's env needs: `from:` outputs from their providers, sealed
-/// values with the opener. Plain values need nothing.
+/// What a resource needs opened or fetched at apply time, by input name. A Cloud Run
+/// service needs none of its secret values: those live in Secret Manager (each its own
+/// `Secret` resource, resolved when that is written) and the service only references them.
+fn needs(spec: &ResourceSpec) -> Vec<(&str, std::borrow::Cow<'_, EnvSource>)> {
+    use std::borrow::Cow;
+    match spec {
+        ResourceSpec::VercelProject(p) => p
+            .env
+            .iter()
+            .map(|v| (v.name.as_str(), Cow::Borrowed(&v.source)))
+            .collect(),
+        ResourceSpec::CloudRunService(s) => s
+            .env
+            .iter()
+            .filter(|v| !v.source.is_secret())
+            .map(|v| (v.name.as_str(), Cow::Borrowed(&v.source)))
+            .collect(),
+        ResourceSpec::Secret(s) => vec![(s.env.as_str(), Cow::Borrowed(&s.source))],
+        ResourceSpec::CloudSqlUser(u) => vec![(
+            "password",
+            Cow::Owned(EnvSource::Output {
+                resource: u.password_secret.clone(),
+                output: crate::model::Output::Password,
+            }),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// A fresh random credential: 32 bytes from the operating system's generator, base64url
+/// without padding (43 characters, safe in URLs and connection strings).
+fn generate_secret() -> Result<SecretString, String> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    ring::rand::SystemRandom::new()
+        .fill(bytes.as_mut())
+        .map_err(|_| "the system random generator failed".to_owned())?;
+    use base64::Engine as _;
+    let out = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&bytes[..]);
+    Ok(SecretString::from(out))
+}
+
+/// Resolve the values a resource needs: `from:` outputs from their providers, sealed values
+/// with the opener, generated credentials fresh. Plain values need nothing.
 async fn resolve_inputs(
     key: &ResourceKey,
     desired: &DesiredState,
@@ -134,40 +176,36 @@ async fn resolve_inputs(
     scope: &Scope,
     opener: &dyn Opener,
 ) -> Result<Inputs, String> {
-    let env = match desired.resources.get(key).map(|r| &r.spec) {
-        Some(ResourceSpec::VercelProject(p)) => &p.env,
-        Some(ResourceSpec::CloudRunService(s)) => &s.env,
-        _ => return Ok(Inputs::default()),
+    let Some(spec) = desired.resources.get(key).map(|r| &r.spec) else {
+        return Ok(Inputs::default());
     };
     let mut inputs = Inputs::default();
-    for var in env {
-        match &var.source {
+    for (name, source) in needs(spec) {
+        match source.as_ref() {
             EnvSource::Plain(_) => {}
+            EnvSource::Generated => {
+                inputs.env.insert(name.to_owned(), generate_secret()?);
+            }
             EnvSource::Sealed(s) => {
                 let armor = s
                     .armor()
-                    .ok_or_else(|| format!("{}: the sealed value is not in the file", var.name))?;
-                let v = opener
-                    .open(armor)
-                    .map_err(|e| format!("{}: {e}", var.name))?;
-                inputs.env.insert(var.name.clone(), v);
+                    .ok_or_else(|| format!("{name}: the sealed value is not in the file"))?;
+                let v = opener.open(armor).map_err(|e| format!("{name}: {e}"))?;
+                inputs.env.insert(name.to_owned(), v);
             }
             EnvSource::Output { resource, output } => {
-                let source = desired.resources.get(resource).ok_or_else(|| {
-                    format!("{}: {resource} is not part of this environment", var.name)
-                })?;
+                let source = desired
+                    .resources
+                    .get(resource)
+                    .ok_or_else(|| format!("{name}: {resource} is not part of this environment"))?;
                 let provider = registry.get(&resource.provider()).ok_or_else(|| {
-                    format!(
-                        "{}: no client for {}",
-                        var.name,
-                        resource.provider().as_str()
-                    )
+                    format!("{name}: no client for {}", resource.provider().as_str())
                 })?;
                 let v = provider
                     .output(scope, source, *output)
                     .await
                     .map_err(|e| e.to_string())?;
-                inputs.env.insert(var.name.clone(), v);
+                inputs.env.insert(name.to_owned(), v);
             }
         }
     }

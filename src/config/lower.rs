@@ -11,10 +11,10 @@ use super::file::{self, App, ConfigFile, DatabaseProvider, EnvTarget, EnvValue, 
 use super::semantic::effective_provider;
 use super::units;
 use crate::model::{
-    AccessApplication, AccessPolicy, CloudRunService, CloudSqlInstance, DesiredState, DnsRecord,
-    Domain, EnvSource, EnvVar, Environment, Kind, NamedDatabase, NeonBranch, NeonProject, Output,
-    Probe, ReconcilePolicy, Resource, ResourceKey, ResourceSpec, Sealed, Secret, TursoDatabase,
-    TursoGroup, VercelProject, ZoneSettings,
+    AccessApplication, AccessPolicy, CloudRunService, CloudSqlInstance, CloudSqlUser, DesiredState,
+    DnsRecord, Domain, EnvSource, EnvVar, Environment, Kind, NamedDatabase, NeonBranch,
+    NeonProject, Output, Probe, ReconcilePolicy, Resource, ResourceKey, ResourceSpec, Sealed,
+    Secret, TursoDatabase, TursoGroup, VercelProject, ZoneSettings,
 };
 
 pub const DEFAULT_DRIFT: &str = "*/15 * * * *";
@@ -285,25 +285,25 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                 );
                 let user = ResourceKey::new(Kind::CloudSqlUser, base.clone());
                 let password = ResourceKey::new(Kind::Secret, format!("{base}-password"));
+                // The password is generated into Secret Manager first; the user is created
+                // with it, and connection strings read it from there. It exists nowhere else.
                 l.add(
                     password.clone(),
                     origin.clone(),
                     ResourceSpec::Secret(Secret {
                         env: "(Cloud SQL password)".into(),
-                        source: EnvSource::Output {
-                            resource: user.clone(),
-                            output: Output::Password,
-                        },
+                        source: EnvSource::Generated,
                     }),
                     [],
                 );
                 l.add(
                     user.clone(),
                     origin.clone(),
-                    ResourceSpec::CloudSqlUser {
+                    ResourceSpec::CloudSqlUser(CloudSqlUser {
                         user: format!("{ident}_owner"),
-                    },
-                    [instance.clone()],
+                        password_secret: password.clone(),
+                    }),
+                    [instance.clone(), password.clone()],
                 );
                 l.add(
                     ResourceKey::new(Kind::CloudSqlDatabase, base),

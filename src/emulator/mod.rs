@@ -1,7 +1,9 @@
 //! The built-in provider emulator: one loopback HTTP listener that serves the provider APIs
-//! Telbase talks to, under documented path prefixes (`/vercel`, `/neon/api/v2`), with the
+//! Telbase talks to, under documented path prefixes, with the
 //! providers' real paths, fields, error envelopes, pagination and asynchronous operations,
-//! checked against their published descriptions by the conformance test.
+//! checked against their published descriptions by the conformance test. Prefixes:
+//! `/vercel`, `/neon/api/v2`, `/turso`, `/cloudflare/client/v4`, `/cloud-run`,
+//! `/secret-manager`, `/cloud-sql` (see `prefix`).
 //!
 //! It is stateful (what you create is there when you list), answers in small pages to
 //! exercise clients' pagination, checks the bearer token, and injects faults on request:
@@ -14,7 +16,10 @@
 //! router: the providers' paths overlap across versions and prefixes, and one fallback
 //! handler keeps faults, recording and counting in one place.
 
+mod cloudflare;
+mod google;
 mod neon;
+mod turso;
 mod vercel;
 
 use std::collections::BTreeMap;
@@ -94,6 +99,9 @@ impl Default for Config {
 pub(crate) struct World {
     pub(crate) vercel: vercel::State,
     pub(crate) neon: neon::State,
+    pub(crate) turso: turso::State,
+    pub(crate) cloudflare: cloudflare::State,
+    pub(crate) google: google::State,
     seq: u64,
 }
 
@@ -200,6 +208,9 @@ fn inventory(w: &World) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     vercel::inventory(&w.vercel, &mut m);
     neon::inventory(&w.neon, &mut m);
+    turso::inventory(&w.turso, &mut m);
+    cloudflare::inventory(&w.cloudflare, &mut m);
+    google::inventory(&w.google, &mut m);
     m
 }
 
@@ -351,12 +362,20 @@ pub fn redact(v: &mut Value) {
 }
 
 fn classify(path: &str) -> Option<(Provider, &str)> {
-    [Provider::Neon, Provider::Vercel]
-        .into_iter()
-        .find_map(|p| {
-            let rest = path.strip_prefix(prefix(p))?;
-            (rest.is_empty() || rest.starts_with('/')).then_some((p, rest))
-        })
+    [
+        Provider::Neon,
+        Provider::Vercel,
+        Provider::Turso,
+        Provider::Cloudflare,
+        Provider::CloudRun,
+        Provider::SecretManager,
+        Provider::CloudSql,
+    ]
+    .into_iter()
+    .find_map(|p| {
+        let rest = path.strip_prefix(prefix(p))?;
+        (rest.is_empty() || rest.starts_with('/')).then_some((p, rest))
+    })
 }
 
 fn json_response(
@@ -389,9 +408,38 @@ pub(crate) fn provider_error(p: Provider, status: u16, code: &str, message: &str
         Provider::Neon => {
             json!({"code": code, "message": message, "request_id": format!("req-{status}")})
         }
-        _ => json!({"error": {"code": code, "message": message}}),
+        // Cloudflare's v4 envelope, also on errors.
+        Provider::Cloudflare => json!({
+            "success": false,
+            "errors": [{"code": status * 10, "message": message}],
+            "messages": [],
+            "result": null,
+        }),
+        // Google's JSON error: numeric code, message, canonical status name.
+        Provider::CloudRun | Provider::SecretManager | Provider::CloudSql => json!({
+            "error": {"code": status, "message": message, "status": google_status(status, code)}
+        }),
+        Provider::Turso => json!({"error": message}),
+        Provider::Vercel => json!({"error": {"code": code, "message": message}}),
     };
     Answer::ok(status, body)
+}
+
+/// Google's canonical status name for an HTTP status.
+fn google_status(status: u16, code: &str) -> &'static str {
+    match status {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        409 if code == "aborted" => "ABORTED",
+        409 => "ALREADY_EXISTS",
+        412 => "FAILED_PRECONDITION",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    }
 }
 
 async fn handle(
@@ -421,7 +469,7 @@ async fn handle(
         return json_response(
             404,
             Some(
-                &json!({"error": {"code": "not_found", "message": format!("the emulator serves /vercel and /neon/api/v2, not {path}")}}),
+                &json!({"error": {"code": "not_found", "message": format!("the emulator serves /vercel, /neon/api/v2, /turso, /cloudflare/client/v4, /cloud-run, /secret-manager and /cloud-sql, not {path}")}}),
             ),
             &[],
         );
@@ -601,7 +649,11 @@ fn serve(
     match provider {
         Provider::Vercel => vercel::route(&mut w, &req),
         Provider::Neon => neon::route(&mut w, &req),
-        _ => provider_error(provider, 404, "not_found", "not emulated"),
+        Provider::Turso => turso::route(&mut w, &req, provider),
+        Provider::Cloudflare => cloudflare::route(&mut w, &req, provider),
+        Provider::CloudRun | Provider::SecretManager | Provider::CloudSql => {
+            google::route(&mut w, &req, provider)
+        }
     }
 }
 
@@ -652,7 +704,12 @@ fn route_name(p: Provider, method: &Method, segments: &[&str]) -> String {
                             | "cancel"
                     ) || (i == 0 && s.starts_with('v'))
                 }
-                _ => matches!(
+                Provider::Turso => turso::literal(s, i),
+                Provider::Cloudflare => cloudflare::literal(s, i),
+                Provider::CloudRun | Provider::SecretManager | Provider::CloudSql => {
+                    google::literal(s, i)
+                }
+                Provider::Neon => matches!(
                     *s,
                     "projects"
                         | "branches"
@@ -750,8 +807,11 @@ fn drift(w: &mut World, body: &Value) -> Result<Value, String> {
     match body.get("provider").and_then(Value::as_str) {
         Some("vercel") => vercel::drift(w, body),
         Some("neon") => neon::drift(w, body),
+        Some("turso") => turso::drift(w, body),
+        Some("cloudflare") => cloudflare::drift(w, body),
+        Some("cloud-run" | "secret-manager" | "cloud-sql") => google::drift(w, body),
         other => Err(format!(
-            "unknown provider {other:?}; use \"vercel\" or \"neon\""
+            "unknown provider {other:?}; use vercel, neon, turso, cloudflare, cloud-run, secret-manager or cloud-sql"
         )),
     }
 }

@@ -27,7 +27,7 @@ pub struct Endpoint {
     pub provider: Provider,
     /// Scheme, host and path prefix, without a trailing slash.
     pub base: String,
-    token: SecretString,
+    token: Token,
     /// Query parameters every call carries (Vercel's `teamId`).
     pub always_query: Vec<(String, String)>,
 }
@@ -40,6 +40,21 @@ impl std::fmt::Debug for Endpoint {
             .field("token", &"[redacted]")
             .finish()
     }
+}
+
+/// Where an endpoint's bearer token comes from.
+#[derive(Clone)]
+enum Token {
+    /// A long-lived API token (Vercel, Neon, Turso, Cloudflare, the emulator's).
+    Static(SecretString),
+    /// Short-lived tokens minted on demand (Google's OAuth2 access tokens).
+    Source(Arc<dyn TokenSource>),
+}
+
+/// Mints bearer tokens that expire, caching each until shortly before it does. Called before
+/// every request; an implementation answers from its cache almost always.
+pub trait TokenSource: Send + Sync {
+    fn token(&self) -> super::BoxFuture<'_, Result<SecretString, ProviderError>>;
 }
 
 /// Why an endpoint was refused.
@@ -72,9 +87,30 @@ impl Endpoint {
         Ok(Endpoint {
             provider,
             base,
-            token,
+            token: Token::Static(token),
             always_query,
         })
+    }
+
+    /// An endpoint whose tokens come from `source` (minted and refreshed as they expire).
+    pub fn with_token_source(
+        provider: Provider,
+        base: &str,
+        source: Arc<dyn TokenSource>,
+        always_query: Vec<(String, String)>,
+    ) -> Result<Self, EndpointError> {
+        let mut ep = Endpoint::new(provider, base, SecretString::from(""), always_query)?;
+        ep.token = Token::Source(source);
+        Ok(ep)
+    }
+
+    /// The same API at another base URL with the same credentials (Cloud Run's regional v1
+    /// endpoint beside its global v2 one).
+    pub fn rebased(&self, base: &str) -> Result<Self, EndpointError> {
+        let mut ep = Endpoint::new(self.provider, base, SecretString::from(""), Vec::new())?;
+        ep.token = self.token.clone();
+        ep.always_query = self.always_query.clone();
+        Ok(ep)
     }
 }
 
@@ -357,7 +393,13 @@ impl Http {
         } else {
             format!("{}{}", ep.base, call.path)
         };
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", ep.token.expose_secret()))
+        let token = match &ep.token {
+            Token::Static(t) => t.clone(),
+            // A failure to mint a token is the provider's auth error, not retried here: the
+            // source has its own retries against its token endpoint.
+            Token::Source(src) => src.token().await.map_err(|e| (true, e))?,
+        };
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
             .map_err(|_| {
                 (
                     true,

@@ -6,11 +6,14 @@
 //! (`owner`) and credentials (`Credentials`). Providers never decide what to change; that is
 //! `plan`'s job, and the order is `apply`'s.
 
+pub mod cloudflare;
 pub mod error;
+pub mod google;
 pub mod http;
 pub mod neon;
 pub mod owner;
 pub mod retry;
+pub mod turso;
 pub mod vercel;
 
 use std::collections::BTreeMap;
@@ -150,6 +153,14 @@ pub struct Credentials {
     pub vercel_token: Option<SecretString>,
     pub vercel_team_id: Option<String>,
     pub neon_api_key: Option<SecretString>,
+    pub turso_api_token: Option<SecretString>,
+    /// The Turso organization slug (`TURSO_ORG`).
+    pub turso_org: Option<String>,
+    pub cloudflare_api_token: Option<SecretString>,
+    /// The Cloudflare account that holds Access applications and policies.
+    pub cloudflare_account_id: Option<String>,
+    /// The Google Cloud project (`GOOGLE_CLOUD_PROJECT`, else the key file's `project_id`).
+    pub google_project: Option<String>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -159,6 +170,17 @@ impl std::fmt::Debug for Credentials {
             .field("vercel_token", &self.vercel_token.as_ref().map(|_| "[set]"))
             .field("vercel_team_id", &self.vercel_team_id)
             .field("neon_api_key", &self.neon_api_key.as_ref().map(|_| "[set]"))
+            .field(
+                "turso_api_token",
+                &self.turso_api_token.as_ref().map(|_| "[set]"),
+            )
+            .field("turso_org", &self.turso_org)
+            .field(
+                "cloudflare_api_token",
+                &self.cloudflare_api_token.as_ref().map(|_| "[set]"),
+            )
+            .field("cloudflare_account_id", &self.cloudflare_account_id)
+            .field("google_project", &self.google_project)
             .finish()
     }
 }
@@ -173,15 +195,22 @@ pub enum SetupError {
         provider: &'static str,
         vars: &'static str,
     },
-    #[error("{provider} is not supported yet by this version of Telbase")]
-    Unsupported { provider: &'static str },
+    /// Credentials are set but unusable (an unreadable key file, a malformed value).
+    #[error("{provider}: {message}")]
+    Invalid {
+        provider: &'static str,
+        message: String,
+    },
     #[error(transparent)]
     Endpoint(#[from] http::EndpointError),
 }
 
 impl Credentials {
     /// From the conventional variables: `VERCEL_TOKEN`, `VERCEL_TEAM_ID`, `NEON_API_KEY`,
-    /// `TELBASE_EMULATOR`. Empty values count as unset.
+    /// `TURSO_API_TOKEN`, `TURSO_ORG`, `CLOUDFLARE_API_TOKEN`, `CLOUDFLARE_ACCOUNT_ID`,
+    /// `GOOGLE_CLOUD_PROJECT` (or `CLOUDSDK_CORE_PROJECT`, as gcloud sets it),
+    /// `TELBASE_EMULATOR`. Empty values count as unset. Google credentials themselves are
+    /// found by `google::auth` (Application Default Credentials).
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
         Credentials {
@@ -189,6 +218,11 @@ impl Credentials {
             vercel_token: var("VERCEL_TOKEN").map(SecretString::from),
             vercel_team_id: var("VERCEL_TEAM_ID"),
             neon_api_key: var("NEON_API_KEY").map(SecretString::from),
+            turso_api_token: var("TURSO_API_TOKEN").map(SecretString::from),
+            turso_org: var("TURSO_ORG"),
+            cloudflare_api_token: var("CLOUDFLARE_API_TOKEN").map(SecretString::from),
+            cloudflare_account_id: var("CLOUDFLARE_ACCOUNT_ID"),
+            google_project: var("GOOGLE_CLOUD_PROJECT").or_else(|| var("CLOUDSDK_CORE_PROJECT")),
         }
     }
 
@@ -210,10 +244,25 @@ impl Credentials {
                     "NEON_API_KEY",
                     None,
                 ),
-                other => {
-                    return Err(SetupError::Unsupported {
-                        provider: other.as_str(),
-                    });
+                P::Turso => (
+                    "https://api.turso.tech",
+                    &self.turso_api_token,
+                    "TURSO_API_TOKEN and TURSO_ORG",
+                    None,
+                ),
+                P::Cloudflare => (
+                    "https://api.cloudflare.com/client/v4",
+                    &self.cloudflare_api_token,
+                    "CLOUDFLARE_API_TOKEN and CLOUDFLARE_ACCOUNT_ID",
+                    None,
+                ),
+                // Google's APIs take short-lived OAuth2 tokens from Application Default
+                // Credentials rather than a token variable.
+                P::CloudRun | P::SecretManager | P::CloudSql => {
+                    if self.emulator.is_none() {
+                        return google::endpoint(provider);
+                    }
+                    ("", &None, "", None)
                 }
             };
         let always_query = team
@@ -251,11 +300,27 @@ pub fn registry_for(
         let client: Arc<dyn Provider> = match p {
             P::Vercel => Arc::new(vercel::Vercel::new(http.clone(), creds.endpoint(p)?)),
             P::Neon => Arc::new(neon::Neon::new(http.clone(), creds.endpoint(p)?)),
-            other => {
-                return Err(SetupError::Unsupported {
-                    provider: other.as_str(),
-                });
-            }
+            P::Turso => Arc::new(turso::Turso::new(http.clone(), creds.endpoint(p)?, creds)?),
+            P::Cloudflare => Arc::new(cloudflare::Cloudflare::new(
+                http.clone(),
+                creds.endpoint(p)?,
+                creds,
+            )?),
+            P::CloudRun => Arc::new(google::CloudRun::new(
+                http.clone(),
+                creds.endpoint(p)?,
+                creds,
+            )?),
+            P::SecretManager => Arc::new(google::SecretManager::new(
+                http.clone(),
+                creds.endpoint(p)?,
+                creds,
+            )?),
+            P::CloudSql => Arc::new(google::CloudSql::new(
+                http.clone(),
+                creds.endpoint(p)?,
+                creds,
+            )?),
         };
         reg.insert(p, client);
     }

@@ -55,11 +55,15 @@ pub fn source_comment(source: &EnvSource) -> Option<String> {
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default()
         )),
+        EnvSource::Generated => Some(format!("{COMMENT_PREFIX} generated")),
     }
 }
 
 fn parse_comment(comment: &str) -> Option<EnvSource> {
     let rest = comment.strip_prefix(COMMENT_PREFIX)?.strip_prefix(' ')?;
+    if rest == "generated" {
+        return Some(EnvSource::Generated);
+    }
     if let Some(fp) = rest.strip_prefix("sealed ") {
         return Some(EnvSource::Sealed(Sealed::from_fingerprint(fp)));
     }
