@@ -1,31 +1,80 @@
-//! `telbase demo`: the whole loop in one command, on a fresh machine, with no accounts. It
-//! starts the emulator in-process, puts the quickstart example (a Next.js app on Vercel with
-//! a Neon database) into a temporary git repository, and runs validate → plan → apply →
-//! plan (no changes) → drift injected behind Telbase's back → drift detected → corrected →
-//! converged. It exits 0 only if every stage did what it should.
+//! `telbase demo [--example NAME]`: the whole loop in one command, on a fresh machine, with
+//! no accounts. It starts the emulator in-process, puts an example from `examples/` (by
+//! default the quickstart: a Next.js app on Vercel with a Neon database) into a temporary git
+//! repository, and runs validate → plan → apply → plan (no changes) → drift injected behind
+//! Telbase's back at every provider the example uses → drift detected → corrected →
+//! converged, with nothing duplicated at any provider. It exits 0 only if every stage did
+//! what it should.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow, bail};
-use serde_json::json;
 
 use super::reconcile::{Session, Target, report_summary, run_apply, session};
 use crate::apply::{self, NoIdentity};
 use crate::emulator;
 use crate::plan;
 
-/// The example the demo runs, compiled in so the binary needs nothing beside it.
-const EXAMPLE: &str = include_str!("../../examples/quickstart/telbase.yaml");
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Which example of `examples/` to run: quickstart, nextjs-neon, go-turso,
+    /// django-cloudsql or monorepo.
+    #[arg(long, default_value = "quickstart", value_name = "NAME")]
+    pub example: String,
+}
 
-pub fn demo_cmd() -> ExitCode {
+/// Something changed behind Telbase's back: an emulator drift request and what it does, in
+/// words.
+struct Drift {
+    request: &'static str,
+    says: &'static str,
+}
+
+/// An example the demo can run, compiled in so the binary needs nothing beside it.
+struct Example {
+    name: &'static str,
+    text: &'static str,
+    about: &'static str,
+    drift: &'static [Drift],
+}
+
+const EXAMPLES: &[Example] = &[Example {
+    name: "quickstart",
+    text: include_str!("../../examples/quickstart/telbase.yaml"),
+    about: "a Next.js app on Vercel with a Neon Postgres database",
+    drift: &[
+        Drift {
+            request: r#"{"provider": "vercel", "project": "notes-web", "set": {"buildCommand": "npm run build:fast"}, "remove_env": "NEXT_PUBLIC_SITE_NAME"}"#,
+            says: "Vercel: build command of notes-web set to `npm run build:fast`; NEXT_PUBLIC_SITE_NAME removed",
+        },
+        Drift {
+            request: r#"{"provider": "neon", "project": "notes-main", "protected": false}"#,
+            says: "Neon: deletion protection of notes-main turned off",
+        },
+    ],
+}];
+
+fn example(name: &str) -> anyhow::Result<&'static Example> {
+    EXAMPLES.iter().find(|e| e.name == name).ok_or_else(|| {
+        let names: Vec<&str> = EXAMPLES.iter().map(|e| e.name).collect();
+        anyhow!(
+            "there is no example `{name}`; the demo can run: {}",
+            names.join(", ")
+        )
+    })
+}
+
+pub fn demo_cmd(args: &DemoArgs) -> ExitCode {
     let dir = std::env::temp_dir().join(format!("telbase-demo-{}", std::process::id()));
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .and_then(|rt| rt.block_on(demo(&dir)));
+    let result = example(&args.example).and_then(|ex| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+            .and_then(|rt| rt.block_on(demo(ex, &dir)))
+    });
     let _ = std::fs::remove_dir_all(&dir);
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,10 +90,10 @@ fn stage(n: u32, title: &str) {
 }
 
 /// A git repository with the example committed on `main` and a GitHub `origin`.
-fn make_repo(dir: &Path) -> anyhow::Result<PathBuf> {
+fn make_repo(dir: &Path, ex: &Example) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = dir.join("telbase.yaml");
-    std::fs::write(&config, EXAMPLE)?;
+    std::fs::write(&config, ex.text)?;
     let repo =
         git2::Repository::init_opts(dir, git2::RepositoryInitOptions::new().initial_head("main"))?;
     let mut index = repo.index()?;
@@ -53,7 +102,10 @@ fn make_repo(dir: &Path) -> anyhow::Result<PathBuf> {
     let tree = repo.find_tree(index.write_tree()?)?;
     let sig = git2::Signature::now("Telbase demo", "demo@telbase.dev")?;
     repo.commit(Some("HEAD"), &sig, &sig, "Add telbase.yaml", &tree, &[])?;
-    repo.remote("origin", "https://github.com/telbase-demo/notes.git")?;
+    repo.remote(
+        "origin",
+        &format!("https://github.com/telbase-demo/{}.git", ex.name),
+    )?;
     Ok(config)
 }
 
@@ -64,25 +116,25 @@ async fn plan_now(s: &Session) -> anyhow::Result<(plan::Plan, crate::model::Actu
     Ok((plan::plan(&s.desired, &actual), actual))
 }
 
-async fn demo(dir: &Path) -> anyhow::Result<()> {
+async fn demo(ex: &Example, dir: &Path) -> anyhow::Result<()> {
     let handle = emulator::start(
         "127.0.0.1:0".parse().expect("a literal socket address"),
         emulator::Config::default(),
     )
     .await?;
-    println!("Telbase demo: a Next.js app on Vercel with a Neon Postgres database.");
+    println!("Telbase demo: {}.", ex.about);
     println!(
         "Provider APIs are served by the built-in emulator at {}.",
         handle.url()
     );
-    let config = make_repo(dir)?;
+    let config = make_repo(dir, ex)?;
     println!(
         "The project is a fresh git repository in {}.",
         dir.display()
     );
 
     stage(1, "validate telbase.yaml");
-    let checked = crate::config::check_str(EXAMPLE);
+    let checked = crate::config::check_str(ex.text);
     let Some(cfg) = checked.config else {
         bail!("the example does not validate");
     };
@@ -115,6 +167,7 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     if !report.succeeded() {
         bail!("apply did not complete");
     }
+    let applied = handle.inventory();
 
     stage(4, "plan again: nothing left to do");
     let (p, _) = plan_now(&s).await?;
@@ -127,17 +180,12 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         5,
         "drift: someone edits the resources behind Telbase's back",
     );
-    let web = "notes-web";
-    handle
-        .drift(&json!({"provider": "vercel", "project": web, "set": {"buildCommand": "npm run build:fast"}, "remove_env": "NEXT_PUBLIC_SITE_NAME"}))
-        .map_err(|e| anyhow!(e))?;
-    println!(
-        "  Vercel: build command of {web} set to `npm run build:fast`; NEXT_PUBLIC_SITE_NAME removed"
-    );
-    handle
-        .drift(&json!({"provider": "neon", "project": "notes-main", "protected": false}))
-        .map_err(|e| anyhow!(e))?;
-    println!("  Neon: deletion protection of notes-main turned off");
+    for d in ex.drift {
+        let request: serde_json::Value =
+            serde_json::from_str(d.request).context("a demo drift request")?;
+        handle.drift(&request).map_err(|e| anyhow!(e))?;
+        println!("  {}", d.says);
+    }
 
     stage(6, "plan: drift detected");
     let (p, actual) = plan_now(&s).await?;
@@ -161,35 +209,26 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     }
     let c = handle.counters();
     let inv = handle.inventory();
-    for k in [
-        "vercel.projects",
-        "vercel.deployments",
-        "neon.projects",
-        "neon.databases",
-    ] {
-        if inv.get(k).copied() != Some(1) {
-            bail!(
-                "expected exactly one of {k} at the providers, found {:?}",
-                inv.get(k)
-            );
-        }
+    if inv != applied {
+        bail!(
+            "the providers hold different resources than after the first apply: {applied:?} then, {inv:?} now"
+        );
     }
-    let n = |k: &str, one: &str, many: &str| {
-        let v = inv.get(k).copied().unwrap_or(0);
-        format!("{v} {}", if v == 1 { one } else { many })
-    };
+    let held: Vec<String> = inv
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
     println!(
-        "\nConverged. {} provider calls in all ({} reads, {} writes). At the providers: {}, {}, {}, {}; nothing duplicated.",
+        "\nConverged. {} provider calls in all ({} reads, {} writes). At the providers, exactly what the first apply made: {}; nothing duplicated.",
         c.requests,
         c.reads,
         c.writes,
-        n("vercel.projects", "Vercel project", "Vercel projects"),
-        n("vercel.deployments", "deployment", "deployments"),
-        n("neon.projects", "Neon project", "Neon projects"),
-        n("neon.databases", "database", "databases"),
+        held.join(", "),
     );
     println!(
-        "Next: `telbase emulate` in one terminal, then `TELBASE_EMULATOR=http://127.0.0.1:4010 telbase plan --config examples/quickstart/telbase.yaml`."
+        "Next: `telbase emulate` in one terminal, then `TELBASE_EMULATOR=http://127.0.0.1:4010 telbase plan --config examples/{}/telbase.yaml`.",
+        ex.name
     );
     handle.stop().await;
     Ok(())

@@ -38,10 +38,11 @@ pub enum Command {
     Plan(reconcile::PlanArgs),
     /// Make the providers match telbase.yaml.
     Apply(reconcile::ApplyArgs),
-    /// Serve the emulated provider APIs (Vercel, Neon) on a loopback address.
+    /// Serve the emulated provider APIs (Vercel, Neon, Turso, Cloudflare, Cloud Run, Secret
+    /// Manager, Cloud SQL) on a loopback address.
     Emulate(reconcile::EmulateArgs),
     /// Run the whole loop against the built-in emulator: validate, plan, apply, drift, correct.
-    Demo,
+    Demo(demo::DemoArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,7 +91,7 @@ pub fn run() -> ExitCode {
         Command::Plan(args) => return reconcile::plan_cmd(&args),
         Command::Apply(args) => return reconcile::apply_cmd(&args),
         Command::Emulate(args) => return reconcile::emulate_cmd(&args),
-        Command::Demo => return demo::demo_cmd(),
+        Command::Demo(args) => return demo::demo_cmd(&args),
     };
     match result {
         Ok(code) => code,
