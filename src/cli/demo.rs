@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, anyhow, bail};
 
 use super::reconcile::{Session, Target, report_summary, run_apply, session};
-use crate::apply::{self, NoIdentity};
+use crate::apply::{self, NoIdentity, Opener};
 use crate::emulator;
 use crate::plan;
 
@@ -37,6 +37,8 @@ struct Example {
     name: &'static str,
     text: &'static str,
     about: &'static str,
+    /// The published demo identity that opens the example's sealed values, if it has any.
+    identity: Option<&'static str>,
     drift: &'static [Drift],
 }
 
@@ -44,6 +46,7 @@ const EXAMPLES: &[Example] = &[Example {
     name: "quickstart",
     text: include_str!("../../examples/quickstart/telbase.yaml"),
     about: "a Next.js app on Vercel with a Neon Postgres database",
+    identity: None,
     drift: &[
         Drift {
             request: r#"{"provider": "vercel", "project": "notes-web", "set": {"buildCommand": "npm run build:fast"}, "remove_env": "NEXT_PUBLIC_SITE_NAME"}"#,
@@ -153,6 +156,10 @@ async fn demo(ex: &Example, dir: &Path) -> anyhow::Result<()> {
         emulator: Some(handle.url()),
     };
     let s = tokio::task::spawn_blocking(move || session(&target)).await??;
+    let opener: Arc<dyn Opener> = match ex.identity {
+        Some(text) => Arc::new(super::reconcile::age_opener(text, "the demo identity")?),
+        None => Arc::new(NoIdentity),
+    };
 
     stage(2, "plan");
     let (p, actual) = plan_now(&s).await?;
@@ -162,7 +169,7 @@ async fn demo(ex: &Example, dir: &Path) -> anyhow::Result<()> {
     }
 
     stage(3, "apply");
-    let report = run_apply(&s, p, actual, Arc::new(NoIdentity), 8, true).await;
+    let report = run_apply(&s, p, actual, opener.clone(), 8, true).await;
     println!("{}", report_summary(&report));
     if !report.succeeded() {
         bail!("apply did not complete");
@@ -195,7 +202,7 @@ async fn demo(ex: &Example, dir: &Path) -> anyhow::Result<()> {
     }
 
     stage(7, "apply: drift corrected");
-    let report = run_apply(&s, p, actual, Arc::new(NoIdentity), 8, true).await;
+    let report = run_apply(&s, p, actual, opener.clone(), 8, true).await;
     println!("{}", report_summary(&report));
     if !report.succeeded() {
         bail!("the correction did not complete");

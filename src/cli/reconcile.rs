@@ -331,15 +331,20 @@ fn opener() -> anyhow::Result<Arc<dyn Opener>> {
             PathBuf::from(&path).display()
         )
     })?);
+    Ok(Arc::new(age_opener(&text, "TELBASE_IDENTITY_FILE")?))
+}
+
+/// An opener from the text of an age identity file (`what` names it in errors).
+pub(super) fn age_opener(text: &str, what: &str) -> anyhow::Result<AgeOpener> {
     let line = text
         .lines()
         .map(str::trim)
         .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
-        .ok_or_else(|| anyhow!("TELBASE_IDENTITY_FILE has no AGE-SECRET-KEY-1… line"))?;
+        .ok_or_else(|| anyhow!("{what} has no AGE-SECRET-KEY-1… line"))?;
     let id: age::x25519::Identity = line
         .parse()
-        .map_err(|_| anyhow!("TELBASE_IDENTITY_FILE holds a malformed age identity"))?;
-    Ok(Arc::new(AgeOpener(id)))
+        .map_err(|_| anyhow!("{what} holds a malformed age identity"))?;
+    Ok(AgeOpener(id))
 }
 
 pub fn apply_cmd(args: &ApplyArgs) -> ExitCode {
