@@ -335,11 +335,17 @@ struct Record<'a> {
 }
 
 /// Replace secret values in a recorded body: env var values of secret types, passwords,
-/// connection URIs and tokens. The emulator's values are fake, but a recording is a file
-/// people share, and the habit is the point.
+/// connection URIs, tokens, and Secret Manager payloads (`payload.data`). The emulator's
+/// values are fake, but a recording is a file people share, and the habit is the point.
 pub fn redact(v: &mut Value) {
     match v {
         Value::Object(m) => {
+            if let Some(Value::Object(payload)) = m.get_mut("payload")
+                && let Some(data) = payload.get_mut("data")
+                && data.is_string()
+            {
+                *data = Value::String("[redacted]".into());
+            }
             let secret_type = matches!(
                 m.get("type").and_then(Value::as_str),
                 Some("sensitive" | "encrypted" | "secret")
@@ -828,6 +834,10 @@ mod tests {
         assert_eq!(v["envs"][1]["value"], "y");
         assert_eq!(v["uri"], "[redacted]");
         assert_eq!(v["role"]["password"], "[redacted]");
+        let mut sm = json!({"name": "v/1", "payload": {"data": "c2VjcmV0"}});
+        redact(&mut sm);
+        assert_eq!(sm["payload"]["data"], "[redacted]");
+        assert_eq!(sm["name"], "v/1");
     }
 
     #[test]
