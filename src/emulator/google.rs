@@ -1174,6 +1174,7 @@ pub(crate) fn inventory(s: &State, m: &mut BTreeMap<String, u64>) {
 /// `{"provider":"cloud-run","service":"…","set_env":{"K":"v"}}`,
 /// `{"provider":"cloud-run","service":"…","delete":true}`,
 /// `{"provider":"secret-manager","secret":"links-api-KEY","disable_all":true}`,
+/// `{"provider":"secret-manager","secret":"…","clear_annotations":true}`,
 /// `{"provider":"secret-manager","secret":"…","delete":true}`.
 pub(crate) fn drift(w: &mut World, body: &Value) -> Result<Value, String> {
     let str_of = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
@@ -1248,6 +1249,10 @@ pub(crate) fn drift(w: &mut World, body: &Value) -> Result<Value, String> {
                     }
                 }
                 changed.push("versions");
+            }
+            if body.get("clear_annotations").and_then(Value::as_bool) == Some(true) {
+                s.annotations.clear();
+                changed.push("annotations");
             }
             Ok(json!({"changed": changed}))
         }
