@@ -729,6 +729,14 @@ fn route_name(p: Provider, method: &Method, segments: &[&str]) -> String {
             };
             if literal {
                 (*s).to_owned()
+            } else if let Some((_, verb)) = s.split_once(':').filter(|_| {
+                matches!(
+                    p,
+                    Provider::CloudRun | Provider::SecretManager | Provider::CloudSql
+                )
+            }) {
+                // Google's custom verbs (`{id}:setIamPolicy`) are part of the route.
+                format!("{{id}}:{verb}")
             } else {
                 "{id}".to_owned()
             }
@@ -852,6 +860,19 @@ mod tests {
         assert_eq!(
             route_name(Provider::Vercel, &Method::DELETE, &segs),
             "DELETE /v9/projects/{id}/env/{id}"
+        );
+        let segs = [
+            "v1",
+            "projects",
+            "p",
+            "secrets",
+            "s",
+            "versions",
+            "3:disable",
+        ];
+        assert_eq!(
+            route_name(Provider::SecretManager, &Method::POST, &segs),
+            "POST /v1/projects/{id}/secrets/{id}/versions/{id}:disable"
         );
     }
 }

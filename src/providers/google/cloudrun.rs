@@ -421,28 +421,39 @@ impl CloudRun {
         self.http.json(&self.ep, &call).await
     }
 
+    /// Read-modify-write of the invoker policy. A write refused for a stale etag (someone
+    /// else changed the policy, or our own earlier attempt landed and its answer was lost)
+    /// is re-read and tried again.
     async fn set_public(
         &self,
         region: &str,
         name: &str,
         public: bool,
     ) -> Result<(), ProviderError> {
-        let policy = self.get_policy(region, name).await?;
-        if is_public(&policy) == public {
-            return Ok(());
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let policy = self.get_policy(region, name).await?;
+            if is_public(&policy) == public {
+                return Ok(());
+            }
+            let call = Call::new(
+                Method::POST,
+                format!("{}:setIamPolicy", self.service_path(region, name)),
+                format!(
+                    "{} public access to {name}",
+                    if public { "allow" } else { "remove" }
+                ),
+            )
+            .json(json!({"policy": with_public(&policy, public)}))
+            // The etag makes a repeated write harmless: it is refused, not applied twice.
+            .retry(Retry::Always);
+            match self.http.send(&self.ep, &call).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind == ErrorKind::Conflict && attempts < 3 => continue,
+                Err(e) => return Err(e),
+            }
         }
-        let call = Call::new(
-            Method::POST,
-            format!("{}:setIamPolicy", self.service_path(region, name)),
-            format!(
-                "{} public access to {name}",
-                if public { "allow" } else { "remove" }
-            ),
-        )
-        .json(json!({"policy": with_public(&policy, public)}))
-        // Setting the same policy twice leaves it set; a stale etag is refused (409).
-        .retry(Retry::Always);
-        self.http.send(&self.ep, &call).await.map(drop)
     }
 
     async fn deploy(
