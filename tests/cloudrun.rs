@@ -486,3 +486,112 @@ async fn hand_made_lookalikes_are_refused_and_removed_resources_deleted() {
     assert_eq!(emu.inventory()["cloud_run.domain_mappings"], 0);
     emu.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previews_and_production_never_see_each_other() {
+    use telbase::model::Environment;
+    use telbase::providers::{self, Credentials, GitRef, Scope};
+    let emu = emu::start(Config::default()).await;
+    let url = emu.url();
+    let src = r#"version: 1
+project: links
+environments:
+  production:
+    branch: main
+  preview:
+    ttl: 3d
+    access: public
+apps:
+  api:
+    runtime: docker
+    image: r.example/links/api:${git.sha}
+    region: europe-west1
+    env:
+      MODE: demo
+"#;
+    let prod = emu::run(src, &url, SHA, emu::http_config());
+    prod.converge(3).await.unwrap();
+
+    let (mut desired, _) =
+        telbase::config::load_str(src, Environment::Preview { pull_request: 7 }).unwrap();
+    desired.pin_git(Some("telbase-tests/links"), SHA);
+    let creds = Credentials {
+        emulator: Some(url.clone()),
+        ..Credentials::default()
+    };
+    let http = telbase::providers::http::Http::new(emu::http_config()).unwrap();
+    let registry = providers::registry_for(&desired, &creds, &http).unwrap();
+    let scope = Scope {
+        project: "links".into(),
+        environment: desired.environment,
+        git: Some(GitRef {
+            repo: "telbase-tests/links".into(),
+            sha: SHA.into(),
+            branch: "feature".into(),
+        }),
+    };
+    let preview = emu::Run {
+        desired,
+        scope,
+        registry,
+        http,
+    };
+    let key = ResourceKey::new(Kind::CloudRunService, "links-api-pr-7");
+    assert!(preview.desired.resources.contains_key(&key));
+    preview.converge(3).await.unwrap();
+    assert_eq!(emu.inventory()["cloud_run.services"], 2);
+
+    let seen_preview = preview.observe().await.unwrap();
+    assert_eq!(
+        seen_preview.resources.keys().collect::<Vec<_>>(),
+        vec![&key]
+    );
+    let seen_prod = prod.observe().await.unwrap();
+    assert!(!seen_prod.resources.contains_key(&key));
+    assert!(!prod.plan().await.unwrap().0.has_changes());
+    let svc = get(
+        &url,
+        "/cloud-run/v2/projects/telbase-emulator/locations/europe-west1/services/links-api-pr-7",
+    )
+    .await;
+    assert_eq!(svc["labels"]["telbase-environment"], "pr-7");
+    assert_eq!(
+        svc["template"]["containers"][0]["image"],
+        format!("r.example/links/api:{SHA}")
+    );
+    emu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_made_service_is_refused() {
+    let emu = emu::start(Config::default()).await;
+    let url = emu.url();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{url}/cloud-run/v2/projects/telbase-emulator/locations/us-east1/services?serviceId=links-api"
+        ))
+        .bearer_auth(EMULATOR_TOKEN)
+        .json(&json!({"template": {"containers": [{"image": "nginx:1.27"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let run = emu::run(&config("links"), &url, SHA, emu::http_config());
+    let (p, actual) = run.plan().await.unwrap();
+    let report = run.apply(p, actual, 4).await;
+    let step = report
+        .steps
+        .iter()
+        .find(|s| s.key.kind == Kind::CloudRunService)
+        .unwrap();
+    match &step.outcome {
+        Outcome::Failed { error } => {
+            assert!(error.contains("was not created by Telbase"), "{error}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let svc = get(&url, SERVICE).await;
+    assert_eq!(svc["template"]["containers"][0]["image"], "nginx:1.27");
+    assert!(svc.get("labels").is_none());
+    emu.stop().await;
+}
