@@ -595,3 +595,36 @@ async fn a_hand_made_service_is_refused() {
     assert!(svc.get("labels").is_none());
     emu.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_a_page_of_everything() {
+    let emu = emu::start(Config::default()).await;
+    let mut src = config("many");
+    let app = src[src.find("  api:").unwrap()..src.find("databases:").unwrap()].to_owned();
+    for name in ["two", "three", "four"] {
+        let copy = app.replacen("  api:", &format!("  {name}:"), 1);
+        src = src.replace("databases:", &format!("{copy}databases:"));
+    }
+    let run = emu::run(&src, &emu.url(), SHA, emu::http_config());
+    assert_eq!(
+        run.desired
+            .resources
+            .keys()
+            .filter(|k| k.kind == Kind::CloudRunService)
+            .count(),
+        4
+    );
+    run.converge(4).await.unwrap();
+    let inv = emu.inventory();
+    assert_eq!(inv["cloud_run.services"], 4, "{inv:?}");
+    assert_eq!(inv["secret_manager.secrets"], 4, "{inv:?}");
+    let actual = run.observe().await.unwrap();
+    assert_eq!(actual.resources.len(), run.desired.resources.len());
+    assert!(!run.plan().await.unwrap().0.has_changes());
+    let routes = &emu.counters().by_provider["secret-manager"].routes;
+    assert!(
+        routes.keys().any(|r| r == "GET /v1/projects/{id}/secrets"),
+        "{routes:?}"
+    );
+    emu.stop().await;
+}

@@ -18,6 +18,9 @@
 //! v1 API's global list (`apis/serving.knative.dev/v1/namespaces/{p}/services`, filtered by
 //! the ownership labels) which regions hold this project's services, then lists each region
 //! through v2.
+//!
+//! The endpoint's base is the API root without a version (`https://run.googleapis.com`, or
+//! the emulator's `/cloud-run`): paths here start with `/v2/` and `/apis/`.
 
 use std::collections::{BTreeMap, BTreeSet};
 

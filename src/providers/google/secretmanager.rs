@@ -7,6 +7,10 @@
 //! is written once: a secret that already has an enabled version is never given another, so
 //! a re-apply or a retry after a crash cannot rotate a password the database already uses.
 //! `output` reads `versions/latest:access` on demand; the value is never stored.
+//!
+//! The endpoint's base is the API root without a version
+//! (`https://secretmanager.googleapis.com`, or the emulator's `/secret-manager`): paths here
+//! start with `/v1/`.
 
 use base64::Engine as _;
 use reqwest::Method;
