@@ -5,9 +5,11 @@
 //! operation an exchange belongs to, and reports every way the exchange's query, request
 //! body, status and response body depart from it. Routing lives in `paths`, the meaning of
 //! OpenAPI schemas in `schema`; this file holds the description, the validator cache and
-//! the rules of [`ApiDescription::check`]. Nothing here is specific to one provider: the
+//! the rules of [`ApiDescription::check`]; Google's Discovery documents are translated into
+//! the same form by `discovery`. Nothing here is specific to one provider: the
 //! published files' quirks are tolerated generically.
 
+mod discovery;
 mod paths;
 mod schema;
 

@@ -335,11 +335,17 @@ struct Record<'a> {
 }
 
 /// Replace secret values in a recorded body: env var values of secret types, passwords,
-/// connection URIs and tokens. The emulator's values are fake, but a recording is a file
-/// people share, and the habit is the point.
+/// connection URIs, tokens, and Secret Manager payloads (`payload.data`). The emulator's
+/// values are fake, but a recording is a file people share, and the habit is the point.
 pub fn redact(v: &mut Value) {
     match v {
         Value::Object(m) => {
+            if let Some(Value::Object(payload)) = m.get_mut("payload")
+                && let Some(data) = payload.get_mut("data")
+                && data.is_string()
+            {
+                *data = Value::String("[redacted]".into());
+            }
             let secret_type = matches!(
                 m.get("type").and_then(Value::as_str),
                 Some("sensitive" | "encrypted" | "secret")
@@ -723,6 +729,14 @@ fn route_name(p: Provider, method: &Method, segments: &[&str]) -> String {
             };
             if literal {
                 (*s).to_owned()
+            } else if let Some((_, verb)) = s.split_once(':').filter(|_| {
+                matches!(
+                    p,
+                    Provider::CloudRun | Provider::SecretManager | Provider::CloudSql
+                )
+            }) {
+                // Google's custom verbs (`{id}:setIamPolicy`) are part of the route.
+                format!("{{id}}:{verb}")
             } else {
                 "{id}".to_owned()
             }
@@ -828,6 +842,10 @@ mod tests {
         assert_eq!(v["envs"][1]["value"], "y");
         assert_eq!(v["uri"], "[redacted]");
         assert_eq!(v["role"]["password"], "[redacted]");
+        let mut sm = json!({"name": "v/1", "payload": {"data": "c2VjcmV0"}});
+        redact(&mut sm);
+        assert_eq!(sm["payload"]["data"], "[redacted]");
+        assert_eq!(sm["name"], "v/1");
     }
 
     #[test]
@@ -842,6 +860,19 @@ mod tests {
         assert_eq!(
             route_name(Provider::Vercel, &Method::DELETE, &segs),
             "DELETE /v9/projects/{id}/env/{id}"
+        );
+        let segs = [
+            "v1",
+            "projects",
+            "p",
+            "secrets",
+            "s",
+            "versions",
+            "3:disable",
+        ];
+        assert_eq!(
+            route_name(Provider::SecretManager, &Method::POST, &segs),
+            "POST /v1/projects/{id}/secrets/{id}/versions/{id}:disable"
         );
     }
 }

@@ -678,14 +678,26 @@ fn values_as_list<S: serde::Serializer, V: Serialize>(
 }
 
 impl DesiredState {
-    /// Record the commit being reconciled in every resource that deploys code.
+    /// Record the commit being reconciled in every resource that deploys code: Vercel
+    /// projects get the repository and commit, Cloud Run images get `${git.sha}` and
+    /// `${git.short_sha}` (its first 7 hex digits) substituted, so the desired image is the
+    /// one the service will report and an unchanged commit compares equal.
     pub fn pin_git(&mut self, repo: Option<&str>, sha: &str) {
         for res in self.resources.values_mut() {
-            if let ResourceSpec::VercelProject(p) = &mut res.spec {
-                p.git_repository = repo.map(str::to_owned);
-                if matches!(self.environment, Environment::Production) {
-                    p.production_commit = Some(sha.to_owned());
+            match &mut res.spec {
+                ResourceSpec::VercelProject(p) => {
+                    p.git_repository = repo.map(str::to_owned);
+                    if matches!(self.environment, Environment::Production) {
+                        p.production_commit = Some(sha.to_owned());
+                    }
                 }
+                ResourceSpec::CloudRunService(s) => {
+                    s.image = s
+                        .image
+                        .replace("${git.sha}", sha)
+                        .replace("${git.short_sha}", &sha[..sha.len().min(7)]);
+                }
+                _ => {}
             }
         }
     }

@@ -2,18 +2,23 @@
 //! SQL (Admin API v1), sharing Application Default Credentials (`auth`) and long-running
 //! operation handling.
 //!
-//! SKELETON: being built; every call refuses until it is.
+//! Cloud Run lives in `cloudrun`, Secret Manager in `secretmanager`, Cloud SQL in
+//! `cloudsql`; labels, source annotations and operation polling they share in `ops`.
 
 pub mod auth;
+mod cloudrun;
+mod cloudsql;
+pub mod ops;
+mod secretmanager;
 
-use secrecy::SecretString;
+pub use cloudrun::CloudRun;
+pub use cloudsql::CloudSql;
+pub use secretmanager::SecretManager;
 
-use super::http::{Endpoint, Http};
-use super::{
-    Applied, BoxFuture, Change, Credentials, ErrorKind, Inputs, Provider, ProviderError, Scope,
-    SetupError,
-};
-use crate::model::{self, DesiredState, Observed, Output, Resource};
+use super::Credentials;
+use super::SetupError;
+use super::http::Endpoint;
+use crate::model;
 
 /// The real endpoint of one Google API, authenticated by Application Default Credentials.
 pub fn endpoint(provider: model::Provider) -> Result<Endpoint, SetupError> {
@@ -24,7 +29,7 @@ pub fn endpoint(provider: model::Provider) -> Result<Endpoint, SetupError> {
 }
 
 /// The Google Cloud project every call acts in.
-fn project(p: model::Provider, creds: &Credentials) -> Result<String, SetupError> {
+pub(crate) fn project(p: model::Provider, creds: &Credentials) -> Result<String, SetupError> {
     match (&creds.google_project, &creds.emulator) {
         (Some(id), _) => Ok(id.clone()),
         (None, Some(_)) => Ok("telbase-emulator".into()),
@@ -34,74 +39,3 @@ fn project(p: model::Provider, creds: &Credentials) -> Result<String, SetupError
         }),
     }
 }
-
-macro_rules! skeleton {
-    ($name:ident, $p:expr) => {
-        pub struct $name {
-            #[allow(dead_code)]
-            http: Http,
-            #[allow(dead_code)]
-            ep: Endpoint,
-            #[allow(dead_code)]
-            project: String,
-        }
-
-        impl $name {
-            pub fn new(http: Http, ep: Endpoint, creds: &Credentials) -> Result<Self, SetupError> {
-                Ok($name {
-                    http,
-                    ep,
-                    project: project($p, creds)?,
-                })
-            }
-        }
-
-        impl Provider for $name {
-            fn provider(&self) -> model::Provider {
-                $p
-            }
-
-            fn observe<'a>(
-                &'a self,
-                _scope: &'a Scope,
-            ) -> BoxFuture<'a, Result<Vec<Observed>, ProviderError>> {
-                Box::pin(async { Err(not_built($p, "observe".into())) })
-            }
-
-            fn apply<'a>(
-                &'a self,
-                _scope: &'a Scope,
-                change: Change<'a>,
-                _inputs: &'a Inputs,
-                _desired: &'a DesiredState,
-            ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-                Box::pin(async move { Err(not_built($p, format!("apply {}", change.key()))) })
-            }
-
-            fn output<'a>(
-                &'a self,
-                _scope: &'a Scope,
-                resource: &'a Resource,
-                _output: Output,
-            ) -> BoxFuture<'a, Result<SecretString, ProviderError>> {
-                Box::pin(async move { Err(not_built($p, format!("output of {}", resource.key))) })
-            }
-        }
-    };
-}
-
-fn not_built(p: model::Provider, what: String) -> ProviderError {
-    ProviderError::new(
-        p,
-        ErrorKind::Permanent,
-        what,
-        None,
-        "not built yet",
-        None,
-        None,
-    )
-}
-
-skeleton!(CloudRun, model::Provider::CloudRun);
-skeleton!(SecretManager, model::Provider::SecretManager);
-skeleton!(CloudSql, model::Provider::CloudSql);
