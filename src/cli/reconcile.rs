@@ -200,9 +200,12 @@ pub fn session(target: &Target) -> anyhow::Result<Session> {
     let git = git_ref(path);
     match &git {
         Some(g) if !g.repo.is_empty() => desired.pin_git(Some(&g.repo), &g.sha),
-        Some(_) => eprintln!(
-            "note: the repository has no GitHub `origin` remote, so Telbase will manage settings but not deploy code"
-        ),
+        Some(g) => {
+            desired.pin_images(&g.sha);
+            eprintln!(
+                "note: the repository has no GitHub `origin` remote, so Telbase will manage Vercel projects' settings but not deploy their code"
+            )
+        }
         None => eprintln!(
             "note: {name} is not in a git repository, so Telbase will manage settings but not deploy code"
         ),

@@ -691,13 +691,22 @@ impl DesiredState {
                         p.production_commit = Some(sha.to_owned());
                     }
                 }
-                ResourceSpec::CloudRunService(s) => {
-                    s.image = s
-                        .image
-                        .replace("${git.sha}", sha)
-                        .replace("${git.short_sha}", &sha[..sha.len().min(7)]);
-                }
                 _ => {}
+            }
+        }
+        self.pin_images(sha);
+    }
+
+    /// Put the commit into container image references (`${git.sha}`, `${git.short_sha}`).
+    /// Needs no GitHub repository: the image comes from a registry, only its tag names the
+    /// commit.
+    pub fn pin_images(&mut self, sha: &str) {
+        for res in self.resources.values_mut() {
+            if let ResourceSpec::CloudRunService(s) = &mut res.spec {
+                s.image = s
+                    .image
+                    .replace("${git.sha}", sha)
+                    .replace("${git.short_sha}", &sha[..sha.len().min(7)]);
             }
         }
     }
