@@ -5,6 +5,9 @@
 //! SKELETON: being built; every call refuses until it is.
 
 pub mod auth;
+pub mod cloudsql;
+
+pub use cloudsql::CloudSql;
 
 use secrecy::SecretString;
 
@@ -129,4 +132,3 @@ fn not_built(p: model::Provider, what: String) -> ProviderError {
 
 skeleton!(CloudRun, model::Provider::CloudRun);
 skeleton!(SecretManager, model::Provider::SecretManager);
-skeleton!(CloudSql, model::Provider::CloudSql);
