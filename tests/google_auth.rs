@@ -300,6 +300,11 @@ async fn service_account_assertion_is_signed_and_exchanged() {
         fake.problems
     );
     assert_eq!(adc.project_id(), Some("test-project"));
+    assert_eq!(
+        adc.quota_project(),
+        None,
+        "a service account bills its own project"
+    );
     assert!(adc.source_name().contains("GOOGLE_APPLICATION_CREDENTIALS"));
     assert!(adc.source_name().contains(EMAIL));
 }
@@ -454,6 +459,7 @@ async fn gcloud_user_login_uses_the_refresh_grant() {
             "client_secret": "test-client-secret",
             "refresh_token": "1//test-refresh-token",
             "token_uri": format!("http://{addr}/token"),
+            "quota_project_id": "quota-project-1",
         })
         .to_string(),
     )
@@ -472,6 +478,21 @@ async fn gcloud_user_login_uses_the_refresh_grant() {
         "{:?}",
         fake.problems
     );
+    // The file's quota project goes on every call, as `$userProject`.
+    assert_eq!(adc.quota_project(), Some("quota-project-1"));
+    let ep = telbase::providers::google::endpoint_with(Provider::CloudSql, Arc::new(adc)).unwrap();
+    assert_eq!(
+        ep.always_query,
+        vec![("$userProject".to_owned(), "quota-project-1".to_owned())]
+    );
+    // GOOGLE_CLOUD_QUOTA_PROJECT wins over the file.
+    let adc = Adc::discover(AdcConfig {
+        well_known_file: Some(dir.path().join("application_default_credentials.json")),
+        quota_project: Some("from-env".into()),
+        ..config()
+    })
+    .unwrap();
+    assert_eq!(adc.quota_project(), Some("from-env"));
     // A missing well-known file falls through to the metadata server.
     let adc = Adc::discover(AdcConfig {
         well_known_file: Some(dir.path().join("nope.json")),

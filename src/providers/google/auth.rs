@@ -57,6 +57,8 @@ pub struct AdcConfig {
     pub credentials_file: Option<PathBuf>,
     /// gcloud's `application_default_credentials.json` (used only if it exists).
     pub well_known_file: Option<PathBuf>,
+    /// `GOOGLE_CLOUD_QUOTA_PROJECT`: the project user credentials bill API quota to.
+    pub quota_project: Option<String>,
     /// `host[:port]` of the metadata server.
     pub metadata_host: String,
     /// We know we run on Google Cloud (or `GCE_METADATA_HOST` was set): no probe needed.
@@ -76,6 +78,7 @@ impl std::fmt::Debug for AdcConfig {
             .field("env_token", &self.env_token.as_ref().map(|(v, _)| v))
             .field("credentials_file", &self.credentials_file)
             .field("well_known_file", &self.well_known_file)
+            .field("quota_project", &self.quota_project)
             .field("metadata_host", &self.metadata_host)
             .field("on_google_cloud", &self.on_google_cloud)
             .finish()
@@ -88,6 +91,7 @@ impl Default for AdcConfig {
             env_token: None,
             credentials_file: None,
             well_known_file: None,
+            quota_project: None,
             metadata_host: DEFAULT_METADATA_HOST.into(),
             on_google_cloud: false,
             probe_timeout: Duration::from_millis(800),
@@ -127,6 +131,7 @@ impl AdcConfig {
         AdcConfig {
             env_token,
             credentials_file: var("GOOGLE_APPLICATION_CREDENTIALS").map(PathBuf::from),
+            quota_project: var("GOOGLE_CLOUD_QUOTA_PROJECT"),
             well_known_file: gcloud_dir.map(|d| d.join("application_default_credentials.json")),
             on_google_cloud: metadata_env.is_some() || serverless || dmi,
             metadata_host: metadata_env.unwrap_or_else(|| DEFAULT_METADATA_HOST.into()),
@@ -183,6 +188,9 @@ pub struct Adc {
     /// For messages: which source this is, with the file it came from.
     source_name: String,
     project_id: Option<String>,
+    /// Where user credentials bill quota: Cloud SQL Admin and other APIs refuse calls
+    /// from user credentials without one.
+    quota_project: Option<String>,
     client: reqwest::Client,
     config: AdcConfig,
     cache: tokio::sync::Mutex<Option<Cached>>,
@@ -193,6 +201,7 @@ impl std::fmt::Debug for Adc {
         f.debug_struct("Adc")
             .field("source", &self.source_name)
             .field("project_id", &self.project_id)
+            .field("quota_project", &self.quota_project)
             .finish_non_exhaustive()
     }
 }
@@ -211,7 +220,12 @@ struct KeyFile {
     client_secret: Option<String>,
     refresh_token: Option<String>,
     token_uri: Option<String>,
+    quota_project_id: Option<String>,
 }
+
+/// What a credentials file yields: the source, its name for messages, the project it
+/// names and the quota project it asks for.
+type FromFile = (Source, String, Option<String>, Option<String>);
 
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -280,27 +294,26 @@ impl Adc {
             provider: "google",
             message,
         };
-        let (source, source_name, project_id) = if let Some((var, token)) = &config.env_token {
-            (Source::Env(token.clone()), (*var).to_owned(), None)
-        } else if let Some(path) = &config.credentials_file {
-            let (s, n, p) =
-                Self::from_file(path, "GOOGLE_APPLICATION_CREDENTIALS").map_err(&invalid)?;
-            (s, n, p)
-        } else if let Some(path) = config.well_known_file.as_ref().filter(|p| p.is_file()) {
-            let (s, n, p) = Self::from_file(path, "gcloud application-default credentials")
-                .map_err(&invalid)?;
-            (s, n, p)
-        } else {
-            let host = config.metadata_host.clone();
-            (
-                Source::Metadata {
-                    probe: !config.on_google_cloud,
-                    host: host.clone(),
-                },
-                format!("the metadata server ({host})"),
-                None,
-            )
-        };
+        let (source, source_name, project_id, file_quota) =
+            if let Some((var, token)) = &config.env_token {
+                (Source::Env(token.clone()), (*var).to_owned(), None, None)
+            } else if let Some(path) = &config.credentials_file {
+                Self::from_file(path, "GOOGLE_APPLICATION_CREDENTIALS").map_err(&invalid)?
+            } else if let Some(path) = config.well_known_file.as_ref().filter(|p| p.is_file()) {
+                Self::from_file(path, "gcloud application-default credentials").map_err(&invalid)?
+            } else {
+                let host = config.metadata_host.clone();
+                (
+                    Source::Metadata {
+                        probe: !config.on_google_cloud,
+                        host: host.clone(),
+                    },
+                    format!("the metadata server ({host})"),
+                    None,
+                    None,
+                )
+            };
+        let quota_project = config.quota_project.clone().or(file_quota);
         let client = reqwest::Client::builder()
             .use_rustls_tls()
             .min_tls_version(reqwest::tls::Version::TLS_1_2)
@@ -315,6 +328,7 @@ impl Adc {
             source,
             source_name,
             project_id,
+            quota_project,
             client,
             config,
             cache: tokio::sync::Mutex::new(None),
@@ -323,7 +337,7 @@ impl Adc {
 
     /// Read and check a credentials file. The error names the file and what is wrong with
     /// it, never its contents.
-    fn from_file(path: &Path, origin: &str) -> Result<(Source, String, Option<String>), String> {
+    fn from_file(path: &Path, origin: &str) -> Result<FromFile, String> {
         let shown = path.display();
         let text = zeroize::Zeroizing::new(
             std::fs::read_to_string(path)
@@ -343,6 +357,7 @@ impl Adc {
             client_secret,
             refresh_token,
             token_uri,
+            quota_project_id,
         } = file;
         let private_key = private_key.map(zeroize::Zeroizing::new);
         let client_secret = client_secret.map(SecretString::from);
@@ -375,6 +390,8 @@ impl Adc {
                     }),
                     name,
                     project_id.filter(|p| !p.is_empty()),
+                    // A service account bills its own project.
+                    None,
                 ))
             }
             Some("authorized_user") => {
@@ -396,6 +413,7 @@ impl Adc {
                     }),
                     format!("{origin} (user credentials, {shown})"),
                     project_id.filter(|p| !p.is_empty()),
+                    quota_project_id.filter(|p| !p.is_empty()),
                 ))
             }
             Some(other) => Err(bad(&format!(
@@ -416,6 +434,13 @@ impl Adc {
     /// `GOOGLE_CLOUD_PROJECT` is unset.
     pub fn project_id(&self) -> Option<&str> {
         self.project_id.as_deref()
+    }
+
+    /// The project API quota is billed to, for user credentials (`GOOGLE_CLOUD_QUOTA_PROJECT`,
+    /// else the gcloud file's `quota_project_id`). Sent as the `$userProject` system
+    /// parameter, Google's query spelling of `X-Goog-User-Project`.
+    pub fn quota_project(&self) -> Option<&str> {
+        self.quota_project.as_deref()
     }
 
     /// A valid access token: the cached one, or a fresh one if it is near expiry. Callers
@@ -690,4 +715,58 @@ pub fn shared() -> Result<Arc<Adc>, SetupError> {
     SHARED
         .get_or_init(|| Adc::discover(AdcConfig::from_env()).map(Arc::new))
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_urls_must_be_https_or_loopback() {
+        assert!(acceptable_token_url("https://oauth2.googleapis.com/token"));
+        assert!(acceptable_token_url("http://127.0.0.1:8080/token"));
+        assert!(acceptable_token_url("http://[::1]:8080/token"));
+        assert!(acceptable_token_url("http://localhost/token"));
+        assert!(!acceptable_token_url("http://oauth2.googleapis.com/token"));
+        assert!(!acceptable_token_url("http://127.0.0.1.example.com/token"));
+        assert!(!acceptable_token_url("ftp://x/token"));
+        assert!(!acceptable_token_url("not a url"));
+    }
+
+    #[test]
+    fn pem_blocks() {
+        let der =
+            pem_to_der("-----BEGIN PRIVATE KEY-----\nAAEC\nAw==\n-----END PRIVATE KEY-----\n")
+                .unwrap();
+        assert_eq!(der.expose_secret(), &[0, 1, 2, 3]);
+        assert!(
+            pem_to_der("-----BEGIN RSA PRIVATE KEY-----\nAAEC\n-----END RSA PRIVATE KEY-----")
+                .is_err()
+        );
+        assert!(pem_to_der("-----BEGIN PRIVATE KEY-----\nAAEC").is_err());
+        let e = pem_to_der("-----BEGIN PRIVATE KEY-----\n!!secret!!\n-----END PRIVATE KEY-----")
+            .unwrap_err();
+        assert!(!e.contains("secret!!"));
+    }
+
+    #[test]
+    fn debug_shows_no_token() {
+        let token = || {
+            Some((
+                "GOOGLE_OAUTH_ACCESS_TOKEN",
+                SecretString::from("ya29.hidden"),
+            ))
+        };
+        let adc = Adc::discover(AdcConfig {
+            env_token: token(),
+            ..AdcConfig::default()
+        })
+        .unwrap();
+        assert!(!format!("{adc:?}").contains("hidden"));
+        let cfg = AdcConfig {
+            env_token: token(),
+            ..AdcConfig::default()
+        };
+        assert!(!format!("{cfg:?}").contains("hidden"));
+    }
 }

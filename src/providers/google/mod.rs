@@ -38,12 +38,16 @@ pub fn endpoint_with(
     provider: model::Provider,
     adc: std::sync::Arc<auth::Adc>,
 ) -> Result<Endpoint, SetupError> {
+    let quota = adc
+        .quota_project()
+        .map(|q| vec![("$userProject".to_owned(), q.to_owned())])
+        .unwrap_or_default();
     let tokens = std::sync::Arc::new(auth::ProviderTokens { adc, provider });
     Ok(Endpoint::with_token_source(
         provider,
         base_url(provider),
         tokens,
-        Vec::new(),
+        quota,
     )?)
 }
 
