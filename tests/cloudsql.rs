@@ -544,3 +544,81 @@ async fn the_connection_string_is_composed_on_demand() {
         "db_owner"
     );
 }
+
+/// A Cloud SQL that misbehaves: operations that end in error, lists that are not lists.
+async fn broken_cloud_sql() -> String {
+    let app = axum::Router::new().fallback(
+        |method: axum::http::Method, uri: axum::http::Uri| async move {
+            let path = uri.path().to_owned();
+            let body = match (method.as_str(), path.as_str()) {
+                ("GET", p) if p.ends_with("/instances") => json!({"items": "not a list"}),
+                ("GET", p) if p.ends_with("/operations") => json!({"kind": "sql#operationsList"}),
+                ("POST", p) if p.ends_with("/instances") => json!({
+                    "kind": "sql#operation", "name": "op-1", "status": "RUNNING", "operationType": "CREATE",
+                }),
+                ("GET", p) if p.ends_with("/operations/op-1") => json!({
+                    "kind": "sql#operation", "name": "op-1", "status": "DONE", "operationType": "CREATE",
+                    "error": {"kind": "sql#operationErrors", "errors": [{"kind": "sql#operationError", "code": "INVALID_TIER", "message": "Invalid tier for this edition"}]},
+                }),
+                _ => {
+                    return (
+                        axum::http::StatusCode::NOT_FOUND,
+                        axum::Json(json!({"error": {"code": 404, "message": "The Cloud SQL instance does not exist.", "status": "NOT_FOUND"}})),
+                    );
+                }
+            };
+            (axum::http::StatusCode::OK, axum::Json(body))
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn failed_operations_and_garbage_are_clear_errors() {
+    let url = broken_cloud_sql().await;
+    let creds = Credentials {
+        emulator: Some(url.clone()),
+        ..Credentials::default()
+    };
+    let ep = Endpoint::new(
+        P::CloudSql,
+        &url,
+        SecretString::from(emulator::EMULATOR_TOKEN),
+        vec![],
+    )
+    .unwrap();
+    let sql = CloudSql::new(Http::new(emu::http_config()).unwrap(), ep, &creds).unwrap();
+    let (desired, _) = telbase::config::load_str(CONFIG, Environment::Production).unwrap();
+    let scope = Scope {
+        project: "ledger".into(),
+        environment: Environment::Production,
+        git: None,
+    };
+    let e = sql.observe(&scope).await.unwrap_err();
+    assert_eq!(e.provider, "cloud-sql");
+    assert!(e.to_string().contains("not a list"), "{e}");
+
+    let inst = desired
+        .resources
+        .values()
+        .find(|r| r.key.kind == Kind::CloudSqlInstance)
+        .unwrap();
+    let e = sql
+        .apply(
+            &scope,
+            Change::Create { desired: inst },
+            &inputs(),
+            &desired,
+        )
+        .await
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("create instance ledger-db"), "{text}");
+    assert!(text.contains("INVALID_TIER"), "{text}");
+    assert!(text.contains("Invalid tier for this edition"), "{text}");
+}
