@@ -358,6 +358,18 @@ async fn a_token_near_expiry_is_refreshed() {
     assert_eq!(fake.calls.load(Ordering::SeqCst), 2);
     assert_eq!(c.expose_secret(), "ya29.fake-token-2");
     assert_eq!(fake.verified.load(Ordering::SeqCst), 2);
+
+    // Past the refresh point, a failing token endpoint does not take down a token that
+    // still works: it is used until it expires.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    *fake.reject.lock().unwrap() = Some("temporarily_unavailable");
+    let d = adc.access_token().await.unwrap();
+    assert_eq!(d.expose_secret(), "ya29.fake-token-2");
+    assert_eq!(
+        fake.calls.load(Ordering::SeqCst),
+        3,
+        "a refresh was attempted"
+    );
 }
 
 #[tokio::test]

@@ -179,6 +179,8 @@ struct Cached {
     token: SecretString,
     /// When to fetch a new one; `None`: never (a token from the environment).
     refresh_at: Option<Instant>,
+    /// When it stops working.
+    expires_at: Option<Instant>,
 }
 
 /// Application Default Credentials: one source, its cached token, and the client that
@@ -452,12 +454,27 @@ impl Adc {
         {
             return Ok(c.token.clone());
         }
-        let (token, lifetime) = self.fetch_with_retries().await?;
-        let refresh_at =
-            lifetime.map(|l| Instant::now() + l.saturating_sub(self.config.refresh_margin));
+        let (token, lifetime) = match self.fetch_with_retries().await {
+            Ok(t) => t,
+            Err(e) => {
+                // A refresh ahead of expiry that fails leaves a token that still works:
+                // use it for now, and try again on the next call.
+                if let Some(c) = cache.as_ref()
+                    && c.expires_at
+                        .is_some_and(|x| Instant::now() + Duration::from_secs(5) < x)
+                {
+                    tracing::warn!(source = %self.source_name, error = %e.message, "token refresh failed; using the current token until it expires");
+                    return Ok(c.token.clone());
+                }
+                return Err(e);
+            }
+        };
+        let now = Instant::now();
+        let refresh_at = lifetime.map(|l| now + l.saturating_sub(self.config.refresh_margin));
         *cache = Some(Cached {
             token: token.clone(),
             refresh_at,
+            expires_at: lifetime.map(|l| now + l),
         });
         Ok(token)
     }
