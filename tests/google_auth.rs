@@ -554,6 +554,14 @@ async fn missing_and_corrupt_key_files_are_reported_clearly() {
     assert!(!e.contains("secretsecret"), "{e}");
     assert!(!e.contains("MIIB"), "{e}");
 
+    let huge = dir.path().join("huge.json");
+    std::fs::write(&huge, vec![b' '; 300 * 1024]).unwrap();
+    let e = setup_error(AdcConfig {
+        credentials_file: Some(huge),
+        ..config()
+    });
+    assert!(e.contains("too large"), "{e}");
+
     let other = dir.path().join("external.json");
     std::fs::write(&other, json!({"type": "external_account"}).to_string()).unwrap();
     let e = setup_error(AdcConfig {

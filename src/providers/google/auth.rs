@@ -44,6 +44,9 @@ pub const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";
 
 const METADATA_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
 
+/// Largest credentials file we read.
+const MAX_KEY_FILE: u64 = 256 * 1024;
+
 /// Longest JWT assertion lifetime Google accepts.
 const ASSERTION_LIFETIME_SECS: i64 = 3600;
 
@@ -341,10 +344,20 @@ impl Adc {
     /// it, never its contents.
     fn from_file(path: &Path, origin: &str) -> Result<FromFile, String> {
         let shown = path.display();
-        let text = zeroize::Zeroizing::new(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("{origin}: cannot read the key file {shown}: {e}"))?,
-        );
+        // Key files are a few kilobytes; a cap keeps a mistaken path (a device, a log)
+        // from being read without end.
+        let mut text = zeroize::Zeroizing::new(String::new());
+        {
+            use std::io::Read as _;
+            std::fs::File::open(path)
+                .and_then(|f| f.take(MAX_KEY_FILE + 1).read_to_string(&mut text))
+                .map_err(|e| format!("{origin}: cannot read the key file {shown}: {e}"))?;
+        }
+        if text.len() as u64 > MAX_KEY_FILE {
+            return Err(format!(
+                "{origin}: {shown} is larger than {MAX_KEY_FILE} bytes, too large to be a Google credentials file"
+            ));
+        }
         let file: KeyFile = serde_json::from_str(&text).map_err(|e| {
             // serde's message names a line and column, not the text: safe to show.
             format!("{origin}: the key file {shown} is not valid JSON ({e})")
