@@ -622,3 +622,36 @@ async fn failed_operations_and_garbage_are_clear_errors() {
     assert!(text.contains("INVALID_TIER"), "{text}");
     assert!(text.contains("Invalid tier for this edition"), "{text}");
 }
+
+#[tokio::test]
+async fn renaming_the_database_with_data_loss_allowed_replaces_it() {
+    let mut s = setup(quick()).await;
+    s.converge(3).await.unwrap();
+    for r in s.desired.resources.values_mut() {
+        r.allow_data_loss = r.spec.holds_data();
+        if let ResourceSpec::CloudSqlDatabase(d) = &mut r.spec {
+            d.database = "ledger_v2".into();
+        }
+    }
+    let steps = s.steps().await.unwrap();
+    let db = steps
+        .iter()
+        .find(|st| st.key.kind == Kind::CloudSqlDatabase)
+        .unwrap();
+    assert_eq!(db.action, Action::Replace);
+    s.converge(3).await.unwrap();
+    let actual = s.actual().await.unwrap();
+    let ResourceSpec::CloudSqlDatabase(d) = &actual
+        .resources
+        .values()
+        .find(|o| o.key.kind == Kind::CloudSqlDatabase)
+        .unwrap()
+        .spec
+    else {
+        panic!()
+    };
+    assert_eq!(d.database, "ledger_v2");
+    // The old one is gone, not left beside the new one.
+    assert_eq!(s.count("cloud_sql.databases"), 2);
+    assert!(actual.resources.values().all(|o| o.deletion_allowed));
+}

@@ -522,22 +522,28 @@ impl CloudSql {
         })
     }
 
-    /// Set some of our labels on an instance, if they differ.
+    /// Set some of our labels on an instance (and the data-loss label from `res`), if they
+    /// differ.
     async fn ensure_labels(
         &self,
         scope: &Scope,
         instance: &Value,
+        res: Option<&Resource>,
         set: &[(&str, String)],
     ) -> Result<(), ProviderError> {
         let name = s(instance, "/name").unwrap_or_default();
-        if set
-            .iter()
-            .all(|(k, v)| label(instance, k) == Some(label_value(v)))
+        let deletion_same = res.is_none_or(|r| {
+            label(instance, LABEL_DELETION).as_deref() == r.allow_data_loss.then_some("true")
+        });
+        if deletion_same
+            && set
+                .iter()
+                .all(|(k, v)| label(instance, k) == Some(label_value(v)))
         {
             return Ok(());
         }
         let what = format!("label instance {name}");
-        let body = json!({"settings": {"userLabels": self.labels_for(scope, instance, None, set)}});
+        let body = json!({"settings": {"userLabels": self.labels_for(scope, instance, res, set)}});
         let call = Call::new(Method::PATCH, self.instance_path(&name), &what)
             .json(body)
             .retry(super::super::http::Retry::Always);
@@ -580,10 +586,10 @@ impl CloudSql {
     async fn ensure_database(
         &self,
         scope: &Scope,
-        key: &ResourceKey,
+        res: &Resource,
         db: &NamedDatabase,
     ) -> Result<Applied, ProviderError> {
-        let instance = &key.name;
+        let instance = &res.key.name;
         let what = format!("create database {} on {instance}", db.database);
         let inst = self.require_instance(scope, instance, &what).await?;
         let path = format!("{}/databases", self.instance_path(instance));
@@ -603,9 +609,12 @@ impl CloudSql {
                 Err(e) => return Err(e),
             }
         }
+        // The database's `allow_data_loss` is recorded with it, so a later removal from the
+        // file knows what it was allowed to do.
         self.ensure_labels(
             scope,
             &inst,
+            Some(res),
             &[
                 (LABEL_DATABASE, db.database.clone()),
                 (LABEL_USER, db.owner.clone()),
@@ -618,17 +627,20 @@ impl CloudSql {
         })
     }
 
+    /// Delete our database. `allowed`: the plan allows its data to go (the label recorded
+    /// at the last apply, or the file's `allow_data_loss` for a replacement).
     async fn delete_database(
         &self,
         scope: &Scope,
         observed: &Observed,
+        allowed: bool,
     ) -> Result<Applied, ProviderError> {
         let ResourceSpec::CloudSqlDatabase(db) = &observed.spec else {
             return Err(unsupported(&observed.key));
         };
         let instance = &observed.key.name;
         let what = format!("delete database {} on {instance}", db.database);
-        if !observed.deletion_allowed {
+        if !allowed {
             return Err(err(
                 ErrorKind::Permanent,
                 &what,
@@ -701,7 +713,7 @@ impl CloudSql {
                 Err(e) => return Err(e),
             }
         }
-        self.ensure_labels(scope, &inst, &[(LABEL_USER, user.user.clone())])
+        self.ensure_labels(scope, &inst, None, &[(LABEL_USER, user.user.clone())])
             .await?;
         Ok(Applied {
             provider_id: format!("{instance}/{}", user.user),
@@ -828,7 +840,7 @@ impl CloudSql {
                         self.update_instance(scope, res, spec).await
                     }
                     ResourceSpec::CloudSqlDatabase(db) => {
-                        self.ensure_database(scope, &res.key, db).await
+                        self.ensure_database(scope, res, db).await
                     }
                     ResourceSpec::CloudSqlUser(u) => {
                         self.ensure_user(scope, &res.key, u, inputs).await
@@ -849,8 +861,10 @@ impl CloudSql {
                     "Cloud SQL cannot move an instance to another region, and a deleted instance's name stays reserved for days; give the database a new name instead",
                 )),
                 ResourceSpec::CloudSqlDatabase(db) => {
-                    self.delete_database(scope, observed).await?;
-                    self.ensure_database(scope, &res.key, db).await
+                    // The planner let this through only with the file's allow_data_loss.
+                    let allowed = res.allow_data_loss || observed.deletion_allowed;
+                    self.delete_database(scope, observed, allowed).await?;
+                    self.ensure_database(scope, res, db).await
                 }
                 ResourceSpec::CloudSqlUser(u) => {
                     self.delete_user(scope, observed).await?;
@@ -860,7 +874,10 @@ impl CloudSql {
             },
             Change::Delete { observed } => match &observed.spec {
                 ResourceSpec::CloudSqlInstance(_) => self.delete_instance(scope, observed).await,
-                ResourceSpec::CloudSqlDatabase(_) => self.delete_database(scope, observed).await,
+                ResourceSpec::CloudSqlDatabase(_) => {
+                    self.delete_database(scope, observed, observed.deletion_allowed)
+                        .await
+                }
                 ResourceSpec::CloudSqlUser(_) => self.delete_user(scope, observed).await,
                 _ => Err(unsupported(&observed.key)),
             },
