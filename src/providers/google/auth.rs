@@ -107,7 +107,15 @@ impl Default for AdcConfig {
 impl AdcConfig {
     /// From the environment, as Google's client libraries read it.
     pub fn from_env() -> Self {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let dmi = std::fs::read_to_string("/sys/class/dmi/id/product_name")
+            .is_ok_and(|p| p.contains("Google"));
+        Self::from_vars(|k| std::env::var(k).ok(), dmi)
+    }
+
+    /// From variables looked up by `get` (the environment, or a map in tests); `dmi_google`
+    /// says the machine's DMI product name is Google's (Compute Engine, GKE nodes).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>, dmi_google: bool) -> Self {
+        let var = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         let env_token = ["GOOGLE_OAUTH_ACCESS_TOKEN", "CLOUDSDK_AUTH_ACCESS_TOKEN"]
             .into_iter()
             .find_map(|k| var(k).map(|t| (k, SecretString::from(t.trim().to_owned()))));
@@ -119,8 +127,7 @@ impl AdcConfig {
             }
         });
         let metadata_env = var("GCE_METADATA_HOST");
-        // Cheap signs of Google Cloud: the serverless runtimes set these, and Compute Engine
-        // (and GKE nodes) name themselves in the DMI product name.
+        // Cheap signs of Google Cloud: the serverless runtimes set these.
         let serverless = [
             "K_SERVICE",
             "CLOUD_RUN_JOB",
@@ -129,14 +136,12 @@ impl AdcConfig {
         ]
         .iter()
         .any(|k| var(k).is_some());
-        let dmi = std::fs::read_to_string("/sys/class/dmi/id/product_name")
-            .is_ok_and(|p| p.contains("Google"));
         AdcConfig {
             env_token,
             credentials_file: var("GOOGLE_APPLICATION_CREDENTIALS").map(PathBuf::from),
             quota_project: var("GOOGLE_CLOUD_QUOTA_PROJECT"),
             well_known_file: gcloud_dir.map(|d| d.join("application_default_credentials.json")),
-            on_google_cloud: metadata_env.is_some() || serverless || dmi,
+            on_google_cloud: metadata_env.is_some() || serverless || dmi_google,
             metadata_host: metadata_env.unwrap_or_else(|| DEFAULT_METADATA_HOST.into()),
             ..AdcConfig::default()
         }
@@ -750,6 +755,59 @@ pub fn shared() -> Result<Arc<Adc>, SetupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> AdcConfig {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        AdcConfig::from_vars(|k| map.get(k).cloned(), false)
+    }
+
+    #[test]
+    fn the_environment_is_read_as_google_reads_it() {
+        let c = vars(&[
+            ("CLOUDSDK_AUTH_ACCESS_TOKEN", "ya29.b"),
+            ("GOOGLE_OAUTH_ACCESS_TOKEN", " ya29.a "),
+            ("HOME", "home-dev"),
+        ]);
+        let (var, token) = c.env_token.unwrap();
+        assert_eq!(
+            (var, token.expose_secret()),
+            ("GOOGLE_OAUTH_ACCESS_TOKEN", "ya29.a")
+        );
+        if !cfg!(windows) {
+            assert_eq!(
+                c.well_known_file.unwrap(),
+                Path::new("home-dev/.config/gcloud/application_default_credentials.json")
+            );
+        }
+        assert!(!c.on_google_cloud);
+        assert_eq!(c.metadata_host, DEFAULT_METADATA_HOST);
+
+        let c = vars(&[
+            ("GOOGLE_OAUTH_ACCESS_TOKEN", "  "),
+            ("CLOUDSDK_CONFIG", "gcloud-cfg"),
+            ("GOOGLE_APPLICATION_CREDENTIALS", "keys/sa.json"),
+            ("GCE_METADATA_HOST", "169.254.169.254:8080"),
+            ("GOOGLE_CLOUD_QUOTA_PROJECT", "billing"),
+        ]);
+        assert!(c.env_token.is_none(), "blank counts as unset");
+        assert_eq!(c.credentials_file.unwrap(), Path::new("keys/sa.json"));
+        assert_eq!(
+            c.well_known_file.unwrap(),
+            Path::new("gcloud-cfg/application_default_credentials.json")
+        );
+        assert_eq!(c.metadata_host, "169.254.169.254:8080");
+        assert!(
+            c.on_google_cloud,
+            "an explicit metadata host needs no probe"
+        );
+        assert_eq!(c.quota_project.as_deref(), Some("billing"));
+
+        assert!(vars(&[("K_SERVICE", "web")]).on_google_cloud);
+        assert!(AdcConfig::from_vars(|_| None, true).on_google_cloud);
+    }
 
     #[test]
     fn token_urls_must_be_https_or_loopback() {
