@@ -280,6 +280,8 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                         tier: db.tier.clone().unwrap_or_else(|| "db-custom-1-3840".into()),
                         disk_gb: db.disk_gb.unwrap_or(10),
                         deletion_protection: protect,
+                        backups: true,
+                        ssl_required: true,
                     }),
                     [],
                 );

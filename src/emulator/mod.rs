@@ -17,6 +17,7 @@
 //! handler keeps faults, recording and counting in one place.
 
 mod cloudflare;
+mod cloudsql;
 mod google;
 mod neon;
 mod turso;
@@ -102,6 +103,7 @@ pub(crate) struct World {
     pub(crate) turso: turso::State,
     pub(crate) cloudflare: cloudflare::State,
     pub(crate) google: google::State,
+    pub(crate) cloudsql: cloudsql::State,
     seq: u64,
 }
 
@@ -211,6 +213,7 @@ fn inventory(w: &World) -> BTreeMap<String, u64> {
     turso::inventory(&w.turso, &mut m);
     cloudflare::inventory(&w.cloudflare, &mut m);
     google::inventory(&w.google, &mut m);
+    cloudsql::inventory(&w.cloudsql, &mut m);
     m
 }
 
@@ -657,9 +660,8 @@ fn serve(
         Provider::Neon => neon::route(&mut w, &req),
         Provider::Turso => turso::route(&mut w, &req, provider),
         Provider::Cloudflare => cloudflare::route(&mut w, &req, provider),
-        Provider::CloudRun | Provider::SecretManager | Provider::CloudSql => {
-            google::route(&mut w, &req, provider)
-        }
+        Provider::CloudRun | Provider::SecretManager => google::route(&mut w, &req, provider),
+        Provider::CloudSql => cloudsql::route(&mut w, &req),
     }
 }
 
@@ -712,9 +714,8 @@ fn route_name(p: Provider, method: &Method, segments: &[&str]) -> String {
                 }
                 Provider::Turso => turso::literal(s, i),
                 Provider::Cloudflare => cloudflare::literal(s, i),
-                Provider::CloudRun | Provider::SecretManager | Provider::CloudSql => {
-                    google::literal(s, i)
-                }
+                Provider::CloudRun | Provider::SecretManager => google::literal(s, i),
+                Provider::CloudSql => cloudsql::literal(s, i),
                 Provider::Neon => matches!(
                     *s,
                     "projects"
@@ -823,7 +824,8 @@ fn drift(w: &mut World, body: &Value) -> Result<Value, String> {
         Some("neon") => neon::drift(w, body),
         Some("turso") => turso::drift(w, body),
         Some("cloudflare") => cloudflare::drift(w, body),
-        Some("cloud-run" | "secret-manager" | "cloud-sql") => google::drift(w, body),
+        Some("cloud-run" | "secret-manager") => google::drift(w, body),
+        Some("cloud-sql") => cloudsql::drift(w, body),
         other => Err(format!(
             "unknown provider {other:?}; use vercel, neon, turso, cloudflare, cloud-run, secret-manager or cloud-sql"
         )),

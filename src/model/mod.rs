@@ -428,6 +428,11 @@ pub struct CloudSqlInstance {
     pub tier: String,
     pub disk_gb: u32,
     pub deletion_protection: bool,
+    /// Daily backups with point-in-time recovery. Always on from telbase.yaml; a field so
+    /// that someone turning them off shows up as drift and is corrected.
+    pub backups: bool,
+    /// Connections must use TLS (`ipConfiguration.sslMode`). Always on, for the same reason.
+    pub ssl_required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

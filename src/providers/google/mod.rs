@@ -7,7 +7,7 @@
 
 pub mod auth;
 mod cloudrun;
-mod cloudsql;
+pub mod cloudsql;
 pub mod ops;
 mod secretmanager;
 
@@ -20,22 +20,51 @@ use super::SetupError;
 use super::http::Endpoint;
 use crate::model;
 
-/// The real endpoint of one Google API, authenticated by Application Default Credentials.
-pub fn endpoint(provider: model::Provider) -> Result<Endpoint, SetupError> {
-    Err(SetupError::Missing {
-        provider: provider.as_str(),
-        vars: "GOOGLE_APPLICATION_CREDENTIALS (Google auth is being built)",
-    })
+/// The real base URL of one Google API.
+pub fn base_url(provider: model::Provider) -> &'static str {
+    match provider {
+        model::Provider::CloudRun => "https://run.googleapis.com",
+        model::Provider::SecretManager => "https://secretmanager.googleapis.com",
+        _ => "https://sqladmin.googleapis.com",
+    }
 }
 
-/// The Google Cloud project every call acts in.
+/// The real endpoint of one Google API, authenticated by Application Default Credentials.
+/// The three Google clients share one credential source and so one cached token.
+pub fn endpoint(provider: model::Provider) -> Result<Endpoint, SetupError> {
+    endpoint_with(provider, auth::shared()?)
+}
+
+/// The real endpoint of one Google API with the given credentials.
+pub fn endpoint_with(
+    provider: model::Provider,
+    adc: std::sync::Arc<auth::Adc>,
+) -> Result<Endpoint, SetupError> {
+    let quota = adc
+        .quota_project()
+        .map(|q| vec![("$userProject".to_owned(), q.to_owned())])
+        .unwrap_or_default();
+    let tokens = std::sync::Arc::new(auth::ProviderTokens { adc, provider });
+    Ok(Endpoint::with_token_source(
+        provider,
+        base_url(provider),
+        tokens,
+        quota,
+    )?)
+}
+
+/// The Google Cloud project every call acts in: `GOOGLE_CLOUD_PROJECT` (or gcloud's
+/// `CLOUDSDK_CORE_PROJECT`), else the credentials file's `project_id`.
 pub(crate) fn project(p: model::Provider, creds: &Credentials) -> Result<String, SetupError> {
     match (&creds.google_project, &creds.emulator) {
         (Some(id), _) => Ok(id.clone()),
         (None, Some(_)) => Ok("telbase-emulator".into()),
-        (None, None) => Err(SetupError::Missing {
-            provider: p.as_str(),
-            vars: "GOOGLE_CLOUD_PROJECT",
-        }),
+        (None, None) => auth::shared()?
+            .project_id()
+            .map(str::to_owned)
+            .ok_or(SetupError::Missing {
+                provider: p.as_str(),
+                vars: "GOOGLE_CLOUD_PROJECT (or a service-account key with project_id in GOOGLE_APPLICATION_CREDENTIALS)",
+            }),
     }
 }
