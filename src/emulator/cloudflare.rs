@@ -221,7 +221,7 @@ fn zone_json(z: &Zone) -> Value {
         "created_on": z.created_on,
         "modified_on": z.created_on,
         "activated_on": z.created_on,
-        "owner": {"id": null, "name": null, "type": "user"},
+        "owner": {"id": "0ea1e0000000000000000000000000a1", "name": "emulator@example.com", "type": "user"},
         "account": {"id": z.account, "name": "Telbase emulator account"},
         "meta": {"step": 4, "custom_certificate_quota": 0, "page_rule_quota": 3, "phishing_detected": false},
         "permissions": ["#zone:read", "#zone:edit", "#dns_records:edit", "#zone_settings:edit"],
