@@ -132,7 +132,7 @@ async fn nextjs_neon_converges_then_plans_nothing() {
     assert_eq!(www[0]["proxied"], true);
     assert_eq!(
         www[0]["comment"],
-        "telbase project=notes env=production target=vercel/project/notes-web"
+        "telbase project=notes env=production target=vercel/web"
     );
     emu.stop().await;
 }
@@ -215,7 +215,7 @@ async fn a_preview_gets_its_access_app_and_teardown_removes_only_its_own() {
     assert_eq!(rec.len(), 1);
     assert_eq!(
         rec[0]["comment"],
-        "telbase project=notes env=pr-7 target=vercel/project/notes-web"
+        "telbase project=notes env=pr-7 target=vercel/web"
     );
     // Production does not see the preview's resources, and the preview not production's.
     let (plan, _) = run.plan().await.unwrap();
@@ -341,7 +341,7 @@ async fn a_hand_made_record_at_a_wanted_name_is_refused_and_untouched() {
     emu.drift(&json!({"provider": "cloudflare", "zone": "example.com", "add_record": {"name": "www.example.com", "type": "A", "content": "192.0.2.10", "proxied": false}}))
         .unwrap();
     // Another project's record, marked as theirs, is just as foreign.
-    emu.drift(&json!({"provider": "cloudflare", "zone": "example.com", "add_record": {"name": "example.com", "type": "CNAME", "content": "other.example.net", "proxied": true, "comment": "telbase project=other env=production target=vercel/project/other-web"}}))
+    emu.drift(&json!({"provider": "cloudflare", "zone": "example.com", "add_record": {"name": "example.com", "type": "CNAME", "content": "other.example.net", "proxied": true, "comment": "telbase project=other env=production target=vercel/web"}}))
         .unwrap();
     let run = emu::run(&example(), &url, SHA, emu::http_config());
     let (plan, actual) = run.plan().await.unwrap();
@@ -523,4 +523,53 @@ fn plan_goldens() {
     let p = plan::plan(&smaller, &actual);
     assert_eq!(p.summary().delete, 4);
     common::assert_golden(&golden("delete"), &plan::render_text(&p));
+}
+
+/// The example runs end to end through the CLI: apply, then a plan with nothing to do.
+#[test]
+fn the_cli_applies_nextjs_neon_end_to_end() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = rt.block_on(emu::start(Config::default()));
+    let url = emu.url();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("telbase.yaml");
+    std::fs::write(&cfg, example()).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let out = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let o = common::telbase(
+        &[
+            "apply",
+            "--config",
+            cfg,
+            "--emulator",
+            &url,
+            "--auto-approve",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(out(&o).contains("Apply complete: 9 done."), "{}", out(&o));
+    let o = common::telbase(
+        &[
+            "plan",
+            "--config",
+            cfg,
+            "--emulator",
+            &url,
+            "--detailed-exitcode",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(out(&o).contains("no changes"), "{}", out(&o));
+    let inv = emu.inventory();
+    assert_eq!(inv["cloudflare.dns_records"], 3, "{inv:?}");
+    assert_eq!(inv["cloudflare.access_policies"], 1, "{inv:?}");
+    rt.block_on(emu.stop());
 }

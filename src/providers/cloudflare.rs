@@ -4,7 +4,8 @@
 //! zone-settings operations of the full description beside it); names that changed since
 //! 2024 are kept in [`wire`], the one place that spells them.
 //!
-//! Ownership. DNS records carry `telbase project=<p> env=<e> target=<key>` as their comment.
+//! Ownership. DNS records carry `telbase project=<p> env=<e> target=<provider>/<app>` as
+//! their comment.
 //! Access policies and applications have no comment field, so their names carry the mark:
 //! `notes-staff (telbase project=notes)`, `notes-web-pr-7 (telbase project=notes env=pr-7)`.
 //! Zone settings have no metadata at all: the zone's baseline is claimed by a TXT record
@@ -308,11 +309,26 @@ pub fn cname_target(target: &ResourceKey) -> Option<&'static str> {
     }
 }
 
-fn record_comment(scope: &Scope, target: &ResourceKey) -> String {
-    format!(
-        "{} target={target}",
+/// Cloudflare's limit on a record comment on the Free plan, in characters.
+pub const COMMENT_LIMIT: usize = 100;
+
+/// The mark of a record: `telbase project=notes env=production target=vercel/web`. The app is
+/// named by its provider and its name without the project prefix, so the mark stays short
+/// (comments are limited to 100 characters on the Free plan).
+fn record_comment(scope: &Scope, target: &ResourceKey) -> Option<String> {
+    let provider = match target.kind {
+        Kind::VercelProject | Kind::CloudRunService => target.kind.provider().as_str(),
+        _ => return None,
+    };
+    let app = target
+        .name
+        .strip_prefix(&format!("{}-", scope.project))
+        .unwrap_or(&target.name);
+    let c = format!(
+        "{} target={provider}/{app}",
         owner::cloudflare_env_mark(&scope.project, scope.environment)
-    )
+    );
+    (c.chars().count() <= COMMENT_LIMIT).then_some(c)
 }
 
 fn baseline_comment(project: &str) -> String {
@@ -327,7 +343,11 @@ fn baseline_name(zone: &str) -> String {
 fn owned_target(comment: &str, scope: &Scope) -> Option<ResourceKey> {
     let mark = owner::cloudflare_env_mark(&scope.project, scope.environment);
     let rest = comment.strip_prefix(&mark)?.strip_prefix(" target=")?;
-    ResourceKey::parse(rest)
+    let (provider, app) = rest.split_once('/')?;
+    let kind = [Kind::VercelProject, Kind::CloudRunService]
+        .into_iter()
+        .find(|k| k.provider().as_str() == provider)?;
+    (!app.is_empty()).then(|| ResourceKey::new(kind, format!("{}-{app}", scope.project)))
 }
 
 fn policy_name(project: &str, name: &str) -> String {
@@ -873,6 +893,15 @@ impl Cloudflare {
                 format!("{} is not an app Cloudflare can front", spec.target),
             )
         })?;
+        let comment = record_comment(scope, &spec.target).ok_or_else(|| {
+            err(
+                ErrorKind::Permanent,
+                &what,
+                format!(
+                    "the record's ownership comment would be longer than Cloudflare's {COMMENT_LIMIT} characters; use a shorter project or app name"
+                ),
+            )
+        })?;
         let zid = self.zone_id(&spec.zone, &what).await?;
         let body = json!({
             "type": "CNAME",
@@ -880,7 +909,7 @@ impl Cloudflare {
             "content": content,
             "proxied": spec.proxied,
             "ttl": 1,
-            "comment": record_comment(scope, &spec.target),
+            "comment": comment,
         });
         let id = match self.own_record(scope, &zid, host, &what).await? {
             Some(existing) => {
@@ -1278,12 +1307,22 @@ mod tests {
             git: None,
         };
         let target = ResourceKey::new(Kind::VercelProject, "notes-web");
-        let c = record_comment(&scope, &target);
-        assert_eq!(
-            c,
-            "telbase project=notes env=pr-7 target=vercel/project/notes-web"
-        );
+        let c = record_comment(&scope, &target).unwrap();
+        assert_eq!(c, "telbase project=notes env=pr-7 target=vercel/web");
         assert_eq!(owned_target(&c, &scope), Some(target));
+        let run = ResourceKey::new(Kind::CloudRunService, "notes-api-pr-7");
+        let c2 = record_comment(&scope, &run).unwrap();
+        assert_eq!(
+            c2,
+            "telbase project=notes env=pr-7 target=cloud-run/api-pr-7"
+        );
+        assert_eq!(owned_target(&c2, &scope), Some(run));
+        let long = ResourceKey::new(Kind::VercelProject, format!("notes-{}", "x".repeat(80)));
+        assert_eq!(record_comment(&scope, &long), None);
+        assert_eq!(
+            record_comment(&scope, &ResourceKey::new(Kind::NeonProject, "notes-db")),
+            None
+        );
         let other = Scope {
             project: "notes2".into(),
             ..scope.clone()

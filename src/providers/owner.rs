@@ -22,7 +22,7 @@ pub const NEON_ENVIRONMENT_ANNOTATION: &str = "telbase-environment";
 pub const NEON_DELETION_ANNOTATION: &str = "telbase-deletion-allowed";
 
 /// Cloudflare: the mark on DNS record comments and in Access names. DNS records carry
-/// `telbase project=<p> env=<e> target=<key>` as their comment; Access applications are named
+/// `telbase project=<p> env=<e> target=<provider>/<app>` as their comment; Access applications are named
 /// `<name> (telbase project=<p> env=<e>)` and reusable policies `<name> (telbase
 /// project=<p>)`, since neither has a comment field (Access tags must be created in the
 /// account first, and DNS tags need a paid plan).
