@@ -573,3 +573,60 @@ fn the_cli_applies_nextjs_neon_end_to_end() {
     assert_eq!(inv["cloudflare.access_policies"], 1, "{inv:?}");
     rt.block_on(emu.stop());
 }
+
+/// A change to a policy's sign-in methods or session reaches the Access applications that
+/// use it, previews included, at their next reconcile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_reaches_the_apps_that_use_it() {
+    use telbase::model::ResourceSpec;
+    let emu = emu::start(Config::default()).await;
+    let url = emu.url();
+    let mut run = emu::run(&example(), &url, SHA, emu::http_config());
+    run.converge(4).await.unwrap();
+    let pr = preview(&url, 4, emu::http_config());
+    pr.converge(4).await.unwrap();
+    for r in run.desired.resources.values_mut() {
+        if let ResourceSpec::AccessPolicy(p) = &mut r.spec {
+            p.login = vec!["github", "google"];
+            p.session_seconds = 3600;
+        }
+    }
+    let (plan, _) = run.plan().await.unwrap();
+    assert_eq!(
+        updates(&plan),
+        ["Update cloudflare/access-policy/notes-staff login,session_seconds"]
+    );
+    run.converge(4).await.unwrap();
+    let (plan, _) = pr.plan().await.unwrap();
+    let text = telbase::plan::render_text(&plan);
+    assert_eq!(
+        updates(&plan),
+        ["Update cloudflare/access-app/notes-web-pr-4 policy.name"],
+        "{text}"
+    );
+    assert!(
+        text.contains("\"notes-staff (sign-in options out of date)\" → \"notes-staff\""),
+        "{text}"
+    );
+    pr.converge(4).await.unwrap();
+    let c = reqwest::Client::new();
+    let apps: Value = c
+        .get(format!(
+            "{url}/cloudflare/client/v4/accounts/telbase-emulator/access/apps"
+        ))
+        .header(
+            "authorization",
+            format!("Bearer {}", telbase::emulator::EMULATOR_TOKEN),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let app = &apps["result"][0];
+    assert_eq!(app["allowed_idps"].as_array().unwrap().len(), 2, "{app}");
+    assert_eq!(app["session_duration"], "1h");
+    assert_eq!(app["auto_redirect_to_identity"], false);
+    emu.stop().await;
+}

@@ -372,6 +372,31 @@ fn host_of(domain: &str) -> &str {
     domain.split('/').next().unwrap_or(domain)
 }
 
+/// What an application attached to `policy` offers at sign-in and how long its sessions
+/// last: the identity providers the policy does not exclude (sorted), and the policy's
+/// session duration. Sign-in choices follow the policy so the login page offers only
+/// providers the policy accepts.
+fn app_settings_from(policy: &Value, idps: &[Idp]) -> (Vec<String>, String) {
+    let excluded: Vec<&str> = policy
+        .get("exclude")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            r.pointer(&format!("/{}/id", wire::RULE_LOGIN_METHOD))
+                .and_then(Value::as_str)
+        })
+        .collect();
+    let mut allowed: Vec<String> = idps
+        .iter()
+        .map(|i| i.id.clone())
+        .filter(|id| !excluded.contains(&id.as_str()))
+        .collect();
+    allowed.sort();
+    let session = s(policy, "session_duration").unwrap_or_else(|| "24h".into());
+    (allowed, session)
+}
+
 struct Idp {
     id: String,
     kind: String,
@@ -657,6 +682,10 @@ impl Cloudflare {
         let idps = self.idps().await?;
         let policies = self.policies().await?;
         let project_mark = owner::cloudflare_project_mark(&scope.project);
+        let policies_by_id: BTreeMap<String, &Value> = policies
+            .iter()
+            .filter_map(|p| Some((s(p, "id")?, p)))
+            .collect();
         let mut policy_keys: BTreeMap<String, ResourceKey> = BTreeMap::new();
         for p in &policies {
             let (Some(id), Some(name)) = (s(p, "id"), s(p, "name")) else {
@@ -704,9 +733,38 @@ impl Cloudflare {
                 .filter_map(|p| s(p, "id"))
                 .collect();
             let policy = match linked.as_slice() {
-                [one] => policy_keys.get(one).cloned().unwrap_or_else(|| {
-                    ResourceKey::new(Kind::AccessPolicy, format!("(policy {one} not Telbase's)"))
-                }),
+                [one] => match (policy_keys.get(one), policies_by_id.get(one)) {
+                    (Some(key), Some(p)) => {
+                        // Sign-in choices and session come from the policy when the app is
+                        // written; an app left behind by a policy change (or edited by hand)
+                        // shows as attached to a stale copy, so the plan rewrites it.
+                        let (want_idps, want_session) = app_settings_from(p, &idps);
+                        let mut have_idps: Vec<String> = a
+                            .get("allowed_idps")
+                            .and_then(Value::as_array)
+                            .map(|v| {
+                                v.iter()
+                                    .filter_map(|x| x.as_str().map(str::to_owned))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        have_idps.sort();
+                        let have_session =
+                            s(&a, "session_duration").and_then(|d| parse_duration(&d));
+                        if have_idps == want_idps && have_session == parse_duration(&want_session) {
+                            key.clone()
+                        } else {
+                            ResourceKey::new(
+                                Kind::AccessPolicy,
+                                format!("{} (sign-in options out of date)", key.name),
+                            )
+                        }
+                    }
+                    _ => ResourceKey::new(
+                        Kind::AccessPolicy,
+                        format!("(policy {one} not Telbase's)"),
+                    ),
+                },
                 [] => ResourceKey::new(Kind::AccessPolicy, "(no policy)"),
                 _ => ResourceKey::new(
                     Kind::AccessPolicy,
@@ -860,13 +918,12 @@ impl Cloudflare {
         let at_name = self
             .records(zone_id, &[("name", host.to_owned())], what)
             .await?;
-        let mut ours = None;
-        for r in at_name {
-            let comment = s(&r, "comment").unwrap_or_default();
-            if owned_target(&comment, scope).is_some() && ours.is_none() {
-                ours = Some(r);
-            } else {
-                let kind = s(&r, "type").unwrap_or_default();
+        let (mine, foreign): (Vec<Value>, Vec<Value>) = at_name
+            .into_iter()
+            .partition(|r| owned_target(&s(r, "comment").unwrap_or_default(), scope).is_some());
+        if let Some(r) = foreign.first() {
+            {
+                let kind = s(r, "type").unwrap_or_default();
                 return Err(ProviderError::new(
                     P,
                     ErrorKind::Conflict,
@@ -880,7 +937,16 @@ impl Cloudflare {
                 ));
             }
         }
-        Ok(ours)
+        // Two of ours at one name cannot come from Telbase (Cloudflare refuses a second
+        // CNAME), but if a hand edit made one, keep the first and remove the copy.
+        let mut mine = mine.into_iter();
+        let first = mine.next();
+        for extra in mine {
+            if let Some(id) = s(&extra, "id") {
+                self.delete_record(zone_id, &id, what).await?;
+            }
+        }
+        Ok(first)
     }
 
     async fn put_record(&self, scope: &Scope, spec: &DnsRecord) -> Result<Applied, ProviderError> {
@@ -1060,33 +1126,15 @@ impl Cloudflare {
                 )
             })?;
         let policy_id = s(&policy, "id").unwrap_or_default();
-        // Sign-in choices and session length follow the policy, so the login page offers
-        // only the identity providers the policy accepts.
-        let excluded: Vec<String> = policy
-            .get("exclude")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|r| {
-                r.pointer(&format!("/{}/id", wire::RULE_LOGIN_METHOD))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            })
-            .collect();
-        let allowed: Vec<String> = self
-            .idps()
-            .await?
-            .into_iter()
-            .map(|i| i.id)
-            .filter(|id| !excluded.contains(id))
-            .collect();
+        let idps = self.idps().await?;
+        let (allowed, session) = app_settings_from(&policy, &idps);
         let full = app_name(scope, name);
         let body = json!({
             "type": "self_hosted",
             "name": full,
             "domain": first,
             "self_hosted_domains": spec.domains,
-            "session_duration": s(&policy, "session_duration").unwrap_or_else(|| "24h".into()),
+            "session_duration": session,
             "allowed_idps": allowed,
             "auto_redirect_to_identity": allowed.len() == 1,
             "app_launcher_visible": false,
