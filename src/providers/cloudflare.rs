@@ -1037,7 +1037,16 @@ impl Cloudflare {
         let what = format!("write Access policy {name}");
         let idps = self.idps().await?;
         let body = policy_body(&scope.project, name, spec, &idps, &what)?;
-        let existing = self.find_policy(&scope.project, name).await?;
+        let full = policy_name(&scope.project, name);
+        let copies: Vec<Value> = self
+            .policies()
+            .await?
+            .into_iter()
+            .filter(|p| s(p, "name").as_deref() == Some(full.as_str()))
+            .collect();
+        let existing = self
+            .keep_first(copies, "policies", &format!("remove a copy of {full}"))
+            .await?;
         let id = match existing.and_then(|p| s(&p, "id")) {
             Some(id) => {
                 self.put(
@@ -1090,11 +1099,37 @@ impl Cloudflare {
     }
 
     async fn find_app(&self, full_name: &str) -> Result<Option<Value>, ProviderError> {
-        Ok(self
+        let found: Vec<Value> = self
             .apps()
             .await?
             .into_iter()
-            .find(|a| s(a, "name").as_deref() == Some(full_name)))
+            .filter(|a| s(a, "name").as_deref() == Some(full_name))
+            .collect();
+        self.keep_first(found, "apps", &format!("remove a copy of {full_name}"))
+            .await
+    }
+
+    /// The first of several same-named Access objects of ours, removing the rest. Telbase
+    /// looks before it creates, so copies only come from a create whose answer was lost
+    /// while the list did not show it yet; they are settled at the next write.
+    async fn keep_first(
+        &self,
+        found: Vec<Value>,
+        collection: &str,
+        what: &str,
+    ) -> Result<Option<Value>, ProviderError> {
+        let mut found = found.into_iter();
+        let first = found.next();
+        for extra in found {
+            if let Some(id) = s(&extra, "id") {
+                self.delete_access(
+                    format!("{}/access/{collection}/{}", self.acct(), enc(&id)),
+                    what,
+                )
+                .await?;
+            }
+        }
+        Ok(first)
     }
 
     async fn put_app(
