@@ -176,8 +176,13 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
     };
     let zone = cfg.edge.as_ref().map(|e| e.zone.clone());
 
-    // Cloudflare edge baseline, and the access policies (account-level, shared by previews).
-    let zone_key = cfg.edge.as_ref().map(|edge| {
+    // Cloudflare edge baseline and the access policies: zone- and account-level, so they
+    // belong to production alone. A preview uses them (its Access application attaches
+    // production's policy) but never writes them: a pull request's file must not be able to
+    // lower production's TLS floor or widen who production's policy lets in before it is
+    // merged, and tearing a preview down must not remove them.
+    let production = l.pr().is_none();
+    let zone_key = cfg.edge.as_ref().filter(|_| production).map(|edge| {
         let key = ResourceKey::new(Kind::ZoneSettings, edge.zone.clone());
         l.add(
             key.clone(),
@@ -194,7 +199,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
         );
         key
     });
-    for (name, p) in &cfg.access {
+    for (name, p) in cfg.access.iter().filter(|_| production) {
         let mut login: Vec<&'static str> = p
             .login
             .iter()

@@ -21,6 +21,27 @@ pub const NEON_PROJECT_ANNOTATION: &str = "telbase-project";
 pub const NEON_ENVIRONMENT_ANNOTATION: &str = "telbase-environment";
 pub const NEON_DELETION_ANNOTATION: &str = "telbase-deletion-allowed";
 
+/// Cloudflare: the mark on DNS record comments and in Access names. DNS records carry
+/// `telbase project=<p> env=<e> target=<provider>/<app>` as their comment; Access applications are named
+/// `<name> (telbase project=<p> env=<e>)` and reusable policies `<name> (telbase
+/// project=<p>)`, since neither has a comment field (Access tags must be created in the
+/// account first, and DNS tags need a paid plan).
+pub const CLOUDFLARE_MARK: &str = "telbase project=";
+
+/// The project mark for Cloudflare: `telbase project=notes`.
+pub fn cloudflare_project_mark(project: &str) -> String {
+    format!("{CLOUDFLARE_MARK}{project}")
+}
+
+/// The project-and-environment mark for Cloudflare: `telbase project=notes env=pr-42`.
+pub fn cloudflare_env_mark(project: &str, env: Environment) -> String {
+    format!(
+        "{} env={}",
+        cloudflare_project_mark(project),
+        environment_label(env)
+    )
+}
+
 /// Whether a provider-side name belongs to this project by its prefix.
 pub fn has_prefix(project: &str, name: &str) -> bool {
     name.strip_prefix(project)
