@@ -37,6 +37,12 @@ const TURSO_OPERATIONS: &[&str] = &[
     "POST /v1/organizations/{organizationSlug}/databases/{databaseName}/auth/tokens",
 ];
 
+/// Statuses the real API sends that its description leaves out and that the client relies
+/// on, by operation. None so far: the client treats a 404 on `DELETE` (declared) as done and
+/// a 409 on `POST` (declared) as "look again"; see the module comment for what is left
+/// unverified.
+const UNDECLARED_BUT_REAL: &[(&str, u16)] = &[];
+
 const CONFIG: &str = r#"version: 1
 project: notes
 environments:
@@ -187,7 +193,13 @@ async fn every_turso_operation_conforms_to_the_published_description() {
             .unwrap_or_else(|| format!("{} {}", ex.method, ex.path));
         covered.insert(op.clone());
         for violation in turso.check(&ex) {
-            violations.push(format!("{}: {}", violation.operation, violation.message));
+            let allowed = UNDECLARED_BUT_REAL
+                .iter()
+                .any(|(o, s)| *o == op && *s == ex.status)
+                && violation.message.contains("status");
+            if !allowed {
+                violations.push(format!("{}: {}", violation.operation, violation.message));
+            }
         }
     }
     assert!(exchanges > 20, "only {exchanges} Turso exchanges recorded");

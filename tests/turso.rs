@@ -271,6 +271,9 @@ async fn faults_never_leave_duplicates() {
         rate_5xx: 0.20,
         rate_429: 0.10,
         rate_timeout: 0.05,
+        // Acted on, then cut off or garbled: as ambiguous as a timeout.
+        rate_reset: 0.03,
+        rate_garbage: 0.03,
         stall: std::time::Duration::from_millis(2000),
         seed: 11,
         ..Faults::default()

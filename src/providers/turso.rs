@@ -796,6 +796,33 @@ mod tests {
     }
 
     #[test]
+    fn the_organization_is_required_for_the_real_api() {
+        let http = Http::new(Default::default()).unwrap();
+        let ep =
+            Endpoint::new(P, "https://api.turso.tech", SecretString::from("t"), vec![]).unwrap();
+        let none = Credentials::default();
+        assert!(matches!(
+            Turso::new(http.clone(), ep.clone(), &none),
+            Err(SetupError::Missing {
+                vars: "TURSO_ORG",
+                ..
+            })
+        ));
+        let emulated = Credentials {
+            emulator: Some("http://127.0.0.1:1".into()),
+            ..Credentials::default()
+        };
+        let t = Turso::new(http.clone(), ep.clone(), &emulated).unwrap();
+        assert_eq!(t.org, EMULATOR_ORG);
+        let named = Credentials {
+            turso_org: Some("acme inc".into()),
+            ..Credentials::default()
+        };
+        let t = Turso::new(http, ep, &named).unwrap();
+        assert_eq!(t.org_path("/groups"), "/v1/organizations/acme%20inc/groups");
+    }
+
+    #[test]
     fn preview_parents_come_from_the_name() {
         let pr = scope("notes", Environment::Preview { pull_request: 7 });
         assert_eq!(
