@@ -426,6 +426,11 @@ async fn data_is_deleted_only_when_the_file_allows_it() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("holds nothing else"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("it still holds notes-main, 1 Telbase marker(s)"),
+        "{e}"
+    );
     assert_eq!(emu.inventory()["turso.databases"], 3);
 
     // Applied once with allow_data_loss, but Turso's delete protection is still on.

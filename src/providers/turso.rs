@@ -404,13 +404,19 @@ impl Turso {
             .filter(|n| *n != marker)
             .collect();
         if !others.is_empty() {
+            // Name the databases people know; markers only by count.
+            let (markers, named): (Vec<&String>, Vec<&String>) =
+                others.iter().partition(|n| is_marker(n));
+            let mut held: Vec<String> = named.iter().map(|n| n.to_string()).collect();
+            if !markers.is_empty() {
+                held.push(format!("{} Telbase marker(s)", markers.len()));
+            }
             return Err(err(
                 ErrorKind::Permanent,
                 &what,
                 format!(
-                    "it still holds {} database(s) ({}); Turso would delete them with the group, so Telbase deletes a group only when it holds nothing else",
-                    others.len(),
-                    others.join(", ")
+                    "it still holds {}; Turso would delete them with the group, so Telbase deletes a group only when it holds nothing else",
+                    held.join(", ")
                 ),
             ));
         }
