@@ -95,13 +95,28 @@ fn is_marker(name: &str) -> bool {
         .any(|p| name.starts_with(p))
 }
 
-/// The organization's groups and databases, as listed in one pass.
+/// The organization's groups and databases, as listed in one pass, with databases indexed
+/// by name: observe looks up a marker per database, and organizations can hold thousands.
 struct Listing {
     groups: Vec<Value>,
     databases: Vec<Value>,
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 impl Listing {
+    fn new(groups: Vec<Value>, databases: Vec<Value>) -> Self {
+        let by_name = databases
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| Some((s(d, "Name")?, i)))
+            .collect();
+        Listing {
+            groups,
+            databases,
+            by_name,
+        }
+    }
+
     fn group(&self, name: &str) -> Option<&Value> {
         self.groups
             .iter()
@@ -109,9 +124,7 @@ impl Listing {
     }
 
     fn database(&self, name: &str) -> Option<&Value> {
-        self.databases
-            .iter()
-            .find(|d| s(d, "Name").as_deref() == Some(name))
+        self.by_name.get(name).map(|&i| &self.databases[i])
     }
 
     fn has(&self, name: &str) -> bool {
@@ -185,15 +198,12 @@ impl Turso {
     async fn listing(&self) -> Result<Listing, ProviderError> {
         let (groups, databases) =
             futures_util::future::try_join(self.list_groups(), self.list_databases()).await?;
-        Ok(Listing { groups, databases })
+        Ok(Listing::new(groups, databases))
     }
 
     /// Only the databases (for steps that need no group facts).
     async fn db_listing(&self) -> Result<Listing, ProviderError> {
-        Ok(Listing {
-            groups: Vec::new(),
-            databases: self.list_databases().await?,
-        })
+        Ok(Listing::new(Vec::new(), self.list_databases().await?))
     }
 
     async fn observe_all(&self, scope: &Scope) -> Result<Vec<Observed>, ProviderError> {
