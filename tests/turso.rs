@@ -546,3 +546,53 @@ async fn plan_goldens() {
     );
     emu.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_stopped_at_any_write_finishes_on_the_next_without_duplicates() {
+    // Writes in a fresh apply: the group, its marker, the database's marker, the
+    // database, its protection.
+    for stop_after in 1u64..=5 {
+        let emu = emu::start(Config {
+            faults: Faults {
+                latency: std::time::Duration::from_millis(30),
+                ..Faults::default()
+            },
+            ..Config::default()
+        })
+        .await;
+        let run = std::sync::Arc::new(emu::run(
+            &db_only("notes"),
+            &emu.url(),
+            SHA,
+            emu::http_config(),
+        ));
+        let (plan, actual) = run.plan().await.unwrap();
+        let r = run.clone();
+        let task = tokio::spawn(async move { r.apply(plan, actual, 4).await });
+        while emu.counters().writes < stop_after && !task.is_finished() {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        // Dropped mid-flight, like a killed process: no cleanup.
+        task.abort();
+        let _ = task.await;
+        let stopped_at = emu.counters().writes;
+
+        run.converge(3)
+            .await
+            .unwrap_or_else(|e| panic!("stopped at {stopped_at} writes: {e}"));
+        let inv = emu.inventory();
+        assert_eq!(inv["turso.groups"], 1, "stopped at {stopped_at}: {inv:?}");
+        // The database and its marker; the group's marker unless the stop fell between
+        // creating the group and marking it (then the group is used, never claimed).
+        assert!(
+            (2..=3).contains(&inv["turso.databases"]),
+            "stopped at {stopped_at}: {inv:?}"
+        );
+        let seen = run.observe().await.unwrap();
+        assert!(
+            seen.resources.contains_key(&db_key("notes-main")),
+            "stopped at {stopped_at}"
+        );
+        emu.stop().await;
+    }
+}
