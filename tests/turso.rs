@@ -1,7 +1,8 @@
 //! Turso end to end against the emulator: a database (and its group) converge and then plan
 //! nothing, drift is corrected, a preview gets a database seeded from production's and loses
 //! it again, faults never leave duplicates, lookalikes made by hand are never adopted or
-//! deleted, and a database holding data is deleted only when the file allows data loss.
+//! deleted, a database holding data is deleted only when the file allows data loss, and an
+//! apply stopped after any of its writes is finished by the next one.
 //! Plan goldens for Turso creates, updates and deletes live in tests/golden/plan/turso-*.
 
 mod common;
