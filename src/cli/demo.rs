@@ -42,22 +42,108 @@ struct Example {
     drift: &'static [Drift],
 }
 
-const EXAMPLES: &[Example] = &[Example {
-    name: "quickstart",
-    text: include_str!("../../examples/quickstart/telbase.yaml"),
-    about: "a Next.js app on Vercel with a Neon Postgres database",
-    identity: None,
-    drift: &[
-        Drift {
-            request: r#"{"provider": "vercel", "project": "notes-web", "set": {"buildCommand": "npm run build:fast"}, "remove_env": "NEXT_PUBLIC_SITE_NAME"}"#,
-            says: "Vercel: build command of notes-web set to `npm run build:fast`; NEXT_PUBLIC_SITE_NAME removed",
-        },
-        Drift {
-            request: r#"{"provider": "neon", "project": "notes-main", "protected": false}"#,
-            says: "Neon: deletion protection of notes-main turned off",
-        },
-    ],
-}];
+const EXAMPLES: &[Example] = &[
+    Example {
+        name: "quickstart",
+        text: include_str!("../../examples/quickstart/telbase.yaml"),
+        about: "a Next.js app on Vercel with a Neon Postgres database",
+        identity: None,
+        drift: &[
+            Drift {
+                request: r#"{"provider": "vercel", "project": "notes-web", "set": {"buildCommand": "npm run build:fast"}, "remove_env": "NEXT_PUBLIC_SITE_NAME"}"#,
+                says: "Vercel: build command of notes-web set to `npm run build:fast`; NEXT_PUBLIC_SITE_NAME removed",
+            },
+            Drift {
+                request: r#"{"provider": "neon", "project": "notes-main", "protected": false}"#,
+                says: "Neon: deletion protection of notes-main turned off",
+            },
+        ],
+    },
+    Example {
+        name: "nextjs-neon",
+        text: include_str!("../../examples/nextjs-neon/telbase.yaml"),
+        about: "Next.js on Vercel with Neon, behind Cloudflare with a staff Access policy",
+        identity: None,
+        drift: &[
+            Drift {
+                request: r#"{"provider": "vercel", "project": "notes-web", "remove_env": "NEXT_PUBLIC_SITE_NAME"}"#,
+                says: "Vercel: NEXT_PUBLIC_SITE_NAME removed from notes-web",
+            },
+            Drift {
+                request: r#"{"provider": "cloudflare", "zone": "example.com", "settings": {"min_tls_version": "1.0"}}"#,
+                says: "Cloudflare: minimum TLS version of example.com lowered to 1.0",
+            },
+            Drift {
+                request: r#"{"provider": "cloudflare", "zone": "example.com", "record": "www.example.com", "set": {"proxied": false}}"#,
+                says: "Cloudflare: www.example.com no longer proxied",
+            },
+        ],
+    },
+    Example {
+        name: "go-turso",
+        text: include_str!("../../examples/go-turso/telbase.yaml"),
+        about: "a Go service on Cloud Run with a Turso database, behind Cloudflare",
+        identity: None,
+        drift: &[
+            Drift {
+                request: r#"{"provider": "cloud-run", "service": "links-api", "max_instances": 3}"#,
+                says: "Cloud Run: links-api limited to 3 instances",
+            },
+            Drift {
+                request: r#"{"provider": "turso", "database": "links-links", "delete_protection": false}"#,
+                says: "Turso: deletion protection of links-links turned off",
+            },
+            Drift {
+                request: r#"{"provider": "cloudflare", "zone": "example.net", "record": "go.example.net", "set": {"proxied": false}}"#,
+                says: "Cloudflare: go.example.net no longer proxied",
+            },
+        ],
+    },
+    Example {
+        name: "django-cloudsql",
+        text: include_str!("../../examples/django-cloudsql/telbase.yaml"),
+        about: "Django on Cloud Run with Cloud SQL for Postgres, behind Cloudflare",
+        identity: None,
+        drift: &[
+            Drift {
+                request: r#"{"provider": "cloud-sql", "instance": "ledger-db", "backups": false}"#,
+                says: "Cloud SQL: backups of ledger-db turned off",
+            },
+            Drift {
+                request: r#"{"provider": "cloud-run", "service": "ledger-web", "remove_public": true}"#,
+                says: "Cloud Run: ledger-web no longer public",
+            },
+            Drift {
+                request: r#"{"provider": "cloudflare", "zone": "example.org", "settings": {"always_use_https": "off"}}"#,
+                says: "Cloudflare: Always Use HTTPS turned off for example.org",
+            },
+        ],
+    },
+    Example {
+        name: "monorepo",
+        text: include_str!("../../examples/monorepo/telbase.yaml"),
+        about: "a monorepo on Vercel and Cloud Run with Neon and Turso, sealed secrets, two Access policies",
+        identity: Some(include_str!("../../examples/monorepo/demo-identity.txt")),
+        drift: &[
+            Drift {
+                request: r#"{"provider": "vercel", "project": "acme-admin", "set": {"buildCommand": "make"}}"#,
+                says: "Vercel: build command of acme-admin set to `make`",
+            },
+            Drift {
+                request: r#"{"provider": "secret-manager", "secret": "acme-api-STRIPE_SECRET_KEY", "disable_all": true}"#,
+                says: "Secret Manager: every version of acme-api-STRIPE_SECRET_KEY disabled",
+            },
+            Drift {
+                request: r#"{"provider": "neon", "project": "acme-main", "protected": false}"#,
+                says: "Neon: deletion protection of acme-main turned off",
+            },
+            Drift {
+                request: r#"{"provider": "cloudflare", "zone": "example.com", "settings": {"min_tls_version": "1.2"}}"#,
+                says: "Cloudflare: minimum TLS version of example.com lowered to 1.2",
+            },
+        ],
+    },
+];
 
 fn example(name: &str) -> anyhow::Result<&'static Example> {
     EXAMPLES.iter().find(|e| e.name == name).ok_or_else(|| {
