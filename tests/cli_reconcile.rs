@@ -90,6 +90,36 @@ fn demo_runs_to_convergence() {
     );
 }
 
+/// Every example converges under `telbase demo --example NAME`, with drift injected at each
+/// provider it uses detected and corrected, and nothing duplicated (the demo checks the
+/// inventory itself and fails otherwise).
+#[test]
+fn every_example_converges_in_the_demo() {
+    let mut names: Vec<String> = std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("telbase.yaml").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 5, "{names:?}");
+    for name in names {
+        let o = telbase(&["demo", "--example", &name], &root());
+        let t = text(&o);
+        assert!(o.status.success(), "{name}: {t}");
+        assert!(t.contains("━━ 6/8 plan: drift detected"), "{name}: {t}");
+        assert!(t.contains("\nConverged."), "{name}: {t}");
+        assert!(t.contains("nothing duplicated"), "{name}: {t}");
+    }
+    let o = telbase(&["demo", "--example", "nope"], &root());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("there is no example `nope`; the demo can run: quickstart, nextjs-neon"),
+        "{}",
+        text(&o)
+    );
+}
+
 fn write_config(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("telbase.yaml");
     std::fs::write(&p, emu::quickstart("notes")).unwrap();
