@@ -689,14 +689,11 @@ impl DesiredState {
     /// one the service will report and an unchanged commit compares equal.
     pub fn pin_git(&mut self, repo: Option<&str>, sha: &str) {
         for res in self.resources.values_mut() {
-            match &mut res.spec {
-                ResourceSpec::VercelProject(p) => {
-                    p.git_repository = repo.map(str::to_owned);
-                    if matches!(self.environment, Environment::Production) {
-                        p.production_commit = Some(sha.to_owned());
-                    }
+            if let ResourceSpec::VercelProject(p) = &mut res.spec {
+                p.git_repository = repo.map(str::to_owned);
+                if matches!(self.environment, Environment::Production) {
+                    p.production_commit = Some(sha.to_owned());
                 }
-                _ => {}
             }
         }
         self.pin_images(sha);
