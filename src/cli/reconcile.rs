@@ -548,8 +548,18 @@ pub fn emulate_cmd(args: &EmulateArgs) -> ExitCode {
             };
             let handle = emulator::start(args.listen, config).await?;
             println!("Telbase emulator listening on {}", handle.url());
-            println!("  Vercel  {}/vercel", handle.url());
-            println!("  Neon    {}/neon/api/v2", handle.url());
+            use crate::model::Provider as P;
+            for (label, p) in [
+                ("Vercel", P::Vercel),
+                ("Neon", P::Neon),
+                ("Turso", P::Turso),
+                ("Cloudflare", P::Cloudflare),
+                ("Cloud Run", P::CloudRun),
+                ("Secret Manager", P::SecretManager),
+                ("Cloud SQL", P::CloudSql),
+            ] {
+                println!("  {label:<15} {}{}", handle.url(), emulator::prefix(p));
+            }
             println!(
                 "  admin   {}/_admin/counters, /_admin/inventory, POST /_admin/drift",
                 handle.url()
