@@ -561,7 +561,7 @@ pub fn emulate_cmd(args: &EmulateArgs) -> ExitCode {
                 println!("  {label:<15} {}{}", handle.url(), emulator::prefix(p));
             }
             println!(
-                "  admin   {}/_admin/counters, /_admin/inventory, POST /_admin/drift",
+                "  admin           {}/_admin/counters, /_admin/inventory, POST /_admin/drift",
                 handle.url()
             );
             println!(
