@@ -46,6 +46,56 @@ fn key(kind: Kind, name: &str) -> ResourceKey {
     ResourceKey::new(kind, name)
 }
 
+/// Google's kinds beyond the renderings above: in-place updates of a Cloud SQL instance and a
+/// Secret Manager secret, and with prune on the deletion of a Cloud Run service, its domain
+/// mapping, a secret and a Cloud SQL user, while a Cloud SQL database is held back.
+#[test]
+fn golden_google_update_and_delete() {
+    let mut d = desired("django-cloudsql");
+    d.reconcile.prune = true;
+    let mut actual = converged(&d);
+    for o in actual.resources.values_mut() {
+        match &mut o.spec {
+            ResourceSpec::CloudSqlInstance(i) => {
+                i.tier = "db-f1-micro".into();
+                i.backups = false;
+            }
+            ResourceSpec::Secret(s) if s.env == "DATABASE_URL" => {
+                s.source = telbase::model::EnvSource::Plain("typed by hand".into())
+            }
+            _ => {}
+        }
+    }
+    for (kind, name) in [
+        (Kind::CloudRunService, "ledger-worker"),
+        (Kind::CloudRunDomainMapping, "old.example.org"),
+        (Kind::Secret, "ledger-worker-TOKEN"),
+        (Kind::CloudSqlUser, "ledger-reports"),
+        (Kind::CloudSqlDatabase, "ledger-reports"),
+    ] {
+        let template = actual
+            .resources
+            .values()
+            .find(|o| o.key.kind == kind)
+            .unwrap()
+            .clone();
+        actual.resources.insert(
+            key(kind, name),
+            Observed {
+                key: key(kind, name),
+                ..template
+            },
+        );
+    }
+    let p = plan::plan(&d, &actual);
+    let s = p.summary();
+    assert_eq!((s.update, s.delete, s.held_back), (2, 4, 1), "{s:?}");
+    assert_golden(
+        &root().join("tests/golden/plan/google-update-delete.txt"),
+        &plan::render_text(&p),
+    );
+}
+
 #[test]
 fn golden_renderings() {
     let d = desired("django-cloudsql");
