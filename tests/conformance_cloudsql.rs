@@ -3,16 +3,11 @@
 //! is checked against Google's Discovery document for the Cloud SQL Admin API v1
 //! (../shared/provider-apis/gcp-cloud-sql/sqladmin.v1.discovery.json).
 //!
-//! The crate's conformance checker reads OpenAPI 3.0, so this file translates the Discovery
-//! document into the OpenAPI it means (paths from `flatPath`, parameters, request and
-//! response schemas with `$ref`s rewritten) and closes every object schema, so a field the
-//! API does not have (a misspelled `sslMode`) is a violation. When the shared Discovery
-//! loader lands in `src/conformance`, this translation can give way to it.
-//!
-//! Deviations of the real API from its description, relied on here (the one list):
-//! - Error bodies: the Discovery document declares no error responses; Google APIs answer
-//!   `{"error": {"code", "message", "status"}}` (plus `errors`/`details`, which the emulator
-//!   does not send), declared here as every operation's `default` response.
+//! The document is read by the crate's Discovery loader (`src/conformance/discovery.rs`),
+//! which closes every object schema, so a field the API does not have (a misspelled
+//! `sslMode`) is a violation, and gives every operation Google's error envelope
+//! (`{"error": {"code", "message", "status"}}`) as its default response, since Discovery
+//! documents declare none. No other deviation is relied on.
 
 mod common;
 
@@ -20,7 +15,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use secrecy::SecretString;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use common::emu;
 use telbase::conformance::{ApiDescription, Exchange};
@@ -55,142 +50,6 @@ fn discovery() -> Value {
         .join("../shared/provider-apis/gcp-cloud-sql/sqladmin.v1.discovery.json");
     serde_json::from_str(&std::fs::read_to_string(&path).expect("the Discovery document"))
         .expect("valid JSON")
-}
-
-/// A Discovery schema as an OpenAPI schema: `$ref: "X"` → `#/components/schemas/X`, objects
-/// with properties closed, Discovery-only keywords dropped.
-fn schema(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut out = Map::new();
-            for (k, x) in m {
-                match k.as_str() {
-                    "$ref" => {
-                        out.insert(
-                            k.clone(),
-                            json!(format!("#/components/schemas/{}", x.as_str().unwrap_or(""))),
-                        );
-                    }
-                    "id" | "enumDescriptions" | "annotations" | "location" | "deprecated" => {}
-                    "properties" => {
-                        let props: Map<String, Value> = x
-                            .as_object()
-                            .into_iter()
-                            .flatten()
-                            .map(|(n, s)| (n.clone(), schema(s)))
-                            .collect();
-                        out.insert(k.clone(), Value::Object(props));
-                    }
-                    _ => {
-                        out.insert(k.clone(), schema(x));
-                    }
-                }
-            }
-            if out.contains_key("properties") && !out.contains_key("additionalProperties") {
-                out.insert("additionalProperties".into(), json!(false));
-            }
-            Value::Object(out)
-        }
-        Value::Array(a) => Value::Array(a.iter().map(schema).collect()),
-        other => other.clone(),
-    }
-}
-
-fn collect_methods(resources: &Value, out: &mut Vec<Value>) {
-    for r in resources.as_object().into_iter().flatten().map(|(_, r)| r) {
-        out.extend(
-            r.get("methods")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .map(|(_, m)| m.clone()),
-        );
-        if let Some(sub) = r.get("resources") {
-            collect_methods(sub, out);
-        }
-    }
-}
-
-/// The OpenAPI 3.0 document a Discovery document describes.
-fn openapi(d: &Value) -> Value {
-    let mut methods = Vec::new();
-    collect_methods(&d["resources"], &mut methods);
-    let error = json!({
-        "type": "object",
-        "additionalProperties": false,
-        "properties": {"error": {
-            "type": "object",
-            "additionalProperties": false,
-            "properties": {
-                "code": {"type": "integer"},
-                "message": {"type": "string"},
-                "status": {"type": "string"},
-            },
-        }},
-    });
-    let mut paths = Map::new();
-    for m in methods {
-        let path = format!(
-            "/{}",
-            m.get("flatPath")
-                .or_else(|| m.get("path"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        );
-        let verb = m["httpMethod"]
-            .as_str()
-            .unwrap_or("GET")
-            .to_ascii_lowercase();
-        let params: Vec<Value> = m
-            .get("parameters")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-            .map(|(name, p)| {
-                let location = p["location"].as_str().unwrap_or("query");
-                let mut s = json!({"type": p["type"].as_str().unwrap_or("string")});
-                if p.get("repeated") == Some(&json!(true)) {
-                    s = json!({"type": "array", "items": s});
-                }
-                json!({
-                    "name": name,
-                    "in": location,
-                    "required": location == "path" || p.get("required") == Some(&json!(true)),
-                    "schema": s,
-                })
-            })
-            .collect();
-        let mut op = json!({
-            "operationId": m["id"],
-            "parameters": params,
-            "responses": {"default": {"description": "Google error", "content": {"application/json": {"schema": error}}}},
-        });
-        if let Some(r) = m.pointer("/request/$ref").and_then(Value::as_str) {
-            op["requestBody"] = json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{r}")}}}});
-        }
-        let ok = match m.pointer("/response/$ref").and_then(Value::as_str) {
-            Some(r) => {
-                json!({"description": "ok", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{r}")}}}})
-            }
-            None => json!({"description": "ok"}),
-        };
-        op["responses"]["200"] = ok;
-        let entry = paths.entry(path).or_insert_with(|| json!({}));
-        entry[verb] = op;
-    }
-    let schemas: Map<String, Value> = d["schemas"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), schema(v)))
-        .collect();
-    json!({
-        "openapi": "3.0.3",
-        "info": {"title": d["title"], "version": d["version"]},
-        "servers": [{"url": d["rootUrl"]}],
-        "paths": paths,
-        "components": {"schemas": schemas},
-    })
 }
 
 const CONFIG: &str = r#"
@@ -346,8 +205,7 @@ async fn cloud_sql_traffic_matches_the_discovery_document() {
     scenario(&emu.url()).await;
     emu.stop().await;
 
-    let api =
-        ApiDescription::from_value(openapi(&discovery())).expect("the translated document loads");
+    let api = ApiDescription::from_discovery(&discovery()).expect("the Discovery document loads");
     let report = api.compile_all();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
 
@@ -386,8 +244,8 @@ async fn cloud_sql_traffic_matches_the_discovery_document() {
 }
 
 #[test]
-fn the_translation_catches_fields_the_api_does_not_have() {
-    let api = ApiDescription::from_value(openapi(&discovery())).unwrap();
+fn the_checker_catches_fields_the_api_does_not_have() {
+    let api = ApiDescription::from_discovery(&discovery()).unwrap();
     let ex = |body: Value| Exchange {
         method: "POST".into(),
         path: "/v1/projects/p/instances".into(),
