@@ -825,3 +825,63 @@ fn the_socket_url_is_not_for_files_to_ask() {
         }
     ));
 }
+
+/// A service deployed before Cloud Run used the connector (its secret read `url`, it mounted
+/// nothing) moves over on the next apply: the secret gets a new version with the socket URL,
+/// the service gains the volume, and nothing is duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_deployment_moves_to_the_connector() {
+    use telbase::model::Output;
+    let src = std::fs::read_to_string(root().join("examples/django-cloudsql/telbase.yaml"))
+        .expect("the example exists");
+    let emu = emu::start(Config::default()).await;
+    let url = emu.url();
+    let mut old = emu::run(&src, &url, SHA, emu::http_config());
+    for r in old.desired.resources.values_mut() {
+        match &mut r.spec {
+            ResourceSpec::CloudRunService(s) if !s.cloud_sql.is_empty() => {
+                s.cloud_sql.clear();
+                for v in &mut s.env {
+                    if let EnvSource::Output { output, .. } = &mut v.source {
+                        *output = Output::Url;
+                    }
+                }
+                r.depends_on.retain(|k| k.kind != Kind::CloudSqlInstance);
+            }
+            ResourceSpec::Secret(Secret {
+                source: EnvSource::Output { output, .. },
+                ..
+            }) => *output = Output::Url,
+            _ => {}
+        }
+    }
+    old.converge(6).await.unwrap();
+    let secret_key = ResourceKey::new(Kind::Secret, "ledger-web-DATABASE_URL");
+    let read = |run: &emu::Run| {
+        let secret = run.desired.resources[&secret_key].clone();
+        let sm = run.registry[&Provider::SecretManager].clone();
+        let scope = run.scope.clone();
+        async move {
+            sm.output(&scope, &secret, Output::Url)
+                .await
+                .unwrap()
+                .expose_secret()
+                .to_owned()
+        }
+    };
+    assert!(read(&old).await.ends_with("?sslmode=require"));
+
+    let new = emu::run(&src, &url, SHA, emu::http_config());
+    let (p, _) = new.plan().await.unwrap();
+    let text = plan::render_text(&p);
+    assert!(text.contains("socket-url"), "{text}");
+    new.converge(4).await.unwrap();
+    let (again, _) = new.plan().await.unwrap();
+    assert!(!again.has_changes(), "{}", plan::render_text(&again));
+    assert!(read(&new).await.contains("@/db?host=/cloudsql/"));
+    let inv = emu.inventory();
+    assert_eq!(inv["cloud_run.services"], 1, "{inv:?}");
+    assert_eq!(inv["secret_manager.secrets"], 2, "{inv:?}");
+    assert_eq!(inv["cloud_sql.instances"], 1, "{inv:?}");
+    emu.stop().await;
+}
