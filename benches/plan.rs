@@ -56,6 +56,7 @@ fn states(n: usize) -> (DesiredState, ActualState) {
                         name: "MODE".into(),
                         source: EnvSource::Plain("prod".into()),
                     }],
+                    cloud_sql: vec![],
                 }),
                 vec![secret.clone(), other.clone()],
             ),

@@ -628,3 +628,260 @@ async fn more_than_a_page_of_everything() {
     );
     emu.stop().await;
 }
+
+/// examples/django-cloudsql: the service reaches Cloud SQL through the Cloud SQL connector.
+/// It mounts the instance's Cloud SQL volume, and the secret behind `DATABASE_URL` holds the
+/// URL through the mounted socket, never the instance's public address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_sql_is_reached_through_the_connector() {
+    let src = std::fs::read_to_string(root().join("examples/django-cloudsql/telbase.yaml"))
+        .expect("the example exists");
+    let emu = emu::start(Config::default()).await;
+    let url = emu.url();
+    let run = emu::run(&src, &url, SHA, emu::http_config());
+
+    // Lowering: the service names its instance and depends on it; the secret asks for the
+    // socket form of the URL.
+    let service_key = ResourceKey::new(Kind::CloudRunService, "ledger-web");
+    let instance = ResourceKey::new(Kind::CloudSqlInstance, "ledger-db");
+    let service = &run.desired.resources[&service_key];
+    let ResourceSpec::CloudRunService(spec) = &service.spec else {
+        panic!("not a service: {service:?}");
+    };
+    assert_eq!(spec.cloud_sql.len(), 1);
+    assert_eq!(spec.cloud_sql[0].instance, instance);
+    assert_eq!(spec.cloud_sql[0].region, "us-central1");
+    assert!(service.depends_on.contains(&instance));
+    let secret_key = ResourceKey::new(Kind::Secret, "ledger-web-DATABASE_URL");
+    let secret = run.desired.resources[&secret_key].clone();
+    assert_eq!(
+        secret.spec,
+        ResourceSpec::Secret(Secret {
+            env: "DATABASE_URL".into(),
+            source: EnvSource::Output {
+                resource: ResourceKey::new(Kind::CloudSqlDatabase, "ledger-db"),
+                output: telbase::model::Output::SocketUrl,
+            },
+        })
+    );
+
+    run.converge(6).await.unwrap();
+    let (again, _) = run.plan().await.unwrap();
+    assert!(
+        !again.has_changes(),
+        "second plan:\n{}",
+        plan::render_text(&again)
+    );
+
+    // The service as Cloud Run stores it: the Cloud SQL volume with the instance's
+    // connection name (as Cloud SQL reports it), mounted at /cloudsql.
+    let inst = get(
+        &url,
+        "/cloud-sql/v1/projects/telbase-emulator/instances/ledger-db",
+    )
+    .await;
+    let connection = inst["connectionName"].as_str().unwrap().to_owned();
+    assert_eq!(connection, "telbase-emulator:us-central1:ledger-db");
+    let svc = get(
+        &url,
+        "/cloud-run/v2/projects/telbase-emulator/locations/us-central1/services/ledger-web",
+    )
+    .await;
+    assert_eq!(
+        svc["template"]["volumes"],
+        json!([{"name": "cloudsql", "cloudSqlInstance": {"instances": [connection]}}])
+    );
+    assert_eq!(
+        svc["template"]["containers"][0]["volumeMounts"],
+        json!([{"name": "cloudsql", "mountPath": "/cloudsql"}])
+    );
+
+    // The secret: the socket URL, with no public address in it.
+    let value = run.registry[&Provider::SecretManager]
+        .output(&run.scope, &secret, telbase::model::Output::Url)
+        .await
+        .unwrap();
+    let value = value.expose_secret();
+    assert!(
+        value.starts_with("postgresql://db_owner:")
+            && value.ends_with(&format!("@/db?host=/cloudsql/{connection}")),
+        "not the socket URL"
+    );
+    assert!(!value.contains("sslmode"), "sslmode on a socket URL");
+    for a in inst["ipAddresses"].as_array().unwrap() {
+        let ip = a["ipAddress"].as_str().unwrap();
+        assert!(!value.contains(ip), "the secret names the address {ip}");
+    }
+    // Everyone else still gets the public address with TLS required.
+    let db = run.desired.resources[&ResourceKey::new(Kind::CloudSqlDatabase, "ledger-db")].clone();
+    let public = run.registry[&Provider::CloudSql]
+        .output(&run.scope, &db, telbase::model::Output::Url)
+        .await
+        .unwrap();
+    assert!(public.expose_secret().ends_with("/db?sslmode=require"));
+
+    // A volume removed by hand is drift, and corrected.
+    let mut body = svc.clone();
+    body["template"].as_object_mut().unwrap().remove("volumes");
+    body["template"]["containers"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("volumeMounts");
+    let r = reqwest::Client::new()
+        .patch(format!(
+            "{url}/cloud-run/v2/projects/telbase-emulator/locations/us-central1/services/ledger-web"
+        ))
+        .bearer_auth(EMULATOR_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let (drift, _) = run.plan().await.unwrap();
+    let text = plan::render_text(&drift);
+    assert!(
+        text.contains(r#"cloud_sql: [] → ["us-central1:ledger-db"]"#),
+        "{text}"
+    );
+    assert!(
+        drift
+            .steps
+            .iter()
+            .any(|s| s.key == service_key && s.action == Action::Update),
+        "{}",
+        plan::render_text(&drift)
+    );
+    run.converge(4).await.unwrap();
+    let svc = get(
+        &url,
+        "/cloud-run/v2/projects/telbase-emulator/locations/us-central1/services/ledger-web",
+    )
+    .await;
+    assert_eq!(
+        svc["template"]["volumes"][0]["cloudSqlInstance"]["instances"],
+        json!([connection])
+    );
+
+    // The emulator refuses what Cloud Run refuses: a mount of an undeclared volume, a Cloud
+    // SQL volume mounted elsewhere, an instance that is not a connection name.
+    let service_url = format!(
+        "{url}/cloud-run/v2/projects/telbase-emulator/locations/us-central1/services/ledger-web"
+    );
+    for (pointer, bad) in [
+        ("/template/containers/0/volumeMounts/0/name", json!("nope")),
+        (
+            "/template/containers/0/volumeMounts/0/mountPath",
+            json!("/sql"),
+        ),
+        (
+            "/template/volumes/0/cloudSqlInstance/instances/0",
+            json!("ledger-db"),
+        ),
+    ] {
+        let mut body = svc.clone();
+        *body.pointer_mut(pointer).unwrap() = bad;
+        let r = reqwest::Client::new()
+            .patch(&service_url)
+            .bearer_auth(EMULATOR_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{pointer}");
+    }
+    emu.stop().await;
+}
+
+/// `socket-url` is lowering's own choice for Cloud Run consumers of Cloud SQL: a file cannot
+/// ask for it, and a Vercel app reading the same database keeps the public URL.
+#[test]
+fn the_socket_url_is_not_for_files_to_ask() {
+    use telbase::model::{Environment, Output};
+    let src = std::fs::read_to_string(root().join("examples/django-cloudsql/telbase.yaml"))
+        .expect("the example exists");
+    let asked = src.replace("databases.db.url", "databases.db.socket-url");
+    assert_ne!(asked, src);
+    assert!(
+        telbase::config::load_str(&asked, Environment::Production).is_err(),
+        "a file asked for socket-url and was accepted"
+    );
+    let with_vercel = src.replacen(
+        "\ndatabases:\n",
+        "  site:\n    framework: nextjs\n    env:\n      DATABASE_URL: { from: databases.db.url }\n\ndatabases:\n",
+        1,
+    );
+    assert_ne!(with_vercel, src);
+    let (desired, _) = telbase::config::load_str(&with_vercel, Environment::Production).unwrap();
+    let ResourceSpec::VercelProject(site) =
+        &desired.resources[&ResourceKey::new(Kind::VercelProject, "ledger-site")].spec
+    else {
+        panic!("no Vercel project");
+    };
+    assert!(matches!(
+        site.env[0].source,
+        EnvSource::Output {
+            output: Output::Url,
+            ..
+        }
+    ));
+}
+
+/// A service deployed before Cloud Run used the connector (its secret read `url`, it mounted
+/// nothing) moves over on the next apply: the secret gets a new version with the socket URL,
+/// the service gains the volume, and nothing is duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_deployment_moves_to_the_connector() {
+    use telbase::model::Output;
+    let src = std::fs::read_to_string(root().join("examples/django-cloudsql/telbase.yaml"))
+        .expect("the example exists");
+    let emu = emu::start(Config::default()).await;
+    let url = emu.url();
+    let mut old = emu::run(&src, &url, SHA, emu::http_config());
+    for r in old.desired.resources.values_mut() {
+        match &mut r.spec {
+            ResourceSpec::CloudRunService(s) if !s.cloud_sql.is_empty() => {
+                s.cloud_sql.clear();
+                for v in &mut s.env {
+                    if let EnvSource::Output { output, .. } = &mut v.source {
+                        *output = Output::Url;
+                    }
+                }
+                r.depends_on.retain(|k| k.kind != Kind::CloudSqlInstance);
+            }
+            ResourceSpec::Secret(Secret {
+                source: EnvSource::Output { output, .. },
+                ..
+            }) => *output = Output::Url,
+            _ => {}
+        }
+    }
+    old.converge(6).await.unwrap();
+    let secret_key = ResourceKey::new(Kind::Secret, "ledger-web-DATABASE_URL");
+    let read = |run: &emu::Run| {
+        let secret = run.desired.resources[&secret_key].clone();
+        let sm = run.registry[&Provider::SecretManager].clone();
+        let scope = run.scope.clone();
+        async move {
+            sm.output(&scope, &secret, Output::Url)
+                .await
+                .unwrap()
+                .expose_secret()
+                .to_owned()
+        }
+    };
+    assert!(read(&old).await.ends_with("?sslmode=require"));
+
+    let new = emu::run(&src, &url, SHA, emu::http_config());
+    let (p, _) = new.plan().await.unwrap();
+    let text = plan::render_text(&p);
+    assert!(text.contains("socket-url"), "{text}");
+    new.converge(4).await.unwrap();
+    let (again, _) = new.plan().await.unwrap();
+    assert!(!again.has_changes(), "{}", plan::render_text(&again));
+    assert!(read(&new).await.contains("@/db?host=/cloudsql/"));
+    let inv = emu.inventory();
+    assert_eq!(inv["cloud_run.services"], 1, "{inv:?}");
+    assert_eq!(inv["secret_manager.secrets"], 2, "{inv:?}");
+    assert_eq!(inv["cloud_sql.instances"], 1, "{inv:?}");
+    emu.stop().await;
+}

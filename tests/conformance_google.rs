@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use telbase::conformance::{ApiDescription, Exchange};
 use telbase::emulator::Config;
 use telbase::model::{
-    Domain, EnvSource, Kind, Output, Provider, Resource, ResourceKey, ResourceSpec, Secret,
+    CloudSqlMount, Domain, EnvSource, Kind, Output, Provider, Resource, ResourceKey, ResourceSpec,
+    Secret,
 };
 use telbase::providers::{Change, Inputs};
 
@@ -125,6 +126,17 @@ async fn scenario(emu: &telbase::emulator::Handle) {
     run.desired
         .resources
         .insert(password.clone(), generated.clone());
+
+    // The service also mounts a Cloud SQL instance (the volume and its mount are checked
+    // against the v2 schema; Cloud Run does not look the instance up when deploying).
+    if let ResourceSpec::CloudRunService(s) =
+        &mut run.desired.resources.get_mut(&service).unwrap().spec
+    {
+        s.cloud_sql = vec![CloudSqlMount {
+            instance: ResourceKey::new(Kind::CloudSqlInstance, "links-main"),
+            region: "us-east1".into(),
+        }];
+    }
 
     // 1. Create everything; a second apply of the mapping finds it in place.
     run.converge(4).await.unwrap();
@@ -268,6 +280,12 @@ async fn google_traffic_conforms_to_the_discovery_documents() {
             "{name}: the clients used operations this test does not list: {unexpected:?}"
         );
     }
+    assert!(
+        text.contains(
+            r#""cloudSqlInstance":{"instances":["telbase-emulator:us-east1:links-main"]}"#
+        ),
+        "the Cloud SQL volume was never exchanged"
+    );
     // Recordings never hold secret values: payloads and connection strings are redacted.
     assert!(
         !text.contains("postgresql://"),

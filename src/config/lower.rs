@@ -11,10 +11,10 @@ use super::file::{self, App, ConfigFile, DatabaseProvider, EnvTarget, EnvValue, 
 use super::semantic::effective_provider;
 use super::units;
 use crate::model::{
-    AccessApplication, AccessPolicy, CloudRunService, CloudSqlInstance, CloudSqlUser, DesiredState,
-    DnsRecord, Domain, EnvSource, EnvVar, Environment, Kind, NamedDatabase, NeonBranch,
-    NeonProject, Output, Probe, ReconcilePolicy, Resource, ResourceKey, ResourceSpec, Sealed,
-    Secret, TursoDatabase, TursoGroup, VercelProject, ZoneSettings,
+    AccessApplication, AccessPolicy, CloudRunService, CloudSqlInstance, CloudSqlMount,
+    CloudSqlUser, DesiredState, DnsRecord, Domain, EnvSource, EnvVar, Environment, Kind,
+    NamedDatabase, NeonBranch, NeonProject, Output, Probe, ReconcilePolicy, Resource, ResourceKey,
+    ResourceSpec, Sealed, Secret, TursoDatabase, TursoGroup, VercelProject, ZoneSettings,
 };
 
 pub const DEFAULT_DRIFT: &str = "*/15 * * * *";
@@ -132,6 +132,43 @@ impl Lowering<'_> {
                 })
             })
             .collect()
+    }
+}
+
+impl Lowering<'_> {
+    /// A Cloud Run service reaches Cloud SQL through the Cloud SQL connector, not the
+    /// instance's public address (which admits no one: it has no authorized networks). Every
+    /// Cloud SQL instance the env reads from is mounted (`/cloudsql/<connectionName>`), and
+    /// `url` becomes the socket form of the URL; the other outputs are unchanged. Returns the
+    /// env and the instances, sorted and without duplicates.
+    fn cloud_sql_consumer(&self, env: Vec<EnvVar>) -> (Vec<EnvVar>, Vec<CloudSqlMount>) {
+        let mut mounts = BTreeSet::new();
+        let env = env
+            .into_iter()
+            .map(|mut var| {
+                if let EnvSource::Output { resource, output } = &mut var.source
+                    && resource.kind == Kind::CloudSqlDatabase
+                {
+                    // The instance shares the database resource's name (see `lower`).
+                    let region = self
+                        .cfg
+                        .databases
+                        .iter()
+                        .find(|(name, _)| self.prefixed(name) == resource.name.as_str())
+                        .and_then(|(_, db)| db.region.clone())
+                        .unwrap_or_default();
+                    mounts.insert(CloudSqlMount {
+                        instance: ResourceKey::new(Kind::CloudSqlInstance, resource.name.clone()),
+                        region,
+                    });
+                    if *output == Output::Url {
+                        *output = Output::SocketUrl;
+                    }
+                }
+                var
+            })
+            .collect();
+        (env, mounts.into_iter().collect())
     }
 }
 
@@ -421,6 +458,8 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
             );
         } else {
             let mut deps = deps;
+            let (env, cloud_sql) = l.cloud_sql_consumer(env);
+            deps.extend(cloud_sql.iter().map(|m| m.instance.clone()));
             // Secrets never travel as plain env on Cloud Run: each one becomes a Secret
             // Manager secret the service references.
             for var in &env {
@@ -479,6 +518,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                     probe,
                     public,
                     env,
+                    cloud_sql,
                 }),
                 deps,
             );

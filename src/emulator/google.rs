@@ -408,6 +408,7 @@ fn writable(body: &Value) -> Result<Map<String, Value>, String> {
             json!({"timeoutSeconds": 240, "periodSeconds": 240, "failureThreshold": 1, "tcpSocket": {"port": port}})
         });
     }
+    check_volumes(template)?;
     template
         .entry("maxInstanceRequestConcurrency")
         .or_insert(json!(80));
@@ -425,6 +426,74 @@ fn writable(body: &Value) -> Result<Map<String, Value>, String> {
     spec.entry("traffic")
         .or_insert(json!([{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}]));
     Ok(spec)
+}
+
+/// Volumes as Cloud Run checks them: every mount names a declared volume, a Cloud SQL
+/// volume lists connection names (`project:region:instance`) and is mounted only at
+/// `/cloudsql` (or with an empty path, which means the same).
+fn check_volumes(template: &Map<String, Value>) -> Result<(), String> {
+    let volumes: Vec<&Value> = template
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut cloud_sql = Vec::new();
+    for (i, v) in volumes.iter().enumerate() {
+        let name = v
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or(format!("template.volumes[{i}].name: a name is required"))?;
+        if let Some(sql) = v.get("cloudSqlInstance") {
+            for c in sql
+                .get("instances")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let ok = c
+                    .as_str()
+                    .is_some_and(|c| c.split(':').count() >= 3 && !c.split(':').any(str::is_empty));
+                if !ok {
+                    return Err(format!(
+                        "template.volumes[{i}].cloudSqlInstance.instances: {c} is not a connection name of the form project:region:instance"
+                    ));
+                }
+            }
+            cloud_sql.push(name);
+        }
+    }
+    let containers = template
+        .get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    for (ci, c) in containers.enumerate() {
+        for m in c
+            .get("volumeMounts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let name = m.get("name").and_then(Value::as_str).unwrap_or("");
+            if !volumes
+                .iter()
+                .any(|v| v.get("name").and_then(Value::as_str) == Some(name))
+            {
+                return Err(format!(
+                    "template.containers[{ci}].volumeMounts: volume `{name}` is not declared in template.volumes"
+                ));
+            }
+            let path = m.get("mountPath").and_then(Value::as_str).unwrap_or("");
+            if cloud_sql.contains(&name) && !path.is_empty() && path != "/cloudsql" {
+                return Err(format!(
+                    "template.containers[{ci}].volumeMounts: a Cloud SQL volume must be mounted at /cloudsql, not {path}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether this template's revision fails its health check: an image tagged `bad…`.

@@ -194,13 +194,22 @@ pub enum Output {
     User,
     Password,
     Token,
+    /// A Cloud SQL database's URL through the Unix socket that Cloud Run's Cloud SQL volume
+    /// mounts (`host=/cloudsql/<connectionName>`), for a Cloud Run service's secrets. Made
+    /// only by lowering, never read from telbase.yaml (`url` is what a file writes; lowering
+    /// picks this form for Cloud Run consumers of Cloud SQL).
+    #[serde(rename = "socket-url")]
+    SocketUrl,
 }
 
 impl Output {
     /// Outputs that are credentials, or contain one; they are always written to providers as
     /// sensitive values.
     pub fn is_secret(self) -> bool {
-        matches!(self, Output::Url | Output::Password | Output::Token)
+        matches!(
+            self,
+            Output::Url | Output::SocketUrl | Output::Password | Output::Token
+        )
     }
 }
 
@@ -384,6 +393,24 @@ pub struct CloudRunService {
     pub public: bool,
     #[serde(serialize_with = "env_as_map")]
     pub env: Vec<EnvVar>,
+    /// The Cloud SQL instances mounted through Cloud Run's Cloud SQL volume (at `/cloudsql`),
+    /// sorted by key: those whose databases the env reads from. Empty: no volume.
+    pub cloud_sql: Vec<CloudSqlMount>,
+}
+
+/// One Cloud SQL instance a Cloud Run service reaches through the Cloud SQL connector. The
+/// provider completes the connection name (`<google project>:<region>:<instance>`) with
+/// its own project. Serialized (plans) as the rest of that name, `<region>:<instance>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CloudSqlMount {
+    pub instance: ResourceKey,
+    pub region: String,
+}
+
+impl Serialize for CloudSqlMount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}:{}", self.region, self.instance.name))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -31,8 +31,8 @@ use serde_json::{Map, Value, json};
 use super::ops;
 use super::project;
 use crate::model::{
-    self, CloudRunService, DesiredState, Domain, EnvSource, EnvVar, Kind, Observed, Output, Probe,
-    Resource, ResourceKey, ResourceSpec,
+    self, CloudRunService, CloudSqlMount, DesiredState, Domain, EnvSource, EnvVar, Kind, Observed,
+    Output, Probe, Resource, ResourceKey, ResourceSpec,
 };
 use crate::providers::http::{Call, Endpoint, Http, Retry};
 use crate::providers::{
@@ -46,6 +46,11 @@ const P: model::Provider = model::Provider::CloudRun;
 pub const ENV_SOURCES: &str = "telbase.dev/env-sources";
 const INVOKER: &str = "roles/run.invoker";
 const ALL_USERS: &str = "allUsers";
+/// The volume through which Cloud Run runs the Cloud SQL connector, and where the container
+/// sees it: each instance's socket is under `/cloudsql/<connectionName>` (the only path
+/// Cloud Run accepts for a Cloud SQL volume).
+const CLOUD_SQL_VOLUME: &str = "cloudsql";
+const CLOUD_SQL_MOUNT: &str = "/cloudsql";
 /// The label Cloud Run puts on every service with its region (v1 API).
 const LOCATION_LABEL: &str = "cloud.googleapis.com/location";
 
@@ -114,9 +119,11 @@ fn probe_body(p: &Probe, port: u16) -> Value {
     })
 }
 
-/// The v2 Service body for a spec. `image` has the commit substituted already.
+/// The v2 Service body for a spec. `image` has the commit substituted already; `project`
+/// is the Google project, which completes Cloud SQL connection names.
 pub fn service_body(
     scope: &Scope,
+    project: &str,
     name: &str,
     spec: &CloudRunService,
     inputs: &Inputs,
@@ -159,6 +166,25 @@ pub fn service_body(
         container["startupProbe"] = probe_body(p, spec.port);
         container["livenessProbe"] = probe_body(p, spec.port);
     }
+    let mut template = json!({
+        "containers": [],
+        "scaling": {"minInstanceCount": spec.min_instances, "maxInstanceCount": spec.max_instances},
+        "maxInstanceRequestConcurrency": spec.concurrency,
+    });
+    if !spec.cloud_sql.is_empty() {
+        let instances: Vec<String> = spec
+            .cloud_sql
+            .iter()
+            .map(|m| connection_name(project, m))
+            .collect();
+        template["volumes"] = json!([{
+            "name": CLOUD_SQL_VOLUME,
+            "cloudSqlInstance": {"instances": instances},
+        }]);
+        container["volumeMounts"] =
+            json!([{"name": CLOUD_SQL_VOLUME, "mountPath": CLOUD_SQL_MOUNT}]);
+    }
+    template["containers"] = json!([container]);
     let mut annotations = Map::new();
     annotations.insert(
         ENV_SOURCES.into(),
@@ -168,18 +194,77 @@ pub fn service_body(
         "labels": ops::labels(scope),
         "annotations": annotations,
         "ingress": "INGRESS_TRAFFIC_ALL",
-        "template": {
-            "containers": [container],
-            "scaling": {"minInstanceCount": spec.min_instances, "maxInstanceCount": spec.max_instances},
-            "maxInstanceRequestConcurrency": spec.concurrency,
-        },
+        "template": template,
         "traffic": [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}],
     }))
 }
 
+/// `<google project>:<region>:<instance>`, the form Cloud Run's Cloud SQL volume takes.
+pub fn connection_name(project: &str, m: &CloudSqlMount) -> String {
+    format!("{project}:{}:{}", m.region, m.instance.name)
+}
+
+/// The Cloud SQL instances a service mounts, as the model names them. Only the volume
+/// Telbase writes counts, and only when the container mounts it at `/cloudsql`: anything
+/// else (a mount moved, an instance of another project) maps to an entry no spec has, so
+/// it shows as a difference and is rewritten.
+fn mounted_instances(s: &Value, project: &str) -> Vec<CloudSqlMount> {
+    let volume = s
+        .pointer("/template/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|v| v.get("name").and_then(Value::as_str) == Some(CLOUD_SQL_VOLUME));
+    let Some(volume) = volume else {
+        return Vec::new();
+    };
+    let mounted = s
+        .pointer("/template/containers/0/volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|m| {
+            m.get("name").and_then(Value::as_str) == Some(CLOUD_SQL_VOLUME)
+                // Cloud Run accepts an empty path for a Cloud SQL volume and means `/cloudsql`.
+                && m.get("mountPath")
+                    .and_then(Value::as_str)
+                    .is_none_or(|p| p.is_empty() || p == CLOUD_SQL_MOUNT)
+        });
+    let mut out: Vec<CloudSqlMount> = volume
+        .pointer("/cloudSqlInstance/instances")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|c| {
+            // The project part may itself hold a colon (`example.com:proj`): split from
+            // the right.
+            let mut parts = c.rsplitn(3, ':');
+            let (instance, region, owner) = (parts.next(), parts.next(), parts.next());
+            match (instance, region, owner) {
+                (Some(i), Some(r), Some(p)) if p == project && mounted => CloudSqlMount {
+                    instance: ResourceKey::new(Kind::CloudSqlInstance, i),
+                    region: r.to_owned(),
+                },
+                _ => CloudSqlMount {
+                    instance: ResourceKey::new(
+                        Kind::CloudSqlInstance,
+                        format!("{c} (not mounted as Telbase wrote it)"),
+                    ),
+                    region: String::new(),
+                },
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// A v2 Service as the model sees it, with Cloud Run's defaults filled so that a service
-/// written from a spec maps back to exactly that spec. `public` comes from IAM.
-pub fn map_service(s: &Value, public: bool) -> CloudRunService {
+/// written from a spec maps back to exactly that spec. `public` comes from IAM; `project`
+/// is the Google project, against which Cloud SQL connection names are read.
+pub fn map_service(s: &Value, public: bool, project: &str) -> CloudRunService {
     let name = str_at(s, "/name").unwrap_or("");
     // projects/{p}/locations/{region}/services/{id}
     let region = name.split('/').nth(3).unwrap_or("").to_owned();
@@ -293,6 +378,7 @@ pub fn map_service(s: &Value, public: bool) -> CloudRunService {
         probe,
         public,
         env,
+        cloud_sql: mounted_instances(s, project),
     }
 }
 
@@ -474,7 +560,7 @@ impl CloudRun {
         }
         let mut concrete = spec.clone();
         concrete.image = concrete_image(scope, &spec.image).map_err(&fail)?;
-        let body = service_body(scope, name, &concrete, inputs).map_err(&fail)?;
+        let body = service_body(scope, &self.project, name, &concrete, inputs).map_err(&fail)?;
         let existing = self.get_service(&spec.region, name).await?;
         if let Some(s) = &existing
             && !ops::owned(s.get("labels"), name, scope)
@@ -726,7 +812,7 @@ impl CloudRun {
                 services.insert(id.clone(), region.clone());
                 out.push(Observed {
                     key: ResourceKey::new(Kind::CloudRunService, id),
-                    spec: ResourceSpec::CloudRunService(map_service(&s, public)),
+                    spec: ResourceSpec::CloudRunService(map_service(&s, public, &self.project)),
                     provider_id: name.to_owned(),
                     deletion_allowed: false,
                 });
@@ -964,7 +1050,48 @@ mod tests {
                     source: EnvSource::Sealed(Sealed::new("armor".into())),
                 },
             ],
+            cloud_sql: vec![CloudSqlMount {
+                instance: ResourceKey::new(Kind::CloudSqlInstance, "links-db"),
+                region: "us-east1".into(),
+            }],
         }
+    }
+
+    #[test]
+    fn cloud_sql_volumes_are_written_and_read_back() {
+        let s = scope();
+        let mut want = spec();
+        want.image = concrete_image(&s, &want.image).unwrap();
+        let mut body = service_body(&s, "proj", "links-api", &want, &Inputs::default()).unwrap();
+        assert_eq!(
+            body.pointer("/template/volumes"),
+            Some(
+                &json!([{"name": "cloudsql", "cloudSqlInstance": {"instances": ["proj:us-east1:links-db"]}}])
+            )
+        );
+        assert_eq!(
+            body.pointer("/template/containers/0/volumeMounts"),
+            Some(&json!([{"name": "cloudsql", "mountPath": "/cloudsql"}]))
+        );
+        body["name"] = json!("projects/proj/locations/us-east1/services/links-api");
+        assert_eq!(map_service(&body, true, "proj"), want);
+        // Read against another project, the same volume names someone else's instance.
+        assert_ne!(map_service(&body, true, "other").cloud_sql, want.cloud_sql);
+        // A mount moved elsewhere is not ours any more.
+        body["template"]["containers"][0]["volumeMounts"][0]["mountPath"] = json!("/sql");
+        assert_ne!(map_service(&body, true, "proj").cloud_sql, want.cloud_sql);
+        // An empty path means `/cloudsql` to Cloud Run.
+        body["template"]["containers"][0]["volumeMounts"][0]["mountPath"] = json!("");
+        assert_eq!(map_service(&body, true, "proj").cloud_sql, want.cloud_sql);
+        // No Cloud SQL: no volume, no mount.
+        want.cloud_sql.clear();
+        let plain = service_body(&s, "proj", "links-api", &want, &Inputs::default()).unwrap();
+        assert!(plain.pointer("/template/volumes").is_none());
+        assert!(
+            plain
+                .pointer("/template/containers/0/volumeMounts")
+                .is_none()
+        );
     }
 
     #[test]
@@ -973,7 +1100,7 @@ mod tests {
         let mut want = spec();
         want.image = concrete_image(&s, &want.image).unwrap();
         assert_eq!(want.image, "r/api:4f2a9c1");
-        let mut body = service_body(&s, "links-api", &want, &Inputs::default()).unwrap();
+        let mut body = service_body(&s, "proj", "links-api", &want, &Inputs::default()).unwrap();
         let text = body.to_string();
         assert!(!text.contains("armor"));
         assert_eq!(
@@ -982,15 +1109,19 @@ mod tests {
         );
         body["name"] = json!("projects/p/locations/us-east1/services/links-api");
         body["terminalCondition"] = json!({"state": "CONDITION_SUCCEEDED"});
-        assert_eq!(map_service(&body, true), want);
+        assert_eq!(map_service(&body, true, "proj"), want);
         // A failed revision shows as a difference, with the reason.
         body["terminalCondition"] = json!({"state": "CONDITION_FAILED", "message": "probe failed"});
-        assert!(map_service(&body, true).image.contains("probe failed"));
+        assert!(
+            map_service(&body, true, "proj")
+                .image
+                .contains("probe failed")
+        );
         // A reference moved by hand is not taken for ours.
         body["terminalCondition"] = json!({"state": "CONDITION_SUCCEEDED"});
         body["template"]["containers"][0]["env"][1]["valueSource"]["secretKeyRef"]["secret"] =
             json!("other");
-        assert_ne!(map_service(&body, true), want);
+        assert_ne!(map_service(&body, true, "proj"), want);
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! The password is never read from Cloud SQL (it cannot be): the user is created with the
 //! value the executor resolved from Secret Manager (`Inputs.env["password"]`), and
 //! connection strings read it from Secret Manager again, on demand. Cloud Run does not use
-//! the composed URL: it mounts the instance's `connectionName` through the Cloud SQL volume.
+//! the public-address URL: it mounts the instance's `connectionName` through the Cloud SQL
+//! volume, and its secrets get the socket form of the URL (`Output::SocketUrl`).
 
 use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
@@ -949,6 +950,30 @@ impl CloudSql {
         let inst = self
             .require_instance(scope, &resource.key.name, &what)
             .await?;
+        if output == Output::SocketUrl {
+            // The socket Cloud Run's Cloud SQL volume mounts at `/cloudsql/<connectionName>`
+            // (libpq: a `host` starting with `/` is a socket directory). No `sslmode`: libpq
+            // ignores it on Unix-domain sockets ("sslmode is ignored for Unix domain socket
+            // communication", libpq connection parameters, PostgreSQL docs since 8.3), and
+            // drivers that do not ignore it would try TLS on a socket that speaks plain
+            // Postgres. The socket never leaves the container; Google's connector carries
+            // the connection to the instance over TLS itself, which is why the instance's
+            // `ENCRYPTED_ONLY` admits it.
+            let connection = s(&inst, "/connectionName").ok_or_else(|| {
+                err(
+                    ErrorKind::NotFound,
+                    &what,
+                    "the instance has no connection name yet",
+                )
+            })?;
+            let password = self.read_secret(&secret_id, &what).await?;
+            return Ok(SecretString::from(socket_url(
+                &db.owner,
+                password.expose_secret(),
+                &db.database,
+                &connection,
+            )));
+        }
         let ip = inst
             .get("ipAddresses")
             .and_then(Value::as_array)
@@ -983,6 +1008,23 @@ impl CloudSql {
             )),
         }
     }
+}
+
+/// `postgresql://<user>:<password>@/<db>?host=/cloudsql/<connectionName>`: the libpq URI
+/// form for a socket directory (empty host, `host` parameter). The connection name's colons
+/// are legal in a query value and stay as they are, so the path is readable.
+pub fn socket_url(user: &str, password: &str, database: &str, connection: &str) -> String {
+    format!(
+        "postgresql://{}:{}@/{}?host=/cloudsql/{}",
+        url_part(user),
+        url_part(password),
+        url_part(database),
+        connection
+            .split(':')
+            .map(url_part)
+            .collect::<Vec<_>>()
+            .join(":")
+    )
 }
 
 impl Provider for CloudSql {
@@ -1028,6 +1070,10 @@ mod tests {
         assert_eq!(url_part("a b/c:d@e"), "a%20b%2Fc%3Ad%40e");
         assert_eq!(url_part("Ab9-_.~"), "Ab9-_.~");
         assert_eq!(edition("db-custom-1-3840"), "ENTERPRISE");
+        assert_eq!(
+            socket_url("db_owner", "p@ss", "db", "proj:us-central1:ledger-db"),
+            "postgresql://db_owner:p%40ss@/db?host=/cloudsql/proj:us-central1:ledger-db"
+        );
         assert_eq!(edition("db-perf-optimized-N-2"), "ENTERPRISE_PLUS");
     }
 
