@@ -213,10 +213,14 @@ pub fn normalize(diags: &mut Vec<Diagnostic>) {
 /// Replace control characters (terminal escapes, newlines inside a message) with visible
 /// escapes, and cap the length of anything quoted from the user's file.
 pub fn sanitize(text: &str) -> String {
-    const MAX: usize = 200;
-    let mut out = String::with_capacity(text.len().min(MAX + 8));
+    sanitize_to(text, 200)
+}
+
+/// `sanitize` with another length limit, in characters (provider messages are longer).
+pub fn sanitize_to(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max + 8));
     for (n, ch) in text.chars().enumerate() {
-        if n == MAX {
+        if n == max {
             out.push('…');
             break;
         }

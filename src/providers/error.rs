@@ -79,13 +79,10 @@ impl ProviderError {
     ) -> Self {
         let message: String = message.into();
         // Provider messages are outside input: one line, bounded, no control characters.
-        let mut message = crate::config::diag::sanitize(
+        let message = crate::config::diag::sanitize_to(
             &message.split_whitespace().collect::<Vec<_>>().join(" "),
+            MAX_MESSAGE,
         );
-        if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE) {
-            message.truncate(cut);
-            message.push('…');
-        }
         ProviderError {
             provider: provider.as_str(),
             kind,

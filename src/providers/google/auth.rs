@@ -204,6 +204,9 @@ pub struct Adc {
     client: reqwest::Client,
     config: AdcConfig,
     cache: tokio::sync::Mutex<Option<Cached>>,
+    /// Set when the metadata probe found no server: asked again, the answer is the same,
+    /// so every later caller fails at once instead of waiting out another probe.
+    no_metadata: std::sync::OnceLock<AuthError>,
 }
 
 impl std::fmt::Debug for Adc {
@@ -342,6 +345,7 @@ impl Adc {
             client,
             config,
             cache: tokio::sync::Mutex::new(None),
+            no_metadata: std::sync::OnceLock::new(),
         })
     }
 
@@ -557,14 +561,20 @@ impl Adc {
                     .query(&[("scopes", SCOPE)]);
                 // Off Google Cloud the probe is the first request: a short limit keeps a
                 // laptop without credentials from hanging on an address nobody answers.
+                if let Some(e) = self.no_metadata.get() {
+                    return Err(e.clone());
+                }
                 let limit = probe.then_some(self.config.probe_timeout);
                 self.token_call(req, limit).await.map_err(|mut e| {
                     if *probe && e.status.is_none() {
+                        // The explanation first: messages are capped, and the socket error
+                        // after it matters less.
                         e.kind = ErrorKind::Auth;
                         e.message = format!(
-                            "{}. No Google credentials were found: GOOGLE_OAUTH_ACCESS_TOKEN and GOOGLE_APPLICATION_CREDENTIALS are unset, there is no gcloud application-default login (`gcloud auth application-default login`), and this does not look like Google Cloud",
+                            "none found: set GOOGLE_APPLICATION_CREDENTIALS to a key file, run `gcloud auth application-default login`, or set GOOGLE_OAUTH_ACCESS_TOKEN (off Google Cloud: the metadata server probe {})",
                             e.message
                         );
+                        let _ = self.no_metadata.set(e.clone());
                     }
                     e
                 })
