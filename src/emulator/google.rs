@@ -1,9 +1,10 @@
-//! The emulated Google Cloud under `/cloud-run`, `/secret-manager` and `/cloud-sql`, routed
-//! on the provider: Cloud Run Admin API v2 services (with revisions, IAM invoker policy and
+//! The emulated Google Cloud under `/cloud-run` and `/secret-manager`, routed on the
+//! provider: Cloud Run Admin API v2 services (with revisions, IAM invoker policy and
 //! long-running operations), the v1 API's global service list and domain mappings, and
 //! Secret Manager v1 secrets and versions. Paths, fields, the `{"error": {code, message,
 //! status}}` envelope and `pageToken`/`nextPageToken` pagination follow the Discovery
-//! documents in ../shared/provider-apis/gcp-*. Cloud SQL is served by `cloud_sql` below.
+//! documents in ../shared/provider-apis/gcp-*. Cloud SQL (`/cloud-sql`) is its own module,
+//! `emulator::cloudsql`.
 //!
 //! Cloud Run behaviour worth knowing: an image whose tag starts with `bad` makes a revision
 //! that fails its startup probe: the operation ends with Cloud Run's error, and traffic stays
@@ -103,17 +104,18 @@ pub(crate) fn literal(segment: &str, _index: usize) -> bool {
     )
 }
 
+/// Cloud Run and Secret Manager (Cloud SQL has its own module, `emulator::cloudsql`).
 pub(crate) fn route(w: &mut World, req: &Req<'_>, provider: Provider) -> Answer {
     match provider {
         Provider::CloudRun => cloud_run(w, req),
         Provider::SecretManager => secret_manager(w, req),
-        _ => cloud_sql(w, req),
+        other => provider_error(
+            other,
+            404,
+            "not_found",
+            "not a Cloud Run or Secret Manager route",
+        ),
     }
-}
-
-/// Cloud SQL Admin v1: not emulated yet (being built separately).
-fn cloud_sql(_w: &mut World, _req: &Req<'_>) -> Answer {
-    provider_error(Provider::CloudSql, 404, "not_found", "not emulated yet")
 }
 
 fn run_err(status: u16, message: &str) -> Answer {
@@ -1325,6 +1327,6 @@ pub(crate) fn drift(w: &mut World, body: &Value) -> Result<Value, String> {
             }
             Ok(json!({"changed": changed}))
         }
-        _ => Err("Cloud SQL drift is not emulated yet".into()),
+        _ => Err("this drift handler serves cloud-run and secret-manager".into()),
     }
 }
