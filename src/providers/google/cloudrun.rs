@@ -190,6 +190,10 @@ pub fn service_body(
         ENV_SOURCES.into(),
         json!(Value::Object(sources).to_string()),
     );
+    // The same record on the revision template: a secret whose source changed (re-sealed,
+    // or `from:` another output) then changes the template, so Cloud Run rolls a new
+    // revision that reads the new version; running instances would keep the old one.
+    template["annotations"] = json!(annotations.clone());
     Ok(json!({
         "labels": ops::labels(scope),
         "annotations": annotations,
@@ -1103,6 +1107,18 @@ mod tests {
         let mut body = service_body(&s, "proj", "links-api", &want, &Inputs::default()).unwrap();
         let text = body.to_string();
         assert!(!text.contains("armor"));
+        // A secret's source is on the revision template too, so changing it rolls one.
+        let mut moved = want.clone();
+        moved.env[1].source = EnvSource::Output {
+            resource: ResourceKey::new(Kind::NeonDatabase, "links-other"),
+            output: Output::Url,
+        };
+        let moved = service_body(&s, "proj", "links-api", &moved, &Inputs::default()).unwrap();
+        assert_ne!(moved["template"], body["template"]);
+        assert_eq!(
+            moved["template"]["containers"][0]["env"], body["template"]["containers"][0]["env"],
+            "the reference itself stays the same secret"
+        );
         assert_eq!(
             body.pointer("/template/containers/0/env/1/valueSource/secretKeyRef/secret"),
             Some(&json!("links-api-DATABASE_URL"))
