@@ -520,3 +520,26 @@ fn library_seal_open_round_trip_and_identity_file_format() {
         Err(telbase::secrets::SealError::NoRecipients)
     ));
 }
+
+/// The causes the CLI test above cannot make without a terminal or hand-edited armor.
+#[test]
+fn library_reports_passphrase_and_damaged_armor_distinctly() {
+    use telbase::secrets::{OpenError, open, seal};
+    let id = telbase::secrets::generate();
+    let enc = age::Encryptor::with_user_passphrase(secrecy::SecretString::from("pw".to_owned()));
+    let mut scrypt = Vec::new();
+    let mut w = enc.wrap_output(&mut scrypt).unwrap();
+    w.write_all(b"v").unwrap();
+    w.finish().unwrap();
+    let got = open(&scrypt, std::slice::from_ref(&id));
+    assert!(matches!(got, Err(OpenError::Passphrase)), "{got:?}");
+
+    let mut armored = Vec::new();
+    seal(b"v", &[id.to_public()], &mut armored).unwrap();
+    let text = String::from_utf8(armored).unwrap();
+    // A character outside base64 in the body, end line intact.
+    let damaged = text.replacen("\n", "\n*", 1);
+    let got = open(damaged.as_bytes(), std::slice::from_ref(&id));
+    assert!(matches!(got, Err(OpenError::Armor(_))), "{got:?}");
+    assert!(open(text.as_bytes(), std::slice::from_ref(&id)).is_ok());
+}
