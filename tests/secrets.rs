@@ -543,3 +543,46 @@ fn library_reports_passphrase_and_damaged_armor_distinctly() {
     assert!(matches!(got, Err(OpenError::Armor(_))), "{got:?}");
     assert!(open(text.as_bytes(), std::slice::from_ref(&id)).is_ok());
 }
+
+/// Multi-chunk values (age encrypts in 64 KiB chunks): an exact-chunk value round-trips, and a
+/// file cut exactly at a chunk boundary or inside a tag is reported as truncated, not damaged.
+#[test]
+fn library_truncation_at_chunk_boundaries_is_recognised() {
+    use telbase::secrets::{OpenError, open};
+    const CHUNK: usize = 64 * 1024 + 16;
+    let id = telbase::secrets::generate();
+    let ids = std::slice::from_ref(&id);
+    let seal_binary = |plain: &[u8]| {
+        let r = id.to_public();
+        let enc =
+            age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
+        let mut out = Vec::new();
+        let mut w = enc.wrap_output(&mut out).unwrap();
+        w.write_all(plain).unwrap();
+        w.finish().unwrap();
+        out
+    };
+    let exact = vec![7u8; 64 * 1024];
+    assert_eq!(&*open(&seal_binary(&exact), ids).unwrap(), &exact[..]);
+
+    let big = vec![9u8; 2 * 64 * 1024 + 5];
+    let file = seal_binary(&big);
+    assert_eq!(&*open(&file, ids).unwrap(), &big[..]);
+    // Two full chunks of 64 KiB + 16 and a last one of 5 + 16 bytes follow the header+nonce.
+    let payload_start = file.len() - (2 * CHUNK + 21);
+    for cut in [
+        payload_start,
+        payload_start + CHUNK,
+        payload_start + 2 * CHUNK + 10,
+    ] {
+        let got = open(&file[..cut], ids);
+        assert!(
+            matches!(got, Err(OpenError::Truncated)),
+            "cut at {cut}: {got:?}"
+        );
+    }
+    let mut flipped = file.clone();
+    flipped[payload_start + CHUNK + 100] ^= 0x80;
+    let got = open(&flipped, ids);
+    assert!(matches!(got, Err(OpenError::BadPayload)), "{got:?}");
+}

@@ -204,6 +204,9 @@ fn seal(args: &SealArgs) -> anyhow::Result<()> {
             &path.display().to_string(),
         )?);
     }
+    // One stanza per person even when a key is both named and listed in the file.
+    let mut seen = std::collections::BTreeSet::new();
+    recipients.retain(|r| seen.insert(r.to_string()));
     if recipients.is_empty() {
         return Err(secrets::RecipientError::None.into());
     }
