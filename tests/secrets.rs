@@ -3,7 +3,7 @@
 //! printed reason when the Go tools are missing, and fail under `CI` (where .ci/run installs
 //! them), so a green CI run always means interop was checked.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -585,4 +585,16 @@ fn library_truncation_at_chunk_boundaries_is_recognised() {
     flipped[payload_start + CHUNK + 100] ^= 0x80;
     let got = open(&flipped, ids);
     assert!(matches!(got, Err(OpenError::BadPayload)), "{got:?}");
+}
+
+#[test]
+fn read_plaintext_keeps_every_byte_across_growth_and_caps_the_size() {
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let got = telbase::secrets::read_plaintext(&data[..]).unwrap();
+    assert_eq!(&got[..], &data[..]);
+    let huge = std::io::repeat(1).take(telbase::secrets::MAX_SEALED_BYTES as u64 + 1);
+    assert!(matches!(
+        telbase::secrets::read_plaintext(huge),
+        Err(telbase::secrets::ReadError::TooLarge)
+    ));
 }

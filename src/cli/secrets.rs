@@ -6,7 +6,7 @@
 //! standard input and refuses a terminal, since hiding typed input would need a terminal
 //! crate Telbase does not carry.
 
-use std::io::{IsTerminal as _, Read as _, Write as _};
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -216,18 +216,7 @@ fn seal(args: &SealArgs) -> anyhow::Result<()> {
             "the value to seal is read from standard input, which is a terminal; pipe it in instead, e.g. `printf %s \"$VALUE\" | telbase secrets seal` or `telbase secrets seal < file` (never on the command line: argv is visible to other processes)"
         );
     }
-    let mut plain = Zeroizing::new(Vec::new());
-    stdin
-        .lock()
-        .take(secrets::MAX_SEALED_BYTES as u64 + 1)
-        .read_to_end(&mut plain)
-        .context("cannot read standard input")?;
-    if plain.len() > secrets::MAX_SEALED_BYTES {
-        bail!(
-            "standard input is larger than {} bytes, too large for a sealed value",
-            secrets::MAX_SEALED_BYTES
-        );
-    }
+    let plain = secrets::read_plaintext(stdin.lock()).context("standard input")?;
     let mut sealed = Vec::new();
     secrets::seal(&plain, &recipients, &mut sealed)?;
     std::io::stdout().write_all(&sealed)?;

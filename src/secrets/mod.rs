@@ -224,6 +224,40 @@ pub fn seal(
     Ok(())
 }
 
+/// Why a plaintext could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the value is larger than {MAX_SEALED_BYTES} bytes, too large for a sealed value")]
+    TooLarge,
+    #[error("cannot read the value: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads a plaintext (at most [`MAX_SEALED_BYTES`]) so that no copy outlives the result: the
+/// buffer grows by moving into a larger zeroizing buffer and wiping the old one, where
+/// `read_to_end` would reallocate and leave the old bytes in freed memory.
+pub fn read_plaintext(mut input: impl Read) -> Result<Zeroizing<Vec<u8>>, ReadError> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(4096));
+    let mut chunk = Zeroizing::new([0u8; 4096]);
+    loop {
+        let n = match input.read(&mut chunk[..]) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if buf.len() + n > MAX_SEALED_BYTES {
+            return Err(ReadError::TooLarge);
+        }
+        if buf.len() + n > buf.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity((buf.len() + n) * 2));
+            bigger.extend_from_slice(&buf);
+            buf = bigger; // the old buffer is zeroized as it drops
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// Reads a sealed input (armored or binary) into memory, at most [`MAX_SEALED_BYTES`].
 pub fn read_sealed(input: impl Read) -> Result<Vec<u8>, OpenError> {
     let mut buf = Vec::new();
@@ -268,11 +302,12 @@ pub fn open(
     if decryptor.is_scrypt() {
         return Err(OpenError::Passphrase);
     }
-    let reader = decryptor
+    let mut reader = decryptor
         .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
         .map_err(header_error)?;
-    let mut out = Zeroizing::new(Vec::new());
-    let mut reader = reader;
+    // The plaintext is never longer than the payload: reserving that much up front means the
+    // buffer is never reallocated, so no unzeroized copy of a partial plaintext is left behind.
+    let mut out = Zeroizing::new(Vec::with_capacity(payload_len));
     reader.read_to_end(&mut out).map_err(payload_error)?;
     Ok(out)
 }
