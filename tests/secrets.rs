@@ -598,3 +598,25 @@ fn read_plaintext_keeps_every_byte_across_growth_and_caps_the_size() {
         Err(telbase::secrets::ReadError::TooLarge)
     ));
 }
+
+/// `apply` opens sealed config values through the same code, so it reports the same causes.
+#[test]
+fn apply_opener_shares_the_opening_and_its_messages() {
+    use telbase::apply::Opener as _;
+    let id = telbase::secrets::generate();
+    let other = telbase::secrets::generate();
+    let mut sealed = Vec::new();
+    telbase::secrets::seal(b"postgres://u:p@h/db", &[id.to_public()], &mut sealed).unwrap();
+    let sealed = String::from_utf8(sealed).unwrap();
+    let opener = telbase::apply::AgeOpener(vec![other, id]);
+    assert_eq!(
+        opener.open(&sealed).unwrap().expose_secret(),
+        "postgres://u:p@h/db"
+    );
+    let err = opener.open("garbage").unwrap_err();
+    assert!(err.contains("not an age file"), "{err}");
+    let wrong = telbase::apply::AgeOpener(vec![telbase::secrets::generate()]);
+    let err = wrong.open(&sealed).unwrap_err();
+    assert!(err.contains("no identity matches"), "{err}");
+    assert!(!err.contains("postgres"));
+}
