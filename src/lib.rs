@@ -6,8 +6,8 @@
 //! `DesiredState`, `plan` compares it with what the providers report (pure, no I/O),
 //! `providers` observe and change resources at each provider over one HTTP layer, `apply`
 //! carries a plan out, `emulator` serves the provider APIs locally, `conformance` checks
-//! HTTP exchanges against the providers' published descriptions, and `cli` is the
-//! command-line edge.
+//! HTTP exchanges against the providers' published descriptions, `secrets` holds age keys,
+//! sealing and opening, and `cli` is the command-line edge.
 
 #![forbid(unsafe_code)]
 
@@ -19,3 +19,4 @@ pub mod emulator;
 pub mod model;
 pub mod plan;
 pub mod providers;
+pub mod secrets;

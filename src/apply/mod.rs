@@ -36,23 +36,17 @@ impl Opener for NoIdentity {
     }
 }
 
-/// Opens with an X25519 identity.
-pub struct AgeOpener(pub age::x25519::Identity);
+/// Opens with the X25519 identities of an identity file (the first that matches wins),
+/// through `secrets::open`, so apply and `telbase secrets reveal` accept the same files and
+/// fail with the same distinct reasons.
+pub struct AgeOpener(pub Vec<age::x25519::Identity>);
 
 impl Opener for AgeOpener {
     fn open(&self, armor: &str) -> Result<SecretString, String> {
-        use std::io::Read as _;
-        let reader = age::armor::ArmoredReader::new(armor.as_bytes());
-        let decryptor = age::Decryptor::new(reader).map_err(|e| format!("not an age file: {e}"))?;
-        let mut out = zeroize::Zeroizing::new(Vec::new());
-        decryptor
-            .decrypt(std::iter::once(&self.0 as &dyn age::Identity))
-            .map_err(|e| format!("cannot open it with this identity: {e}"))?
-            .read_to_end(&mut out)
-            .map_err(|e| format!("the ciphertext is damaged: {e}"))?;
-        let text = String::from_utf8(out.to_vec())
+        let plain = crate::secrets::open(armor.as_bytes(), &self.0).map_err(|e| e.to_string())?;
+        let text = std::str::from_utf8(&plain)
             .map_err(|_| "the sealed value is not UTF-8 text".to_owned())?;
-        Ok(SecretString::from(text))
+        Ok(SecretString::from(text.to_owned()))
     }
 }
 

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod demo;
 pub mod reconcile;
+pub mod secrets;
 
 use crate::config::{self, Code, Diagnostic, diag};
 use crate::model::{DesiredState, Environment};
@@ -43,6 +44,9 @@ pub enum Command {
     Emulate(reconcile::EmulateArgs),
     /// Run the whole loop against the built-in emulator: validate, plan, apply, drift, correct.
     Demo(demo::DemoArgs),
+    /// Age keys and sealed values: keygen, recipient, seal, reveal (see docs/secrets.md).
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +96,7 @@ pub fn run() -> ExitCode {
         Command::Apply(args) => return reconcile::apply_cmd(&args),
         Command::Emulate(args) => return reconcile::emulate_cmd(&args),
         Command::Demo(args) => return demo::demo_cmd(&args),
+        Command::Secrets(cmd) => return secrets::secrets_cmd(&cmd),
     };
     match result {
         Ok(code) => code,

@@ -339,15 +339,8 @@ fn opener() -> anyhow::Result<Arc<dyn Opener>> {
 
 /// An opener from the text of an age identity file (`what` names it in errors).
 pub(super) fn age_opener(text: &str, what: &str) -> anyhow::Result<AgeOpener> {
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
-        .ok_or_else(|| anyhow!("{what} has no AGE-SECRET-KEY-1… line"))?;
-    let id: age::x25519::Identity = line
-        .parse()
-        .map_err(|_| anyhow!("{what} holds a malformed age identity"))?;
-    Ok(AgeOpener(id))
+    let ids = crate::secrets::parse_identities(text).map_err(|e| anyhow!("{what}: {e}"))?;
+    Ok(AgeOpener(ids))
 }
 
 pub fn apply_cmd(args: &ApplyArgs) -> ExitCode {

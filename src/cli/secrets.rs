@@ -1,0 +1,262 @@
+//! `telbase secrets …`: keys, sealing and revealing from the command line. Files, terminals
+//! and environment variables are wired to the pure functions in `crate::secrets` here, and
+//! only here; errors become `anyhow` messages at this edge.
+//!
+//! Plaintext never comes from argv (it would sit in shell history and `ps`): `seal` reads
+//! standard input and refuses a terminal, since hiding typed input would need a terminal
+//! crate Telbase does not carry.
+
+use std::io::{IsTerminal as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, anyhow, bail};
+use secrecy::ExposeSecret as _;
+use zeroize::Zeroizing;
+
+use crate::secrets;
+
+/// The recipients file read by `seal` when no recipient is named: beside `./telbase.yaml`.
+pub const DEFAULT_RECIPIENTS_FILE: &str = ".telbase-recipients";
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SecretsCommand {
+    /// Generate a new X25519 identity in age-keygen's format (public key also on stderr).
+    Keygen(KeygenArgs),
+    /// Print the public recipient (age1…) of each identity in an identity file.
+    Recipient(IdentityArgs),
+    /// Seal standard input to every recipient; prints armored age text for `sealed: |`.
+    Seal(SealArgs),
+    /// Open an age file (armored or binary) and print its plaintext.
+    Reveal(RevealArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Write the identity to this new file (mode 0600; an existing file is never
+    /// overwritten). Without it the identity goes to standard output, as with age-keygen.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IdentityArgs {
+    /// The identity file. Default: $TELBASE_IDENTITY_FILE.
+    #[arg(short, long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SealArgs {
+    /// A recipient (age1…); may be repeated.
+    #[arg(short, long = "recipient", value_name = "RECIPIENT")]
+    pub recipients: Vec<String>,
+    /// A file of recipients, one age1… per line, `#` comments. Default when no recipient is
+    /// named: .telbase-recipients beside ./telbase.yaml.
+    #[arg(short = 'R', long, value_name = "FILE")]
+    pub recipients_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RevealArgs {
+    /// The identity file. Default: $TELBASE_IDENTITY_FILE.
+    #[arg(short, long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The age file; `-` or nothing reads standard input.
+    pub file: Option<PathBuf>,
+}
+
+pub fn secrets_cmd(cmd: &SecretsCommand) -> ExitCode {
+    let result = match cmd {
+        SecretsCommand::Keygen(a) => keygen(a),
+        SecretsCommand::Recipient(a) => recipient(a),
+        SecretsCommand::Seal(a) => seal(a),
+        SecretsCommand::Reveal(a) => reveal(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
+    let id = secrets::generate();
+    let created = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let text = secrets::identity_file(&id, &created);
+    let public = id.to_public();
+    match &args.output {
+        Some(path) => {
+            write_new_private(path, text.expose_secret().as_bytes())?;
+            eprintln!("Public key: {public}");
+        }
+        None => {
+            // As age-keygen: the identity goes to stdout even on a terminal (the user asked
+            // for it), and the public key is echoed on stderr only when stdout is not a
+            // terminal, where it would otherwise be invisible.
+            let mut out = std::io::stdout().lock();
+            if !out.is_terminal() {
+                eprintln!("Public key: {public}");
+            }
+            out.write_all(text.expose_secret().as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` with mode 0600 holding `bytes`, atomically and never over an existing
+/// file: the bytes go to a private temporary file in the same directory, which is then
+/// hard-linked into place (a link fails if the name exists, so a racing writer cannot be
+/// clobbered, and a reader never sees a half-written key).
+fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if path.symlink_metadata().is_ok() {
+        bail!(
+            "{} already exists; refusing to overwrite it",
+            path.display()
+        );
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::hard_link(&tmp, path)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!(
+                "{} already exists; refusing to overwrite it",
+                path.display()
+            )
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
+    }
+}
+
+/// The identities from `--identity` or `TELBASE_IDENTITY_FILE`.
+fn identities(flag: Option<&PathBuf>) -> anyhow::Result<Vec<age::x25519::Identity>> {
+    let (path, what) = match flag {
+        Some(p) => (p.clone(), p.display().to_string()),
+        None => match std::env::var_os("TELBASE_IDENTITY_FILE") {
+            Some(p) => {
+                let p = PathBuf::from(p);
+                let what = format!("TELBASE_IDENTITY_FILE {}", p.display());
+                (p, what)
+            }
+            None => bail!(
+                "no identity: pass --identity FILE or set TELBASE_IDENTITY_FILE (create one with `telbase secrets keygen --output FILE`)"
+            ),
+        },
+    };
+    let text = Zeroizing::new(
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {what}"))?,
+    );
+    secrets::parse_identities(&text).map_err(|e| anyhow!("{what}: {e}"))
+}
+
+fn recipient(args: &IdentityArgs) -> anyhow::Result<()> {
+    let mut out = String::new();
+    for id in identities(args.identity.as_ref())? {
+        out.push_str(&id.to_public().to_string());
+        out.push('\n');
+    }
+    std::io::stdout().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+fn seal(args: &SealArgs) -> anyhow::Result<()> {
+    let mut recipients = Vec::new();
+    for r in &args.recipients {
+        recipients.push(secrets::parse_recipient(r, "--recipient")?);
+    }
+    let file = match &args.recipients_file {
+        Some(p) => Some(p.clone()),
+        None if args.recipients.is_empty() => Some(default_recipients_file()),
+        None => None,
+    };
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read the recipients file {} (name recipients with --recipient, or list them one age1… per line in {DEFAULT_RECIPIENTS_FILE} beside telbase.yaml)",
+                path.display()
+            )
+        })?;
+        recipients.extend(secrets::parse_recipients(
+            &text,
+            &path.display().to_string(),
+        )?);
+    }
+    // One stanza per person even when a key is both named and listed in the file.
+    let mut seen = std::collections::BTreeSet::new();
+    recipients.retain(|r| seen.insert(r.to_string()));
+    if recipients.is_empty() {
+        return Err(secrets::RecipientError::None.into());
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        bail!(
+            "the value to seal is read from standard input, which is a terminal; pipe it in instead, e.g. `printf %s \"$VALUE\" | telbase secrets seal` or `telbase secrets seal < file` (never on the command line: argv is visible to other processes)"
+        );
+    }
+    let plain = secrets::read_plaintext(stdin.lock()).context("standard input")?;
+    let mut sealed = Vec::new();
+    secrets::seal(&plain, &recipients, &mut sealed)?;
+    std::io::stdout().write_all(&sealed)?;
+    Ok(())
+}
+
+/// `.telbase-recipients` beside `./telbase.yaml`.
+fn default_recipients_file() -> PathBuf {
+    Path::new("telbase.yaml")
+        .parent()
+        .unwrap_or(Path::new(""))
+        .join(DEFAULT_RECIPIENTS_FILE)
+}
+
+fn reveal(args: &RevealArgs) -> anyhow::Result<()> {
+    let ids = identities(args.identity.as_ref())?;
+    let (sealed, what) = match &args.file {
+        Some(p) if p.as_os_str() != "-" => {
+            let f =
+                std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            (secrets::read_sealed(f), p.display().to_string())
+        }
+        _ => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                bail!(
+                    "no file given and standard input is a terminal: name an age file or pipe one in"
+                );
+            }
+            (
+                secrets::read_sealed(stdin.lock()),
+                "standard input".to_owned(),
+            )
+        }
+    };
+    let plain = sealed
+        .and_then(|s| secrets::open(&s, &ids))
+        .map_err(|e| anyhow!("cannot reveal {what}: {e}"))?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&plain)?;
+    out.flush()?;
+    Ok(())
+}
