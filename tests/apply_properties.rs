@@ -147,11 +147,21 @@ fn render(project: &str, apps: &[App], dbs: &[Db]) -> String {
     y
 }
 
+/// A commit sha. Not one starting with `bad`: the emulator fails those builds on purpose
+/// (docs/emulator.md), and this property is about successful applies (1 in 4,096 random
+/// shas did, which made the test flaky).
+fn commit() -> impl Strategy<Value = String> {
+    "[0-9a-f]{40}".prop_filter(
+        "the emulator fails builds of shas starting with `bad`",
+        |s| !s.starts_with("bad"),
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn apply_then_plan_is_empty((apps, dbs) in config(), (apps2, dbs2) in config(), sha in "[0-9a-f]{40}") {
+    fn apply_then_plan_is_empty((apps, dbs) in config(), (apps2, dbs2) in config(), sha in commit()) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async {
             let emu = emu::start(Config::default()).await;
