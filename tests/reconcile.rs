@@ -126,11 +126,11 @@ async fn a_new_commit_deploys_and_promotes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_build_fails_its_step_with_the_build_error() {
     let emu = emu::start(Config::default()).await;
-    // The emulator fails builds of commits whose sha starts with "bad".
+    // The emulator fails builds of commits whose sha starts with "badbadbad".
     let run = emu::run(
         &emu::quickstart("notes"),
         &emu.url(),
-        "bad0000000000000000000000000000000000000",
+        "badbadbad0000000000000000000000000000000",
         emu::http_config(),
     );
     let (plan, actual) = run.plan().await.unwrap();

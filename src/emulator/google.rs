@@ -6,7 +6,7 @@
 //! documents in ../shared/provider-apis/gcp-*. Cloud SQL (`/cloud-sql`) is its own module,
 //! `emulator::cloudsql`.
 //!
-//! Cloud Run behaviour worth knowing: an image whose tag starts with `bad` makes a revision
+//! Cloud Run behaviour worth knowing: an image whose tag starts with `bad-` makes a revision
 //! that fails its startup probe: the operation ends with Cloud Run's error, and traffic stays
 //! on the last ready revision (`latestReadyRevision`, `trafficStatuses`). A patch with an
 //! unchanged template makes no new revision.
@@ -498,13 +498,14 @@ fn check_volumes(template: &Map<String, Value>) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether this template's revision fails its health check: an image tagged `bad…`.
+/// Whether this template's revision fails its health check: an image tagged `bad-…`. The
+/// hyphen keeps a commit-named tag (`${git.short_sha}`, hex only) from ever matching.
 fn unhealthy(spec: &Map<String, Value>) -> bool {
     spec.get("template")
         .and_then(|t| t.pointer("/containers/0/image"))
         .and_then(Value::as_str)
         .and_then(|i| i.rsplit_once(':'))
-        .is_some_and(|(_, tag)| tag.starts_with("bad"))
+        .is_some_and(|(_, tag)| tag.starts_with("bad-"))
 }
 
 /// Deploy a new revision of service `i` and record its operation.

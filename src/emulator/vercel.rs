@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 
+/// Commits whose sha starts with this fail to build in the emulator (see docs/emulator.md).
+pub(crate) const FAILING_SHA_PREFIX: &str = "badbadbad";
+
 use axum::http::Method;
 use serde_json::{Value, json};
 
@@ -682,9 +685,10 @@ fn create_deployment(w: &mut World, r: &Req<'_>) -> Answer {
     let sha = str_of(&git, "sha").unwrap_or_else(|| "0".repeat(40));
     let did = id(w, "dpl");
     let now = w.now_ms();
-    // A commit whose sha starts with "bad" fails to build, so clients' error paths can be
-    // exercised.
-    let fails = sha.starts_with("bad");
+    // A commit whose sha starts with "badbadbad" fails to build, so clients' error paths can
+    // be exercised. Nine hex digits: a real commit (the demo's, a test's random one) hits it
+    // once in 69 billion, where "bad" alone failed one demo run in 4,096.
+    let fails = sha.starts_with(FAILING_SHA_PREFIX);
     let d = Deployment {
         id: did,
         project_id: pid,
