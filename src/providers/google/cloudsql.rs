@@ -59,7 +59,7 @@ pub struct CloudSql {
     ep: Endpoint,
     project: String,
     /// Secret Manager, for the password in connection strings.
-    secrets: Endpoint,
+    secrets: super::SecretManager,
 }
 
 fn err(kind: ErrorKind, what: &str, message: impl Into<String>) -> ProviderError {
@@ -167,7 +167,11 @@ fn unsupported(key: &ResourceKey) -> ProviderError {
 
 impl CloudSql {
     pub fn new(http: Http, ep: Endpoint, creds: &Credentials) -> Result<Self, SetupError> {
-        let secrets = creds.endpoint(model::Provider::SecretManager)?;
+        let secrets = super::SecretManager::new(
+            http.clone(),
+            creds.endpoint(model::Provider::SecretManager)?,
+            creds,
+        )?;
         Ok(CloudSql {
             http,
             ep,
@@ -178,7 +182,8 @@ impl CloudSql {
 
     /// Read passwords from this Secret Manager endpoint instead (tests).
     pub fn with_secrets(mut self, secrets: Endpoint) -> Self {
-        self.secrets = secrets;
+        self.secrets =
+            super::SecretManager::for_project(self.http.clone(), secrets, self.project.clone());
         self
     }
 
@@ -885,39 +890,6 @@ impl CloudSql {
         }
     }
 
-    /// The latest version of a Secret Manager secret (the user's generated password), read
-    /// directly: `GET …/secrets/{id}/versions/latest:access`.
-    async fn read_secret(&self, id: &str, what: &str) -> Result<SecretString, ProviderError> {
-        use base64::Engine as _;
-        let call = Call::get(
-            format!(
-                "/v1/projects/{}/secrets/{}/versions/latest:access",
-                enc(&self.project),
-                enc(id)
-            ),
-            what.to_owned(),
-        );
-        let resp = self.http.json(&self.secrets, &call).await?;
-        let data = resp
-            .pointer("/payload/data")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                err(
-                    ErrorKind::Transient,
-                    what,
-                    "the secret version has no payload",
-                )
-            })?;
-        let bytes = zeroize::Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(data)
-                .map_err(|_| err(ErrorKind::Transient, what, "the payload is not base64"))?,
-        );
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| err(ErrorKind::Permanent, what, "the password is not UTF-8"))?;
-        Ok(SecretString::from(text.to_owned()))
-    }
-
     async fn connection(
         &self,
         scope: &Scope,
@@ -945,7 +917,7 @@ impl CloudSql {
             .map(|k| k.name.to_string())
             .unwrap_or_else(|| format!("{}-password", resource.key.name));
         if output == Output::Password {
-            return self.read_secret(&secret_id, &what).await;
+            return self.secrets.access_latest(&secret_id).await;
         }
         let inst = self
             .require_instance(scope, &resource.key.name, &what)
@@ -966,7 +938,7 @@ impl CloudSql {
                     "the instance has no connection name yet",
                 )
             })?;
-            let password = self.read_secret(&secret_id, &what).await?;
+            let password = self.secrets.access_latest(&secret_id).await?;
             return Ok(SecretString::from(socket_url(
                 &db.owner,
                 password.expose_secret(),
@@ -991,7 +963,7 @@ impl CloudSql {
         match output {
             Output::Host => Ok(SecretString::from(ip)),
             Output::Url => {
-                let password = self.read_secret(&secret_id, &what).await?;
+                let password = self.secrets.access_latest(&secret_id).await?;
                 Ok(SecretString::from(format!(
                     "postgresql://{}:{}@{ip}:5432/{}?sslmode=require",
                     url_part(&db.owner),

@@ -50,6 +50,11 @@ impl SecretManager {
         })
     }
 
+    /// A client for `project` (the Cloud SQL client reads generated passwords through one).
+    pub(crate) fn for_project(http: Http, ep: Endpoint, project: String) -> Self {
+        SecretManager { http, ep, project }
+    }
+
     fn secret_path(&self, id: &str) -> String {
         format!("/v1/projects/{}/secrets/{id}", self.project)
     }
@@ -316,7 +321,7 @@ impl SecretManager {
     }
 
     /// The latest version's value.
-    async fn access_latest(&self, id: &str) -> Result<SecretString, ProviderError> {
+    pub(crate) async fn access_latest(&self, id: &str) -> Result<SecretString, ProviderError> {
         let what = format!("read secret {id}");
         let call = Call::get(
             format!("{}/versions/latest:access", self.secret_path(id)),
