@@ -1047,41 +1047,51 @@ impl Cloudflare {
         let existing = self
             .keep_first(copies, "policies", &format!("remove a copy of {full}"))
             .await?;
-        let id = match existing.and_then(|p| s(&p, "id")) {
-            Some(id) => {
-                self.put(
-                    format!("{}/access/policies/{}", self.acct(), enc(&id)),
-                    body,
-                    &what,
-                )
-                .await?;
-                id
-            }
-            None => {
-                let call = Call::new(
-                    Method::POST,
-                    format!("{}/access/policies", self.acct()),
-                    what.clone(),
-                )
-                .json(body);
-                match self.http.json(&self.ep, &call).await {
-                    Ok(v) => result(v, &what)
-                        .ok()
-                        .and_then(|r| s(&r, "id"))
-                        .unwrap_or_default(),
-                    // Policies may share names, so a create is never repeated blindly: an
-                    // answer lost after sending is settled by looking.
-                    Err(e) => match self.find_policy(&scope.project, name).await? {
-                        Some(p) => s(&p, "id").unwrap_or_default(),
-                        None => return Err(e),
-                    },
-                }
-            }
-        };
+        let id = self
+            .upsert_access(
+                "policies",
+                existing.and_then(|p| s(&p, "id")),
+                body,
+                &what,
+                || self.find_policy(&scope.project, name),
+            )
+            .await?;
         Ok(Applied {
             provider_id: id,
             url: None,
         })
+    }
+
+    /// Write an Access policy or application (`collection`): replace the existing one, or
+    /// create it. Names are not unique at Cloudflare, so a create is never repeated blindly:
+    /// when its answer is lost, `refind` looks for what it may have made.
+    async fn upsert_access<F>(
+        &self,
+        collection: &str,
+        existing: Option<String>,
+        body: Value,
+        what: &str,
+        refind: impl FnOnce() -> F,
+    ) -> Result<String, ProviderError>
+    where
+        F: std::future::Future<Output = Result<Option<Value>, ProviderError>>,
+    {
+        let path = format!("{}/access/{collection}", self.acct());
+        if let Some(id) = existing {
+            self.put(format!("{path}/{}", enc(&id)), body, what).await?;
+            return Ok(id);
+        }
+        let call = Call::new(Method::POST, path, what.to_owned()).json(body);
+        match self.http.json(&self.ep, &call).await {
+            Ok(v) => Ok(result(v, what)
+                .ok()
+                .and_then(|r| s(&r, "id"))
+                .unwrap_or_default()),
+            Err(e) => match refind().await? {
+                Some(found) => Ok(s(&found, "id").unwrap_or_default()),
+                None => Err(e),
+            },
+        }
     }
 
     async fn put(&self, path: String, body: Value, what: &str) -> Result<(), ProviderError> {
@@ -1175,35 +1185,10 @@ impl Cloudflare {
             "app_launcher_visible": false,
             "policies": [{"id": policy_id, "precedence": 1}],
         });
-        let id = match self.find_app(&full).await?.and_then(|a| s(&a, "id")) {
-            Some(id) => {
-                self.put(
-                    format!("{}/access/apps/{}", self.acct(), enc(&id)),
-                    body,
-                    &what,
-                )
-                .await?;
-                id
-            }
-            None => {
-                let call = Call::new(
-                    Method::POST,
-                    format!("{}/access/apps", self.acct()),
-                    what.clone(),
-                )
-                .json(body);
-                match self.http.json(&self.ep, &call).await {
-                    Ok(v) => result(v, &what)
-                        .ok()
-                        .and_then(|r| s(&r, "id"))
-                        .unwrap_or_default(),
-                    Err(e) => match self.find_app(&full).await? {
-                        Some(a) => s(&a, "id").unwrap_or_default(),
-                        None => return Err(e),
-                    },
-                }
-            }
-        };
+        let existing = self.find_app(&full).await?.and_then(|a| s(&a, "id"));
+        let id = self
+            .upsert_access("apps", existing, body, &what, || self.find_app(&full))
+            .await?;
         Ok(Applied {
             provider_id: id,
             url: Some(format!("https://{}", host_of(first))),
