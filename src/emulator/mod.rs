@@ -82,6 +82,10 @@ pub struct Config {
     /// Polls before an asynchronous operation (a Neon operation, a Vercel build) finishes.
     pub async_polls: u32,
     pub record: Option<std::path::PathBuf>,
+    /// Keep every exchange in memory exactly as it crossed the wire, unredacted
+    /// ([`Handle::exchanges`]). Only for tests that must see what Telbase really sent, such
+    /// as the leak test; never set by the CLI.
+    pub capture: bool,
 }
 
 impl Default for Config {
@@ -91,6 +95,7 @@ impl Default for Config {
             page_size: 3,
             async_polls: 1,
             record: None,
+            capture: false,
         }
     }
 }
@@ -152,6 +157,22 @@ struct Inner {
     counters: Mutex<Counters>,
     rng: Mutex<fastrand::Rng>,
     record: Option<Mutex<std::fs::File>>,
+    captured: Mutex<Vec<Exchange>>,
+}
+
+/// One request and its answer, unredacted (see [`Config::capture`]).
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub provider: Provider,
+    pub method: String,
+    /// The path after the provider's prefix, as sent.
+    pub path: String,
+    /// The raw query string, as sent.
+    pub query: String,
+    /// The request body exactly as sent (empty when there was none).
+    pub request_body: Vec<u8>,
+    pub status: u16,
+    pub response_body: Option<Value>,
 }
 
 /// A running emulator.
@@ -171,6 +192,15 @@ impl Handle {
     pub fn counters(&self) -> Counters {
         self.inner
             .counters
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every exchange so far, when started with [`Config::capture`].
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.inner
+            .captured
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default()
@@ -250,6 +280,7 @@ pub async fn start(addr: SocketAddr, config: Config) -> Result<Handle, StartErro
         world: Mutex::new(World::default()),
         counters: Mutex::new(Counters::default()),
         record,
+        captured: Mutex::new(Vec::new()),
     });
     let app = axum::Router::new()
         .fallback(handle)
@@ -555,6 +586,20 @@ async fn handle(
             &inner, provider, &method, &segments, &query, &headers, &body,
         ),
     };
+
+    if inner.config.capture
+        && let Ok(mut c) = inner.captured.lock()
+    {
+        c.push(Exchange {
+            provider,
+            method: method.as_str().to_owned(),
+            path: rest.clone(),
+            query: uri.query().unwrap_or_default().to_owned(),
+            request_body: body.to_vec(),
+            status: answer.status,
+            response_body: answer.body.clone(),
+        });
+    }
 
     if let Some(rec) = &inner.record {
         let mut req_body: Option<Value> = serde_json::from_slice(&body).ok();
