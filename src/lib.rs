@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod conformance;
 pub mod emulator;
+pub mod github;
 pub mod model;
 pub mod plan;
 pub mod providers;
