@@ -3,7 +3,8 @@
 //! providers' real paths, fields, error envelopes, pagination and asynchronous operations,
 //! checked against their published descriptions by the conformance test. Prefixes:
 //! `/vercel`, `/neon/api/v2`, `/turso`, `/cloudflare/client/v4`, `/cloud-run`,
-//! `/secret-manager`, `/cloud-sql` (see `prefix`).
+//! `/secret-manager`, `/cloud-sql` (see `prefix`), and GitHub's REST API under `/github`
+//! for the GitHub App (its own authentication; see `github`).
 //!
 //! It is stateful (what you create is there when you list), answers in small pages to
 //! exercise clients' pagination, checks the bearer token, and injects faults on request:
@@ -18,6 +19,7 @@
 
 mod cloudflare;
 mod cloudsql;
+mod github;
 mod google;
 mod neon;
 mod turso;
@@ -109,6 +111,7 @@ pub(crate) struct World {
     pub(crate) cloudflare: cloudflare::State,
     pub(crate) google: google::State,
     pub(crate) cloudsql: cloudsql::State,
+    pub(crate) github: github::State,
     seq: u64,
 }
 
@@ -163,7 +166,8 @@ struct Inner {
 /// One request and its answer, unredacted (see [`Config::capture`]).
 #[derive(Debug, Clone)]
 pub struct Exchange {
-    pub provider: Provider,
+    /// The provider's name (`vercel`, `neon`, …, or `github`).
+    pub provider: String,
     pub method: String,
     /// The path after the provider's prefix, as sent.
     pub path: String,
@@ -225,6 +229,17 @@ impl Handle {
         drift(&mut w, body)
     }
 
+    /// Seed the GitHub API's state; same body as `POST /_admin/github` (see
+    /// `emulator::github::seed`).
+    pub fn github_seed(&self, body: &Value) -> Result<Value, String> {
+        let mut w = self
+            .inner
+            .world
+            .lock()
+            .map_err(|_| "state poisoned".to_owned())?;
+        github::seed(&mut w.github, body)
+    }
+
     /// Stop listening and wait for the server to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -244,6 +259,7 @@ fn inventory(w: &World) -> BTreeMap<String, u64> {
     cloudflare::inventory(&w.cloudflare, &mut m);
     google::inventory(&w.google, &mut m);
     cloudsql::inventory(&w.cloudsql, &mut m);
+    github::inventory(&w.github, &mut m);
     m
 }
 
@@ -505,6 +521,11 @@ async fn handle(
     if let Some(rest) = path.strip_prefix("/_admin") {
         return admin(&inner, &method, rest, &body);
     }
+    if let Some(rest) = path.strip_prefix("/github")
+        && (rest.is_empty() || rest.starts_with('/'))
+    {
+        return serve_github(&inner, &method, rest, &uri, query, &headers, &body).await;
+    }
     let Some((provider, rest)) = classify(&path) else {
         return json_response(
             404,
@@ -591,7 +612,7 @@ async fn handle(
         && let Ok(mut c) = inner.captured.lock()
     {
         c.push(Exchange {
-            provider,
+            provider: provider.as_str().to_owned(),
             method: method.as_str().to_owned(),
             path: rest.clone(),
             query: uri.query().unwrap_or_default().to_owned(),
@@ -708,6 +729,98 @@ fn serve(
         Provider::CloudRun | Provider::SecretManager => google::route(&mut w, &req, provider),
         Provider::CloudSql => cloudsql::route(&mut w, &req),
     }
+}
+
+/// GitHub's API: its own authentication (App JWT or installation token, not the shared
+/// emulator token) and its own clock (real time, because JWTs carry real timestamps).
+/// Latency applies; the other faults do not yet.
+async fn serve_github(
+    inner: &Inner,
+    method: &Method,
+    rest: &str,
+    uri: &Uri,
+    query: Vec<(String, String)>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let latency = inner.config.faults.latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("token "))
+        });
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let answer = {
+        let mut w = inner.world.lock().unwrap_or_else(|e| e.into_inner());
+        if !body.is_empty() && parsed.is_none() {
+            Answer::ok(
+                400,
+                json!({"message": "Problems parsing JSON", "documentation_url": "https://docs.github.com/rest"}),
+            )
+        } else {
+            github::route(
+                &mut w.github,
+                method.as_str(),
+                &segments,
+                &query,
+                parsed.as_ref(),
+                token,
+                now_ms,
+            )
+        }
+    };
+    if let Ok(mut c) = inner.counters.lock() {
+        c.requests += 1;
+        let pc = c.by_provider.entry("github".to_owned()).or_default();
+        if method == Method::GET {
+            pc.reads += 1;
+        } else {
+            pc.writes += 1;
+        }
+    }
+    if inner.config.capture
+        && let Ok(mut c) = inner.captured.lock()
+    {
+        c.push(Exchange {
+            provider: "github".into(),
+            method: method.as_str().to_owned(),
+            path: rest.to_owned(),
+            query: uri.query().unwrap_or_default().to_owned(),
+            request_body: body.to_vec(),
+            status: answer.status,
+            response_body: answer.body.clone(),
+        });
+    }
+    if let Some(rec) = &inner.record {
+        let mut resp_body = answer.body.clone();
+        if let Some(b) = &mut resp_body {
+            redact(b);
+        }
+        let line = Record {
+            provider: "github",
+            method: method.as_str(),
+            path: rest,
+            query: &query,
+            request_body: parsed,
+            status: answer.status,
+            response_body: resp_body,
+            fault: None,
+        };
+        if let (Ok(mut f), Ok(s)) = (rec.lock(), serde_json::to_string(&line)) {
+            let _ = writeln!(f, "{s}");
+        }
+    }
+    json_response(answer.status, answer.body.as_ref(), &answer.headers)
 }
 
 /// A body stream that yields `bytes` and then an error.
@@ -838,6 +951,16 @@ fn admin(inner: &Inner, method: &Method, rest: &str, body: &[u8]) -> Response {
                 .unwrap_or_default();
             json_response(200, Some(&json!(inv)), &[])
         }
+        ("POST", "/github") => {
+            let Ok(v) = serde_json::from_slice::<Value>(body) else {
+                return json_response(400, Some(&json!({"error": "the body must be JSON"})), &[]);
+            };
+            let mut w = inner.world.lock().unwrap_or_else(|e| e.into_inner());
+            match github::seed(&mut w.github, &v) {
+                Ok(done) => json_response(200, Some(&done), &[]),
+                Err(e) => json_response(400, Some(&json!({"error": e})), &[]),
+            }
+        }
         ("POST", "/drift") => {
             let Ok(v) = serde_json::from_slice::<Value>(body) else {
                 return json_response(400, Some(&json!({"error": "the body must be JSON"})), &[]);
@@ -851,7 +974,7 @@ fn admin(inner: &Inner, method: &Method, rest: &str, body: &[u8]) -> Response {
         _ => json_response(
             404,
             Some(
-                &json!({"error": "admin routes: GET /_admin/counters, GET /_admin/inventory, POST /_admin/drift"}),
+                &json!({"error": "admin routes: GET /_admin/counters, GET /_admin/inventory, POST /_admin/drift, POST /_admin/github"}),
             ),
             &[],
         ),
