@@ -834,3 +834,30 @@ proptest! {
         prop_assert_eq!(&root.lookup(&p).value, &telbase::config::yaml::Value::Str(fixture()));
     }
 }
+
+#[test]
+fn reseal_refuses_a_sealed_value_in_a_flow_map_with_its_line() {
+    let id = telbase::secrets::parse_identities(&golden("identity.txt")).unwrap();
+    let armor = serde_json::to_string(&fixture()).unwrap();
+    let src = format!(
+        "version: 1\nproject: notes\napps:\n  web:\n    framework: nextjs\n    env:\n      A: {{ sealed: {armor} }}\n"
+    );
+    assert!(telbase::config::check_str(&src).is_valid());
+    let err =
+        telbase::secrets::reseal::reseal(&src, &id, &[telbase::secrets::generate().to_public()])
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("line 7") && err.contains("flow style"),
+        "{err}"
+    );
+    assert!(err.contains("apps.web.env.A.sealed"), "{err}");
+}
+
+#[test]
+fn names_from_a_hostile_file_are_sanitized_in_messages() {
+    let src = "version: 1\nproject: notes\napps:\n  \"we\\e[31mb\":\n    framework: nextjs\n";
+    let err = set(src, "apps.x.env.A").unwrap_err().to_string();
+    assert!(err.contains("`apps` has no `x` (it has: we"), "{err:?}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}

@@ -18,6 +18,7 @@
 
 use serde_json::Value as J;
 
+use super::diag::sanitize;
 use super::structural::did_you_mean;
 use super::yaml::{self, Node, Value};
 
@@ -89,13 +90,19 @@ pub fn parse_key_path(path: &str) -> Result<Vec<String>, EditError> {
     Ok(out)
 }
 
-/// Joins segments back into the dotted form, escaping as [`parse_key_path`] expects.
+/// Joins segments back into the dotted form, escaping as [`parse_key_path`] expects, with
+/// control characters made visible (the segments may come from the file).
 pub fn display_path(segments: &[String]) -> String {
-    segments
+    let joined = segments
         .iter()
         .map(|s| s.replace('\\', "\\\\").replace('.', "\\."))
         .collect::<Vec<_>>()
-        .join(".")
+        .join(".");
+    if joined.chars().any(char::is_control) {
+        sanitize(&joined)
+    } else {
+        joined
+    }
 }
 
 /// One line of the file: its text without the line break, and the break itself (`\n`,
@@ -310,10 +317,12 @@ impl<'a> Document<'a> {
                 sealed_only(None),
             ));
         }
+        // Names from the file are sanitized: a hostile file must not reach the terminal
+        // with escape sequences through this message.
         let hint = match did_you_mean(missing, node.keys()) {
-            Some(s) => format!(" (did you mean `{s}`?)"),
+            Some(s) => format!(" (did you mean `{}`?)", sanitize(s)),
             None => {
-                let keys: Vec<&str> = node.keys().collect();
+                let keys: Vec<String> = node.keys().take(20).map(sanitize).collect();
                 if keys.is_empty() {
                     String::new()
                 } else {
