@@ -189,6 +189,11 @@ fn refusals_name_the_problem_and_change_nothing() {
             "project",
             &["not be the same config", "config loader refuses it"],
         ),
+        (
+            "apps:\n  web:\n    framework: nextjs\n    access: nobody\n",
+            "apps.web.env.API_KEY",
+            &["not valid as it is", "line 6", "fix it first"],
+        ),
     ];
     for (yaml, key, words) in cases {
         let src = format!("{base}{yaml}");
@@ -231,12 +236,11 @@ fn telbase(args: &[&str], stdin: &[u8], cwd: &Path) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn telbase");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("write stdin");
+    // A refusal exits before reading standard input: a broken pipe then is expected.
+    match child.stdin.take().expect("stdin").write_all(stdin) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("write stdin: {e}"),
+        _ => {}
+    }
     child.wait_with_output().expect("telbase output")
 }
 
@@ -689,6 +693,7 @@ enum Val {
     Quoted,
     Flow,
     Sealed,
+    BlockMap,
 }
 
 fn val() -> impl Strategy<Value = Val> {
@@ -698,23 +703,26 @@ fn val() -> impl Strategy<Value = Val> {
         Just(Val::Quoted),
         Just(Val::Flow),
         Just(Val::Sealed),
+        Just(Val::BlockMap),
     ]
 }
 
-/// Per app: whether it has a build map, and its env entries (None: no env map), each with
-/// a value kind and whether a comment and a blank line precede it.
-type AppSpec = (bool, Option<Vec<(Val, bool, bool)>>);
+/// Per app: whether it has a build map, layout flags (1: a domains list, 2: the list
+/// indented under its key, 4: env names quoted), and its env entries (None: no env map),
+/// each with a value kind and whether a comment and a blank line precede it.
+type AppSpec = (bool, u8, Option<Vec<(Val, bool, bool)>>);
 
 fn generated() -> impl Strategy<Value = Generated> {
     let app = (
         any::<bool>(),
+        any::<u8>(),
         proptest::option::weighted(
             0.8,
             proptest::collection::vec((val(), any::<bool>(), any::<bool>()), 1..4),
         ),
     );
     (
-        prop_oneof![Just(2usize), Just(4usize)],
+        prop_oneof![Just(2usize), Just(3usize), Just(4usize)],
         proptest::collection::vec(app, 1..4),
         any::<bool>(),
     )
@@ -726,18 +734,27 @@ fn generated() -> impl Strategy<Value = Generated> {
                 "version: 1".into(),
                 "project: notes".into(),
                 String::new(),
+                "edge:".into(),
+                format!("{}zone: example.com", " ".repeat(u)),
                 "apps:".into(),
             ];
             let mut entries = Vec::new();
             let mut out_apps = Vec::new();
             let s = |n: usize| " ".repeat(n);
-            for (i, (build, env)) in apps.iter().enumerate() {
+            for (i, (build, flags, env)) in apps.iter().enumerate() {
                 let name = names[i];
                 lines.push(format!("{}{name}:", s(u)));
                 lines.push(format!("{}framework: nextjs", s(2 * u)));
                 if *build {
                     lines.push(format!("{}build:", s(2 * u)));
                     lines.push(format!("{}node: 22  # LTS", s(3 * u)));
+                }
+                if flags & 1 != 0 {
+                    let item = if flags & 2 != 0 { 3 * u } else { 2 * u };
+                    lines.push(format!("{}domains:", s(2 * u)));
+                    lines.push(format!("{}- {name}.example.com   # first", s(item)));
+                    lines.push(format!("{}# between items", s(item)));
+                    lines.push(format!("{}- {name}2.example.com", s(item)));
                 }
                 out_apps.push((name.to_owned(), env.is_some()));
                 if let Some(vars) = env {
@@ -750,12 +767,22 @@ fn generated() -> impl Strategy<Value = Generated> {
                             lines.push(format!("{}# about VAR_{j}", s(3 * u)));
                         }
                         let first = lines.len();
-                        let k = format!("{}VAR_{j}:", s(3 * u));
+                        let k = if flags & 4 != 0 {
+                            format!("{}\"VAR_{j}\":", s(3 * u))
+                        } else {
+                            format!("{}VAR_{j}:", s(3 * u))
+                        };
                         match v {
                             Val::Plain => lines.push(format!("{k} value-{j}")),
                             Val::Commented => lines.push(format!("{k} value-{j}   # note")),
                             Val::Quoted => lines.push(format!("{k} \"a: b # c\"")),
                             Val::Flow => lines.push(format!("{k} {{ value: x, only: preview }}")),
+                            Val::BlockMap => {
+                                lines.push(k);
+                                lines.push(format!("{}value: x   # inside", s(4 * u)));
+                                lines.push(format!("{}# a comment inside the value", s(4 * u)));
+                                lines.push(format!("{}only: production", s(4 * u)));
+                            }
                             Val::Sealed => {
                                 lines.push(k);
                                 lines.push(format!("{}sealed: |", s(4 * u)));

@@ -53,6 +53,10 @@ pub enum EditError {
     Anchor { line: u32, path: String },
     #[error("line {line}: `{path}` is not a sealed value (expected `sealed:` followed by text)")]
     NotSealed { line: u32, path: String },
+    #[error(
+        "the config is not valid as it is ({0}); fix it first (`telbase validate` lists every problem)"
+    )]
+    Invalid(String),
     #[error("the edited file would not be the same config plus the new value ({0})")]
     Verify(String),
 }
@@ -621,6 +625,14 @@ impl<'a> Document<'a> {
         }
         let checked = super::check_str(&out);
         if let Some(d) = checked.diagnostics.iter().find(|d| d.is_error()) {
+            // An error the file already had is the file's problem, not the edit's: say so.
+            let before = super::check_str(self.src);
+            if let Some(old) = before.diagnostics.iter().find(|d| d.is_error()) {
+                return Err(EditError::Invalid(format!(
+                    "line {}: {}",
+                    old.pos.line, old.message
+                )));
+            }
             return Err(EditError::Verify(format!(
                 "the config loader refuses it: line {}: {}",
                 d.pos.line, d.message
