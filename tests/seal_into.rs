@@ -186,6 +186,14 @@ fn refusals_name_the_problem_and_change_nothing() {
         ),
         (
             "apps:\n  web:\n    framework: nextjs\n",
+            "apps.web.framework.x.y.z",
+            &[
+                "line 5",
+                "`apps.web.framework` is a string, not a map, so `x` cannot be set",
+            ],
+        ),
+        (
+            "apps:\n  web:\n    framework: nextjs\n",
             "project",
             &["not be the same config", "config loader refuses it"],
         ),

@@ -294,18 +294,19 @@ impl<'a> Document<'a> {
                 sealed_only(None),
             ));
         }
-        // Part of the path is missing. Only the immediate parent may be created.
+        // Part of the path is missing. Only the immediate parent may be created, and only
+        // in a map.
         let missing = &path[depth];
         let here = display_path(&path[..depth]);
+        if !matches!(node.value, Value::Map(_)) {
+            return Err(EditError::NotMap {
+                line: node.pos.line,
+                path: here,
+                found: node.type_name(),
+                name: missing.clone(),
+            });
+        }
         if depth + 1 == parent_path.len() {
-            let Value::Map(_) = node.value else {
-                return Err(EditError::NotMap {
-                    line: node.pos.line,
-                    path: here,
-                    found: node.type_name(),
-                    name: missing.clone(),
-                });
-            };
             let (end, child_indent) = self.map_end(&path[..depth])?;
             let mut lines = vec![format!("{}{}:", spaces(child_indent), yaml_key(missing))];
             let inner = child_indent + self.unit;
@@ -997,4 +998,56 @@ pub fn write_atomic(path: &std::path::Path, original: &str, text: &str) -> Resul
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_prefix_handles_plain_quoted_and_url_like_values() {
+        assert_eq!(key_prefix("  a: b"), Some("  a:"));
+        assert_eq!(key_prefix("  a:"), Some("  a:"));
+        assert_eq!(key_prefix(r#"  "a: b" : c"#), Some(r#"  "a: b" :"#));
+        assert_eq!(key_prefix("  'it''s': c"), Some("  'it''s':"));
+        assert_eq!(key_prefix("  url: http://x:80"), Some("  url:"));
+        assert_eq!(key_prefix("  - item"), None);
+        assert_eq!(
+            value_text("  url: http://x:80 # c"),
+            Some("http://x:80 # c")
+        );
+    }
+
+    #[test]
+    fn trailing_comments_are_told_apart_from_hashes_in_values() {
+        assert_eq!(trailing_comment("plain # c"), Some("# c"));
+        assert_eq!(trailing_comment("a#b"), None);
+        assert_eq!(trailing_comment("\"a # b\"  # c"), Some("# c"));
+        assert_eq!(trailing_comment("'a # b'"), None);
+        assert_eq!(trailing_comment("{ a: b } # c"), Some("# c"));
+        assert_eq!(trailing_comment("# only"), Some("# only"));
+        assert_eq!(trailing_comment("| # c"), Some("# c"));
+    }
+
+    #[test]
+    fn block_headers_and_their_indentation_indicator() {
+        assert_eq!(block_header("  a: |"), Some(None));
+        assert_eq!(block_header("  a: >- # c"), Some(None));
+        assert_eq!(block_header("  a: |2"), Some(Some(2)));
+        assert_eq!(block_header("  a: &x |"), Some(None));
+        assert_eq!(block_header("  - |"), Some(None));
+        assert_eq!(block_header("  a: |x"), None);
+        assert_eq!(block_header("  a: b"), None);
+    }
+
+    #[test]
+    fn an_entry_ends_at_its_last_content_line() {
+        let src = "a:\n  b: |\n    text\n\n    # in the scalar\n  # about c\n  c: 1\n\n# end\n";
+        let doc = Document::parse(src).unwrap();
+        // `b` holds its block scalar, including a `#` line inside it, but not the comment
+        // about `c` (less indented than the scalar's content).
+        assert_eq!(doc.entry_end(1, 2), 4);
+        // `a` ends at `c: 1`; the blank line and `# end` after it are not part of it.
+        assert_eq!(doc.entry_end(0, 0), 6);
+    }
 }
