@@ -157,7 +157,7 @@ fn refusals_name_the_problem_and_change_nothing() {
         (
             "apps:\n  web:\n    framework: nextjs\n",
             "apps.wbe.env.API_KEY",
-            &["`apps` has no `wbe`", "web"],
+            &["`apps` has no `wbe` (did you mean `web`?)"],
         ),
         (
             "apps:\n  website:\n    framework: nextjs\n  api:\n    framework: nextjs\n",

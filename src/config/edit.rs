@@ -324,7 +324,16 @@ impl<'a> Document<'a> {
         }
         // Names from the file are sanitized: a hostile file must not reach the terminal
         // with escape sequences through this message.
-        let hint = match did_you_mean(missing, node.keys()) {
+        // Jaro-Winkler (the loader's measure) misses swapped letters in short names
+        // (`wbe` for `web`), so an edit distance of one or two letters counts too.
+        let close = did_you_mean(missing, node.keys()).or_else(|| {
+            node.keys()
+                .map(|k| (strsim::damerau_levenshtein(missing, k), k))
+                .filter(|(d, k)| *d <= 2 && *d < k.chars().count())
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, k)| k)
+        });
+        let hint = match close {
             Some(s) => format!(" (did you mean `{}`?)", sanitize(s)),
             None => {
                 let keys: Vec<String> = node.keys().take(20).map(sanitize).collect();
