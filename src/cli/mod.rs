@@ -44,7 +44,7 @@ pub enum Command {
     Emulate(reconcile::EmulateArgs),
     /// Run the whole loop against the built-in emulator: validate, plan, apply, drift, correct.
     Demo(demo::DemoArgs),
-    /// Age keys and sealed values: keygen, recipient, seal, reveal (see docs/secrets.md).
+    /// Age keys and sealed values: keygen, recipient, seal, reveal, reseal (see docs/secrets.md).
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
 }

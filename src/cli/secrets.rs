@@ -14,6 +14,7 @@ use anyhow::{Context as _, anyhow, bail};
 use secrecy::ExposeSecret as _;
 use zeroize::Zeroizing;
 
+use crate::config::edit;
 use crate::secrets;
 
 /// The recipients file read by `seal` when no recipient is named: beside `./telbase.yaml`.
@@ -29,6 +30,8 @@ pub enum SecretsCommand {
     Seal(SealArgs),
     /// Open an age file (armored or binary) and print its plaintext.
     Reveal(RevealArgs),
+    /// Seal every `sealed:` value in a config again to the current recipients, in place.
+    Reseal(ResealArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -55,6 +58,28 @@ pub struct SealArgs {
     /// named: .telbase-recipients beside ./telbase.yaml.
     #[arg(short = 'R', long, value_name = "FILE")]
     pub recipients_file: Option<PathBuf>,
+    /// Write the sealed value into this config file at --key (keeping every other byte of
+    /// it) instead of printing it. The default recipients file is then the one beside it.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub into: Option<PathBuf>,
+    /// The key path for --into, dot-separated, e.g. apps.web.env.API_KEY (`\.` is a dot
+    /// inside a name, `\\` a backslash).
+    #[arg(long, value_name = "PATH", requires = "into")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ResealArgs {
+    /// The config whose sealed values are resealed in place.
+    #[arg(short, long, value_name = "FILE", default_value = "telbase.yaml")]
+    pub config: PathBuf,
+    /// The identity that opens the current values. Default: $TELBASE_IDENTITY_FILE.
+    #[arg(short, long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The current recipients, one age1… per line. Default: .telbase-recipients beside
+    /// the config.
+    #[arg(short = 'R', long, value_name = "FILE")]
+    pub recipients_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,6 +97,7 @@ pub fn secrets_cmd(cmd: &SecretsCommand) -> ExitCode {
         SecretsCommand::Recipient(a) => recipient(a),
         SecretsCommand::Seal(a) => seal(a),
         SecretsCommand::Reveal(a) => reveal(a),
+        SecretsCommand::Reseal(a) => reseal(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -187,22 +213,14 @@ fn seal(args: &SealArgs) -> anyhow::Result<()> {
     for r in &args.recipients {
         recipients.push(secrets::parse_recipient(r, "--recipient")?);
     }
+    let config = args.into.as_deref().unwrap_or(Path::new("telbase.yaml"));
     let file = match &args.recipients_file {
         Some(p) => Some(p.clone()),
-        None if args.recipients.is_empty() => Some(default_recipients_file()),
+        None if args.recipients.is_empty() => Some(default_recipients_file(config)),
         None => None,
     };
     if let Some(path) = file {
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "cannot read the recipients file {} (name recipients with --recipient, or list them one age1… per line in {DEFAULT_RECIPIENTS_FILE} beside telbase.yaml)",
-                path.display()
-            )
-        })?;
-        recipients.extend(secrets::parse_recipients(
-            &text,
-            &path.display().to_string(),
-        )?);
+        recipients.extend(recipients_from(&path)?);
     }
     // One stanza per person even when a key is both named and listed in the file.
     let mut seen = std::collections::BTreeSet::new();
@@ -210,6 +228,20 @@ fn seal(args: &SealArgs) -> anyhow::Result<()> {
     if recipients.is_empty() {
         return Err(secrets::RecipientError::None.into());
     }
+    // With --into, everything about the file is checked before the value is read, so a
+    // mistyped key path costs no secret typed or piped in vain.
+    let target = match (&args.into, &args.key) {
+        (Some(file), Some(key)) => {
+            let segments = edit::parse_key_path(key)?;
+            let src = read_config(file)?;
+            let probe = probe_armor()?;
+            edit::Document::parse(&src)
+                .and_then(|doc| doc.set_sealed(&segments, &probe))
+                .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+            Some((file, segments, src))
+        }
+        _ => None,
+    };
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         bail!(
@@ -219,16 +251,93 @@ fn seal(args: &SealArgs) -> anyhow::Result<()> {
     let plain = secrets::read_plaintext(stdin.lock()).context("standard input")?;
     let mut sealed = Vec::new();
     secrets::seal(&plain, &recipients, &mut sealed)?;
-    std::io::stdout().write_all(&sealed)?;
+    drop(plain);
+    let Some((file, segments, src)) = target else {
+        std::io::stdout().write_all(&sealed)?;
+        return Ok(());
+    };
+    let armored = String::from_utf8(sealed).context("the armored value is not text")?;
+    let text = edit::Document::parse(&src)
+        .and_then(|doc| doc.set_sealed(&segments, &armored))
+        .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    edit::write_atomic(file, &src, &text)?;
+    eprintln!(
+        "sealed {} into {} for {} recipient{}",
+        edit::display_path(&segments),
+        file.display(),
+        recipients.len(),
+        if recipients.len() == 1 { "" } else { "s" }
+    );
     Ok(())
 }
 
-/// `.telbase-recipients` beside `./telbase.yaml`.
-fn default_recipients_file() -> PathBuf {
-    Path::new("telbase.yaml")
+/// A real sealed value (an empty plaintext to a throwaway key) standing in for the real one,
+/// to try an edit before the value is read: the config loader checks that sealed values are
+/// age files, so a fake would be refused.
+fn probe_armor() -> anyhow::Result<String> {
+    let mut out = Vec::new();
+    secrets::seal(b"", &[secrets::generate().to_public()], &mut out)?;
+    Ok(String::from_utf8(out)?)
+}
+
+fn read_config(path: &Path) -> anyhow::Result<String> {
+    let bytes = crate::config::read(path)
+        .map_err(|d| anyhow!("cannot read {}: {}", path.display(), d.message))?;
+    String::from_utf8(bytes).map_err(|_| anyhow!("{} is not UTF-8 text", path.display()))
+}
+
+/// The recipients listed in a recipients file.
+fn recipients_from(path: &Path) -> anyhow::Result<Vec<age::x25519::Recipient>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read the recipients file {} (name recipients with --recipient, or list them one age1… per line in {DEFAULT_RECIPIENTS_FILE} beside telbase.yaml)",
+            path.display()
+        )
+    })?;
+    Ok(secrets::parse_recipients(
+        &text,
+        &path.display().to_string(),
+    )?)
+}
+
+/// `.telbase-recipients` beside the config file.
+fn default_recipients_file(config: &Path) -> PathBuf {
+    config
         .parent()
         .unwrap_or(Path::new(""))
         .join(DEFAULT_RECIPIENTS_FILE)
+}
+
+fn reseal(args: &ResealArgs) -> anyhow::Result<()> {
+    let ids = identities(args.identity.as_ref())?;
+    let path = args
+        .recipients_file
+        .clone()
+        .unwrap_or_else(|| default_recipients_file(&args.config));
+    let mut recipients = recipients_from(&path)?;
+    let mut seen = std::collections::BTreeSet::new();
+    recipients.retain(|r| seen.insert(r.to_string()));
+    if recipients.is_empty() {
+        bail!(
+            "{} lists no recipients; resealing to nobody would lock everyone out",
+            path.display()
+        );
+    }
+    let src = read_config(&args.config)?;
+    let done = secrets::reseal::reseal(&src, &ids, &recipients)
+        .map_err(|e| anyhow!("{}: {e}; nothing was written", args.config.display()))?;
+    if done.count > 0 {
+        edit::write_atomic(&args.config, &src, &done.text)?;
+    }
+    println!(
+        "{} value{} resealed to {} recipient{} in {}",
+        done.count,
+        if done.count == 1 { "" } else { "s" },
+        recipients.len(),
+        if recipients.len() == 1 { "" } else { "s" },
+        args.config.display()
+    );
+    Ok(())
 }
 
 fn reveal(args: &RevealArgs) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 //! problem it can find, not just the first. Nothing here knows a provider's wire format.
 
 pub mod diag;
+pub mod edit;
 pub mod file;
 pub mod lower;
 pub mod semantic;
