@@ -21,3 +21,4 @@ pub mod model;
 pub mod plan;
 pub mod providers;
 pub mod secrets;
+pub mod serve;

@@ -1,0 +1,241 @@
+//! `telbase serve`: the GitHub App's HTTP side. This module owns the routes and what they
+//! promise: `POST /webhooks/github` verifies the signature over the raw body before reading
+//! anything, records the delivery and its reconcile jobs durably (deduplicated by
+//! `X-GitHub-Delivery`) and answers 202 in milliseconds; the work happens from the queue.
+//! `GET /healthz` says the process is up, `GET /readyz` that the store answers and the queue
+//! is alive, `GET /metrics` reports in the Prometheus text format. Every answer carries HSTS.
+//!
+//! The layout follows axum's and crates.io's: one `AppState` behind an `Arc`, handlers that
+//! only translate HTTP to calls on it, and blocking store calls moved off the async threads.
+
+pub mod metrics;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use secrecy::SecretString;
+use serde_json::json;
+
+use crate::github::webhook::{self, Event, Intent};
+
+pub use metrics::Metrics;
+
+/// A verified delivery, read into the jobs it asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingDelivery {
+    /// `X-GitHub-Delivery`: GitHub's id, the same on every redelivery.
+    pub id: String,
+    pub event: String,
+    /// The decisions to carry out (never `Intent::Ignore`).
+    pub intents: Vec<Intent>,
+    /// Why nothing is done, when `intents` is empty.
+    pub ignored: Vec<String>,
+}
+
+/// What recording a delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// First time seen: stored, with this many jobs queued.
+    New { jobs: usize },
+    /// Seen before (a redelivery): acknowledged, nothing queued again.
+    Duplicate,
+}
+
+/// Where deliveries and jobs are kept: the store (SQLite, or PostgreSQL with several
+/// replicas). Blocking; handlers call it on the blocking pool.
+pub trait Inbox: Send + Sync + 'static {
+    /// Record the delivery and queue its jobs in one transaction, or report a duplicate.
+    fn record(&self, delivery: &IncomingDelivery) -> Result<Recorded, String>;
+    /// Jobs queued or running (also proves the store answers).
+    fn depth(&self) -> Result<u64, String>;
+}
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// The current webhook secret and, during a rotation, the previous one.
+    pub webhook_secrets: Vec<SecretString>,
+    pub inbox: Arc<dyn Inbox>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The router with every route and limit.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/webhooks/github",
+            post(github_webhook).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .layer(axum::middleware::map_response(hsts))
+        .with_state(state)
+}
+
+/// HSTS on every answer: browsers that reach the server over HTTPS keep using HTTPS (the
+/// header is ignored over plain HTTP, so it is harmless behind a TLS proxy too).
+async fn hsts(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+    );
+    resp
+}
+
+fn problem(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({"error": message}))).into_response()
+}
+
+/// GitHub's delivery ids are GUIDs; anything else is refused before it reaches the store.
+fn valid_delivery_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+async fn github_webhook(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let event = h("x-github-event").unwrap_or_default().to_owned();
+    // The signature first: nothing about an unverified body is trusted or parsed.
+    if let Err(e) = webhook::verify(&app.webhook_secrets, &body, h("x-hub-signature-256")) {
+        app.metrics.delivery(&event, "bad_signature");
+        tracing::warn!(error = %e, "webhook refused");
+        return problem(StatusCode::UNAUTHORIZED, &e.to_string());
+    }
+    let Some(id) = h("x-github-delivery").filter(|id| valid_delivery_id(id)) else {
+        app.metrics.delivery(&event, "bad_payload");
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "missing or malformed X-GitHub-Delivery header",
+        );
+    };
+    if event.is_empty() {
+        app.metrics.delivery(&event, "bad_payload");
+        return problem(StatusCode::BAD_REQUEST, "missing X-GitHub-Event header");
+    }
+    let parsed = match webhook::parse(&event, &body) {
+        Ok(p) => p,
+        Err(e) => {
+            app.metrics.delivery(&event, "bad_payload");
+            return problem(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    match &parsed {
+        Event::Other(name) => {
+            tracing::debug!(event = %name, delivery = id, "event not used");
+            app.metrics.delivery(&event, "ignored");
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        Event::Ping(p) => {
+            app.metrics.delivery(&event, "accepted");
+            return (
+                StatusCode::OK,
+                axum::Json(json!({"pong": true, "hook_id": p.hook_id})),
+            )
+                .into_response();
+        }
+        _ => {}
+    }
+    let (intents, ignored): (Vec<Intent>, Vec<Intent>) = parsed
+        .intents()
+        .into_iter()
+        .partition(|i| !matches!(i, Intent::Ignore(_)));
+    let delivery = IncomingDelivery {
+        id: id.to_owned(),
+        event: event.clone(),
+        intents,
+        ignored: ignored
+            .into_iter()
+            .filter_map(|i| match i {
+                Intent::Ignore(why) => Some(why),
+                _ => None,
+            })
+            .collect(),
+    };
+    let inbox = app.inbox.clone();
+    let recorded = tokio::task::spawn_blocking(move || {
+        let r = inbox.record(&delivery);
+        (r, delivery)
+    })
+    .await;
+    match recorded {
+        Ok((Ok(Recorded::New { jobs }), delivery)) => {
+            app.metrics.delivery(&event, "accepted");
+            tracing::info!(delivery = %delivery.id, event = %event, jobs, ignored = ?delivery.ignored, "delivery recorded");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(
+                    json!({"delivery": delivery.id, "jobs": jobs, "ignored": delivery.ignored}),
+                ),
+            )
+                .into_response()
+        }
+        Ok((Ok(Recorded::Duplicate), delivery)) => {
+            app.metrics.delivery(&event, "duplicate");
+            tracing::info!(delivery = %delivery.id, "redelivery acknowledged, not re-run");
+            (
+                StatusCode::OK,
+                axum::Json(json!({"delivery": delivery.id, "duplicate": true})),
+            )
+                .into_response()
+        }
+        Ok((Err(e), _)) => {
+            app.metrics.delivery(&event, "error");
+            tracing::error!(error = %e, "cannot record a delivery");
+            // GitHub shows the delivery as failed; redelivery or the polling fallback
+            // brings it back once the store answers.
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the delivery could not be recorded; redeliver it later",
+            )
+        }
+        Err(_) => problem(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+    }
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    let inbox = app.inbox.clone();
+    match tokio::task::spawn_blocking(move || inbox.depth()).await {
+        Ok(Ok(depth)) => {
+            app.metrics.queue_depth.set(depth as i64);
+            (
+                StatusCode::OK,
+                axum::Json(json!({"store": "ok", "queue_depth": depth})),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("store not ready: {e}"),
+        ),
+        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "store not ready"),
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
+    if let Ok(Ok(depth)) = {
+        let inbox = app.inbox.clone();
+        tokio::task::spawn_blocking(move || inbox.depth()).await
+    } {
+        app.metrics.queue_depth.set(depth as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
