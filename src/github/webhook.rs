@@ -251,11 +251,13 @@ pub enum Intent {
         sha: String,
         head_branch: String,
     },
-    /// Tear a pull request's preview down completely (closed, merged or not).
+    /// Tear a pull request's preview down completely (closed, merged or not). `sha` is the
+    /// PR's last head commit: its telbase.yaml says which providers hold the preview.
     Teardown {
         installation: u64,
         repo: String,
         pr: u64,
+        sha: String,
     },
     /// The App was installed or given repositories: reconcile each that has a telbase.yaml.
     Installed {
@@ -333,6 +335,7 @@ impl Event {
                         installation,
                         repo,
                         pr: p.number,
+                        sha: p.pull_request.head.sha.clone(),
                     },
                     other => Intent::Ignore(format!("pull_request action `{other}` is not used")),
                 }

@@ -9,6 +9,7 @@
 //! only translate HTTP to calls on it, and blocking store calls moved off the async threads.
 
 pub mod metrics;
+pub mod worker;
 
 use std::sync::Arc;
 

@@ -1,0 +1,373 @@
+//! The reconcile worker: takes jobs from the durable queue and carries them out, in the
+//! manner of kube-runtime's controller (a job is a request to make one environment match
+//! one commit; failures requeue with backoff; the same key never runs twice at once).
+//!
+//! A job reads `telbase.yaml` at exactly the job's commit through the App, plans against
+//! what the providers report, applies, and reports on the commit as a status
+//! (`telbase/production` or `telbase/preview`). A push to a branch other than the file's
+//! production branch, or a commit without the file, finishes with nothing done. A closed
+//! pull request tears its preview down: the same file read at its last head commit, with
+//! every resource removed and pruning on, so only what that preview owns is deleted.
+//! Claims are leases renewed while the job runs, so a replica that dies mid-apply releases
+//! its job to another one after the lease, and the executor's idempotence makes the rerun
+//! safe.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::apply::{self, Opener};
+use crate::github::app::{CommitStatus, GitHubApp, GitHubError, StatusState};
+use crate::github::webhook::Intent;
+use crate::model::Environment;
+use crate::plan;
+use crate::providers::{self, Credentials, GitRef, Scope, http::Http};
+
+use super::Metrics;
+use super::metrics::ReconcileLabels;
+
+/// A claimed job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: i64,
+    pub intent: Intent,
+    /// Attempts before this one.
+    pub attempts: u32,
+}
+
+/// The durable queue, as the worker sees it. Implemented by the store.
+pub trait Jobs: Send + Sync + 'static {
+    /// The next runnable job, leased to `owner` for `lease`: the oldest due one whose
+    /// repository and environment has no job running. Superseded jobs (an older push to the
+    /// same environment) are skipped.
+    fn claim(&self, owner: &str, lease: Duration) -> Result<Option<Job>, String>;
+    /// Extend the lease of a running job; `false` if the job is no longer ours.
+    fn renew(&self, id: i64, owner: &str, lease: Duration) -> Result<bool, String>;
+    /// The job is done (`summary` is kept for the run page).
+    fn finish(&self, id: i64, owner: &str, summary: &str) -> Result<(), String>;
+    /// Run it again after `after`, or give up when it has been tried too often.
+    fn retry(&self, id: i64, owner: &str, after: Duration, error: &str) -> Result<(), String>;
+    /// The job failed for good.
+    fn fail(&self, id: i64, owner: &str, error: &str) -> Result<(), String>;
+}
+
+/// Why a job did not finish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// Worth another attempt (a provider or GitHub outage, a failed step).
+    #[error("{0}")]
+    Retry(String),
+    /// Will fail the same way again until someone changes something (an invalid file,
+    /// missing credentials).
+    #[error("{0}")]
+    Fail(String),
+}
+
+fn from_github(e: GitHubError) -> JobError {
+    if e.is_transient() {
+        JobError::Retry(e.to_string())
+    } else {
+        JobError::Fail(e.to_string())
+    }
+}
+
+/// Everything a job needs besides the job.
+pub struct Reconciler {
+    pub github: Arc<GitHubApp>,
+    pub credentials: Credentials,
+    pub http: Http,
+    pub opener: Arc<dyn Opener>,
+    pub metrics: Arc<Metrics>,
+    /// Provider calls in flight per apply.
+    pub concurrency: usize,
+    /// Link from commit statuses to the server's run pages, when it has a public URL.
+    pub public_url: Option<String>,
+}
+
+const CONFIG_FILE: &str = "telbase.yaml";
+
+impl Reconciler {
+    /// Carry out one decision; `Ok` holds a one-line summary.
+    pub async fn run(&self, intent: &Intent) -> Result<String, JobError> {
+        match intent {
+            Intent::Push {
+                installation,
+                repo,
+                branch,
+                sha,
+            } => {
+                self.environment(
+                    *installation,
+                    repo,
+                    branch,
+                    sha,
+                    Environment::Production,
+                    false,
+                )
+                .await
+            }
+            Intent::Preview {
+                installation,
+                repo,
+                pr,
+                sha,
+                head_branch,
+            } => {
+                let env = Environment::Preview { pull_request: *pr };
+                self.environment(*installation, repo, head_branch, sha, env, false)
+                    .await
+            }
+            Intent::Teardown {
+                installation,
+                repo,
+                pr,
+                sha,
+            } => {
+                let env = Environment::Preview { pull_request: *pr };
+                self.environment(*installation, repo, "", sha, env, true)
+                    .await
+            }
+            Intent::Installed { repos, .. } => Ok(format!(
+                "installed on {} repositories; each reconciles on its next push",
+                repos.len()
+            )),
+            Intent::Removed { repos, .. } => Ok(format!(
+                "removed from {} repositories; their resources are left as they are",
+                repos.len()
+            )),
+            Intent::Ignore(why) => Ok(why.clone()),
+        }
+    }
+
+    async fn environment(
+        &self,
+        installation: u64,
+        repo: &str,
+        branch: &str,
+        sha: &str,
+        environment: Environment,
+        teardown: bool,
+    ) -> Result<String, JobError> {
+        let Some(bytes) = self
+            .github
+            .read_file(installation, repo, CONFIG_FILE, sha)
+            .await
+            .map_err(from_github)?
+        else {
+            return Ok(format!("no {CONFIG_FILE} at {sha}"));
+        };
+        let context = match environment {
+            Environment::Production => "telbase/production",
+            Environment::Preview { .. } => "telbase/preview",
+        };
+        let status = |state, description: String| async move {
+            let st = CommitStatus {
+                state,
+                context,
+                description: &description,
+                target_url: self.public_url.as_deref(),
+            };
+            // A status that cannot be set must not fail the reconcile itself.
+            if let Err(e) = self.github.set_status(installation, repo, sha, &st).await {
+                tracing::warn!(error = %e, repo, sha, "cannot set the commit status");
+            }
+        };
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(_) => {
+                let msg = format!("{CONFIG_FILE} is not UTF-8");
+                status(StatusState::Error, msg.clone()).await;
+                return Err(JobError::Fail(msg));
+            }
+        };
+        let mut desired = match crate::config::load_str(&text, environment) {
+            Ok((d, _warnings)) => d,
+            Err(diags) => {
+                let first = diags
+                    .iter()
+                    .find(|d| d.is_error())
+                    .map(|d| format!("line {}: {}", d.pos.line, d.message))
+                    .unwrap_or_else(|| "invalid".into());
+                let msg = format!("{CONFIG_FILE} is invalid: {first}");
+                status(StatusState::Error, msg.clone()).await;
+                return Err(JobError::Fail(msg));
+            }
+        };
+        if environment == Environment::Production && branch != desired.reconcile.production_branch {
+            return Ok(format!(
+                "{branch} is not the production branch ({})",
+                desired.reconcile.production_branch
+            ));
+        }
+        if !teardown {
+            status(StatusState::Pending, "Reconciling…".into()).await;
+        }
+        desired.pin_git(Some(repo), sha);
+        let registry = providers::registry_for(&desired, &self.credentials, &self.http)
+            .map_err(|e| JobError::Fail(e.to_string()))?;
+        if teardown {
+            desired.resources.clear();
+            desired.reconcile.prune = true;
+        }
+        let scope = Scope {
+            project: desired.project.clone(),
+            environment,
+            git: Some(GitRef {
+                repo: repo.to_owned(),
+                sha: sha.to_owned(),
+                branch: branch.to_owned(),
+            }),
+        };
+        let started = Instant::now();
+        let result = self.plan_and_apply(desired, registry, scope).await;
+        let env_label = match environment {
+            Environment::Production => "production",
+            Environment::Preview { .. } => "preview",
+        };
+        let outcome = match &result {
+            Ok(_) => "success",
+            Err(JobError::Retry(_)) => "failure",
+            Err(JobError::Fail(_)) => "error",
+        };
+        self.metrics
+            .reconcile_seconds
+            .get_or_create(&ReconcileLabels {
+                environment: env_label.into(),
+                result: outcome.into(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        if !teardown {
+            match &result {
+                Ok(summary) => status(StatusState::Success, summary.clone()).await,
+                Err(e) => status(StatusState::Failure, e.to_string()).await,
+            }
+        }
+        result
+    }
+
+    async fn plan_and_apply(
+        &self,
+        desired: crate::model::DesiredState,
+        registry: providers::Registry,
+        scope: Scope,
+    ) -> Result<String, JobError> {
+        let actual = apply::observe(&registry, &scope)
+            .await
+            .map_err(|e| JobError::Retry(format!("observing: {e}")))?;
+        let plan = plan::plan(&desired, &actual);
+        if !plan.has_changes() {
+            return Ok("No changes".into());
+        }
+        let s = plan.summary();
+        let report = apply::execute(
+            Arc::new(plan),
+            Arc::new(desired),
+            Arc::new(actual),
+            Arc::new(registry),
+            Arc::new(scope),
+            self.opener.clone(),
+            apply::Options {
+                concurrency: self.concurrency,
+                on_event: None,
+            },
+        )
+        .await;
+        let summary = format!(
+            "{} created, {} updated, {} replaced, {} deleted",
+            s.create, s.update, s.replace, s.delete
+        );
+        if report.succeeded() {
+            Ok(format!("Applied: {summary}"))
+        } else {
+            let failed = report
+                .steps
+                .iter()
+                .find_map(|st| match &st.outcome {
+                    apply::Outcome::Failed { error } => Some(format!("{}: {error}", st.key)),
+                    _ => None,
+                })
+                .unwrap_or_else(|| "a step failed".into());
+            Err(JobError::Retry(format!("apply failed at {failed}")))
+        }
+    }
+}
+
+/// Backoff before attempt `n + 1` (kube-runtime's shape: exponential, capped).
+pub fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << attempts.min(8)).min(900))
+}
+
+/// Run jobs until `shutdown` turns true; a job in flight finishes first (its lease would
+/// hand it to another replica otherwise, which is safe but slower).
+pub async fn work(
+    jobs: Arc<dyn Jobs>,
+    reconciler: Arc<Reconciler>,
+    owner: String,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    const LEASE: Duration = Duration::from_secs(300);
+    const IDLE: Duration = Duration::from_millis(500);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let claimed = {
+            let jobs = jobs.clone();
+            let owner = owner.clone();
+            tokio::task::spawn_blocking(move || jobs.claim(&owner, LEASE)).await
+        };
+        let job = match claimed {
+            Ok(Ok(Some(job))) => job,
+            Ok(Ok(None)) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(IDLE) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "the queue cannot be read; retrying");
+                tokio::time::sleep(IDLE * 4).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the queue task failed; retrying");
+                tokio::time::sleep(IDLE * 4).await;
+                continue;
+            }
+        };
+        // Keep the lease while the job runs.
+        let renew = {
+            let jobs = jobs.clone();
+            let owner = owner.clone();
+            let id = job.id;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LEASE / 3).await;
+                    let jobs = jobs.clone();
+                    let owner = owner.clone();
+                    let still =
+                        tokio::task::spawn_blocking(move || jobs.renew(id, &owner, LEASE)).await;
+                    if !matches!(still, Ok(Ok(true))) {
+                        return;
+                    }
+                }
+            })
+        };
+        let result = reconciler.run(&job.intent).await;
+        renew.abort();
+        let jobs2 = jobs.clone();
+        let owner2 = owner.clone();
+        let attempts = job.attempts;
+        let recorded = tokio::task::spawn_blocking(move || match &result {
+            Ok(summary) => jobs2.finish(job.id, &owner2, summary),
+            Err(JobError::Retry(e)) => jobs2.retry(job.id, &owner2, backoff(attempts), e),
+            Err(JobError::Fail(e)) => jobs2.fail(job.id, &owner2, e),
+        })
+        .await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::error!(
+                "a job's result could not be recorded; its lease will expire and it runs again"
+            );
+        }
+    }
+}
