@@ -165,6 +165,10 @@ async fn the_app_talks_to_github_as_github_expects() {
         vec![12, 11]
     );
     assert_eq!(deliveries[0].status_code, 0, "the failed one is visible");
+    gh.redeliver(12).await.unwrap();
+    assert_eq!(emu.inventory()["github/redelivery"], 1);
+    let again = gh.deliveries(50).await.unwrap();
+    assert!(again[0].redelivery && again[0].guid == deliveries[0].guid);
 
     // The installation token was minted once and reused by every call.
     let exchanges = emu.exchanges();

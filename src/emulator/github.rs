@@ -38,6 +38,8 @@ pub(crate) struct State {
     next_id: u64,
     /// Requests left in the core rate-limit window (GitHub: 5,000 an hour for an App).
     remaining: u64,
+    /// Guids GitHub was asked to redeliver, in order.
+    pub(crate) redeliveries: Vec<String>,
 }
 
 struct Installation {
@@ -56,6 +58,7 @@ impl State {
 pub(crate) fn inventory(s: &State, m: &mut BTreeMap<String, u64>) {
     m.insert("github/status".into(), s.statuses.len() as u64);
     m.insert("github/comment".into(), s.comments.len() as u64);
+    m.insert("github/redelivery".into(), s.redeliveries.len() as u64);
 }
 
 fn gh_error(status: u16, message: &str) -> Answer {
@@ -204,6 +207,24 @@ pub(crate) fn route(
                     ));
                 }
                 a
+            }
+            ("POST", ["app", "hook", "deliveries", id, "attempts"]) => {
+                let Some(d) = id
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|id| s.deliveries.iter().find(|d| d["id"].as_u64() == Some(id)))
+                    .cloned()
+                else {
+                    return gh_error(404, "Not Found");
+                };
+                // A redelivery is a new delivery with the same guid, marked as such.
+                let mut again = d;
+                again["id"] = (s.deliveries.len() as u64 + 10_000 + s.next_id).into();
+                again["redelivery"] = true.into();
+                s.redeliveries
+                    .push(again["guid"].as_str().unwrap_or_default().to_owned());
+                s.deliveries.push(again);
+                Answer::ok(202, json!({}))
             }
             _ => gh_error(404, "Not Found"),
         };

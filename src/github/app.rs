@@ -356,6 +356,19 @@ impl GitHubApp {
             .ok_or_else(|| GitHubError::Transient("rate limit: no resources.core.remaining".into()))
     }
 
+    /// Ask GitHub to deliver a webhook delivery again (after it failed to reach us).
+    pub async fn redeliver(&self, delivery_id: u64) -> Result<(), GitHubError> {
+        let _: Value = self
+            .app
+            .post(
+                format!("/app/hook/deliveries/{delivery_id}/attempts"),
+                None::<&()>,
+            )
+            .await
+            .map_err(|e| map_err(&format!("redelivery of {delivery_id}"), e))?;
+        Ok(())
+    }
+
     /// The App's most recent webhook deliveries, newest first (the polling fallback finds
     /// deliveries that failed to reach the server and asks GitHub to redeliver them).
     pub async fn deliveries(&self, per_page: u8) -> Result<Vec<Delivery>, GitHubError> {
