@@ -11,6 +11,8 @@
 //! [`OpenError`] variant, because "wrong key" and "damaged file" call for different fixes.
 //! Secret material stays in `secrecy`/`zeroize` types and never reaches an error message.
 
+pub mod sops;
+
 use std::io::{Read, Write};
 
 use secrecy::{ExposeSecret as _, SecretString};
