@@ -692,7 +692,7 @@ fn hostile_inputs_are_refused_without_panicking() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     /// Random damage to a valid file (a byte replaced, removed or inserted, anywhere) never
     /// panics, and never opens to values other than the original ones.
@@ -745,3 +745,338 @@ static FIXTURE: std::sync::LazyLock<(age::x25519::Identity, (String, String))> =
         );
         (id, (yaml, json))
     });
+
+// ---------------------------------------------------------------------------------------
+// `apps.<name>.env_file`: validation, plans without a key, apply to Vercel.
+
+const APP_CONFIG: &str = r#"version: 1
+project: shop
+environments:
+  production:
+    branch: main
+apps:
+  web:
+    framework: nextjs
+    env:
+      SITE: shop
+    env_file: secrets/app.sops.yaml
+  admin:
+    framework: nextjs
+    env_file: secrets/app.sops.yaml
+"#;
+
+const SECRET_TOKEN: &str = "tok_live_8f3a91c2d4e5";
+const SECRET_URL: &str = "postgres://shop:Pa55w0rd-x7@db.internal/shop";
+
+fn write_env_file(dir: &Path, id: &age::x25519::Identity, token: &str) {
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    let text = encrypt(
+        &[("API_TOKEN", token), ("DATABASE_URL", SECRET_URL)],
+        &[id.to_public()],
+        &Options::default(),
+    );
+    std::fs::write(dir.join("secrets/app.sops.yaml"), text).unwrap();
+}
+
+#[test]
+fn validate_reads_env_files_without_a_key_and_points_at_the_line() {
+    use telbase::config::{Code, check_str_in};
+    let dir = tempfile::tempdir().unwrap();
+    let id = telbase::secrets::generate();
+
+    // Missing file: E0215 on the env_file line (line 11 of APP_CONFIG).
+    let checked = check_str_in(APP_CONFIG, dir.path());
+    assert!(!checked.is_valid());
+    let d = checked
+        .diagnostics
+        .iter()
+        .find(|d| d.code == Code::E0215)
+        .expect("a diagnostic for the missing file");
+    assert_eq!(d.pos.line, 11, "{d:?}");
+    assert!(d.message.contains("secrets/app.sops.yaml"), "{}", d.message);
+
+    write_env_file(dir.path(), &id, SECRET_TOKEN);
+    let checked = check_str_in(APP_CONFIG, dir.path());
+    assert!(checked.is_valid(), "{:?}", checked.diagnostics);
+
+    // A key also under `env:` names both.
+    let clash = APP_CONFIG.replace(
+        "      SITE: shop",
+        "      SITE: shop\n      API_TOKEN: plain",
+    );
+    let checked = check_str_in(&clash, dir.path());
+    let d = checked
+        .diagnostics
+        .iter()
+        .find(|d| d.code == Code::E0211)
+        .expect("a clash diagnostic");
+    assert!(
+        d.message.contains("API_TOKEN")
+            && d.message.contains("env_file")
+            && d.message.contains("env:"),
+        "{}",
+        d.message
+    );
+    assert_eq!(d.pos.line, 11, "points at the API_TOKEN key under env:");
+
+    // A reserved name, a nested value, a plain YAML file: each refused with its reason.
+    let cases: [(&str, String, &str); 3] = [
+        (
+            "reserved",
+            encrypt(
+                &[("VERCEL_URL", "x")],
+                &[id.to_public()],
+                &Options::default(),
+            ),
+            "VERCEL_URL",
+        ),
+        (
+            "nested",
+            format!(
+                "NESTED:\n  a: 1\n{}",
+                encrypt(&[("A", "x")], &[id.to_public()], &Options::default())
+            ),
+            "is a map",
+        ),
+        (
+            "plain",
+            "API_TOKEN: not encrypted\n".to_owned(),
+            "not a SOPS file",
+        ),
+    ];
+    for (what, text, want) in cases {
+        std::fs::write(dir.path().join("secrets/app.sops.yaml"), text).unwrap();
+        let checked = check_str_in(APP_CONFIG, dir.path());
+        assert!(!checked.is_valid(), "{what}");
+        assert!(
+            checked.diagnostics.iter().any(|d| d.message.contains(want)),
+            "{what}: {:?}",
+            checked.diagnostics
+        );
+    }
+}
+
+/// Forwards every request to `upstream` and keeps each request's method, path and body, to
+/// see exactly what reached the (emulated) provider.
+async fn capturing_proxy(
+    upstream: String,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = reqwest::Client::new();
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let (client, log, upstream) = (client.clone(), log.clone(), upstream.clone());
+            async move {
+                let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                log.lock()
+                    .unwrap()
+                    .push(format!("{method} {pq} {}", String::from_utf8_lossy(&body)));
+                let mut req = client
+                    .request(method.as_str().parse().unwrap(), format!("{upstream}{pq}"))
+                    .body(body.to_vec());
+                for (k, v) in &headers {
+                    if k != "host" && k != "content-length" {
+                        req = req.header(k.as_str(), v.as_bytes());
+                    }
+                }
+                match req.send().await {
+                    Ok(resp) => {
+                        let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+                        let mut out = HeaderMap::new();
+                        for (k, v) in resp.headers() {
+                            if let (Ok(k), Ok(v)) = (
+                                axum::http::HeaderName::from_bytes(k.as_str().as_bytes()),
+                                axum::http::HeaderValue::from_bytes(v.as_bytes()),
+                            ) && k != "content-length"
+                                && k != "transfer-encoding"
+                            {
+                                out.insert(k, v);
+                            }
+                        }
+                        (status, out, resp.bytes().await.unwrap_or_default().to_vec())
+                    }
+                    Err(_) => (StatusCode::BAD_GATEWAY, HeaderMap::new(), Vec::new()),
+                }
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen)
+}
+
+/// Counts how often the real opener is asked for a SOPS file.
+struct Counting(telbase::apply::AgeOpener, std::sync::atomic::AtomicUsize);
+
+impl telbase::apply::Opener for Counting {
+    fn open(&self, armor: &str) -> Result<secrecy::SecretString, String> {
+        self.0.open(armor)
+    }
+    fn open_sops(&self, file: &Path) -> Result<telbase::apply::EnvFileValues, String> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.open_sops(file)
+    }
+}
+
+fn run_in(dir: &Path, url: &str) -> common::emu::Run {
+    use telbase::model::Environment;
+    use telbase::providers::{self, Credentials, GitRef, Scope};
+    let (desired, _) =
+        telbase::config::load_str_in(APP_CONFIG, Environment::Production, dir).expect("valid");
+    let http = telbase::providers::http::Http::new(common::emu::http_config()).unwrap();
+    let creds = Credentials {
+        emulator: Some(url.to_owned()),
+        ..Credentials::default()
+    };
+    let registry = providers::registry_for(&desired, &creds, &http).unwrap();
+    let scope = Scope {
+        project: desired.project.clone(),
+        environment: desired.environment,
+        git: Some(GitRef {
+            repo: "telbase-tests/shop".into(),
+            sha: "4f2a9c1e0b7d3a5f6e8c9b0a1d2e3f4a5b6c7d8e".into(),
+            branch: "main".into(),
+        }),
+    };
+    common::emu::Run {
+        desired,
+        scope,
+        registry,
+        http,
+    }
+}
+
+async fn apply_with(
+    run: &common::emu::Run,
+    opener: std::sync::Arc<dyn telbase::apply::Opener>,
+) -> telbase::apply::Report {
+    use std::sync::Arc;
+    let (plan, actual) = run.plan().await.unwrap();
+    telbase::apply::execute(
+        Arc::new(plan),
+        Arc::new(run.desired.clone()),
+        Arc::new(actual),
+        Arc::new(run.registry.clone()),
+        Arc::new(run.scope.clone()),
+        opener,
+        telbase::apply::Options::default(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_file_plans_without_a_key_and_applies_as_sensitive_vercel_env() {
+    use std::sync::Arc;
+    use telbase::plan;
+    let dir = tempfile::tempdir().unwrap();
+    let id = telbase::secrets::generate();
+    write_env_file(dir.path(), &id, SECRET_TOKEN);
+    let emu = common::emu::start(telbase::emulator::Config::default()).await;
+    let (proxy, seen) = capturing_proxy(emu.url()).await;
+    let run = run_in(dir.path(), &proxy);
+    let no_plaintext = |what: &str, text: &str| {
+        for secret in [SECRET_TOKEN, SECRET_URL, "Pa55w0rd"] {
+            assert!(!text.contains(secret), "{what} shows a plaintext: {text}");
+        }
+    };
+
+    // Plan with no identity anywhere: both projects, the file's variables by fingerprint.
+    let (p, _) = run.plan().await.unwrap();
+    let text = plan::render_text(&p);
+    let json = plan::render_json(&p);
+    no_plaintext("text plan", &text);
+    no_plaintext("JSON plan", &json);
+    no_plaintext("markdown plan", &plan::render_markdown(&p, 100));
+    assert_eq!(p.summary().create, 2, "{text}");
+    // The lowered state (what `validate --show-resources` prints) has each variable of the
+    // file as a sealed source known by its fingerprint.
+    let state = serde_json::to_string(&run.desired).unwrap();
+    no_plaintext("desired state", &state);
+    assert!(
+        state.contains(r#""API_TOKEN":{"sealed":"sha256:"#),
+        "{state}"
+    );
+    assert!(
+        state.contains(r#""DATABASE_URL":{"sealed":"sha256:"#),
+        "{state}"
+    );
+
+    // Apply without the identity fails with the reason, creating nothing half-way.
+    let report = apply_with(&run, Arc::new(telbase::apply::NoIdentity)).await;
+    assert!(!report.succeeded());
+    assert!(
+        format!("{report:?}").contains("TELBASE_IDENTITY_FILE"),
+        "{report:?}"
+    );
+
+    // With it: both apps get both variables; the file is opened once for the whole apply.
+    let counting = Arc::new(Counting(
+        telbase::apply::AgeOpener(vec![id.clone()]),
+        Default::default(),
+    ));
+    let report = apply_with(&run, counting.clone()).await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(counting.1.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let requests = seen.lock().unwrap().clone();
+    let env_posts: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("POST /vercel/v10/projects/") && r.contains("/env?"))
+        .collect();
+    for (key, value) in [("API_TOKEN", SECRET_TOKEN), ("DATABASE_URL", SECRET_URL)] {
+        let sent: Vec<serde_json::Value> = env_posts
+            .iter()
+            .filter_map(|r| serde_json::from_str(r.splitn(3, ' ').nth(2)?).ok())
+            .flat_map(|v: serde_json::Value| match v {
+                serde_json::Value::Array(a) => a,
+                one => vec![one],
+            })
+            .filter(|v| v["key"] == key)
+            .collect();
+        assert_eq!(
+            sent.len(),
+            2,
+            "{key} written to both projects: {env_posts:?}"
+        );
+        for v in sent {
+            assert_eq!(v["value"], value, "the plaintext reaches Vercel");
+            assert_eq!(v["type"], "sensitive", "{v}");
+            assert!(
+                v["comment"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("sealed sha256:"),
+                "{v}"
+            );
+        }
+    }
+    // The plaintext goes only into those env writes.
+    for r in requests.iter().filter(|r| !env_posts.contains(r)) {
+        no_plaintext("another request", r);
+    }
+
+    // A second plan, still without the identity, has nothing to do.
+    let (p, _) = run.plan().await.unwrap();
+    assert!(!p.has_changes(), "{}", plan::render_text(&p));
+
+    // Changing a value in the file changes its fingerprint only.
+    write_env_file(dir.path(), &id, "tok_live_rotated_000");
+    let run = run_in(dir.path(), &proxy);
+    let (p, _) = run.plan().await.unwrap();
+    assert!(p.has_changes());
+    let text = plan::render_text(&p);
+    assert!(text.contains("API_TOKEN"), "{text}");
+    assert!(!text.contains("tok_live_rotated_000"), "{text}");
+    let report = apply_with(&run, counting.clone()).await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(counting.1.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let (p, _) = run.plan().await.unwrap();
+    assert!(!p.has_changes(), "{}", plan::render_text(&p));
+    emu.stop().await;
+}

@@ -10,7 +10,9 @@
 //! or fetched right before its call, handed to the provider, and dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
@@ -25,6 +27,12 @@ use crate::providers::{Applied, Change, Inputs, ProviderError, Registry, Scope};
 pub trait Opener: Send + Sync {
     /// The plaintext of an armored age value, or why it cannot be opened.
     fn open(&self, armor: &str) -> Result<SecretString, String>;
+
+    /// Every variable of a SOPS env file, decrypted and verified. Called at most once per
+    /// file per apply (the executor keeps the result for the steps that need it).
+    fn open_sops(&self, _file: &Path) -> Result<EnvFileValues, String> {
+        Err("values from a SOPS env_file need the age identity: set TELBASE_IDENTITY_FILE (a file with an AGE-SECRET-KEY-1… line)".into())
+    }
 }
 
 /// An opener with no identity: every sealed value fails with a clear message.
@@ -47,6 +55,38 @@ impl Opener for AgeOpener {
         let text = std::str::from_utf8(&plain)
             .map_err(|_| "the sealed value is not UTF-8 text".to_owned())?;
         Ok(SecretString::from(text.to_owned()))
+    }
+
+    fn open_sops(&self, file: &Path) -> Result<EnvFileValues, String> {
+        crate::secrets::sops::open_env_file(file, &self.0)
+            .map_err(|e| format!("{}: {e}", file.display()))
+    }
+}
+
+/// The opener of one apply: SOPS env files are opened (and their MAC verified) once per
+/// file, however many steps read them, and their values are dropped, zeroized, with the
+/// apply. A failure is kept too, so every step that needs the file reports the same cause.
+struct OncePerFile {
+    inner: Arc<dyn Opener>,
+    files: Mutex<BTreeMap<PathBuf, Result<EnvFileValues, String>>>,
+}
+
+/// A SOPS env file's variables, in file order.
+pub type EnvFileValues = Vec<(String, SecretString)>;
+
+impl Opener for OncePerFile {
+    fn open(&self, armor: &str) -> Result<SecretString, String> {
+        self.inner.open(armor)
+    }
+
+    fn open_sops(&self, file: &Path) -> Result<EnvFileValues, String> {
+        // Opening runs under the lock so that two steps never open the same file twice; it
+        // is quick, synchronous work (one age header, one AES-GCM pass over a small file).
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files
+            .entry(file.to_owned())
+            .or_insert_with(|| self.inner.open_sops(file))
+            .clone()
     }
 }
 
@@ -181,10 +221,23 @@ async fn resolve_inputs(
                 inputs.env.insert(name.to_owned(), generate_secret()?);
             }
             EnvSource::Sealed(s) => {
-                let armor = s
-                    .armor()
-                    .ok_or_else(|| format!("{name}: the sealed value is not in the file"))?;
-                let v = opener.open(armor).map_err(|e| format!("{name}: {e}"))?;
+                let v = match (s.sops_source(), s.armor()) {
+                    (Some(source), _) => opener.open_sops(&source.file).and_then(|vars| {
+                        vars.into_iter()
+                            .find(|(n, _)| *n == source.name)
+                            .map(|(_, v)| v)
+                            .ok_or_else(|| {
+                                format!(
+                                    "{}: `{}` is no longer in the file (it changed after the plan was made)",
+                                    source.file.display(),
+                                    source.name
+                                )
+                            })
+                    }),
+                    (None, Some(armor)) => opener.open(armor),
+                    (None, None) => Err("the sealed value is not in the file".to_owned()),
+                }
+                .map_err(|e| format!("{name}: {e}"))?;
                 inputs.env.insert(name.to_owned(), v);
             }
             EnvSource::Output { resource, output } => {
@@ -315,6 +368,10 @@ pub async fn execute(
     let mut reports: BTreeMap<usize, StepReport> = BTreeMap::new();
     let mut started: BTreeSet<usize> = BTreeSet::new();
     let mut set = tokio::task::JoinSet::new();
+    let opener: Arc<dyn Opener> = Arc::new(OncePerFile {
+        inner: opener,
+        files: Mutex::default(),
+    });
     loop {
         // Skip whatever waits on a failure; start whatever is ready.
         let mut progressed = true;
