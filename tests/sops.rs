@@ -925,10 +925,18 @@ impl telbase::apply::Opener for Counting {
 }
 
 fn run_in(dir: &Path, url: &str) -> common::emu::Run {
+    run_config(APP_CONFIG, dir, url)
+}
+
+fn run_config(config: &str, dir: &Path, url: &str) -> common::emu::Run {
     use telbase::model::Environment;
     use telbase::providers::{self, Credentials, GitRef, Scope};
-    let (desired, _) =
-        telbase::config::load_str_in(APP_CONFIG, Environment::Production, dir).expect("valid");
+    let (mut desired, _) =
+        telbase::config::load_str_in(config, Environment::Production, dir).expect("valid");
+    desired.pin_git(
+        Some("telbase-tests/shop"),
+        "4f2a9c1e0b7d3a5f6e8c9b0a1d2e3f4a5b6c7d8e",
+    );
     let http = telbase::providers::http::Http::new(common::emu::http_config()).unwrap();
     let creds = Credentials {
         emulator: Some(url.to_owned()),
@@ -1078,5 +1086,74 @@ async fn env_file_plans_without_a_key_and_applies_as_sensitive_vercel_env() {
     assert_eq!(counting.1.load(std::sync::atomic::Ordering::SeqCst), 2);
     let (p, _) = run.plan().await.unwrap();
     assert!(!p.has_changes(), "{}", plan::render_text(&p));
+    emu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_file_on_cloud_run_goes_to_secret_manager_only() {
+    use std::sync::Arc;
+    use telbase::model::{Kind, Provider, ResourceKey, ResourceSpec};
+    let config = r#"version: 1
+project: shop
+environments:
+  production:
+    branch: main
+apps:
+  api:
+    runtime: go
+    image: us-east1-docker.pkg.dev/shop-prod/containers/api:${git.short_sha}
+    region: us-east1
+    access: public
+    env:
+      LOG_FORMAT: json
+    env_file: secrets/app.sops.yaml
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let id = telbase::secrets::generate();
+    write_env_file(dir.path(), &id, SECRET_TOKEN);
+    let emu = common::emu::start(telbase::emulator::Config::default()).await;
+    let (proxy, seen) = capturing_proxy(emu.url()).await;
+    let run = run_config(config, dir.path(), &proxy);
+
+    // Each variable of the file is its own Secret Manager secret, the service references it.
+    for var in ["API_TOKEN", "DATABASE_URL"] {
+        let key = ResourceKey::new(Kind::Secret, format!("shop-api-{var}"));
+        assert!(run.desired.resources.contains_key(&key), "{key}");
+    }
+    let report = apply_with(&run, Arc::new(telbase::apply::AgeOpener(vec![id.clone()]))).await;
+    assert!(report.succeeded(), "{report:?}");
+    let inv = emu.inventory();
+    assert_eq!(inv["secret_manager.secrets"], 2, "{inv:?}");
+    for (var, want) in [("API_TOKEN", SECRET_TOKEN), ("DATABASE_URL", SECRET_URL)] {
+        let secret = run.desired.resources
+            [&ResourceKey::new(Kind::Secret, format!("shop-api-{var}"))]
+            .clone();
+        let value = run.registry[&Provider::SecretManager]
+            .output(&run.scope, &secret, telbase::model::Output::Url)
+            .await
+            .unwrap();
+        assert_eq!(value.expose_secret(), want);
+    }
+    // The plaintext went only to Secret Manager's addVersion, never to Cloud Run.
+    for r in seen.lock().unwrap().iter() {
+        if r.contains(SECRET_TOKEN) || r.contains("Pa55w0rd") {
+            assert!(
+                r.starts_with("POST /secret-manager/") && r.contains(":addVersion"),
+                "{r}"
+            );
+        }
+    }
+    let service = run
+        .desired
+        .resources
+        .values()
+        .find_map(|r| match &r.spec {
+            ResourceSpec::CloudRunService(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(service.env.len(), 3);
+    let (p, _) = run.plan().await.unwrap();
+    assert!(!p.has_changes(), "{}", telbase::plan::render_text(&p));
     emu.stop().await;
 }

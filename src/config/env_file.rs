@@ -101,6 +101,21 @@ pub fn load(root: &Node, cfg: &ConfigFile, dir: &Path) -> (EnvFiles, Vec<Diagnos
                     .with_hint("remove one of the two"),
                 );
             }
+            // As for `env:` secrets: on Cloud Run each becomes a Secret Manager secret named
+            // `<service>-<VAR>`, and secret IDs are at most 255 characters.
+            let secret_id_len =
+                cfg.project.len() + name.len() + key.name.len() + 2 + units::PREVIEW_SUFFIX_MAX;
+            if container && secret_id_len > 255 {
+                out.push(Diagnostic::new(
+                    Code::E0207,
+                    root.pos_of(&at),
+                    format!(
+                        "env_file {}: the Secret Manager secret for `{}` would have a {secret_id_len}-character ID; the limit is 255",
+                        quote(written),
+                        key.name
+                    ),
+                ));
+            }
             if reserved_by_platform(&key.name, container) {
                 out.push(Diagnostic::new(
                     Code::E0211,
