@@ -1157,3 +1157,38 @@ apps:
     assert!(!p.has_changes(), "{}", telbase::plan::render_text(&p));
     emu.stop().await;
 }
+
+/// `telbase validate` on a config in another directory: the env file is found beside it,
+/// a broken one is reported at `telbase.yaml:LINE`, and no key is needed either way.
+#[test]
+fn cli_validate_reads_the_env_file_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("telbase.yaml");
+    std::fs::write(&config, APP_CONFIG).unwrap();
+    let validate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_telbase"))
+            .arg("validate")
+            .arg(&config)
+            .env_remove("TELBASE_IDENTITY_FILE")
+            .output()
+            .unwrap()
+    };
+    let out = validate();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(":11:") && stdout.contains("E0215"),
+        "{stdout}"
+    );
+
+    let id = telbase::secrets::generate();
+    write_env_file(dir.path(), &id, SECRET_TOKEN);
+    let out = validate();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains(SECRET_TOKEN));
+}
