@@ -642,6 +642,7 @@ pub struct SopsFile {
     /// The document without its `sops` key, in file order.
     body: Vec<(String, Tree)>,
     meta: Metadata,
+    format: Format,
 }
 
 impl fmt::Debug for SopsFile {
@@ -768,7 +769,7 @@ impl SopsFile {
             }
         }
         let meta = parse_metadata(&sops.ok_or(SopsError::NotSops)?)?;
-        Ok(SopsFile { body, meta })
+        Ok(SopsFile { body, meta, format })
     }
 
     /// The age recipients the data key is sealed to, in file order.
@@ -956,7 +957,12 @@ impl SopsFile {
                         }
                     }
                 } else {
-                    let mac = clear_bytes(scalar).unwrap_or_default();
+                    let mac = match (self.format, scalar) {
+                        // SOPS's JSON store reads every number as a float64, so a clear
+                        // integer is hashed as Go prints that float (they differ past 2^53).
+                        (Format::Json, Tree::Int(i)) => go_float(*i as f64),
+                        _ => clear_bytes(scalar).unwrap_or_default(),
+                    };
                     let text = clear_env_text(scalar).unwrap_or_default();
                     Plain {
                         mac: Zeroizing::new(mac.into_bytes()),
