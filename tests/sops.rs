@@ -46,6 +46,8 @@ struct Options {
     format: Format,
     mac_only_encrypted: bool,
     lastmodified: &'static str,
+    /// SOPS value types other than `str`, by key (values given as SOPS encrypts them).
+    types: &'static [(&'static str, &'static str)],
 }
 
 impl Default for Options {
@@ -54,6 +56,7 @@ impl Default for Options {
             format: Format::Yaml,
             mac_only_encrypted: false,
             lastmodified: "2026-11-29T12:00:00Z",
+            types: &[],
         }
     }
 }
@@ -73,7 +76,7 @@ fn encrypt(body: &[(&str, &str)], recipients: &[age::x25519::Recipient], o: &Opt
     rng.fill(&mut key).unwrap();
     let cipher = Gcm::new(GenericArray::from_slice(&key));
     let b64 = base64::engine::general_purpose::STANDARD;
-    let enc = |plain: &[u8], aad: &str| {
+    let enc = |plain: &[u8], aad: &str, kind: &str| {
         let mut iv = [0u8; 32];
         rng.fill(&mut iv).unwrap();
         let mut buf = plain.to_vec();
@@ -81,7 +84,7 @@ fn encrypt(body: &[(&str, &str)], recipients: &[age::x25519::Recipient], o: &Opt
             .encrypt_in_place_detached(GenericArray::from_slice(&iv), aad.as_bytes(), &mut buf)
             .unwrap();
         format!(
-            "ENC[AES256_GCM,data:{},iv:{},tag:{},type:str]",
+            "ENC[AES256_GCM,data:{},iv:{},tag:{},type:{kind}]",
             b64.encode(&buf),
             b64.encode(iv),
             b64.encode(tag)
@@ -103,17 +106,31 @@ fn encrypt(body: &[(&str, &str)], recipients: &[age::x25519::Recipient], o: &Opt
             None => (None, k.to_string()),
         };
         let clear = k.split('.').any(|p| p.ends_with("_unencrypted"));
+        let kind = o
+            .types
+            .iter()
+            .find(|(n, _)| n == k)
+            .map_or("str", |(_, t)| t);
         if !clear || !o.mac_only_encrypted {
-            hash.update(v.as_bytes());
+            // SOPS hashes booleans as Python spells them.
+            hash.update(match (kind, *v) {
+                ("bool", "true") => "True",
+                ("bool", "false") => "False",
+                _ => v,
+            });
         }
         let stored = if clear || v.is_empty() {
             v.to_string()
         } else {
-            enc(v.as_bytes(), &(k.replace('.', ":") + ":"))
+            enc(v.as_bytes(), &(k.replace('.', ":") + ":"), kind)
         };
         values.push((parent, key, stored));
     }
-    let mac = enc(hex_upper(&hash.finalize()).as_bytes(), o.lastmodified);
+    let mac = enc(
+        hex_upper(&hash.finalize()).as_bytes(),
+        o.lastmodified,
+        "str",
+    );
     let stanzas: Vec<(String, String)> = recipients
         .iter()
         .map(|r| {
@@ -426,6 +443,45 @@ fn yaml_and_json_flat_files_open_in_order() {
 }
 
 #[test]
+fn typed_values_open_as_sops_types_them() {
+    let id = telbase::secrets::generate();
+    let o = Options {
+        types: &[
+            ("PORT", "int"),
+            ("DEBUG", "bool"),
+            ("RATIO", "float"),
+            ("RAW", "bytes"),
+        ],
+        ..Options::default()
+    };
+    let body = [
+        ("PORT", "8080"),
+        ("DEBUG", "false"),
+        ("RATIO", "0.25"),
+        ("RAW", "raw bytes"),
+    ];
+    let text = encrypt(&body, &[id.to_public()], &o);
+    assert!(text.contains("type:int]") && text.contains("type:bool]"));
+    assert_eq!(
+        env_of(&text, Format::Yaml, std::slice::from_ref(&id)),
+        pairs(&body)
+    );
+    // A bool whose MAC was computed as `false` (not SOPS's `False`) does not verify: the
+    // MAC spelling is part of the format.
+    let wrong = Options {
+        types: &[("DEBUG", "str")],
+        ..Options::default()
+    };
+    let text = encrypt(&[("DEBUG", "false")], &[id.to_public()], &wrong);
+    // The first `type:str` is DEBUG's (the body comes before the metadata).
+    let retyped = text.replacen("type:str]", "type:bool]", 1);
+    let got = SopsFile::parse(&retyped, Format::Yaml)
+        .unwrap()
+        .open_env(std::slice::from_ref(&id));
+    assert!(matches!(got, Err(SopsError::MacMismatch)), "{got:?}");
+}
+
+#[test]
 fn clear_values_count_in_the_mac_unless_mac_only_encrypted() {
     let id = telbase::secrets::generate();
     let body = [("TOKEN", "t0k3n"), ("REGION_unencrypted", "eu-west-1")];
@@ -518,6 +574,11 @@ fn own_tamper_cases_each_fail_with_their_own_error() {
     // A truncated IV is malformed, not a failed authentication.
     let t = text.replace(&b, &with_field(&b, "iv", |x| x.truncate(12)));
     assert!(matches!(open(&t), Err(SopsError::Malformed { .. })));
+
+    // The MAC's own type must be str, as SOPS compares it as a string.
+    let t = text.replacen("type:str]\n  unencrypted", "type:bytes]\n  unencrypted", 1);
+    assert_ne!(t, text);
+    assert!(matches!(open(&t), Err(SopsError::Malformed { path, .. }) if path == "sops.mac"));
 
     // The type changed from str to bool: the value decrypts but is not a boolean.
     let t = text.replace(&b, &b.replace("type:str", "type:bool"));

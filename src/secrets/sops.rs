@@ -889,6 +889,13 @@ impl SopsFile {
             path: "sops.mac".into(),
             why,
         })?;
+        if stored.kind != "str" {
+            // SOPS compares the decrypted MAC as a string; any other type never matches.
+            return Err(SopsError::Malformed {
+                path: "sops.mac".into(),
+                why: "its type is not str".into(),
+            });
+        }
         let mac = decrypt(&cipher, &stored, aad.as_bytes()).ok_or(SopsError::MacUnreadable)?;
         if mac.as_slice() != computed.as_bytes() {
             return Err(SopsError::MacMismatch);
@@ -1112,4 +1119,62 @@ pub fn open_env_key(
         .find(|(n, _)| n == name)
         .map(|(_, v)| v)
         .ok_or_else(|| SopsError::NoSuchKey { name: shown(name) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_print_as_go_formatfloat_f_minus_1() {
+        for (f, want) in [
+            (1.0, "1"),
+            (0.1, "0.1"),
+            (-0.0, "-0"),
+            (1e21, "1000000000000000000000"),
+            (1.5e-7, "0.00000015"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+        ] {
+            assert_eq!(go_float(f), want);
+        }
+    }
+
+    #[test]
+    fn lastmodified_is_reformatted_as_go_rfc3339() {
+        for (given, want) in [
+            ("2024-11-12T13:33:42Z", "2024-11-12T13:33:42Z"),
+            ("2024-11-12T13:33:42.123456Z", "2024-11-12T13:33:42Z"),
+            ("2024-11-12T13:33:42+00:00", "2024-11-12T13:33:42Z"),
+            ("2024-11-12T15:33:42+02:00", "2024-11-12T15:33:42+02:00"),
+            ("2024-11-12T08:03:42-05:30", "2024-11-12T08:03:42-05:30"),
+        ] {
+            assert_eq!(mac_aad(given).unwrap(), want, "{given}");
+        }
+        assert!(mac_aad("last tuesday").is_err());
+    }
+
+    #[test]
+    fn enc_values_parse_strictly() {
+        let iv = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
+        let tag = base64::engine::general_purpose::STANDARD.encode([2u8; 16]);
+        let ok = format!("ENC[AES256_GCM,data:AAEC,iv:{iv},tag:{tag},type:int]");
+        let v = parse_enc(&ok).unwrap();
+        assert_eq!((v.data, v.kind.as_str()), (vec![0, 1, 2], "int"));
+        for bad in [
+            "ENC[AES256_GCM,data:AAEC]".to_owned(),
+            format!("ENC[AES256_GCM,iv:{iv},data:AAEC,tag:{tag},type:str]"),
+            format!("ENC[AES256_GCM,data:AAEC,iv:{iv},tag:{tag},type:str,x:1]"),
+            format!("ENC[AES256_GCM,data:A*EC,iv:{iv},tag:{tag},type:str]"),
+            format!("ENC[AES256_GCM,data:AAEC,iv:AAAA,tag:{tag},type:str]"),
+            format!("ENC[AES256_CBC,data:AAEC,iv:{iv},tag:{tag},type:str]"),
+            format!("ENC[AES256_GCM,data:AAEC,iv:{iv},tag:{tag},type:str"),
+        ] {
+            assert!(parse_enc(&bad).is_err(), "{bad}");
+        }
+        assert_eq!(go_bool("T"), Some(true));
+        assert_eq!(go_bool("FALSE"), Some(false));
+        assert_eq!(go_bool("yes"), None);
+    }
 }
