@@ -136,8 +136,7 @@ impl Format {
         match ext.as_str() {
             "json" => Ok(Format::Json),
             "env" | "ini" => Err(SopsError::Unsupported(format!(
-                "SOPS {ext} files are not supported; convert it once with `sops -d FILE | sops -e --input-type {} --output-type yaml /dev/stdin`",
-                if ext == "env" { "dotenv" } else { "ini" }
+                "SOPS {ext} files are not supported; convert it to YAML with sops (`sops --decrypt --output-type yaml FILE`, then encrypt that YAML again with `sops --encrypt`)"
             ))),
             _ => Ok(Format::Yaml),
         }
