@@ -1262,3 +1262,27 @@ fn cli_validate_reads_the_env_file_beside_the_config() {
     );
     assert!(!stdout.contains(SECRET_TOKEN));
 }
+
+/// A file changed between plan and apply: the apply refuses to write a value other than the
+/// one planned (it would be recorded under the old fingerprint), and asks for a new plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_env_file_changed_after_the_plan_is_not_applied_under_the_old_fingerprint() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let id = telbase::secrets::generate();
+    write_env_file(dir.path(), &id, SECRET_TOKEN);
+    let emu = common::emu::start(telbase::emulator::Config::default()).await;
+    let run = run_in(dir.path(), &emu.url());
+    write_env_file(dir.path(), &id, "tok_live_changed_meanwhile");
+    let report = apply_with(&run, Arc::new(telbase::apply::AgeOpener(vec![id.clone()]))).await;
+    assert!(!report.succeeded());
+    let shown = format!("{report:?}");
+    assert!(shown.contains("changed after the plan was made"), "{shown}");
+    assert!(!shown.contains("tok_live"), "{shown}");
+    assert_eq!(
+        emu.inventory()["vercel.projects"],
+        0,
+        "nothing half-written"
+    );
+    emu.stop().await;
+}

@@ -58,8 +58,18 @@ impl Opener for AgeOpener {
     }
 
     fn open_sops(&self, file: &Path) -> Result<EnvFileValues, String> {
-        crate::secrets::sops::open_env_file(file, &self.0)
-            .map_err(|e| format!("{}: {e}", file.display()))
+        let opened = crate::secrets::sops::SopsFile::read(file).and_then(|f| {
+            // Both in file order, from the same parse: names and ciphertext, then values.
+            Ok(f.env_keys()?.into_iter().zip(f.open_env(&self.0)?))
+        });
+        let opened = opened.map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(opened
+            .map(|(key, (_, value))| EnvFileValue {
+                name: key.name,
+                stored: key.stored,
+                value,
+            })
+            .collect())
     }
 }
 
@@ -71,8 +81,18 @@ struct OncePerFile {
     files: Mutex<BTreeMap<PathBuf, Result<EnvFileValues, String>>>,
 }
 
+/// One variable of a SOPS env file as opened at apply time.
+#[derive(Clone)]
+pub struct EnvFileValue {
+    pub name: String,
+    /// Its text as stored in the file (`ENC[…]`), to check that it is the value the plan
+    /// was made with.
+    pub stored: String,
+    pub value: SecretString,
+}
+
 /// A SOPS env file's variables, in file order.
-pub type EnvFileValues = Vec<(String, SecretString)>;
+pub type EnvFileValues = Vec<EnvFileValue>;
 
 impl Opener for OncePerFile {
     fn open(&self, armor: &str) -> Result<SecretString, String> {
@@ -223,16 +243,28 @@ async fn resolve_inputs(
             EnvSource::Sealed(s) => {
                 let v = match (s.sops_source(), s.armor()) {
                     (Some(source), _) => opener.open_sops(&source.file).and_then(|vars| {
-                        vars.into_iter()
-                            .find(|(n, _)| *n == source.name)
-                            .map(|(_, v)| v)
-                            .ok_or_else(|| {
-                                format!(
-                                    "{}: `{}` is no longer in the file (it changed after the plan was made)",
-                                    source.file.display(),
-                                    source.name
-                                )
-                            })
+                        let changed = || {
+                            format!(
+                                "{} changed after the plan was made (`{}` is no longer the value planned); plan again",
+                                source.file.display(),
+                                source.name
+                            )
+                        };
+                        let var = vars
+                            .into_iter()
+                            .find(|v| v.name == source.name)
+                            .ok_or_else(changed)?;
+                        // Write only the value the plan showed (by fingerprint), never a newer
+                        // one under the old fingerprint.
+                        let now = crate::model::Sealed::sops(
+                            source.file.clone(),
+                            var.name.clone(),
+                            &var.stored,
+                        );
+                        if now != *s {
+                            return Err(changed());
+                        }
+                        Ok(var.value)
                     }),
                     (None, Some(armor)) => opener.open(armor),
                     (None, None) => Err("the sealed value is not in the file".to_owned()),
