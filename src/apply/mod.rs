@@ -10,7 +10,9 @@
 //! or fetched right before its call, handed to the provider, and dropped.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
@@ -25,6 +27,12 @@ use crate::providers::{Applied, Change, Inputs, ProviderError, Registry, Scope};
 pub trait Opener: Send + Sync {
     /// The plaintext of an armored age value, or why it cannot be opened.
     fn open(&self, armor: &str) -> Result<SecretString, String>;
+
+    /// Every variable of a SOPS env file, decrypted and verified. Called at most once per
+    /// file per apply (the executor keeps the result for the steps that need it).
+    fn open_sops(&self, _file: &Path) -> Result<EnvFileValues, String> {
+        Err("values from a SOPS env_file need the age identity: set TELBASE_IDENTITY_FILE (a file with an AGE-SECRET-KEY-1… line)".into())
+    }
 }
 
 /// An opener with no identity: every sealed value fails with a clear message.
@@ -47,6 +55,58 @@ impl Opener for AgeOpener {
         let text = std::str::from_utf8(&plain)
             .map_err(|_| "the sealed value is not UTF-8 text".to_owned())?;
         Ok(SecretString::from(text.to_owned()))
+    }
+
+    fn open_sops(&self, file: &Path) -> Result<EnvFileValues, String> {
+        let opened = crate::secrets::sops::SopsFile::read(file).and_then(|f| {
+            // Both in file order, from the same parse: names and ciphertext, then values.
+            Ok(f.env_keys()?.into_iter().zip(f.open_env(&self.0)?))
+        });
+        let opened = opened.map_err(|e| format!("{}: {e}", file.display()))?;
+        Ok(opened
+            .map(|(key, (_, value))| EnvFileValue {
+                name: key.name,
+                stored: key.stored,
+                value,
+            })
+            .collect())
+    }
+}
+
+/// The opener of one apply: SOPS env files are opened (and their MAC verified) once per
+/// file, however many steps read them, and their values are dropped, zeroized, with the
+/// apply. A failure is kept too, so every step that needs the file reports the same cause.
+struct OncePerFile {
+    inner: Arc<dyn Opener>,
+    files: Mutex<BTreeMap<PathBuf, Result<EnvFileValues, String>>>,
+}
+
+/// One variable of a SOPS env file as opened at apply time.
+#[derive(Clone)]
+pub struct EnvFileValue {
+    pub name: String,
+    /// Its text as stored in the file (`ENC[…]`), to check that it is the value the plan
+    /// was made with.
+    pub stored: String,
+    pub value: SecretString,
+}
+
+/// A SOPS env file's variables, in file order.
+pub type EnvFileValues = Vec<EnvFileValue>;
+
+impl Opener for OncePerFile {
+    fn open(&self, armor: &str) -> Result<SecretString, String> {
+        self.inner.open(armor)
+    }
+
+    fn open_sops(&self, file: &Path) -> Result<EnvFileValues, String> {
+        // Opening runs under the lock so that two steps never open the same file twice; it
+        // is quick, synchronous work (one age header, one AES-GCM pass over a small file).
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files
+            .entry(file.to_owned())
+            .or_insert_with(|| self.inner.open_sops(file))
+            .clone()
     }
 }
 
@@ -181,10 +241,35 @@ async fn resolve_inputs(
                 inputs.env.insert(name.to_owned(), generate_secret()?);
             }
             EnvSource::Sealed(s) => {
-                let armor = s
-                    .armor()
-                    .ok_or_else(|| format!("{name}: the sealed value is not in the file"))?;
-                let v = opener.open(armor).map_err(|e| format!("{name}: {e}"))?;
+                let v = match (s.sops_source(), s.armor()) {
+                    (Some(source), _) => opener.open_sops(&source.file).and_then(|vars| {
+                        let changed = || {
+                            format!(
+                                "{} changed after the plan was made (`{}` is no longer the value planned); plan again",
+                                source.file.display(),
+                                source.name
+                            )
+                        };
+                        let var = vars
+                            .into_iter()
+                            .find(|v| v.name == source.name)
+                            .ok_or_else(changed)?;
+                        // Write only the value the plan showed (by fingerprint), never a newer
+                        // one under the old fingerprint.
+                        let now = crate::model::Sealed::sops(
+                            source.file.clone(),
+                            var.name.clone(),
+                            &var.stored,
+                        );
+                        if now != *s {
+                            return Err(changed());
+                        }
+                        Ok(var.value)
+                    }),
+                    (None, Some(armor)) => opener.open(armor),
+                    (None, None) => Err("the sealed value is not in the file".to_owned()),
+                }
+                .map_err(|e| format!("{name}: {e}"))?;
                 inputs.env.insert(name.to_owned(), v);
             }
             EnvSource::Output { resource, output } => {
@@ -315,6 +400,10 @@ pub async fn execute(
     let mut reports: BTreeMap<usize, StepReport> = BTreeMap::new();
     let mut started: BTreeSet<usize> = BTreeSet::new();
     let mut set = tokio::task::JoinSet::new();
+    let opener: Arc<dyn Opener> = Arc::new(OncePerFile {
+        inner: opener,
+        files: Mutex::default(),
+    });
     loop {
         // Skip whatever waits on a failure; start whatever is ready.
         let mut progressed = true;

@@ -152,7 +152,7 @@ fn check_one(path: &std::path::Path, env: Environment) -> FileResult {
             };
         }
     };
-    let checked = config::check_bytes(&bytes);
+    let checked = config::check_bytes_in(&bytes, config::dir_of(path));
     let state = checked
         .config
         .as_ref()

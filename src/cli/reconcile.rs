@@ -185,7 +185,7 @@ pub fn session(target: &Target) -> anyhow::Result<Session> {
     let path = &target.config;
     let name = path.display().to_string();
     let bytes = config::read(path).map_err(|d| anyhow!("{}", d.message))?;
-    let checked = config::check_bytes(&bytes);
+    let checked = config::check_bytes_in(&bytes, config::dir_of(path));
     let source = String::from_utf8(bytes).ok();
     if !checked.diagnostics.is_empty() {
         eprint!(

@@ -83,6 +83,9 @@ pub enum Code {
     E0213,
     /// App must say `framework` or `runtime` (exactly one).
     E0214,
+    /// An `env_file` that cannot be used: missing, not a SOPS file with age recipients, or
+    /// not a flat map (or Kubernetes Secret) of valid environment variable names.
+    E0215,
     /// Unknown region or location (may be new at the provider).
     W0301,
     /// A plain value that looks like a credential.
@@ -124,6 +127,7 @@ impl Code {
             Code::E0212 => "E0212",
             Code::E0213 => "E0213",
             Code::E0214 => "E0214",
+            Code::E0215 => "E0215",
             Code::W0301 => "W0301",
             Code::W0302 => "W0302",
             Code::W0303 => "W0303",

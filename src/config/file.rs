@@ -56,6 +56,11 @@ pub struct ConfigFile {
     /// How Telbase keeps the providers matched to this file.
     #[serde(default)]
     pub reconcile: Reconcile,
+    /// The apps' SOPS env files as read when the file was checked (structure only, no
+    /// plaintext); filled by `config::check_str_in`, used by lowering.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub env_files: super::env_file::EnvFiles,
 }
 
 fn version_schema(_: &mut SchemaGenerator) -> Schema {

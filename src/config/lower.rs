@@ -97,6 +97,23 @@ impl Lowering<'_> {
             Environment::Production => EnvTarget::Production,
             Environment::Preview { .. } => EnvTarget::Preview,
         };
+        // An env file's variables are sealed values: opened at apply time, compared by the
+        // fingerprint of their ciphertext. Validation has made sure no name is also in `env:`.
+        let from_file = app
+            .env_file
+            .as_ref()
+            .and_then(|f| self.cfg.env_files.get(f))
+            .into_iter()
+            .flat_map(|loaded| {
+                loaded.keys.iter().map(|k| EnvVar {
+                    name: k.name.clone(),
+                    source: EnvSource::Sealed(Sealed::sops(
+                        loaded.path.clone(),
+                        k.name.clone(),
+                        &k.stored,
+                    )),
+                })
+            });
         app.env
             .iter()
             .filter_map(|(name, v)| {
@@ -131,6 +148,7 @@ impl Lowering<'_> {
                     source,
                 })
             })
+            .chain(from_file)
             .collect()
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod diag;
 pub mod edit;
+pub mod env_file;
 pub mod file;
 pub mod lower;
 pub mod semantic;
@@ -45,16 +46,36 @@ impl Checked {
     }
 }
 
-/// Check raw bytes (a file's or stdin's content).
+/// Check raw bytes (a file's or stdin's content); `env_file` paths are relative to the
+/// current directory.
 pub fn check_bytes(bytes: &[u8]) -> Checked {
+    check_bytes_in(bytes, Path::new("."))
+}
+
+/// Check raw bytes of a config that lives in `dir` (where its `env_file`s are).
+pub fn check_bytes_in(bytes: &[u8], dir: &Path) -> Checked {
     match yaml::decode(bytes) {
-        Ok(text) => check_str(text),
+        Ok(text) => check_str_in(text, dir),
         Err(d) => Checked::failed(d),
     }
 }
 
-/// Check a config given as text.
+/// Check a config given as text; `env_file` paths are relative to the current directory.
 pub fn check_str(src: &str) -> Checked {
+    check_str_in(src, Path::new("."))
+}
+
+/// The directory a config file's relative paths start from: its parent, or `.`.
+pub fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Check a config given as text whose `env_file`s are relative to `dir`. Env files are read
+/// for their structure only (names and ciphertext), so this needs no key.
+pub fn check_str_in(src: &str, dir: &Path) -> Checked {
     if src.len() as u64 > yaml::MAX_CONFIG_BYTES {
         return Checked::failed(too_large(src.len() as u64));
     }
@@ -67,9 +88,12 @@ pub fn check_str(src: &str) -> Checked {
     let mut config = None;
     if let Some(sound) = structural.sound {
         match serde_json::from_value::<ConfigFile>(sound) {
-            Ok(cfg) => {
+            Ok(mut cfg) => {
                 let defined = semantic::Defined::from_tree(&root);
                 diagnostics.extend(semantic::check(&root, &cfg, &defined));
+                let (files, problems) = env_file::load(&root, &cfg, dir);
+                diagnostics.extend(problems);
+                cfg.env_files = files;
                 config = Some(cfg);
             }
             Err(e) => {
@@ -153,7 +177,16 @@ pub fn load_str(
     src: &str,
     env: Environment,
 ) -> Result<(DesiredState, Vec<Diagnostic>), Vec<Diagnostic>> {
-    let checked = check_str(src);
+    load_str_in(src, env, Path::new("."))
+}
+
+/// [`load_str`] for a config whose `env_file`s are relative to `dir`.
+pub fn load_str_in(
+    src: &str,
+    env: Environment,
+    dir: &Path,
+) -> Result<(DesiredState, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let checked = check_str_in(src, dir);
     match checked.config {
         Some(cfg) => Ok((lower::lower(&cfg, env), checked.diagnostics)),
         None => Err(checked.diagnostics),

@@ -410,6 +410,19 @@ fn check_access_ref(cx: &mut Ctx, defined: &Defined, name: &str, path: &[&str]) 
     }
 }
 
+/// Whether the platform sets `var` itself (Cloud Run for a container app, else Vercel), so
+/// that defining it is an error; shared with `env_file` keys.
+pub(crate) fn reserved_by_platform(var: &str, container: bool) -> bool {
+    if container {
+        CLOUD_RUN_RESERVED.contains(&var)
+    } else {
+        VERCEL_RESERVED.contains(&var)
+            || var == "VERCEL"
+            || var.starts_with("VERCEL_")
+            || var.starts_with("AWS_LAMBDA_")
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn check_app<'c>(
     cx: &mut Ctx,
@@ -653,19 +666,9 @@ fn check_app<'c>(
     }
 
     // env
-    let reserved: &[&str] = if container {
-        CLOUD_RUN_RESERVED
-    } else {
-        VERCEL_RESERVED
-    };
     for (var, value) in &app.env {
         let path = ["apps", name, "env", var.as_str()];
-        let is_reserved = reserved.contains(&var.as_str())
-            || (!container
-                && (var == "VERCEL"
-                    || var.starts_with("VERCEL_")
-                    || var.starts_with("AWS_LAMBDA_")));
-        if is_reserved {
+        if reserved_by_platform(var, container) {
             cx.at_key(
                 Code::E0211,
                 &path,

@@ -218,32 +218,67 @@ impl Output {
 /// changes exactly when the sealed value is re-sealed. A value observed at a provider has
 /// only the fingerprint (recorded beside the value when Telbase wrote it); two `Sealed`
 /// compare equal when their fingerprints do.
+///
+/// A value from a SOPS `env_file` is a `Sealed` too: it is opened at apply time like any
+/// sealed value, and its fingerprint is that of its `ENC[…]` text in the file.
 #[derive(Clone)]
 pub struct Sealed {
     armor: Option<String>,
+    sops: Option<SopsSource>,
     fingerprint: String,
+}
+
+/// Where a SOPS env-file value is: the file (as resolved when the config was read) and the
+/// variable's name in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SopsSource {
+    pub file: std::path::PathBuf,
+    pub name: String,
+}
+
+/// `sha256:` and the first 12 hex digits of the SHA-256 of a ciphertext's text.
+fn ciphertext_fingerprint(text: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 impl Sealed {
     pub fn new(armor: String) -> Self {
-        use sha2::Digest as _;
-        let digest = sha2::Sha256::digest(armor.as_bytes());
-        let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
         Sealed {
+            fingerprint: ciphertext_fingerprint(&armor),
             armor: Some(armor),
-            fingerprint: format!("sha256:{hex}"),
+            sops: None,
         }
+    }
+
+    /// The variable `name` of the SOPS file `file`, whose value is stored there as `stored`
+    /// (its `ENC[…]` text). Only the fingerprint of `stored` is kept.
+    pub fn sops(file: std::path::PathBuf, name: String, stored: &str) -> Self {
+        Sealed {
+            armor: None,
+            sops: Some(SopsSource { file, name }),
+            fingerprint: ciphertext_fingerprint(stored),
+        }
+    }
+
+    /// Where the value is, when it comes from a SOPS env file.
+    pub fn sops_source(&self) -> Option<&SopsSource> {
+        self.sops.as_ref()
     }
 
     /// A sealed value known only by its fingerprint (read back from a provider).
     pub fn from_fingerprint(fingerprint: impl Into<String>) -> Self {
         Sealed {
             armor: None,
+            sops: None,
             fingerprint: fingerprint.into(),
         }
     }
 
-    /// `sha256:` and the first 12 hex digits of the SHA-256 of the armored text.
+    /// `sha256:` and the first 12 hex digits of the SHA-256 of the armored text (of the
+    /// `ENC[…]` text for a SOPS value).
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }

@@ -12,6 +12,7 @@
 //! Secret material stays in `secrecy`/`zeroize` types and never reaches an error message.
 
 pub mod reseal;
+pub mod sops;
 
 use std::io::{Read, Write};
 
