@@ -7,7 +7,8 @@
 //! `providers` observe and change resources at each provider over one HTTP layer, `apply`
 //! carries a plan out, `emulator` serves the provider APIs locally, `conformance` checks
 //! HTTP exchanges against the providers' published descriptions, `secrets` holds age keys,
-//! sealing and opening, and `cli` is the command-line edge.
+//! sealing and opening, `store` is
+//! Telbase's own database (stored secrets, on SQLite), and `cli` is the command-line edge.
 
 #![forbid(unsafe_code)]
 
@@ -20,3 +21,4 @@ pub mod model;
 pub mod plan;
 pub mod providers;
 pub mod secrets;
+pub mod store;
