@@ -477,6 +477,47 @@ impl SecretRows for SqliteStore {
     }
 }
 
+/// An exclusive lock held through an SQLite transaction on a small side file: the operating
+/// system releases it when the process exits in any way (kill -9 included), so a killed
+/// holder never leaves a stale lock behind. Used to keep two `keys rotate` apart.
+pub struct FileLock {
+    _conn: Connection,
+}
+
+impl FileLock {
+    /// Takes the lock at `path` (created 0600 if missing) without waiting; `None` when
+    /// another process holds it.
+    pub fn try_acquire(path: &Path) -> Result<Option<FileLock>, StoreError> {
+        let shown = path.display().to_string();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| StoreError::Io {
+                path: shown.clone(),
+                source,
+            })?;
+        let sqlite = |source| StoreError::Sqlite {
+            path: shown.clone(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sqlite)?;
+        conn.busy_timeout(Duration::ZERO).map_err(sqlite)?;
+        match conn.execute_batch("BEGIN EXCLUSIVE") {
+            Ok(()) => Ok(Some(FileLock { _conn: conn })),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    || e.code == rusqlite::ErrorCode::DatabaseLocked =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(sqlite(e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
