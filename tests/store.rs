@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 
-use telbase::store::{self, Location, SecretName, SecretRows as _, SqliteStore, StoreError};
+use telbase::store::{self, Location, SecretName, SqliteStore, StoreError};
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -176,4 +176,323 @@ fn put_value_keeps_the_newest_version() {
     assert!(s.get_value(&name).unwrap().is_none());
     // Versions keep counting after unset: an old row can never pass for a new one.
     assert_eq!(s.reserve_version(&name).unwrap(), v2 + 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Through the real binary: `env set/list/unset` and `keys rotate`, with kill -9.
+// ---------------------------------------------------------------------------------------
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
+
+use telbase::secrets::{envelope, stored};
+use telbase::store::SecretRows;
+
+const CONFIG: &str = "version: 1\nproject: notes\napps:\n  web:\n    framework: nextjs\n";
+
+/// A project directory with telbase.yaml, a database path and a keyring path.
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("telbase.yaml"), CONFIG).unwrap();
+        Project { dir }
+    }
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("data/telbase.db")
+    }
+    fn keys(&self) -> PathBuf {
+        self.dir.path().join("master.keys")
+    }
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_telbase"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env(
+                "TELBASE_DATABASE_URL",
+                format!("sqlite:{}", self.db().display()),
+            )
+            .env("TELBASE_MASTER_KEY_FILE", self.keys())
+            .env_remove("TELBASE_MASTER_KEY")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+    fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self.command(args).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().unwrap()
+    }
+    fn ok(&self, args: &[&str], stdin: &[u8]) -> String {
+        let o = self.run(args, stdin);
+        assert!(
+            o.status.success(),
+            "telbase {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+    fn name(&self, env: &str, n: &str) -> SecretName {
+        SecretName {
+            project: "notes".into(),
+            environment: env.into(),
+            name: n.into(),
+        }
+    }
+}
+
+/// Every file of the database (main, WAL, shared memory), as raw bytes.
+fn database_bytes(db: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", db.display()));
+        if let Ok(b) = std::fs::read(&p) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn env_set_list_unset_through_the_binary_never_show_the_value() {
+    let p = Project::new();
+    // No master key yet: a clear error saying how to make one.
+    let o = p.run(&["env", "set", "API_KEY"], b"x");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("keys rotate --generate"), "{err}");
+    let out = p.ok(&["keys", "rotate", "--generate"], b"");
+    assert!(out.contains("generated master key mk-"), "{out}");
+
+    let secrets = [
+        (
+            "production",
+            "API_KEY",
+            "sk_live_9f8e7d6c5b4a3210-plaintext",
+        ),
+        ("production", "SHORT", "1234"),
+        ("preview", "API_KEY", "sk_test_0123456789abcdef-plaintext"),
+    ];
+    for (env, name, value) in secrets {
+        let out = p.ok(&["env", "set", name, "--env", env], value.as_bytes());
+        assert!(
+            out.contains(&format!("stored {env}/{name} version 1")),
+            "{out}"
+        );
+        assert!(!out.contains(value));
+    }
+    // A second set makes version 2.
+    let out = p.ok(&["env", "set", "SHORT"], b"5678");
+    assert!(out.contains("version 2"), "{out}");
+
+    let list = p.ok(&["env", "list"], b"");
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 4, "{list}");
+    assert!(lines[0].starts_with("ENVIRONMENT"));
+    assert!(lines[1].starts_with("preview") && lines[1].contains("API_KEY"));
+    assert!(
+        lines[3].contains("SHORT") && lines[3].contains(" 2 "),
+        "{list}"
+    );
+    for line in &lines[1..] {
+        assert!(line.contains("•••••••• hmac:"), "{line}");
+        assert!(line.contains("mk-"), "{line}");
+    }
+    let only_preview = p.ok(&["env", "list", "--env", "preview"], b"");
+    assert_eq!(only_preview.lines().count(), 2, "{only_preview}");
+
+    let raw = database_bytes(&p.db());
+    assert!(!raw.is_empty());
+    for (_, _, value) in secrets {
+        assert!(!list.contains(value), "env list shows {value}");
+        assert!(
+            !contains(&raw, value.as_bytes()),
+            "the database holds {value}"
+        );
+    }
+    assert!(!contains(&raw, b"5678"));
+
+    // The values open with the library and the same keyring.
+    let keys = envelope::read_keyring_file(&p.keys()).unwrap();
+    let mut store = SqliteStore::open(&p.db()).unwrap();
+    let (plain, _) = stored::open(&mut store, &keys, &p.name("production", "SHORT"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(&plain[..], b"5678");
+
+    p.ok(&["env", "unset", "SHORT"], b"");
+    assert!(
+        store
+            .get_value(&p.name("production", "SHORT"))
+            .unwrap()
+            .is_none()
+    );
+    let o = p.run(&["env", "unset", "SHORT"], b"");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not set"));
+    // Names that are not env var names never reach the store.
+    let o = p.run(&["env", "set", "NOT-A-NAME"], b"x");
+    assert!(!o.status.success());
+}
+
+#[test]
+fn a_second_rotation_waits_for_the_first() {
+    let p = Project::new();
+    p.ok(&["keys", "rotate", "--generate"], b"");
+    let lock =
+        telbase::store::sqlite::FileLock::try_acquire(&p.dir.path().join(".master.keys.lock"))
+            .unwrap()
+            .expect("the lock is free");
+    let o = p.run(&["keys", "rotate", "--generate"], b"");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("another `telbase keys rotate` is running"),
+        "{err}"
+    );
+    drop(lock);
+    p.ok(&["keys", "rotate", "--generate"], b"");
+}
+
+#[test]
+fn rotation_without_a_new_key_or_keyring_file_is_refused() {
+    let p = Project::new();
+    p.ok(&["keys", "rotate", "--generate"], b"");
+    let o = p.run(&["keys", "rotate"], b"");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("nothing to rotate to"));
+    let o = p
+        .command(&["keys", "rotate", "--generate"])
+        .env_remove("TELBASE_MASTER_KEY_FILE")
+        .env(
+            "TELBASE_MASTER_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("needs TELBASE_MASTER_KEY_FILE"));
+}
+
+#[test]
+fn rotation_killed_at_random_moments_finishes_on_rerun_with_every_value_intact() {
+    const N: usize = 2000;
+    let p = Project::new();
+    p.ok(&["keys", "rotate", "--generate"], b"");
+    let keys = envelope::read_keyring_file(&p.keys()).unwrap();
+    let original = keys.current().unwrap().id.clone();
+    let mut store = SqliteStore::open(&p.db()).unwrap();
+    let value = |i: usize| format!("value-{i}-{}", i * 7919 % 1000);
+    let names: Vec<SecretName> = (0..N)
+        .map(|i| {
+            p.name(
+                if i % 3 == 0 { "preview" } else { "production" },
+                &format!("VAR_{i}"),
+            )
+        })
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        stored::set(&mut store, &keys, n, value(i).as_bytes()).unwrap();
+    }
+
+    let mut rng = fastrand::Rng::with_seed(0x5eed);
+    let moved = |store: &mut SqliteStore| -> u64 {
+        store
+            .key_usage()
+            .unwrap()
+            .iter()
+            .filter(|(id, _)| *id != original)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    // Kill moments: one by time, early (before or while the new key is written), then at
+    // random amounts of progress, watched through the database while the child runs.
+    let mut thresholds: Vec<u64> = (0..5).map(|_| rng.u64(1..N as u64)).collect();
+    thresholds.sort_unstable();
+    let mut kills = 0;
+    let mut split_states = 0;
+    for (round, threshold) in std::iter::once(None)
+        .chain(thresholds.into_iter().map(Some))
+        .enumerate()
+    {
+        let mut child = p
+            .command(&["keys", "rotate", "--generate", "--batch", "10"])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let mut finished = false;
+        match threshold {
+            None => std::thread::sleep(std::time::Duration::from_millis(rng.u64(0..30))),
+            Some(t) => loop {
+                if child.try_wait().unwrap().is_some() {
+                    finished = true;
+                    break;
+                }
+                if moved(&mut store) >= t || Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            },
+        }
+        finished |= child.try_wait().unwrap().is_some();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if !finished {
+            kills += 1;
+        }
+        // Whatever the moment: the keyring file is whole, and a retired key wraps nothing.
+        let ring = envelope::read_keyring_file(&p.keys())
+            .unwrap_or_else(|e| panic!("round {round}: keyring unreadable after kill: {e}"));
+        let usage = store.key_usage().unwrap();
+        for k in ring.keys().iter().filter(|k| k.retired) {
+            assert!(
+                !usage.iter().any(|(id, n)| *id == k.id && *n > 0),
+                "round {round}: {} retired while rows still use it: {usage:?}",
+                k.id
+            );
+        }
+        if usage.len() > 1 {
+            split_states += 1;
+            // Mid-rotation the original key is still active.
+            assert!(ring.keys().iter().any(|k| k.id == original && !k.retired));
+        }
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} runs were killed before they finished"
+    );
+    assert!(
+        split_states >= 2,
+        "only {split_states} kills landed mid-rotation (rows split across two keys)"
+    );
+    // Finish the job.
+    let out = p.ok(&["keys", "rotate", "--generate", "--batch", "10"], b"");
+    let ring = envelope::read_keyring_file(&p.keys()).unwrap();
+    let current = ring.current().unwrap().id.clone();
+    assert_ne!(current, original);
+    assert!(
+        ring.keys().iter().all(|k| k.id == current || k.retired),
+        "{out}"
+    );
+    assert!(ring.keys().iter().any(|k| k.id == original && k.retired));
+    // Interrupted runs resumed instead of piling up new keys: the original, the one new key
+    // (plus one more only when a kill came after the rotation had already finished).
+    assert!(ring.keys().len() <= 3, "{:?}", ring.keys());
+    assert_eq!(store.key_usage().unwrap(), vec![(current, N as u64 + 1)]);
+    for (i, n) in names.iter().enumerate() {
+        let (plain, _) = stored::open(&mut store, &ring, n).unwrap().unwrap();
+        assert_eq!(&plain[..], value(i).as_bytes(), "{n:?}");
+    }
+    eprintln!("rotation of {N} values: {kills} kills, {split_states} left rows split across keys");
 }

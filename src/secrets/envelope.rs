@@ -70,12 +70,8 @@ pub enum EnvelopeError {
         "{path}: the keyring is readable or writable by other users (mode {mode:o}); run `chmod 600 {path}`"
     )]
     Permissions { path: String, mode: u32 },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("the system random number generator failed")]
     Random,
 }
@@ -558,9 +554,18 @@ pub fn read_keyring_file(path: &Path) -> Result<Keyring, EnvelopeError> {
     let shown = path.display().to_string();
     let io = |source| EnvelopeError::Io {
         path: shown.clone(),
-        source,
+        error: source,
     };
-    let meta = std::fs::metadata(path).map_err(io)?;
+    let meta = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(EnvelopeError::BadKeyring {
+                at: shown,
+                why: "no such keyring file (create one with `telbase keys rotate --generate`)"
+                    .into(),
+            });
+        }
+        other => other.map_err(io)?,
+    };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(EnvelopeError::Permissions { path: shown, mode });
@@ -577,7 +582,7 @@ pub fn write_keyring_file(path: &Path, keyring: &Keyring) -> Result<(), Envelope
     let shown = path.display().to_string();
     let io = |source| EnvelopeError::Io {
         path: shown.clone(),
-        source,
+        error: source,
     };
     let dir = path
         .parent()

@@ -219,7 +219,7 @@ pub fn rotate_keyring(
     } else {
         return Err(EnvelopeError::Io {
             path: path.display().to_string(),
-            source: std::io::Error::new(
+            error: std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "no keyring file (create one with `telbase keys rotate --generate`)",
             ),

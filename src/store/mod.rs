@@ -50,25 +50,19 @@ pub enum StoreError {
         "{path}: the database file is readable or writable by other users (mode {mode:o}); run `chmod 600 {path}`"
     )]
     Permissions { path: String, mode: u32 },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("{path}: {error}")]
     Sqlite {
         path: String,
-        #[source]
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
-    #[error("{path}: migration {version} ({name}) failed: {source}")]
+    #[error("{path}: migration {version} ({name}) failed: {error}")]
     Migration {
         path: String,
         version: i64,
         name: &'static str,
-        #[source]
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
     #[error("{path}: the store is damaged: {what}")]
     Corrupt { path: String, what: String },

@@ -85,7 +85,7 @@ impl SqliteStore {
         let shown = path.display().to_string();
         let io = |source| StoreError::Io {
             path: shown.clone(),
-            source,
+            error: source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.exists()
@@ -114,7 +114,7 @@ impl SqliteStore {
         drop(file);
         let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
             path: shown.clone(),
-            source,
+            error: source,
         })?;
         let mut store = SqliteStore {
             conn,
@@ -144,7 +144,7 @@ impl SqliteStore {
     fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.display().to_string(),
-            source,
+            error: source,
         }
     }
 
@@ -193,7 +193,7 @@ impl SqliteStore {
                 path: path.clone(),
                 version,
                 name,
-                source,
+                error: source,
             };
             // IMMEDIATE takes the write lock first, so two processes opening a fresh
             // database do not both run a migration: the second waits, then sees it done.
@@ -437,7 +437,7 @@ impl SecretRows for SqliteStore {
         let path = self.path.display().to_string();
         let fail = |source| StoreError::Sqlite {
             path: path.clone(),
-            source,
+            error: source,
         };
         let tx = self
             .conn
@@ -497,11 +497,11 @@ impl FileLock {
             .open(path)
             .map_err(|source| StoreError::Io {
                 path: shown.clone(),
-                source,
+                error: source,
             })?;
         let sqlite = |source| StoreError::Sqlite {
             path: shown.clone(),
-            source,
+            error: source,
         };
         let conn = Connection::open(path).map_err(sqlite)?;
         conn.busy_timeout(Duration::ZERO).map_err(sqlite)?;
