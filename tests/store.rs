@@ -1,6 +1,8 @@
 //! The store: where it lives, how it is created (modes, WAL, migrations), and refusals (a
 //! database from a newer Telbase, a world-readable file, PostgreSQL before `telbase serve`).
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 
@@ -495,4 +497,252 @@ fn rotation_killed_at_random_moments_finishes_on_rerun_with_every_value_intact()
         assert_eq!(&plain[..], value(i).as_bytes(), "{n:?}");
     }
     eprintln!("rotation of {N} values: {kills} kills, {split_states} left rows split across keys");
+}
+
+// ---------------------------------------------------------------------------------------
+// Apply: a `stored: true` variable lands at Vercel as a sensitive env var.
+// ---------------------------------------------------------------------------------------
+
+use std::sync::{Arc, Mutex};
+
+use common::emu;
+use secrecy::{ExposeSecret as _, SecretString};
+use telbase::apply::{self, Opener};
+use telbase::model::{EnvSource, ResourceSpec};
+
+const SHA: &str = "4f2a9c1e0b7d3a5f6e8c9b0a1d2e3f4a5b6c7d8e";
+
+/// The store opener, noting every value it hands out (to check what reached the provider).
+struct Watching {
+    inner: stored::StoreOpener<SqliteStore>,
+    opened: Mutex<Vec<(String, String)>>,
+}
+
+impl Opener for Watching {
+    fn open(&self, armor: &str) -> Result<SecretString, String> {
+        self.inner.open(armor)
+    }
+    fn open_stored(
+        &self,
+        project: &str,
+        environment: &str,
+        name: &str,
+        fingerprint: Option<&str>,
+    ) -> Result<SecretString, String> {
+        let v = self
+            .inner
+            .open_stored(project, environment, name, fingerprint)?;
+        self.opened
+            .lock()
+            .unwrap()
+            .push((name.to_owned(), v.expose_secret().to_owned()));
+        Ok(v)
+    }
+}
+
+fn stored_config() -> String {
+    emu::quickstart("notes").replace(
+        "      SITE: notes\n",
+        "      SITE: notes\n      API_KEY: { stored: true }\n",
+    )
+}
+
+async fn apply_with(run: &emu::Run, opener: Arc<dyn Opener>) -> apply::Report {
+    let (plan, actual) = run.plan().await.unwrap();
+    apply::execute(
+        Arc::new(plan),
+        Arc::new(run.desired.clone()),
+        Arc::new(actual),
+        Arc::new(run.registry.clone()),
+        Arc::new(run.scope.clone()),
+        opener,
+        apply::Options::default(),
+    )
+    .await
+}
+
+fn observed_api_key(actual: &telbase::model::ActualState) -> EnvSource {
+    actual
+        .resources
+        .values()
+        .find_map(|o| match &o.spec {
+            ResourceSpec::VercelProject(p) => p
+                .env
+                .iter()
+                .find(|v| v.name == "API_KEY")
+                .map(|v| v.source.clone()),
+            _ => None,
+        })
+        .expect("API_KEY at Vercel")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_variable_is_applied_as_a_vercel_sensitive_env_var() {
+    const FIRST: &str = "sk_live_first-plaintext-0a1b2c";
+    const SECOND: &str = "sk_live_second-plaintext-3d4e5f";
+    let dir = tempfile::tempdir().unwrap();
+    let recording = dir.path().join("emulator.jsonl");
+    let emu = emu::start(telbase::emulator::Config {
+        record: Some(recording.clone()),
+        ..Default::default()
+    })
+    .await;
+    let src = stored_config();
+    let mut run = emu::run(&src, &emu.url(), SHA, emu::http_config());
+    assert!(stored::uses_stored(&run.desired));
+    assert!(!stored::uses_stored(
+        &emu::run(
+            &emu::quickstart("notes"),
+            &emu.url(),
+            SHA,
+            emu::http_config()
+        )
+        .desired
+    ));
+
+    let db = dir.path().join("t.db");
+    let keyfile = dir.path().join("keys");
+    let mut store = SqliteStore::open(&db).unwrap();
+    stored::rotate_keyring(&mut store, &keyfile, true, 100, |_| {}).unwrap();
+    let keys = || envelope::read_keyring_file(&keyfile).unwrap();
+    let api_key = SecretName {
+        project: "notes".into(),
+        environment: "production".into(),
+        name: "API_KEY".into(),
+    };
+
+    // Not set yet: a plan-time error naming the command.
+    let err = stored::read_fingerprints(&mut run.desired.clone(), &mut store).unwrap_err();
+    assert!(
+        err.contains("apps.web") && err.contains("`telbase env set API_KEY --env production`"),
+        "{err}"
+    );
+
+    let first = stored::set(&mut store, &keys(), &api_key, FIRST.as_bytes()).unwrap();
+    stored::read_fingerprints(&mut run.desired, &mut store).unwrap();
+    let (plan, _) = run.plan().await.unwrap();
+    let text = telbase::plan::render_text(&plan);
+    let json = telbase::plan::render_json(&plan);
+    let md = telbase::plan::render_markdown(&plan, 100_000);
+    for r in [&text, &json, &md] {
+        assert!(!r.contains(FIRST));
+    }
+
+    let watching = Arc::new(Watching {
+        inner: stored::StoreOpener::new(
+            Arc::new(apply::NoIdentity),
+            SqliteStore::open(&db).unwrap(),
+            keys(),
+        ),
+        opened: Mutex::new(Vec::new()),
+    });
+    let report = apply_with(&run, watching.clone()).await;
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(
+        watching.opened.lock().unwrap().as_slice(),
+        &[("API_KEY".to_owned(), FIRST.to_owned())]
+    );
+    // Observed back by its recorded fingerprint, so the next plan is empty.
+    let (plan, actual) = run.plan().await.unwrap();
+    assert!(!plan.has_changes(), "{}", telbase::plan::render_text(&plan));
+    assert_eq!(
+        observed_api_key(&actual),
+        EnvSource::Stored {
+            name: "API_KEY".into(),
+            fingerprint: Some(first.fingerprint.clone()),
+        }
+    );
+
+    // A new value: the plan shows a change (by fingerprint only), apply writes it.
+    let second = stored::set(&mut store, &keys(), &api_key, SECOND.as_bytes()).unwrap();
+    assert_ne!(second.fingerprint, first.fingerprint);
+    stored::read_fingerprints(&mut run.desired, &mut store).unwrap();
+    let (plan, _) = run.plan().await.unwrap();
+    assert!(plan.has_changes());
+    let text = telbase::plan::render_text(&plan);
+    let json = telbase::plan::render_json(&plan);
+    // The change is shown by keyed fingerprint, old and new.
+    assert!(json.contains(&second.fingerprint), "{json}");
+    for r in [&text, &json] {
+        assert!(!r.contains(SECOND) && !r.contains(FIRST), "{r}");
+    }
+
+    // Changed again after that plan: apply refuses to write a value the plan did not show.
+    stored::set(&mut store, &keys(), &api_key, b"third-value-after-the-plan").unwrap();
+    let report = apply_with(&run, watching.clone()).await;
+    assert!(!report.succeeded());
+    let failed = format!("{report:?}");
+    assert!(failed.contains("changed since the plan"), "{failed}");
+    assert!(!failed.contains("third-value-after-the-plan"));
+    stored::read_fingerprints(&mut run.desired, &mut store).unwrap();
+    let report = apply_with(&run, watching.clone()).await;
+    assert!(report.succeeded(), "{report:?}");
+    let (plan, _) = run.plan().await.unwrap();
+    assert!(!plan.has_changes());
+    emu.stop().await;
+
+    // On the wire: written as `sensitive` with the fingerprint comment; the recording
+    // (redacted) holds no plaintext.
+    let rec = std::fs::read_to_string(&recording).unwrap();
+    let writes: Vec<serde_json::Value> = rec
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|x| x.to_string().contains("telbase stored API_KEY"))
+        .collect();
+    assert!(!writes.is_empty(), "no API_KEY write recorded");
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.to_string().contains("\"sensitive\"")),
+        "{writes:?}"
+    );
+    for v in [FIRST, SECOND, "third-value-after-the-plan"] {
+        assert!(!rec.contains(v), "the recording holds {v}");
+    }
+}
+
+#[test]
+fn stored_is_one_of_the_value_forms_and_false_is_refused() {
+    let ok = telbase::config::check_str(&stored_config());
+    assert!(ok.is_valid(), "{:?}", ok.diagnostics);
+    let (desired, _) =
+        telbase::config::load_str(&stored_config(), telbase::model::Environment::Production)
+            .unwrap();
+    assert!(stored::uses_stored(&desired));
+    for (form, want) in [
+        (
+            "{ stored: true, value: x }",
+            "exactly one of `value`, `sealed`, `from` or `stored`, found 2",
+        ),
+        ("{ stored: false }", "`stored: false` gives no value"),
+    ] {
+        let src = stored_config().replace("{ stored: true }", form);
+        let checked = telbase::config::check_str(&src);
+        assert!(!checked.is_valid());
+        let msgs: Vec<String> = checked
+            .diagnostics
+            .iter()
+            .map(|d| d.message.clone())
+            .collect();
+        assert!(msgs.iter().any(|m| m.contains(want)), "{form}: {msgs:?}");
+    }
+}
+
+#[test]
+fn plan_without_the_stored_value_names_the_command_and_plain_configs_need_no_store() {
+    let p = Project::new();
+    std::fs::write(p.dir.path().join("telbase.yaml"), stored_config()).unwrap();
+    let o = p.run(&["plan"], b"");
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("`telbase env set API_KEY --env production`"),
+        "{err}"
+    );
+    // A config without `stored:` never opens (or creates) the store.
+    let q = Project::new();
+    std::fs::write(q.dir.path().join("telbase.yaml"), emu::quickstart("notes")).unwrap();
+    let _ = q.run(&["plan"], b"");
+    assert!(!q.db().exists());
+    assert!(!q.db().parent().unwrap().exists());
 }

@@ -25,6 +25,22 @@ use crate::providers::{Applied, Change, Inputs, ProviderError, Registry, Scope};
 pub trait Opener: Send + Sync {
     /// The plaintext of an armored age value, or why it cannot be opened.
     fn open(&self, armor: &str) -> Result<SecretString, String>;
+
+    /// The plaintext of a stored value (`stored: true`) of `project`'s `environment`,
+    /// refusing it unless its keyed fingerprint is `fingerprint`, the one the plan was made
+    /// with (a value changed by `env set` since then needs a new plan). Openers without a
+    /// store refuse every stored value.
+    fn open_stored(
+        &self,
+        _project: &str,
+        _environment: &str,
+        name: &str,
+        _fingerprint: Option<&str>,
+    ) -> Result<SecretString, String> {
+        Err(format!(
+            "`{name}` is a stored value (`stored: true`), but this run has no store open"
+        ))
+    }
 }
 
 /// An opener with no identity: every sealed value fails with a clear message.
@@ -161,8 +177,8 @@ fn generate_secret() -> Result<SecretString, String> {
     Ok(SecretString::from(out))
 }
 
-/// Resolve the values a resource needs: `from:` outputs from their providers, sealed values
-/// with the opener, generated credentials fresh. Plain values need nothing.
+/// Resolve the values a resource needs: `from:` outputs from their providers, sealed and
+/// stored values with the opener, generated credentials fresh. Plain values need nothing.
 async fn resolve_inputs(
     key: &ResourceKey,
     desired: &DesiredState,
@@ -179,6 +195,24 @@ async fn resolve_inputs(
             EnvSource::Plain(_) => {}
             EnvSource::Generated => {
                 inputs.env.insert(name.to_owned(), generate_secret()?);
+            }
+            EnvSource::Stored {
+                name: stored,
+                fingerprint,
+            } => {
+                let environment = match desired.environment {
+                    crate::model::Environment::Production => "production",
+                    crate::model::Environment::Preview { .. } => "preview",
+                };
+                let v = opener
+                    .open_stored(
+                        &desired.project,
+                        environment,
+                        stored,
+                        fingerprint.as_deref(),
+                    )
+                    .map_err(|e| format!("{name}: {e}"))?;
+                inputs.env.insert(name.to_owned(), v);
             }
             EnvSource::Sealed(s) => {
                 let armor = s

@@ -284,3 +284,146 @@ pub fn rotate_keyring(
         "old keys are still in use after ten passes: another process keeps writing under them (is one still running with an old copy of the keyring?)".into(),
     ))
 }
+
+/// The store's name for an environment: previews of every pull request share `preview`.
+pub fn store_environment(env: crate::model::Environment) -> &'static str {
+    match env {
+        crate::model::Environment::Production => "production",
+        crate::model::Environment::Preview { .. } => "preview",
+    }
+}
+
+/// Every env source of the desired state, with where it is (`apps.web` and the variable).
+fn sources_mut(
+    desired: &mut crate::model::DesiredState,
+) -> Vec<(String, String, &mut crate::model::EnvSource)> {
+    use crate::model::ResourceSpec as R;
+    let mut out = Vec::new();
+    for r in desired.resources.values_mut() {
+        let origin = r.origin.clone();
+        match &mut r.spec {
+            R::VercelProject(p) => out.extend(
+                p.env
+                    .iter_mut()
+                    .map(|v| (origin.clone(), v.name.clone(), &mut v.source)),
+            ),
+            R::CloudRunService(s) => out.extend(
+                s.env
+                    .iter_mut()
+                    .map(|v| (origin.clone(), v.name.clone(), &mut v.source)),
+            ),
+            R::Secret(s) => out.push((origin, s.env.clone(), &mut s.source)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// True when the desired state has a `stored: true` variable (only then does plan or apply
+/// need the store).
+pub fn uses_stored(desired: &crate::model::DesiredState) -> bool {
+    use crate::model::{EnvSource, ResourceSpec as R};
+    let stored = |s: &EnvSource| matches!(s, EnvSource::Stored { .. });
+    desired.resources.values().any(|r| match &r.spec {
+        R::VercelProject(p) => p.env.iter().any(|v| stored(&v.source)),
+        R::CloudRunService(s) => s.env.iter().any(|v| stored(&v.source)),
+        R::Secret(s) => stored(&s.source),
+        _ => false,
+    })
+}
+
+/// Fills in the keyed fingerprint of every stored variable from the store (no master key
+/// needed: fingerprints are kept beside the ciphertext). A variable with no stored value is
+/// an error naming the command that sets it; every such variable is listed at once.
+pub fn read_fingerprints(
+    desired: &mut crate::model::DesiredState,
+    store: &mut dyn SecretRows,
+) -> Result<(), String> {
+    let project = desired.project.clone();
+    let environment = store_environment(desired.environment);
+    let mut missing = Vec::new();
+    for (origin, var, source) in sources_mut(desired) {
+        let crate::model::EnvSource::Stored { name, fingerprint } = source else {
+            continue;
+        };
+        let key = SecretName {
+            project: project.clone(),
+            environment: environment.to_owned(),
+            name: name.clone(),
+        };
+        match store.get_value(&key).map_err(|e| e.to_string())? {
+            Some(found) => *fingerprint = Some(found.value.fingerprint),
+            None => missing.push(format!(
+                "{origin}: env `{var}` is `stored: true` but project {project} has no stored {environment} value for it; set it with `telbase env set {name} --env {environment}` (value on standard input)"
+            )),
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join("\n"))
+    }
+}
+
+/// An apply-time opener that opens stored values from the store with the master keys, and
+/// hands sealed (age) values to `age`. The store sits behind a mutex because the executor
+/// shares the opener between tasks; each open is one indexed read.
+pub struct StoreOpener<S: SecretRows + Send> {
+    pub age: std::sync::Arc<dyn crate::apply::Opener>,
+    store: std::sync::Mutex<S>,
+    keys: Keyring,
+}
+
+impl<S: SecretRows + Send> StoreOpener<S> {
+    pub fn new(age: std::sync::Arc<dyn crate::apply::Opener>, store: S, keys: Keyring) -> Self {
+        StoreOpener {
+            age,
+            store: std::sync::Mutex::new(store),
+            keys,
+        }
+    }
+}
+
+impl<S: SecretRows + Send> crate::apply::Opener for StoreOpener<S> {
+    fn open(&self, armor: &str) -> Result<SecretString, String> {
+        self.age.open(armor)
+    }
+
+    fn open_stored(
+        &self,
+        project: &str,
+        environment: &str,
+        name: &str,
+        fingerprint: Option<&str>,
+    ) -> Result<SecretString, String> {
+        let key = SecretName {
+            project: project.to_owned(),
+            environment: environment.to_owned(),
+            name: name.to_owned(),
+        };
+        let mut store = self
+            .store
+            .lock()
+            .map_err(|_| "the store is unusable after an earlier failure".to_owned())?;
+        let (plain, found) = open(&mut *store, &self.keys, &key)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "no stored {environment} value (unset since the plan?); set it with `telbase env set {name} --env {environment}`"
+                )
+            })?;
+        if fingerprint.is_some_and(|want| want != found) {
+            return Err(format!(
+                "the stored value changed since the plan (now {found}); run plan again"
+            ));
+        }
+        let text = String::from_utf8(plain.to_vec()).map_err(|e| {
+            // Wipe the failed conversion's bytes too.
+            drop(Zeroizing::new(e.into_bytes()));
+            "the stored value is not UTF-8 text".to_owned()
+        })?;
+        Ok(SecretString::from(text))
+    }
+}
