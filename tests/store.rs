@@ -746,3 +746,82 @@ fn plan_without_the_stored_value_names_the_command_and_plain_configs_need_no_sto
     assert!(!q.db().exists());
     assert!(!q.db().parent().unwrap().exists());
 }
+
+/// A container app on Cloud Run (examples/go-turso, with a Neon database) with one stored
+/// variable.
+fn cloud_run_config() -> String {
+    r#"version: 1
+project: links
+environments:
+  production:
+    branch: main
+apps:
+  api:
+    runtime: go
+    image: us-east1-docker.pkg.dev/links-prod/containers/api:${git.short_sha}
+    region: us-east1
+    port: 8080
+    access: public
+    env:
+      DATABASE_URL: { from: databases.main.url }
+      API_KEY: { stored: true }
+databases:
+  main:
+    engine: postgres
+    region: aws-us-east-2
+    version: 17
+"#
+    .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_variable_of_a_cloud_run_app_lands_in_secret_manager() {
+    use base64::Engine as _;
+    const VALUE: &str = "sk_live_cloud-run-plaintext-77";
+    let dir = tempfile::tempdir().unwrap();
+    let emu = emu::start(telbase::emulator::Config::default()).await;
+    let url = emu.url();
+    let mut run = emu::run(&cloud_run_config(), &url, SHA, emu::http_config());
+    let db = dir.path().join("t.db");
+    let keyfile = dir.path().join("keys");
+    let mut store = SqliteStore::open(&db).unwrap();
+    stored::rotate_keyring(&mut store, &keyfile, true, 100, |_| {}).unwrap();
+    let keys = envelope::read_keyring_file(&keyfile).unwrap();
+    let name = SecretName {
+        project: "links".into(),
+        environment: "production".into(),
+        name: "API_KEY".into(),
+    };
+    stored::set(&mut store, &keys, &name, VALUE.as_bytes()).unwrap();
+    stored::read_fingerprints(&mut run.desired, &mut store).unwrap();
+    let opener = Arc::new(stored::StoreOpener::new(
+        Arc::new(apply::NoIdentity),
+        SqliteStore::open(&db).unwrap(),
+        envelope::read_keyring_file(&keyfile).unwrap(),
+    ));
+    let report = apply_with(&run, opener).await;
+    assert!(report.succeeded(), "{report:?}");
+    let (again, _) = run.plan().await.unwrap();
+    assert!(
+        !again.has_changes(),
+        "{}",
+        telbase::plan::render_text(&again)
+    );
+
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{url}/secret-manager/v1/projects/telbase-emulator/secrets/links-api-API_KEY/versions/latest:access"
+        ))
+        .bearer_auth(telbase::emulator::EMULATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let body: serde_json::Value = r.json().await.unwrap();
+    let data = body["payload"]["data"].as_str().unwrap();
+    let plain = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .unwrap();
+    assert_eq!(plain, VALUE.as_bytes());
+    emu.stop().await;
+}
