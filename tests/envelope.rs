@@ -335,3 +335,54 @@ fn set_open_and_fingerprint_through_the_store() {
     let err = stored::open(&mut store, &stranger, &n).unwrap_err();
     assert!(err.to_string().contains("does not decrypt"), "{err}");
 }
+
+#[test]
+fn an_edited_fingerprint_column_is_caught_when_the_value_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let mut store = SqliteStore::open(&path).unwrap();
+    let keys = keyring();
+    let n = name("notes", "production", "API_KEY");
+    let a = stored::set(&mut store, &keys, &n, b"one").unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE secret_values SET fingerprint = ?1",
+        ["hmac:0000000000000000"],
+    )
+    .unwrap();
+    let err = stored::open(&mut store, &keys, &n).unwrap_err();
+    assert!(err.to_string().contains("fingerprint recorded"), "{err}");
+    conn.execute(
+        "UPDATE secret_values SET fingerprint = ?1",
+        [&a.fingerprint],
+    )
+    .unwrap();
+    assert!(stored::open(&mut store, &keys, &n).unwrap().is_some());
+}
+
+#[test]
+fn a_row_copied_onto_another_row_in_the_database_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let mut store = SqliteStore::open(&path).unwrap();
+    let keys = keyring();
+    let a = name("notes", "production", "A");
+    let b = name("notes", "production", "B");
+    stored::set(&mut store, &keys, &a, b"value of a").unwrap();
+    stored::set(&mut store, &keys, &b, b"value of b").unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    // Every column of A's row (including its fingerprint) copied onto B's.
+    conn.execute_batch(
+        "UPDATE secret_values SET (version, key_id, wrapped_key, ciphertext, fingerprint) =
+           (SELECT v.version, v.key_id, v.wrapped_key, v.ciphertext, v.fingerprint
+              FROM secret_values v JOIN secret_names n ON n.id = v.name_id WHERE n.name = 'A')
+         WHERE name_id = (SELECT id FROM secret_names WHERE name = 'B')",
+    )
+    .unwrap();
+    let err = stored::open(&mut store, &keys, &b).unwrap_err();
+    assert!(err.to_string().contains("does not decrypt"), "{err}");
+    assert_eq!(
+        &stored::open(&mut store, &keys, &a).unwrap().unwrap().0[..],
+        b"value of a"
+    );
+}

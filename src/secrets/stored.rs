@@ -116,6 +116,22 @@ pub fn open(
             ciphertext: v.ciphertext,
         },
     )?;
+    // The fingerprint column is not covered by the ciphertext's authentication, and plans
+    // trust it: recompute it, so an edited fingerprint can never make a plan show
+    // "unchanged" for a value that is then written.
+    let fk = fingerprint_key(store, keys)?;
+    if envelope::fingerprint(&fk, name, &plain) != v.fingerprint {
+        return Err(EnvelopeError::Authentication {
+            what: format!(
+                "the fingerprint recorded for {}",
+                envelope::describe(&RowRef::Value {
+                    name: name.clone(),
+                    version: v.version,
+                })
+            ),
+        }
+        .into());
+    }
     Ok(Some((plain, v.fingerprint)))
 }
 
