@@ -825,3 +825,68 @@ async fn a_stored_variable_of_a_cloud_run_app_lands_in_secret_manager() {
     assert_eq!(plain, VALUE.as_bytes());
     emu.stop().await;
 }
+
+#[test]
+fn the_cli_applies_a_stored_variable_with_verbose_logs_and_leaks_it_nowhere() {
+    const VALUE: &str = "sk_live_cli-leak-check-plaintext-4242";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let p = Project::new();
+    std::fs::write(p.dir.path().join("telbase.yaml"), stored_config()).unwrap();
+    let recording = p.dir.path().join("emulator.jsonl");
+    let emu = rt.block_on(emu::start(telbase::emulator::Config {
+        record: Some(recording.clone()),
+        ..Default::default()
+    }));
+    let url = emu.url();
+    let mut seen = String::new();
+    let mut run = |args: &[&str], stdin: &[u8]| {
+        let mut child = p
+            .command(args)
+            .env("RUST_LOG", "trace")
+            .env("NO_COLOR", "1")
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let o = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        seen.push_str(&text);
+        (o.status.success(), text)
+    };
+    assert!(run(&["keys", "rotate", "--generate"], b"").0);
+    assert!(run(&["env", "set", "API_KEY"], VALUE.as_bytes()).0);
+    let (ok, plan_json) = run(&["plan", "--emulator", &url, "--format", "json"], b"");
+    assert!(ok, "{plan_json}");
+    let (ok, applied) = run(&["apply", "--emulator", &url, "--auto-approve"], b"");
+    assert!(ok, "{applied}");
+    assert!(applied.contains("Apply complete"), "{applied}");
+    let (ok, again) = run(&["plan", "--emulator", &url, "--detailed-exitcode"], b"");
+    assert!(ok, "a second plan has changes: {again}");
+    let (ok, list) = run(&["env", "list"], b"");
+    assert!(ok && list.contains("API_KEY"), "{list}");
+    rt.block_on(emu.stop());
+
+    let rec = std::fs::read_to_string(&recording).unwrap();
+    assert!(
+        rec.lines()
+            .any(|l| l.contains("telbase stored API_KEY hmac:") && l.contains("\"sensitive\"")),
+        "no sensitive API_KEY write in the recording"
+    );
+    // The most verbose tracing really was on (so the check below covers logs too).
+    assert!(
+        seen.contains("TRACE") || seen.contains("DEBUG"),
+        "no verbose logs seen"
+    );
+    assert!(
+        !seen.contains(VALUE),
+        "a command printed or logged the value"
+    );
+    assert!(
+        !rec.contains(VALUE),
+        "the emulator recording holds the value"
+    );
+    assert!(!contains(&database_bytes(&p.db()), VALUE.as_bytes()));
+}
