@@ -7,8 +7,8 @@
 //! `providers` observe and change resources at each provider over one HTTP layer, `apply`
 //! carries a plan out, `emulator` serves the provider APIs locally, `conformance` checks
 //! HTTP exchanges against the providers' published descriptions, `secrets` holds age keys,
-//! sealing and opening, `store` is
-//! Telbase's own database (stored secrets, on SQLite), and `cli` is the command-line edge.
+//! sealing and opening and the envelope of stored secrets, `store` is Telbase's own database
+//! (stored secrets, on SQLite), and `cli` is the command-line edge.
 
 #![forbid(unsafe_code)]
 

@@ -867,6 +867,25 @@ fn the_cli_applies_a_stored_variable_with_verbose_logs_and_leaks_it_nowhere() {
     assert!(ok, "a second plan has changes: {again}");
     let (ok, list) = run(&["env", "list"], b"");
     assert!(ok && list.contains("API_KEY"), "{list}");
+    // Nothing to write: apply needs no master key (plans read fingerprints only).
+    let o = p
+        .command(&["apply", "--emulator", &url, "--auto-approve"])
+        .env_remove("TELBASE_MASTER_KEY_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A changed value with no master key: the step fails and says why.
+    assert!(run(&["env", "set", "API_KEY"], b"a-newer-value").0);
+    let o = p
+        .command(&["apply", "--emulator", &url, "--auto-approve"])
+        .env_remove("TELBASE_MASTER_KEY_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(out.contains("no master key"), "{out}");
     rt.block_on(emu.stop());
 
     let rec = std::fs::read_to_string(&recording).unwrap();

@@ -200,10 +200,7 @@ async fn resolve_inputs(
                 name: stored,
                 fingerprint,
             } => {
-                let environment = match desired.environment {
-                    crate::model::Environment::Production => "production",
-                    crate::model::Environment::Preview { .. } => "preview",
-                };
+                let environment = crate::secrets::stored::store_environment(desired.environment);
                 let v = opener
                     .open_stored(
                         &desired.project,

@@ -343,8 +343,11 @@ fn opener(store: Option<crate::store::SqliteStore>) -> anyhow::Result<Arc<dyn Op
     let Some(store) = store else {
         return Ok(age);
     };
-    let (keys, _) = crate::secrets::envelope::keyring_from_vars(|k| std::env::var(k).ok())?;
-    Ok(Arc::new(crate::secrets::stored::StoreOpener::new(
+    // A missing or bad master key fails only the steps that write a stored value.
+    let keys = crate::secrets::envelope::keyring_from_vars(|k| std::env::var(k).ok())
+        .map(|(keys, _)| keys)
+        .map_err(|e| e.to_string());
+    Ok(Arc::new(crate::secrets::stored::StoreOpener::with_keys(
         age, store, keys,
     )))
 }

@@ -389,11 +389,23 @@ pub fn read_fingerprints(
 pub struct StoreOpener<S: SecretRows + Send> {
     pub age: std::sync::Arc<dyn crate::apply::Opener>,
     store: std::sync::Mutex<S>,
-    keys: Keyring,
+    /// The master keys, or why there are none: an apply that writes no stored value (every
+    /// one unchanged) must not fail for want of a key it never uses.
+    keys: Result<Keyring, String>,
 }
 
 impl<S: SecretRows + Send> StoreOpener<S> {
     pub fn new(age: std::sync::Arc<dyn crate::apply::Opener>, store: S, keys: Keyring) -> Self {
+        Self::with_keys(age, store, Ok(keys))
+    }
+
+    /// An opener whose master keys may have failed to load (`Err` says why, and is what
+    /// opening a stored value reports).
+    pub fn with_keys(
+        age: std::sync::Arc<dyn crate::apply::Opener>,
+        store: S,
+        keys: Result<Keyring, String>,
+    ) -> Self {
         StoreOpener {
             age,
             store: std::sync::Mutex::new(store),
@@ -419,11 +431,12 @@ impl<S: SecretRows + Send> crate::apply::Opener for StoreOpener<S> {
             environment: environment.to_owned(),
             name: name.to_owned(),
         };
+        let keys = self.keys.as_ref().map_err(Clone::clone)?;
         let mut store = self
             .store
             .lock()
             .map_err(|_| "the store is unusable after an earlier failure".to_owned())?;
-        let (plain, found) = open(&mut *store, &self.keys, &key)
+        let (plain, found) = open(&mut *store, keys, &key)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| {
                 format!(
