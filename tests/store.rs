@@ -343,6 +343,10 @@ fn env_set_list_unset_through_the_binary_never_show_the_value() {
     let o = p.run(&["env", "unset", "SHORT"], b"");
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("is not set"));
+    // Empty input (an unset shell variable, usually) is refused.
+    let o = p.run(&["env", "set", "EMPTY"], b"");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("standard input was empty"));
     // Names that are not env var names never reach the store.
     let o = p.run(&["env", "set", "NOT-A-NAME"], b"x");
     assert!(!o.status.success());

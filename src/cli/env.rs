@@ -134,6 +134,11 @@ fn set(args: &SetArgs) -> anyhow::Result<()> {
         );
     }
     let plain = secrets::read_plaintext(stdin.lock()).context("standard input")?;
+    if plain.is_empty() {
+        bail!(
+            "standard input was empty; pipe the value in (an empty value is refused because it is almost always a variable that was not set)"
+        );
+    }
     if std::str::from_utf8(&plain).is_err() {
         bail!("the value is not UTF-8 text; environment values must be text");
     }
