@@ -386,3 +386,44 @@ fn a_row_copied_onto_another_row_in_the_database_fails() {
         b"value of a"
     );
 }
+
+#[test]
+fn a_keyring_file_provider_follows_the_file_across_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys");
+    envelope::write_keyring_file(&path, &Keyring::parse(&format!("a {K1}\n"), "f").unwrap())
+        .unwrap();
+    let provider = envelope::KeyringFile::open(&path).unwrap();
+    assert_eq!(provider.current_key_id().unwrap(), "a");
+    let n = name("p", "production", "K");
+    let e = envelope::seal(&provider, &n, 1, b"v").unwrap();
+    // Another process rotates: new key b, a retired, the row re-wrapped under b.
+    envelope::write_keyring_file(
+        &path,
+        &Keyring::parse(&format!("a {K1} retired\nb {K2}\n"), "f").unwrap(),
+    )
+    .unwrap();
+    let row = RowRef::Value {
+        name: n.clone(),
+        version: 1,
+    };
+    let full = envelope::read_keyring_file(&path).unwrap();
+    let dk = envelope::unwrap_for(&full, &row, "a", &e.wrapped_key).unwrap();
+    let moved = Envelope {
+        key_id: "b".into(),
+        wrapped_key: envelope::wrap_for(&full, &row, "b", &dk).unwrap(),
+        ciphertext: e.ciphertext.clone(),
+    };
+    // The provider loaded before the rotation opens the re-wrapped row and wraps under b.
+    assert_eq!(open_with(&provider, &n, 1, &moved), b"v");
+    assert_eq!(provider.current_key_id().unwrap(), "b");
+}
+
+fn open_with(
+    keys: &dyn envelope::KeyProvider,
+    n: &SecretName,
+    version: i64,
+    e: &Envelope,
+) -> Vec<u8> {
+    envelope::open(keys, n, version, e).unwrap().to_vec()
+}

@@ -142,9 +142,9 @@ fn set(args: &SetArgs) -> anyhow::Result<()> {
     if std::str::from_utf8(&plain).is_err() {
         bail!("the value is not UTF-8 text; environment values must be text");
     }
-    let (keys, _) = envelope::keyring_from_vars(|k| std::env::var(k).ok())?;
+    let keys = envelope::key_provider_from_vars(|k| std::env::var(k).ok())?;
     let mut store = open_store()?;
-    let v = stored::set(&mut store, &keys, &name, &plain)?;
+    let v = stored::set(&mut store, keys.as_ref(), &name, &plain)?;
     println!(
         "stored {}/{} version {} for project {} (key {}, {})",
         name.environment, name.name, v.version, name.project, v.key_id, v.fingerprint

@@ -344,8 +344,7 @@ fn opener(store: Option<crate::store::SqliteStore>) -> anyhow::Result<Arc<dyn Op
         return Ok(age);
     };
     // A missing or bad master key fails only the steps that write a stored value.
-    let keys = crate::secrets::envelope::keyring_from_vars(|k| std::env::var(k).ok())
-        .map(|(keys, _)| keys)
+    let keys = crate::secrets::envelope::key_provider_from_vars(|k| std::env::var(k).ok())
         .map_err(|e| e.to_string());
     Ok(Arc::new(crate::secrets::stored::StoreOpener::with_keys(
         age, store, keys,

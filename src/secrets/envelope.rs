@@ -612,6 +612,86 @@ pub fn write_keyring_file(path: &Path, keyring: &Keyring) -> Result<(), Envelope
     Ok(())
 }
 
+/// A keyring file as a [`KeyProvider`] for processes that outlive a rotation (an apply, and
+/// later `telbase serve`): before each use it checks whether the file was replaced (inode,
+/// size, modification time) and reloads it, so a rotation's new key is picked up for new
+/// wraps and rows it re-wrapped keep opening. A process holding a keyring loaded once would
+/// fail on the first row re-wrapped under a key it has never seen.
+pub struct KeyringFile {
+    path: PathBuf,
+    state: std::sync::Mutex<(FileStamp, std::sync::Arc<Keyring>)>,
+}
+
+type FileStamp = (u64, u64, Option<std::time::SystemTime>);
+
+fn stamp(path: &Path) -> Result<FileStamp, EnvelopeError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| EnvelopeError::Io {
+        path: path.display().to_string(),
+        error: e,
+    })?;
+    Ok((meta.ino(), meta.len(), meta.modified().ok()))
+}
+
+impl KeyringFile {
+    /// Loads the keyring file at `path`.
+    pub fn open(path: &Path) -> Result<KeyringFile, EnvelopeError> {
+        let before = stamp(path)?;
+        let keyring = read_keyring_file(path)?;
+        Ok(KeyringFile {
+            path: path.to_owned(),
+            state: std::sync::Mutex::new((before, std::sync::Arc::new(keyring))),
+        })
+    }
+
+    /// The keyring as the file holds it now.
+    pub fn keyring(&self) -> Result<std::sync::Arc<Keyring>, EnvelopeError> {
+        let now = stamp(&self.path)?;
+        let mut state = self.state.lock().map_err(|_| EnvelopeError::BadKeyring {
+            at: self.path.display().to_string(),
+            why: "the keyring cache is unusable after an earlier failure".into(),
+        })?;
+        if state.0 != now {
+            // Stamp first: a write racing with this read changes the stamp again, and the
+            // next use reloads once more.
+            *state = (now, std::sync::Arc::new(read_keyring_file(&self.path)?));
+        }
+        Ok(state.1.clone())
+    }
+}
+
+impl KeyProvider for KeyringFile {
+    fn current_key_id(&self) -> Result<String, EnvelopeError> {
+        self.keyring()?.current_key_id()
+    }
+
+    fn wrap(&self, key_id: &str, key: &[u8; 32], aad: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+        self.keyring()?.wrap(key_id, key, aad)
+    }
+
+    fn unwrap(
+        &self,
+        key_id: &str,
+        wrapped: &[u8],
+        aad: &[u8],
+        what: &dyn Fn() -> String,
+    ) -> Result<KeyBytes, EnvelopeError> {
+        self.keyring()?.unwrap(key_id, wrapped, aad, what)
+    }
+}
+
+/// The master keys from the environment as a [`KeyProvider`]: a [`KeyringFile`] that follows
+/// rotations for `TELBASE_MASTER_KEY_FILE`, one fixed key for `TELBASE_MASTER_KEY`.
+pub fn key_provider_from_vars(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Box<dyn KeyProvider>, EnvelopeError> {
+    let (keyring, path) = keyring_from_vars(var)?;
+    Ok(match path {
+        Some(path) => Box::new(KeyringFile::open(&path)?),
+        None => Box::new(keyring),
+    })
+}
+
 /// The master keys from the environment: `TELBASE_MASTER_KEY_FILE` (a keyring file) or
 /// `TELBASE_MASTER_KEY` (one key). `var` reads a variable. Both set is an error: which one
 /// wraps new values would otherwise be a guess.

@@ -391,12 +391,16 @@ pub struct StoreOpener<S: SecretRows + Send> {
     store: std::sync::Mutex<S>,
     /// The master keys, or why there are none: an apply that writes no stored value (every
     /// one unchanged) must not fail for want of a key it never uses.
-    keys: Result<Keyring, String>,
+    keys: Result<Box<dyn KeyProvider>, String>,
 }
 
 impl<S: SecretRows + Send> StoreOpener<S> {
-    pub fn new(age: std::sync::Arc<dyn crate::apply::Opener>, store: S, keys: Keyring) -> Self {
-        Self::with_keys(age, store, Ok(keys))
+    pub fn new(
+        age: std::sync::Arc<dyn crate::apply::Opener>,
+        store: S,
+        keys: impl KeyProvider + 'static,
+    ) -> Self {
+        Self::with_keys(age, store, Ok(Box::new(keys)))
     }
 
     /// An opener whose master keys may have failed to load (`Err` says why, and is what
@@ -404,7 +408,7 @@ impl<S: SecretRows + Send> StoreOpener<S> {
     pub fn with_keys(
         age: std::sync::Arc<dyn crate::apply::Opener>,
         store: S,
-        keys: Result<Keyring, String>,
+        keys: Result<Box<dyn KeyProvider>, String>,
     ) -> Self {
         StoreOpener {
             age,
@@ -436,7 +440,7 @@ impl<S: SecretRows + Send> crate::apply::Opener for StoreOpener<S> {
             .store
             .lock()
             .map_err(|_| "the store is unusable after an earlier failure".to_owned())?;
-        let (plain, found) = open(&mut *store, keys, &key)
+        let (plain, found) = open(&mut *store, keys.as_ref(), &key)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| {
                 format!(
