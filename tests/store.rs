@@ -1005,3 +1005,30 @@ fn writers_during_a_rotation_lose_nothing() {
         assert_eq!(&plain[..], format!("new-{i}").as_bytes());
     }
 }
+
+#[test]
+fn previews_read_the_preview_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    let keys = envelope::Keyring::parse("k AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n", "test")
+        .unwrap();
+    let key = |env: &str| SecretName {
+        project: "notes".into(),
+        environment: env.into(),
+        name: "API_KEY".into(),
+    };
+    let prod = stored::set(&mut store, &keys, &key("production"), b"live").unwrap();
+    let (mut preview, _) = telbase::config::load_str(
+        &stored_config(),
+        telbase::model::Environment::Preview { pull_request: 12 },
+    )
+    .unwrap();
+    // Only a production value: the preview plan says which command sets the preview one.
+    let err = stored::read_fingerprints(&mut preview, &mut store).unwrap_err();
+    assert!(err.contains("--env preview"), "{err}");
+    let test = stored::set(&mut store, &keys, &key("preview"), b"test").unwrap();
+    stored::read_fingerprints(&mut preview, &mut store).unwrap();
+    let json = serde_json::to_string(&preview).unwrap();
+    assert!(json.contains(&test.fingerprint), "{json}");
+    assert!(!json.contains(&prod.fingerprint));
+}
