@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -93,13 +93,17 @@ fn rotate(args: &RotateArgs) -> anyhow::Result<()> {
     }
     let path = PathBuf::from(path);
     let mut store = super::env::open_store()?;
-    let report = stored::rotate_keyring(
-        &mut store,
-        &path,
-        args.generate,
-        args.batch as usize,
-        |_| {},
-    )?;
+    // Progress on a terminal only: scripts and logs get the summary below.
+    let tty = std::io::stderr().is_terminal();
+    let report =
+        stored::rotate_keyring(&mut store, &path, args.generate, args.batch as usize, |n| {
+            if tty {
+                eprint!("\rre-wrapped {n} keys…");
+            }
+        })?;
+    if tty {
+        eprint!("\r\x1b[K");
+    }
     let mut out = String::new();
     if report.generated {
         let _ = writeln!(out, "generated master key {}", report.target);
