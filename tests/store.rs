@@ -1032,3 +1032,47 @@ fn previews_read_the_preview_value() {
     assert!(json.contains(&test.fingerprint), "{json}");
     assert!(!json.contains(&prod.fingerprint));
 }
+
+#[test]
+fn keys_list_shows_status_and_usage_and_flags_missing_keys() {
+    let p = Project::new();
+    p.ok(&["keys", "rotate", "--generate"], b"");
+    p.ok(&["env", "set", "A"], b"a");
+    p.ok(&["keys", "rotate", "--generate"], b"");
+    let out = p.ok(&["keys", "list"], b"");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[1].contains("retired") && lines[1].trim_end().ends_with(" 0"),
+        "{out}"
+    );
+    // One value plus the fingerprint key.
+    assert!(
+        lines[2].contains("current") && lines[2].trim_end().ends_with(" 2"),
+        "{out}"
+    );
+    // A value wrapped under a key the keyring does not have.
+    let gone = envelope::Keyring::parse("gone AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n", "t")
+        .unwrap();
+    let mut store = SqliteStore::open(&p.db()).unwrap();
+    let n = p.name("production", "B");
+    let v = store.reserve_version(&n).unwrap();
+    let e = envelope::seal(&gone, &n, v, b"b").unwrap();
+    store
+        .put_value(
+            &n,
+            &store::SealedValue {
+                version: v,
+                key_id: e.key_id,
+                wrapped_key: e.wrapped_key,
+                ciphertext: e.ciphertext,
+                fingerprint: "hmac:0000000000000000".into(),
+                updated_at: store::sqlite::now(),
+            },
+        )
+        .unwrap();
+    let o = p.run(&["keys", "list"], b"");
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("MISSING"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be opened"));
+}
