@@ -7,7 +7,8 @@
 //! `providers` observe and change resources at each provider over one HTTP layer, `apply`
 //! carries a plan out, `emulator` serves the provider APIs locally, `conformance` checks
 //! HTTP exchanges against the providers' published descriptions, `secrets` holds age keys,
-//! sealing and opening, and `cli` is the command-line edge.
+//! sealing and opening and the envelope of stored secrets, `store` is Telbase's own database
+//! (stored secrets, on SQLite), and `cli` is the command-line edge.
 
 #![forbid(unsafe_code)]
 
@@ -22,3 +23,4 @@ pub mod plan;
 pub mod providers;
 pub mod secrets;
 pub mod serve;
+pub mod store;

@@ -33,6 +33,22 @@ pub trait Opener: Send + Sync {
     fn open_sops(&self, _file: &Path) -> Result<EnvFileValues, String> {
         Err("values from a SOPS env_file need the age identity: set TELBASE_IDENTITY_FILE (a file with an AGE-SECRET-KEY-1… line)".into())
     }
+
+    /// The plaintext of a stored value (`stored: true`) of `project`'s `environment`,
+    /// refusing it unless its keyed fingerprint is `fingerprint`, the one the plan was made
+    /// with (a value changed by `env set` since then needs a new plan). Openers without a
+    /// store refuse every stored value.
+    fn open_stored(
+        &self,
+        _project: &str,
+        _environment: &str,
+        name: &str,
+        _fingerprint: Option<&str>,
+    ) -> Result<SecretString, String> {
+        Err(format!(
+            "`{name}` is a stored value (`stored: true`), but this run has no store open"
+        ))
+    }
 }
 
 /// An opener with no identity: every sealed value fails with a clear message.
@@ -221,8 +237,8 @@ fn generate_secret() -> Result<SecretString, String> {
     Ok(SecretString::from(out))
 }
 
-/// Resolve the values a resource needs: `from:` outputs from their providers, sealed values
-/// with the opener, generated credentials fresh. Plain values need nothing.
+/// Resolve the values a resource needs: `from:` outputs from their providers, sealed and
+/// stored values with the opener, generated credentials fresh. Plain values need nothing.
 async fn resolve_inputs(
     key: &ResourceKey,
     desired: &DesiredState,
@@ -239,6 +255,21 @@ async fn resolve_inputs(
             EnvSource::Plain(_) => {}
             EnvSource::Generated => {
                 inputs.env.insert(name.to_owned(), generate_secret()?);
+            }
+            EnvSource::Stored {
+                name: stored,
+                fingerprint,
+            } => {
+                let environment = crate::secrets::stored::store_environment(desired.environment);
+                let v = opener
+                    .open_stored(
+                        &desired.project,
+                        environment,
+                        stored,
+                        fingerprint.as_deref(),
+                    )
+                    .map_err(|e| format!("{name}: {e}"))?;
+                inputs.env.insert(name.to_owned(), v);
             }
             EnvSource::Sealed(s) => {
                 let v = match (s.sops_source(), s.armor()) {

@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod demo;
+pub mod env;
+pub mod keys;
 pub mod reconcile;
 pub mod secrets;
 
@@ -47,6 +49,12 @@ pub enum Command {
     /// Age keys and sealed values: keygen, recipient, seal, reveal, reseal (see docs/secrets.md).
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Stored secret env values (set outside the repository): set, list, unset.
+    #[command(subcommand)]
+    Env(env::EnvCommand),
+    /// Master keys of the stored-secrets envelope: list, rotate.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +105,8 @@ pub fn run() -> ExitCode {
         Command::Emulate(args) => return reconcile::emulate_cmd(&args),
         Command::Demo(args) => return demo::demo_cmd(&args),
         Command::Secrets(cmd) => return secrets::secrets_cmd(&cmd),
+        Command::Env(cmd) => return env::env_cmd(&cmd),
+        Command::Keys(cmd) => return keys::keys_cmd(&cmd),
     };
     match result {
         Ok(code) => code,

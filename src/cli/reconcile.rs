@@ -178,6 +178,9 @@ pub struct Session {
     pub scope: Scope,
     pub registry: Registry,
     pub http: Http,
+    /// The store, open only when the config has `stored: true` variables (their keyed
+    /// fingerprints are already read into `desired`; apply opens their values from it).
+    pub store: Option<crate::store::SqliteStore>,
 }
 
 /// Load and check the config (diagnostics to stderr), pin the commit, set up clients.
@@ -210,6 +213,15 @@ pub fn session(target: &Target) -> anyhow::Result<Session> {
             "note: {name} is not in a git repository, so Telbase will manage settings but not deploy code"
         ),
     }
+    // Only a config that uses `stored:` needs the store (the README demo runs without one).
+    let store = if crate::secrets::stored::uses_stored(&desired) {
+        let mut store = super::env::open_store()?;
+        crate::secrets::stored::read_fingerprints(&mut desired, &mut store)
+            .map_err(|e| anyhow!("{e}"))?;
+        Some(store)
+    } else {
+        None
+    };
     let mut creds = Credentials::from_env();
     if let Some(e) = &target.emulator {
         creds.emulator = Some(e.clone());
@@ -226,6 +238,7 @@ pub fn session(target: &Target) -> anyhow::Result<Session> {
         scope,
         registry,
         http,
+        store,
     })
 }
 
@@ -323,8 +336,23 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     result.with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The opener for sealed values (`TELBASE_IDENTITY_FILE` when set) and, when the config has
+/// stored values, for those too (with the master keys from the environment).
+fn opener(store: Option<crate::store::SqliteStore>) -> anyhow::Result<Arc<dyn Opener>> {
+    let age = age_only_opener()?;
+    let Some(store) = store else {
+        return Ok(age);
+    };
+    // A missing or bad master key fails only the steps that write a stored value.
+    let keys = crate::secrets::envelope::key_provider_from_vars(|k| std::env::var(k).ok())
+        .map_err(|e| e.to_string());
+    Ok(Arc::new(crate::secrets::stored::StoreOpener::with_keys(
+        age, store, keys,
+    )))
+}
+
 /// The opener for sealed values: `TELBASE_IDENTITY_FILE` when set.
-fn opener() -> anyhow::Result<Arc<dyn Opener>> {
+fn age_only_opener() -> anyhow::Result<Arc<dyn Opener>> {
     let Some(path) = std::env::var_os("TELBASE_IDENTITY_FILE") else {
         return Ok(Arc::new(NoIdentity));
     };
@@ -354,8 +382,8 @@ pub fn apply_cmd(args: &ApplyArgs) -> ExitCode {
 }
 
 fn apply_inner(args: &ApplyArgs) -> anyhow::Result<ExitCode> {
-    let s = session(&args.target)?;
-    let opener = opener()?;
+    let mut s = session(&args.target)?;
+    let opener = opener(s.store.take())?;
     let rt = runtime()?;
     let actual = rt
         .block_on(apply::observe(&s.registry, &s.scope))

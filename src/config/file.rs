@@ -468,13 +468,13 @@ pub struct Health {
 }
 
 /// An environment variable's value: a plain scalar, or a map with exactly one of `value`,
-/// `sealed` or `from`.
+/// `sealed`, `from` or `stored`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum EnvValue {
     /// `NAME: text` (numbers and booleans are kept as written).
     Plain(String),
-    /// `NAME: { value | sealed | from, only }`
+    /// `NAME: { value | sealed | from | stored, only }`
     Spec(EnvSpec),
 }
 
@@ -506,7 +506,7 @@ impl JsonSchema for EnvValue {
     fn json_schema(generator: &mut SchemaGenerator) -> Schema {
         let spec = generator.subschema_for::<EnvSpec>();
         json_schema!({
-            "description": "A plain value (string, number or boolean), or a map with exactly one of `value`, `sealed` (an age-armored secret) or `from` (a database or app output such as `databases.main.url`).",
+            "description": "A plain value (string, number or boolean), or a map with exactly one of `value`, `sealed` (an age-armored secret), `from` (a database or app output such as `databases.main.url`) or `stored: true` (a secret set with `telbase env set`).",
             "anyOf": [ { "type": ["string", "number", "boolean"] }, spec ]
         })
     }
@@ -528,6 +528,11 @@ pub struct EnvSpec {
     /// `apps.<name>.<url|host>`.
     #[serde(default)]
     pub from: Option<String>,
+    /// `true`: the value is kept outside the repository, envelope-encrypted in Telbase's
+    /// store; set it with `telbase env set NAME --env production` (standard input). Opened
+    /// only at the moment it is handed to the provider; plans show its keyed fingerprint.
+    #[serde(default)]
+    pub stored: Option<bool>,
     /// Limit the variable to one environment. Default both.
     #[serde(default)]
     pub only: Option<EnvTarget>,

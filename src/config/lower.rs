@@ -127,6 +127,13 @@ impl Lowering<'_> {
                             EnvSource::Plain(s.clone())
                         } else if let Some(s) = &spec.sealed {
                             EnvSource::Sealed(Sealed::new(s.trim().to_owned()))
+                        } else if spec.stored == Some(true) {
+                            // The fingerprint comes from the store, read by the CLI before
+                            // planning (`secrets::stored::read_fingerprints`).
+                            EnvSource::Stored {
+                                name: name.clone(),
+                                fingerprint: None,
+                            }
                         } else {
                             let f = spec.from.as_deref()?;
                             let mut parts = f.split('.');

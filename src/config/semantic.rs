@@ -696,6 +696,7 @@ fn check_app<'c>(
                     spec.value.is_some(),
                     spec.sealed.is_some(),
                     spec.from.is_some(),
+                    spec.stored.is_some(),
                 ]
                 .iter()
                 .filter(|b| **b)
@@ -704,9 +705,18 @@ fn check_app<'c>(
                     cx.at(
                         Code::E0103,
                         &path,
-                        format!("env `{var}` needs exactly one of `value`, `sealed` or `from`, found {given}"),
+                        format!("env `{var}` needs exactly one of `value`, `sealed`, `from` or `stored`, found {given}"),
                     );
                     continue;
+                }
+                if spec.stored == Some(false) {
+                    let mut p = path.to_vec();
+                    p.push("stored");
+                    cx.at(
+                        Code::E0103,
+                        &p,
+                        format!("env `{var}`: `stored: false` gives no value; write `stored: true` (the value is set with `telbase env set {var}`) or use `value`, `sealed` or `from`"),
+                    );
                 }
                 if let Some(v) = &spec.value {
                     let mut p = path.to_vec();

@@ -56,6 +56,10 @@ pub fn source_comment(source: &EnvSource) -> Option<String> {
                 .unwrap_or_default()
         )),
         EnvSource::Generated => Some(format!("{COMMENT_PREFIX} generated")),
+        EnvSource::Stored { name, fingerprint } => Some(format!(
+            "{COMMENT_PREFIX} stored {name} {}",
+            fingerprint.as_deref().unwrap_or("unknown")
+        )),
     }
 }
 
@@ -66,6 +70,13 @@ fn parse_comment(comment: &str) -> Option<EnvSource> {
     }
     if let Some(fp) = rest.strip_prefix("sealed ") {
         return Some(EnvSource::Sealed(Sealed::from_fingerprint(fp)));
+    }
+    if let Some(stored) = rest.strip_prefix("stored ") {
+        let (name, fp) = stored.split_once(' ')?;
+        return Some(EnvSource::Stored {
+            name: name.to_owned(),
+            fingerprint: Some(fp.to_owned()),
+        });
     }
     let rest = rest.strip_prefix("from ")?;
     let (key, output) = rest.rsplit_once(' ')?;
@@ -800,6 +811,13 @@ mod tests {
         let sealed = EnvSource::Sealed(Sealed::new("-----BEGIN AGE ENCRYPTED FILE-----".into()));
         let c = source_comment(&sealed).unwrap();
         assert_eq!(parse_comment(&c), Some(sealed));
+        let stored = EnvSource::Stored {
+            name: "API_KEY".into(),
+            fingerprint: Some("hmac:0123456789abcdef".into()),
+        };
+        let c = source_comment(&stored).unwrap();
+        assert_eq!(c, "telbase stored API_KEY hmac:0123456789abcdef");
+        assert_eq!(parse_comment(&c), Some(stored));
         let out = EnvSource::Output {
             resource: ResourceKey::new(Kind::NeonDatabase, "notes-main"),
             output: Output::Url,

@@ -19,6 +19,9 @@ use std::io::{Read, Write};
 use secrecy::{ExposeSecret as _, SecretString};
 use zeroize::Zeroizing;
 
+pub mod envelope;
+pub mod stored;
+
 /// The largest sealed input [`open`] accepts: sealed values are environment values and
 /// small files, and an unbounded read of stdin is a way to exhaust memory.
 pub const MAX_SEALED_BYTES: usize = 64 * 1024 * 1024;

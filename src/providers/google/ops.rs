@@ -86,6 +86,10 @@ pub fn source_text(source: &EnvSource) -> Option<String> {
                 .unwrap_or_default()
         )),
         EnvSource::Generated => Some("generated".into()),
+        EnvSource::Stored { name, fingerprint } => Some(format!(
+            "stored {name} {}",
+            fingerprint.as_deref().unwrap_or("unknown")
+        )),
     }
 }
 
@@ -96,6 +100,13 @@ pub fn parse_source(text: &str) -> Option<EnvSource> {
     }
     if let Some(fp) = text.strip_prefix("sealed ") {
         return Some(EnvSource::Sealed(Sealed::from_fingerprint(fp)));
+    }
+    if let Some(stored) = text.strip_prefix("stored ") {
+        let (name, fp) = stored.split_once(' ')?;
+        return Some(EnvSource::Stored {
+            name: name.to_owned(),
+            fingerprint: Some(fp.to_owned()),
+        });
     }
     let rest = text.strip_prefix("from ")?;
     let (key, output) = rest.rsplit_once(' ')?;
@@ -274,6 +285,10 @@ mod tests {
         for s in [
             EnvSource::Generated,
             EnvSource::Sealed(Sealed::new("armor".into())),
+            EnvSource::Stored {
+                name: "API_KEY".into(),
+                fingerprint: Some("hmac:0123456789abcdef".into()),
+            },
             EnvSource::Output {
                 resource: ResourceKey::new(Kind::NeonDatabase, "notes-main"),
                 output: Output::Url,
