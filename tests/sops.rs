@@ -992,6 +992,15 @@ impl telbase::apply::Opener for Counting {
         self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.0.open_sops(file)
     }
+    fn open_stored(
+        &self,
+        project: &str,
+        environment: &str,
+        name: &str,
+        fingerprint: Option<&str>,
+    ) -> Result<secrecy::SecretString, String> {
+        self.0.open_stored(project, environment, name, fingerprint)
+    }
 }
 
 fn run_in(dir: &Path, url: &str) -> common::emu::Run {

@@ -526,6 +526,9 @@ impl Opener for Watching {
     fn open(&self, armor: &str) -> Result<SecretString, String> {
         self.inner.open(armor)
     }
+    fn open_sops(&self, file: &std::path::Path) -> Result<telbase::apply::EnvFileValues, String> {
+        self.inner.open_sops(file)
+    }
     fn open_stored(
         &self,
         project: &str,

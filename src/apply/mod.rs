@@ -29,26 +29,34 @@ pub trait Opener: Send + Sync {
     fn open(&self, armor: &str) -> Result<SecretString, String>;
 
     /// Every variable of a SOPS env file, decrypted and verified. Called at most once per
-    /// file per apply (the executor keeps the result for the steps that need it).
-    fn open_sops(&self, _file: &Path) -> Result<EnvFileValues, String> {
-        Err("values from a SOPS env_file need the age identity: set TELBASE_IDENTITY_FILE (a file with an AGE-SECRET-KEY-1… line)".into())
-    }
+    /// file per apply (the executor keeps the result for the steps that need it). Openers
+    /// without an identity answer [`no_identity_for_sops`].
+    fn open_sops(&self, file: &Path) -> Result<EnvFileValues, String>;
 
     /// The plaintext of a stored value (`stored: true`) of `project`'s `environment`,
     /// refusing it unless its keyed fingerprint is `fingerprint`, the one the plan was made
     /// with (a value changed by `env set` since then needs a new plan). Openers without a
-    /// store refuse every stored value.
+    /// store answer [`no_store`].
+    ///
+    /// No method has a default: an opener that wraps another must forward every kind of
+    /// value, and a default that refuses would silently break wrapped openers.
     fn open_stored(
         &self,
-        _project: &str,
-        _environment: &str,
+        project: &str,
+        environment: &str,
         name: &str,
-        _fingerprint: Option<&str>,
-    ) -> Result<SecretString, String> {
-        Err(format!(
-            "`{name}` is a stored value (`stored: true`), but this run has no store open"
-        ))
-    }
+        fingerprint: Option<&str>,
+    ) -> Result<SecretString, String>;
+}
+
+/// Why an opener without an identity cannot open a SOPS env file.
+pub fn no_identity_for_sops() -> String {
+    "values from a SOPS env_file need the age identity: set TELBASE_IDENTITY_FILE (a file with an AGE-SECRET-KEY-1… line)".into()
+}
+
+/// Why an opener without a store cannot open a stored value.
+pub fn no_store(name: &str) -> String {
+    format!("`{name}` is a stored value (`stored: true`), but this run has no store open")
 }
 
 /// An opener with no identity: every sealed value fails with a clear message.
@@ -57,6 +65,20 @@ pub struct NoIdentity;
 impl Opener for NoIdentity {
     fn open(&self, _armor: &str) -> Result<SecretString, String> {
         Err("sealed values need the age identity: set TELBASE_IDENTITY_FILE (a file with an AGE-SECRET-KEY-1… line)".into())
+    }
+
+    fn open_sops(&self, _file: &Path) -> Result<EnvFileValues, String> {
+        Err(no_identity_for_sops())
+    }
+
+    fn open_stored(
+        &self,
+        _project: &str,
+        _environment: &str,
+        name: &str,
+        _fingerprint: Option<&str>,
+    ) -> Result<SecretString, String> {
+        Err(no_store(name))
     }
 }
 
@@ -86,6 +108,16 @@ impl Opener for AgeOpener {
                 value,
             })
             .collect())
+    }
+
+    fn open_stored(
+        &self,
+        _project: &str,
+        _environment: &str,
+        name: &str,
+        _fingerprint: Option<&str>,
+    ) -> Result<SecretString, String> {
+        Err(no_store(name))
     }
 }
 
@@ -123,6 +155,17 @@ impl Opener for OncePerFile {
             .entry(file.to_owned())
             .or_insert_with(|| self.inner.open_sops(file))
             .clone()
+    }
+
+    fn open_stored(
+        &self,
+        project: &str,
+        environment: &str,
+        name: &str,
+        fingerprint: Option<&str>,
+    ) -> Result<SecretString, String> {
+        self.inner
+            .open_stored(project, environment, name, fingerprint)
     }
 }
 

@@ -423,6 +423,10 @@ impl<S: SecretRows + Send> crate::apply::Opener for StoreOpener<S> {
         self.age.open(armor)
     }
 
+    fn open_sops(&self, file: &std::path::Path) -> Result<crate::apply::EnvFileValues, String> {
+        self.age.open_sops(file)
+    }
+
     fn open_stored(
         &self,
         project: &str,
