@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::sync::OnceLock;
-
 use base64::Engine as _;
 use secrecy::SecretString;
 use serde_json::json;
@@ -15,59 +13,9 @@ use telbase::conformance::{ApiDescription, Exchange};
 use telbase::emulator::Config;
 use telbase::github::app::{AppConfig, CommitStatus, GitHubApp, GitHubError, StatusState};
 
-use common::emu;
+use common::{app_key, emu};
 
 const SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
-
-/// A fresh RSA key (PKCS#8 PEM, as GitHub's download is PKCS#1; octocrab reads both) and
-/// its PKCS#1 DER public half. `None` with a printed reason without `openssl`.
-fn app_key() -> Option<&'static (String, Vec<u8>)> {
-    static KEY: OnceLock<Option<(String, Vec<u8>)>> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let dir = tempfile::tempdir().ok()?;
-        let key = dir.path().join("key.pem");
-        let public = dir.path().join("pub.der");
-        let run = |args: &[&str]| {
-            std::process::Command::new("openssl")
-                .args(args)
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        };
-        let made = run(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            key.to_str()?,
-        ]) && run(&[
-            "rsa",
-            "-in",
-            key.to_str()?,
-            "-pubout",
-            "-RSAPublicKey_out",
-            "-outform",
-            "DER",
-            "-out",
-            public.to_str()?,
-        ]);
-        if !made {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "`openssl` is needed to generate the App's test key, and CI must have it"
-            );
-            eprintln!("SKIPPED: `openssl` is not available to generate a test RSA key");
-            return None;
-        }
-        Some((
-            std::fs::read_to_string(&key).ok()?,
-            std::fs::read(&public).ok()?,
-        ))
-    })
-    .as_ref()
-}
 
 fn app(url: &str, pem: &str) -> GitHubApp {
     GitHubApp::new(&AppConfig {

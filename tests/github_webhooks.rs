@@ -128,6 +128,7 @@ fn real_payloads_become_the_right_decisions() {
             repo: "Codertocat/Hello-World".into(),
             pr: 2,
             sha: "ec26c3e57ca3a959ca5aad62de7213c562f8c821".into(),
+            head_branch: "changes".into(),
         }]
     );
 

@@ -16,6 +16,7 @@ pub mod env;
 pub mod keys;
 pub mod reconcile;
 pub mod secrets;
+pub mod serve;
 
 use crate::config::{self, Code, Diagnostic, diag};
 use crate::model::{DesiredState, Environment};
@@ -55,6 +56,8 @@ pub enum Command {
     /// Master keys of the stored-secrets envelope: list, rotate.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Run the GitHub App: webhooks in, reconciles from a durable queue (see docs/serve.md).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,6 +110,7 @@ pub fn run() -> ExitCode {
         Command::Secrets(cmd) => return secrets::secrets_cmd(&cmd),
         Command::Env(cmd) => return env::env_cmd(&cmd),
         Command::Keys(cmd) => return keys::keys_cmd(&cmd),
+        Command::Serve(args) => return serve::serve_cmd(&args),
     };
     match result {
         Ok(code) => code,

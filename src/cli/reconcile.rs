@@ -352,7 +352,7 @@ fn opener(store: Option<crate::store::SqliteStore>) -> anyhow::Result<Arc<dyn Op
 }
 
 /// The opener for sealed values: `TELBASE_IDENTITY_FILE` when set.
-fn age_only_opener() -> anyhow::Result<Arc<dyn Opener>> {
+pub(super) fn age_only_opener() -> anyhow::Result<Arc<dyn Opener>> {
     let Some(path) = std::env::var_os("TELBASE_IDENTITY_FILE") else {
         return Ok(Arc::new(NoIdentity));
     };

@@ -232,8 +232,9 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
     })
 }
 
-/// What a delivery asks Telbase to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a delivery asks Telbase to do. Serialized (tagged by `kind`) into the queue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Intent {
     /// A branch moved: reconcile production at exactly `sha` if `branch` is the
     /// repository's production branch (read from its telbase.yaml at that commit).
@@ -258,6 +259,7 @@ pub enum Intent {
         repo: String,
         pr: u64,
         sha: String,
+        head_branch: String,
     },
     /// The App was installed or given repositories: reconcile each that has a telbase.yaml.
     Installed {
@@ -273,6 +275,24 @@ pub enum Intent {
     },
     /// Nothing to do, and why (shown in the delivery log).
     Ignore(String),
+}
+
+impl Intent {
+    /// What may not run twice at once, and where a newer job makes an older queued one
+    /// pointless: one repository's production branch pushes, one pull request's preview,
+    /// one installation's bookkeeping.
+    pub fn serial_key(&self) -> (String, String) {
+        match self {
+            Intent::Push { repo, branch, .. } => (repo.clone(), format!("push:{branch}")),
+            Intent::Preview { repo, pr, .. } | Intent::Teardown { repo, pr, .. } => {
+                (repo.clone(), format!("pr:{pr}"))
+            }
+            Intent::Installed { installation, .. } | Intent::Removed { installation, .. } => {
+                (String::new(), format!("installation:{installation}"))
+            }
+            Intent::Ignore(_) => (String::new(), "ignore".into()),
+        }
+    }
 }
 
 impl Event {
@@ -336,6 +356,7 @@ impl Event {
                         repo,
                         pr: p.number,
                         sha: p.pull_request.head.sha.clone(),
+                        head_branch: p.pull_request.head.git_ref.clone(),
                     },
                     other => Intent::Ignore(format!("pull_request action `{other}` is not used")),
                 }

@@ -63,6 +63,25 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Kinds a preview shares with production rather than owning: a preview deploys to the
+    /// production Vercel project (as preview deployments with branch-scoped env vars),
+    /// branches the production Neon project, and uses the production Turso group, Cloud SQL
+    /// instance and zone settings. A preview observes them but never deletes or replaces
+    /// them; its teardown removes only what is its own.
+    pub fn shared_with_production(self) -> bool {
+        matches!(
+            self,
+            Kind::VercelProject
+                | Kind::NeonProject
+                | Kind::NeonDatabase
+                | Kind::TursoGroup
+                | Kind::CloudSqlInstance
+                | Kind::CloudSqlDatabase
+                | Kind::CloudSqlUser
+                | Kind::ZoneSettings
+                | Kind::AccessPolicy
+        )
+    }
     pub const ALL: [Kind; 17] = [
         Kind::VercelProject,
         Kind::VercelDomain,

@@ -265,7 +265,15 @@ pub fn plan(desired: &DesiredState, actual: &ActualState) -> Plan {
     gone.sort_by(|a, b| {
         (a.key.kind.teardown_rank(), &a.key).cmp(&(b.key.kind.teardown_rank(), &b.key))
     });
+    let preview = matches!(
+        desired.environment,
+        crate::model::Environment::Preview { .. }
+    );
     for o in gone {
+        if preview && o.key.kind.shared_with_production() {
+            // Production's, seen from the preview: never the preview's to delete.
+            continue;
+        }
         if !desired.reconcile.prune {
             held_back.push(HeldBack {
                 key: o.key.clone(),

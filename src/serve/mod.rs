@@ -9,6 +9,7 @@
 //! only translate HTTP to calls on it, and blocking store calls moved off the async threads.
 
 pub mod metrics;
+pub mod queue;
 pub mod worker;
 
 use std::sync::Arc;
@@ -239,4 +240,126 @@ async fn metrics_text(State(app): State<Arc<AppState>>) -> Response {
         app.metrics.render(),
     )
         .into_response()
+}
+
+/// What `telbase serve` needs to run.
+pub struct ServeConfig {
+    pub listen: std::net::SocketAddr,
+    pub store: crate::store::Location,
+    pub app: crate::github::app::AppConfig,
+    /// The current webhook secret first; a previous one during rotation.
+    pub webhook_secrets: Vec<SecretString>,
+    pub credentials: crate::providers::Credentials,
+    pub http: crate::providers::http::HttpConfig,
+    /// Opens sealed values with the server's age identity.
+    pub opener: Arc<dyn crate::apply::Opener>,
+    /// Reconciles run at once in this process (each one still takes one key at a time).
+    pub workers: usize,
+    pub public_url: Option<String>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    GitHub(#[from] crate::github::app::GitHubError),
+    #[error("providers: {0}")]
+    Http(String),
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("no webhook secret: set GITHUB_WEBHOOK_SECRET or GITHUB_WEBHOOK_SECRET_FILE")]
+    NoWebhookSecret,
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: std::net::SocketAddr,
+    pub queue: Arc<queue::StoreQueue>,
+    pub metrics: Arc<Metrics>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    http: tokio::task::JoinHandle<()>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Open the store, bind, and start the HTTP side and the workers.
+pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
+    if config.webhook_secrets.is_empty() {
+        return Err(ServeError::NoWebhookSecret);
+    }
+    let store = crate::store::open(&config.store)?;
+    let queue = Arc::new(queue::StoreQueue::new(store));
+    let metrics = Arc::new(Metrics::new());
+    let github = Arc::new(crate::github::app::GitHubApp::new(&config.app)?);
+    let http = crate::providers::http::Http::new(config.http.clone())
+        .map_err(|e| ServeError::Http(e.to_string()))?;
+    let reconciler = Arc::new(worker::Reconciler {
+        github,
+        credentials: config.credentials.clone(),
+        http,
+        opener: config.opener.clone(),
+        store: Some(config.store.clone()),
+        metrics: metrics.clone(),
+        concurrency: 8,
+        public_url: config.public_url.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| ServeError::Listen {
+            addr: config.listen,
+            error,
+        })?;
+    let addr = listener.local_addr().map_err(|error| ServeError::Listen {
+        addr: config.listen,
+        error,
+    })?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let state = Arc::new(AppState {
+        webhook_secrets: config.webhook_secrets.clone(),
+        inbox: queue.clone(),
+        metrics: metrics.clone(),
+    });
+    let app = router(state);
+    let mut stop_http = rx.clone();
+    let http = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_http.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "telbase".into());
+    let workers = (0..config.workers.max(1))
+        .map(|n| {
+            tokio::spawn(worker::work(
+                queue.clone(),
+                reconciler.clone(),
+                format!("{host}:{}:{n}", std::process::id()),
+                rx.clone(),
+            ))
+        })
+        .collect();
+    Ok(Running {
+        addr,
+        queue,
+        metrics,
+        shutdown: tx,
+        http,
+        workers,
+    })
+}
+
+impl Running {
+    /// Stop accepting deliveries, let the workers finish the job in hand, and return.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.http.await;
+        for w in self.workers {
+            let _ = w.await;
+        }
+    }
 }

@@ -75,7 +75,10 @@ pub struct Reconciler {
     pub github: Arc<GitHubApp>,
     pub credentials: Credentials,
     pub http: Http,
+    /// Opens sealed values (the server's age identity).
     pub opener: Arc<dyn Opener>,
+    /// Where stored values (`stored: true`) live; opened per job that uses them.
+    pub store: Option<crate::store::Location>,
     pub metrics: Arc<Metrics>,
     /// Provider calls in flight per apply.
     pub concurrency: usize,
@@ -121,9 +124,10 @@ impl Reconciler {
                 repo,
                 pr,
                 sha,
+                head_branch,
             } => {
                 let env = Environment::Preview { pull_request: *pr };
-                self.environment(*installation, repo, "", sha, env, true)
+                self.environment(*installation, repo, head_branch, sha, env, true)
                     .await
             }
             Intent::Installed { repos, .. } => Ok(format!(
@@ -201,11 +205,30 @@ impl Reconciler {
         if !teardown {
             status(StatusState::Pending, "Reconciling…".into()).await;
         }
+        let opener = match self.opener_for(&mut desired) {
+            Ok(o) => o,
+            Err(e) => {
+                if !teardown {
+                    status(StatusState::Error, e.clone()).await;
+                }
+                return Err(JobError::Fail(e));
+            }
+        };
         desired.pin_git(Some(repo), sha);
         let registry = providers::registry_for(&desired, &self.credentials, &self.http)
             .map_err(|e| JobError::Fail(e.to_string()))?;
         if teardown {
-            desired.resources.clear();
+            // Everything the preview owns goes; what it shares with production stays, with
+            // the preview's own part of it emptied (its branch-scoped Vercel env vars).
+            desired
+                .resources
+                .retain(|k, _| k.kind.shared_with_production());
+            for r in desired.resources.values_mut() {
+                r.depends_on.clear();
+                if let crate::model::ResourceSpec::VercelProject(p) = &mut r.spec {
+                    p.env.clear();
+                }
+            }
             desired.reconcile.prune = true;
         }
         let scope = Scope {
@@ -218,7 +241,7 @@ impl Reconciler {
             }),
         };
         let started = Instant::now();
-        let result = self.plan_and_apply(desired, registry, scope).await;
+        let result = self.plan_and_apply(desired, registry, scope, opener).await;
         let env_label = match environment {
             Environment::Production => "production",
             Environment::Preview { .. } => "preview",
@@ -244,11 +267,36 @@ impl Reconciler {
         result
     }
 
+    /// The opener for this job: the server's age identity, plus the store when the file
+    /// uses `stored:` values (their keyed fingerprints are read into `desired` for the plan).
+    fn opener_for(
+        &self,
+        desired: &mut crate::model::DesiredState,
+    ) -> Result<Arc<dyn Opener>, String> {
+        if !crate::secrets::stored::uses_stored(desired) {
+            return Ok(self.opener.clone());
+        }
+        let location = self
+            .store
+            .as_ref()
+            .ok_or("the file uses stored values, but the server has no store")?;
+        let mut store = crate::store::open(location).map_err(|e| e.to_string())?;
+        crate::secrets::stored::read_fingerprints(desired, &mut store)?;
+        let keys = crate::secrets::envelope::key_provider_from_vars(|k| std::env::var(k).ok())
+            .map_err(|e| e.to_string());
+        Ok(Arc::new(crate::secrets::stored::StoreOpener::with_keys(
+            self.opener.clone(),
+            store,
+            keys,
+        )))
+    }
+
     async fn plan_and_apply(
         &self,
         desired: crate::model::DesiredState,
         registry: providers::Registry,
         scope: Scope,
+        opener: Arc<dyn Opener>,
     ) -> Result<String, JobError> {
         let actual = apply::observe(&registry, &scope)
             .await
@@ -264,7 +312,7 @@ impl Reconciler {
             Arc::new(actual),
             Arc::new(registry),
             Arc::new(scope),
-            self.opener.clone(),
+            opener,
             apply::Options {
                 concurrency: self.concurrency,
                 on_event: None,

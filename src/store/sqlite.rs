@@ -24,9 +24,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The schema, one migration per entry: (version, name, SQL). Append only; never edit a
 /// released migration (databases in the field have already run it).
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "stored secrets",
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "stored secrets",
     "
     -- One row per secret name ever set. Kept after `env unset` so versions are never
     -- reused: the ciphertext's additional data includes the version.
@@ -58,7 +59,44 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
         created_at  TEXT NOT NULL
     );
     ",
-)];
+    ),
+    (
+        2,
+        "github app deliveries and reconcile queue",
+        "
+    -- Every webhook delivery recorded, by GitHub's delivery id: a redelivery finds its row
+    -- and is acknowledged without queueing anything again.
+    CREATE TABLE deliveries (
+        id          TEXT PRIMARY KEY,
+        event       TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        jobs        INTEGER NOT NULL,
+        ignored     TEXT NOT NULL
+    );
+    -- The reconcile queue. `serial_repo`/`serial_key` name what may not run twice at once;
+    -- a claim takes the newest queued job of a key and marks older queued ones superseded.
+    -- `lease_until` (unix ms) hands a job whose worker died to another one.
+    CREATE TABLE jobs (
+        id          INTEGER PRIMARY KEY,
+        delivery_id TEXT NOT NULL REFERENCES deliveries(id),
+        serial_repo TEXT NOT NULL,
+        serial_key  TEXT NOT NULL,
+        intent      TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'superseded')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        run_after   INTEGER NOT NULL,
+        lease_owner TEXT,
+        lease_until INTEGER,
+        summary     TEXT,
+        error       TEXT,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    CREATE INDEX jobs_runnable ON jobs(state, run_after);
+    CREATE INDEX jobs_serial ON jobs(serial_repo, serial_key, state);
+    ",
+    ),
+];
 
 /// The newest schema version this Telbase knows.
 pub fn latest_version() -> i64 {
@@ -477,6 +515,275 @@ impl SecretRows for SqliteStore {
         tx.commit().map_err(fail)?;
         Ok(changed)
     }
+}
+
+/// A job taken from the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedJob {
+    pub id: i64,
+    /// The serialized `github::webhook::Intent`.
+    pub intent: String,
+    pub attempts: u32,
+}
+
+/// One job's row, for run pages and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    pub id: i64,
+    pub delivery_id: String,
+    pub state: String,
+    pub attempts: u32,
+    pub summary: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Attempts before a job that keeps failing is given up (about 40 minutes of backoff).
+pub const MAX_ATTEMPTS: u32 = 8;
+
+fn unix_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The GitHub App's deliveries and reconcile queue. Every write is one IMMEDIATE
+/// transaction, so a webhook answered 202 has its jobs on disk, and two workers (or
+/// replicas sharing the file) never claim the same job.
+impl SqliteStore {
+    /// Record a delivery and queue its jobs (`(serial_repo, serial_key, intent JSON)`);
+    /// `Ok(None)` when the delivery id was recorded before.
+    pub fn record_delivery(
+        &mut self,
+        id: &str,
+        event: &str,
+        ignored: &str,
+        jobs: &[(String, String, String)],
+    ) -> Result<Option<usize>, StoreError> {
+        let path = self.path.display().to_string();
+        let fail = |error| StoreError::Sqlite {
+            path: path.clone(),
+            error,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let at = now();
+        let inserted = tx
+            .execute(
+                "INSERT INTO deliveries (id, event, received_at, jobs, ignored) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (id) DO NOTHING",
+                params![id, event, at, jobs.len() as i64, ignored],
+            )
+            .map_err(fail)?;
+        if inserted == 0 {
+            return Ok(None);
+        }
+        let ms = unix_ms();
+        for (repo, key, intent) in jobs {
+            tx.execute(
+                "INSERT INTO jobs (delivery_id, serial_repo, serial_key, intent, state, run_after, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6)",
+                params![id, repo, key, intent, ms, at],
+            )
+            .map_err(fail)?;
+        }
+        tx.commit().map_err(fail)?;
+        Ok(Some(jobs.len()))
+    }
+
+    /// Jobs queued or running.
+    pub fn queue_depth(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Take the next runnable job for `owner`: due, and no job of the same serial key
+    /// running under a live lease. A running job whose lease expired (its worker died) is
+    /// runnable again. Of a key's queued jobs only the newest runs; older ones are marked
+    /// superseded in the same transaction.
+    pub fn claim_job(
+        &mut self,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimedJob>, StoreError> {
+        let path = self.path.display().to_string();
+        let fail = |error| StoreError::Sqlite {
+            path: path.clone(),
+            error,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(fail)?;
+        let ms = unix_ms();
+        let found = tx
+            .query_row(
+                "SELECT j.id, j.serial_repo, j.serial_key, j.intent, j.attempts FROM jobs j
+                 WHERE ((j.state = 'queued' AND j.run_after <= ?1)
+                        OR (j.state = 'running' AND j.lease_until <= ?1))
+                   AND NOT EXISTS (
+                       SELECT 1 FROM jobs r
+                       WHERE r.serial_repo = j.serial_repo AND r.serial_key = j.serial_key
+                         AND r.id <> j.id AND r.state = 'running' AND r.lease_until > ?1)
+                 ORDER BY j.id LIMIT 1",
+                params![ms],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(fail)?;
+        let Some((first, repo, key, _, _)) = found else {
+            return Ok(None);
+        };
+        // The newest queued job of the key carries the latest commit: run that one.
+        let (id, intent, attempts): (i64, String, i64) = tx
+            .query_row(
+                "SELECT id, intent, attempts FROM jobs
+                 WHERE serial_repo = ?1 AND serial_key = ?2
+                   AND (id = ?3 OR (state = 'queued' AND id > ?3))
+                 ORDER BY id DESC LIMIT 1",
+                params![repo, key, first],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(fail)?;
+        let at = now();
+        // Older queued jobs, and an older one whose worker died mid-run, would only apply
+        // an older commit after this one: superseded.
+        tx.execute(
+            "UPDATE jobs SET state = 'superseded', updated_at = ?4, lease_owner = NULL,
+                    summary = 'superseded by job ' || ?3
+             WHERE serial_repo = ?1 AND serial_key = ?2 AND id < ?3
+               AND (state = 'queued' OR (state = 'running' AND lease_until <= ?5))",
+            params![repo, key, id, at, ms],
+        )
+        .map_err(fail)?;
+        tx.execute(
+            "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = ?3, updated_at = ?4
+             WHERE id = ?1",
+            params![id, owner, ms + lease_ms, at],
+        )
+        .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        Ok(Some(ClaimedJob {
+            id,
+            intent,
+            attempts: attempts.max(0) as u32,
+        }))
+    }
+
+    /// Extend a running job's lease if `owner` still holds it.
+    pub fn renew_job(&mut self, id: i64, owner: &str, lease_ms: i64) -> Result<bool, StoreError> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+                params![id, owner, unix_ms() + lease_ms],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Record a job's end: `done` with a summary, `failed` with an error, or back to
+    /// `queued` after `retry_ms` (given up as `failed` after [`MAX_ATTEMPTS`]). Only the
+    /// lease holder can end a job, so a worker whose lease was taken over cannot overwrite
+    /// the newer run's result.
+    pub fn end_job(&mut self, id: i64, owner: &str, outcome: JobEnd<'_>) -> Result<(), StoreError> {
+        let at = now();
+        let (sql, text, delay): (&str, &str, i64) = match outcome {
+            JobEnd::Done(summary) => (
+                "UPDATE jobs SET state = 'done', summary = ?3, error = NULL, lease_owner = NULL,
+                        attempts = attempts + 1, updated_at = ?4
+                 WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+                summary,
+                0,
+            ),
+            JobEnd::Failed(error) => (
+                "UPDATE jobs SET state = 'failed', error = ?3, lease_owner = NULL,
+                        attempts = attempts + 1, updated_at = ?4
+                 WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+                error,
+                0,
+            ),
+            JobEnd::Retry { error, after_ms } => (
+                "UPDATE jobs SET
+                        state = CASE WHEN attempts + 1 >= ?6 THEN 'failed' ELSE 'queued' END,
+                        error = ?3, lease_owner = NULL, lease_until = NULL,
+                        attempts = attempts + 1, run_after = ?5, updated_at = ?4
+                 WHERE id = ?1 AND lease_owner = ?2 AND state = 'running'",
+                error,
+                after_ms,
+            ),
+        };
+        let n = if matches!(outcome, JobEnd::Retry { .. }) {
+            self.conn.execute(
+                sql,
+                params![id, owner, text, at, unix_ms() + delay, MAX_ATTEMPTS as i64],
+            )
+        } else {
+            self.conn.execute(sql, params![id, owner, text, at])
+        }
+        .map_err(|e| self.err(e))?;
+        if n == 0 {
+            tracing::warn!(
+                job = id,
+                "a job's result was not recorded: its lease had passed to another worker"
+            );
+        }
+        Ok(())
+    }
+
+    /// Every job, oldest first.
+    pub fn jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, delivery_id, state, attempts, summary, error FROM jobs ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(JobRow {
+                    id: r.get(0)?,
+                    delivery_id: r.get(1)?,
+                    state: r.get(2)?,
+                    attempts: r.get::<_, i64>(3)?.max(0) as u32,
+                    summary: r.get(4)?,
+                    error: r.get(5)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Whether a delivery id was recorded (the polling fallback asks before redelivering).
+    pub fn has_delivery(&self, id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM deliveries WHERE id = ?1)",
+                [id],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy)]
+pub enum JobEnd<'a> {
+    Done(&'a str),
+    Failed(&'a str),
+    Retry { error: &'a str, after_ms: i64 },
 }
 
 /// An exclusive lock held through an SQLite transaction on a small side file: the operating

@@ -6,6 +6,7 @@ pub mod emu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 /// The official provider API descriptions: `../shared/provider-apis/` beside the
 /// repository, or wherever `TELBASE_PROVIDER_APIS` points. Missing: a skip with a reason on
@@ -59,4 +60,54 @@ pub fn assert_golden(path: &Path, actual: &str) {
             path.display()
         );
     }
+}
+
+/// A fresh RSA key (PKCS#8 PEM, as GitHub's download is PKCS#1; octocrab reads both) and
+/// its PKCS#1 DER public half. `None` with a printed reason without `openssl`.
+pub fn app_key() -> Option<&'static (String, Vec<u8>)> {
+    static KEY: OnceLock<Option<(String, Vec<u8>)>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().ok()?;
+        let key = dir.path().join("key.pem");
+        let public = dir.path().join("pub.der");
+        let run = |args: &[&str]| {
+            std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        let made = run(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            key.to_str()?,
+        ]) && run(&[
+            "rsa",
+            "-in",
+            key.to_str()?,
+            "-pubout",
+            "-RSAPublicKey_out",
+            "-outform",
+            "DER",
+            "-out",
+            public.to_str()?,
+        ]);
+        if !made {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "`openssl` is needed to generate the App's test key, and CI must have it"
+            );
+            eprintln!("SKIPPED: `openssl` is not available to generate a test RSA key");
+            return None;
+        }
+        Some((
+            std::fs::read_to_string(&key).ok()?,
+            std::fs::read(&public).ok()?,
+        ))
+    })
+    .as_ref()
 }

@@ -1,0 +1,116 @@
+//! `telbase serve`: reads the server's settings from flags and environment variables, starts
+//! `serve::start`, and stops gracefully on Ctrl-C or SIGTERM (deliveries stop being
+//! accepted; reconciles in hand finish). Secrets (the App key, webhook secrets) are read
+//! from `…_FILE` paths or the environment, never from flags, which other processes can see.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, anyhow};
+use secrecy::SecretString;
+
+use crate::serve::{self, ServeConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Put a TLS proxy in front (see docs/serve.md).
+    #[arg(long, env = "TELBASE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Reconciles run at once by this process.
+    #[arg(long, env = "TELBASE_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// The server's public URL, linked from commit statuses.
+    #[arg(long, env = "TELBASE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// GitHub's API (GitHub Enterprise Server: https://HOST/api/v3).
+    #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
+    pub github_api_url: String,
+}
+
+/// A secret from `NAME_FILE` (a path) or `NAME` (the value); the file wins.
+fn secret_var(name: &str) -> anyhow::Result<Option<SecretString>> {
+    let file = format!("{name}_FILE");
+    if let Some(path) = std::env::var_os(&file).filter(|v| !v.is_empty()) {
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| {
+                format!("cannot read {file} {}", PathBuf::from(&path).display())
+            })?);
+        return Ok(Some(SecretString::from(text.trim_end().to_owned())));
+    }
+    Ok(std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(SecretString::from))
+}
+
+fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
+    let app_id: u64 = std::env::var("GITHUB_APP_ID")
+        .context("set GITHUB_APP_ID (the App's numeric id, on its settings page)")?
+        .parse()
+        .context("GITHUB_APP_ID must be a number")?;
+    let private_key = secret_var("GITHUB_APP_PRIVATE_KEY")?.ok_or_else(|| {
+        anyhow!(
+            "set GITHUB_APP_PRIVATE_KEY_FILE (the .pem GitHub gave you) or GITHUB_APP_PRIVATE_KEY"
+        )
+    })?;
+    let mut webhook_secrets: Vec<SecretString> =
+        secret_var("GITHUB_WEBHOOK_SECRET")?.into_iter().collect();
+    // During a rotation GitHub may still sign with the previous secret.
+    webhook_secrets.extend(secret_var("GITHUB_WEBHOOK_SECRET_PREVIOUS")?);
+    Ok(ServeConfig {
+        listen: args.listen,
+        store: crate::store::Location::from_env()?,
+        app: crate::github::app::AppConfig {
+            app_id,
+            private_key,
+            base_url: args.github_api_url.clone(),
+        },
+        webhook_secrets,
+        credentials: crate::providers::Credentials::from_env(),
+        http: crate::providers::http::HttpConfig::default(),
+        opener: super::reconcile::age_only_opener()?,
+        workers: args.workers,
+        public_url: args.public_url.clone(),
+    })
+}
+
+pub fn serve_cmd(args: &ServeArgs) -> ExitCode {
+    match serve_inner(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve_inner(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = config(args)?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let running = serve::start(config).await?;
+        eprintln!("telbase serve listening on http://{}", running.addr);
+        shutdown_signal().await;
+        eprintln!("shutting down: finishing reconciles in progress");
+        running.stop().await;
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,105 @@
+//! The store as the server's inbox and queue: `Inbox` and `Jobs` over the SQLite store's
+//! delivery and job tables. One connection behind a mutex per server process; several
+//! processes (replicas on one host, or workers) share the file safely because every write
+//! is an IMMEDIATE transaction.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::github::webhook::Intent;
+use crate::store::SqliteStore;
+use crate::store::sqlite::JobEnd;
+
+use super::worker::{Job, Jobs};
+use super::{Inbox, IncomingDelivery, Recorded};
+
+/// The SQLite store, shared by the handlers and the workers of one process.
+pub struct StoreQueue(pub Mutex<SqliteStore>);
+
+impl StoreQueue {
+    pub fn new(store: SqliteStore) -> Self {
+        StoreQueue(Mutex::new(store))
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut SqliteStore) -> Result<T, crate::store::StoreError>,
+    ) -> Result<T, String> {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s).map_err(|e| e.to_string())
+    }
+}
+
+impl Inbox for StoreQueue {
+    fn record(&self, d: &IncomingDelivery) -> Result<Recorded, String> {
+        let jobs: Vec<(String, String, String)> = d
+            .intents
+            .iter()
+            .map(|i| {
+                let (repo, key) = i.serial_key();
+                serde_json::to_string(i)
+                    .map(|json| (repo, key, json))
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_, _>>()?;
+        let ignored = d.ignored.join("; ");
+        match self.with(|s| s.record_delivery(&d.id, &d.event, &ignored, &jobs))? {
+            Some(n) => Ok(Recorded::New { jobs: n }),
+            None => Ok(Recorded::Duplicate),
+        }
+    }
+
+    fn depth(&self) -> Result<u64, String> {
+        self.with(|s| s.queue_depth())
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Jobs for StoreQueue {
+    fn claim(&self, owner: &str, lease: Duration) -> Result<Option<Job>, String> {
+        let Some(c) = self.with(|s| s.claim_job(owner, ms(lease)))? else {
+            return Ok(None);
+        };
+        match serde_json::from_str::<Intent>(&c.intent) {
+            Ok(intent) => Ok(Some(Job {
+                id: c.id,
+                intent,
+                attempts: c.attempts,
+            })),
+            Err(e) => {
+                // Written by another version of Telbase: fail it visibly, never loop on it.
+                let msg = format!("the queued job cannot be read by this version: {e}");
+                self.with(|s| s.end_job(c.id, owner, JobEnd::Failed(&msg)))?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn renew(&self, id: i64, owner: &str, lease: Duration) -> Result<bool, String> {
+        self.with(|s| s.renew_job(id, owner, ms(lease)))
+    }
+
+    fn finish(&self, id: i64, owner: &str, summary: &str) -> Result<(), String> {
+        self.with(|s| s.end_job(id, owner, JobEnd::Done(summary)))
+    }
+
+    fn retry(&self, id: i64, owner: &str, after: Duration, error: &str) -> Result<(), String> {
+        self.with(|s| {
+            s.end_job(
+                id,
+                owner,
+                JobEnd::Retry {
+                    error,
+                    after_ms: ms(after),
+                },
+            )
+        })
+    }
+
+    fn fail(&self, id: i64, owner: &str, error: &str) -> Result<(), String> {
+        self.with(|s| s.end_job(id, owner, JobEnd::Failed(error)))
+    }
+}

@@ -1,0 +1,387 @@
+//! `telbase serve` end to end, in process: GitHub's real webhook payloads (edited to name the
+//! test repository), signed as GitHub signs them, posted to the server; the emulator plays
+//! GitHub (App JWT, installation tokens, file contents, commit statuses) and every provider.
+//! A push to the production branch converges production and sets a success status; a
+//! redelivery is acknowledged and not re-run; a pull request gets its preview and closing it
+//! tears the preview down; forged and unknown deliveries are refused or ignored; metrics,
+//! health and readiness answer. The queue's own rules (dedup, supersede, leases, retries)
+//! are tested against the store directly.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use telbase::apply::NoIdentity;
+use telbase::emulator::Config;
+use telbase::github::webhook;
+use telbase::providers::Credentials;
+use telbase::serve::{self, ServeConfig};
+use telbase::store::Location;
+use telbase::store::sqlite::{JobEnd, MAX_ATTEMPTS, SqliteStore};
+
+use common::{app_key, emu};
+
+const MAIN_SHA: &str = "1111111111111111111111111111111111111111";
+const PR_SHA: &str = "2222222222222222222222222222222222222222";
+const SECRET: &str = "webhook-secret-for-tests";
+
+fn config_text() -> String {
+    emu::quickstart("notes").replace(
+        "    version: 17\n",
+        "    version: 17\n    branch_per_preview: true\n",
+    )
+}
+
+fn payload(name: &str) -> Option<Value> {
+    let p = common::root()
+        .join("../shared/provider-apis/github/webhooks")
+        .join(format!("{name}.payload.json"));
+    if !p.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} missing: CI must provide ../shared",
+            p.display()
+        );
+        eprintln!("skipping: {} not found", p.display());
+        return None;
+    }
+    Some(serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+}
+
+/// Point a real payload at the test repository and installation.
+fn retarget(mut v: Value) -> Value {
+    v["repository"]["full_name"] = "acme/notes".into();
+    v["repository"]["id"] = 500_000.into();
+    v["installation"]["id"] = 7.into();
+    if v.get("pull_request").is_some() {
+        v["pull_request"]["head"]["repo"]["id"] = 500_000.into();
+        v["pull_request"]["head"]["repo"]["full_name"] = "acme/notes".into();
+    }
+    v
+}
+
+async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    event: &str,
+    delivery: &str,
+    body: &Value,
+    secret: &str,
+) -> reqwest::Response {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let sig = webhook::sign(&SecretString::from(secret.to_owned()), &bytes);
+    client
+        .post(format!("{base}/webhooks/github"))
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", sig)
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Wait until no job is queued or running.
+async fn settle(running: &serve::Running) -> Vec<telbase::store::sqlite::JobRow> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let jobs = running.queue.0.lock().unwrap().jobs().unwrap();
+        if jobs
+            .iter()
+            .all(|j| j.state != "queued" && j.state != "running")
+        {
+            return jobs;
+        }
+        assert!(Instant::now() < deadline, "jobs did not finish: {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_and_pull_requests_reconcile_through_the_app() {
+    let Some((pem, public)) = app_key() else {
+        return;
+    };
+    let (Some(push), Some(opened), Some(closed)) = (
+        payload("push.create-default-branch.with-installation"),
+        payload("pull_request.opened"),
+        payload("pull_request.closed"),
+    ) else {
+        return;
+    };
+    let emu = emu::start(Config::default()).await;
+    emu.github_seed(&json!({
+        "app_id": 42,
+        "app_public_key_der_b64": base64::engine::general_purpose::STANDARD.encode(public),
+        "installations": [{"id": 7, "account": "acme", "repos": ["acme/notes"]}],
+        "commits": [
+            {"repo": "acme/notes", "sha": MAIN_SHA, "files": {"telbase.yaml": config_text()}},
+            {"repo": "acme/notes", "sha": PR_SHA, "files": {"telbase.yaml": config_text()}},
+        ],
+    }))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let running = serve::start(ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        store: Location::Sqlite(dir.path().join("telbase.db")),
+        app: telbase::github::app::AppConfig {
+            app_id: 42,
+            private_key: SecretString::from(pem.clone()),
+            base_url: format!("{}/github", emu.url()),
+        },
+        webhook_secrets: vec![SecretString::from(SECRET.to_owned())],
+        credentials: Credentials {
+            emulator: Some(emu.url()),
+            ..Credentials::default()
+        },
+        http: emu::http_config(),
+        opener: Arc::new(NoIdentity),
+        workers: 2,
+        public_url: Some("https://telbase.example".into()),
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+
+    // A push to main: 202, and production converges.
+    let mut main = retarget(push.clone());
+    main["ref"] = "refs/heads/main".into();
+    main["after"] = MAIN_SHA.into();
+    let r = post(&client, &base, "push", "d-push-1", &main, SECRET).await;
+    assert_eq!(r.status(), 202);
+    assert!(r.headers().contains_key("strict-transport-security"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["jobs"], 1);
+    // The same delivery again (GitHub's redelivery): acknowledged, not queued.
+    let r = post(&client, &base, "push", "d-push-1", &main, SECRET).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["duplicate"], true);
+
+    let jobs = settle(&running).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].state, "done", "{jobs:?}");
+    assert!(
+        jobs[0].summary.as_deref().unwrap().starts_with("Applied"),
+        "{jobs:?}"
+    );
+    let inv = emu.inventory();
+    assert_eq!(inv["vercel.projects"], 1, "{inv:?}");
+    assert_eq!(
+        inv["github/status"], 2,
+        "pending then success on the commit: {inv:?}"
+    );
+
+    // A push to another branch is recorded and does nothing.
+    let mut feature = main.clone();
+    feature["ref"] = "refs/heads/feature".into();
+    let r = post(&client, &base, "push", "d-push-2", &feature, SECRET).await;
+    assert_eq!(r.status(), 202);
+    let jobs = settle(&running).await;
+    assert!(
+        jobs[1]
+            .summary
+            .as_deref()
+            .unwrap()
+            .contains("not the production branch"),
+        "{jobs:?}"
+    );
+
+    // A pull request: its preview appears (a Neon branch for the database), and closing
+    // the pull request removes exactly it.
+    let before = emu.inventory();
+    let mut pr = retarget(opened);
+    pr["number"] = 7.into();
+    pr["pull_request"]["number"] = 7.into();
+    pr["pull_request"]["head"]["sha"] = PR_SHA.into();
+    let r = post(&client, &base, "pull_request", "d-pr-open", &pr, SECRET).await;
+    assert_eq!(r.status(), 202);
+    let jobs = settle(&running).await;
+    assert_eq!(jobs[2].state, "done", "{jobs:?}");
+    let during = emu.inventory();
+    assert!(
+        during["neon.branches"] > before["neon.branches"],
+        "{before:?} → {during:?}"
+    );
+    assert!(
+        during["vercel.env"] > before["vercel.env"],
+        "the preview's branch-scoped env vars: {before:?} → {during:?}"
+    );
+    let mut pr_closed = retarget(closed);
+    pr_closed["number"] = 7.into();
+    pr_closed["pull_request"]["number"] = 7.into();
+    pr_closed["pull_request"]["head"]["sha"] = PR_SHA.into();
+    let r = post(
+        &client,
+        &base,
+        "pull_request",
+        "d-pr-close",
+        &pr_closed,
+        SECRET,
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let jobs = settle(&running).await;
+    assert_eq!(jobs[3].state, "done", "{jobs:?}");
+    let after = emu.inventory();
+    assert_eq!(
+        after["neon.branches"], before["neon.branches"],
+        "the preview's branch is gone"
+    );
+    assert_eq!(after["vercel.projects"], 1, "production stays");
+    assert_eq!(
+        after["vercel.env"], before["vercel.env"],
+        "the preview's env vars are gone, production's stay"
+    );
+    assert_eq!(after["neon.projects"], before["neon.projects"]);
+
+    // Forged and unknown deliveries.
+    let r = post(&client, &base, "push", "d-forged", &main, "not-the-secret").await;
+    assert_eq!(r.status(), 401);
+    let r = post(&client, &base, "check_run", "d-other", &json!({}), SECRET).await;
+    assert_eq!(r.status(), 204);
+    let r = client
+        .post(format!("{base}/webhooks/github"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "d-unsigned")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Health, readiness and metrics.
+    let r = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["queue_depth"], 0);
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"telbase_webhook_deliveries_total{event="push",result="accepted"} 2"#,
+        r#"telbase_webhook_deliveries_total{event="push",result="duplicate"} 1"#,
+        r#"telbase_webhook_deliveries_total{event="push",result="bad_signature"} 2"#,
+        r#"telbase_webhook_deliveries_total{event="check_run",result="ignored"} 1"#,
+        "telbase_queue_depth 0",
+        "telbase_reconcile_duration_seconds_count{environment=\"production\",result=\"success\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    running.stop().await;
+    emu.stop().await;
+}
+
+/// The queue's rules, on the store itself.
+#[test]
+fn the_queue_deduplicates_supersedes_leases_and_gives_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open(&dir.path().join("q.db")).unwrap();
+    let job = |sha: &str| {
+        (
+            "acme/notes".to_owned(),
+            "push:main".to_owned(),
+            format!(
+                r#"{{"kind":"push","installation":7,"repo":"acme/notes","branch":"main","sha":"{sha}"}}"#
+            ),
+        )
+    };
+    assert_eq!(
+        s.record_delivery("a", "push", "", &[job("1")]).unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        s.record_delivery("a", "push", "", &[job("1")]).unwrap(),
+        None
+    );
+    s.record_delivery("b", "push", "", &[job("2")]).unwrap();
+    s.record_delivery("c", "push", "", &[job("3")]).unwrap();
+    assert!(s.has_delivery("b").unwrap());
+    assert_eq!(s.queue_depth().unwrap(), 3);
+
+    // Three queued pushes of one branch: the newest runs, the older two are superseded.
+    let c = s.claim_job("w1", 60_000).unwrap().unwrap();
+    assert!(c.intent.contains(r#""sha":"3""#), "{c:?}");
+    let states: Vec<String> = s.jobs().unwrap().into_iter().map(|j| j.state).collect();
+    assert_eq!(states, ["superseded", "superseded", "running"]);
+    // Nothing else may run for that key while it holds a live lease.
+    s.record_delivery("d", "push", "", &[job("4")]).unwrap();
+    assert_eq!(s.claim_job("w2", 60_000).unwrap(), None);
+
+    // A lease that runs out (the worker died) hands the job to another worker, and the
+    // dead worker's late result is not recorded over the new run.
+    let c = s.claim_job("w1", 60_000);
+    assert!(c.unwrap().is_none());
+    drop(s);
+    let mut s = SqliteStore::open(&dir.path().join("q.db")).unwrap();
+    let running = s
+        .jobs()
+        .unwrap()
+        .into_iter()
+        .find(|j| j.state == "running")
+        .unwrap();
+    assert!(s.renew_job(running.id, "w1", -1).unwrap(), "w1 holds it");
+    let again = s.claim_job("w2", 60_000).unwrap().unwrap();
+    assert_ne!(again.id, running.id, "the newer queued job of the key wins");
+    s.end_job(again.id, "w2", JobEnd::Done("ok")).unwrap();
+    s.end_job(running.id, "w1", JobEnd::Done("late")).unwrap();
+    let rows = s.jobs().unwrap();
+    let late = rows.iter().find(|j| j.id == running.id).unwrap();
+    assert_ne!(late.summary.as_deref(), Some("late"), "{rows:?}");
+
+    // Retries back off, then give up after MAX_ATTEMPTS.
+    let other = |n: u32| {
+        (
+            "acme/other".to_owned(),
+            "push:main".to_owned(),
+            format!(
+                r#"{{"kind":"push","installation":7,"repo":"acme/other","branch":"main","sha":"{n}"}}"#
+            ),
+        )
+    };
+    s.record_delivery("e", "push", "", &[other(1)]).unwrap();
+    let mut last = None;
+    for attempt in 0..MAX_ATTEMPTS {
+        let c = loop {
+            if let Some(c) = s.claim_job("w3", 60_000).unwrap() {
+                if c.intent.contains("acme/other") {
+                    break c;
+                }
+                s.end_job(c.id, "w3", JobEnd::Done("")).unwrap();
+            } else {
+                panic!("attempt {attempt}: nothing to claim");
+            }
+        };
+        assert_eq!(c.attempts, attempt);
+        s.end_job(
+            c.id,
+            "w3",
+            JobEnd::Retry {
+                error: "provider down",
+                after_ms: 0,
+            },
+        )
+        .unwrap();
+        last = Some(c.id);
+    }
+    let row = s
+        .jobs()
+        .unwrap()
+        .into_iter()
+        .find(|j| Some(j.id) == last)
+        .unwrap();
+    assert_eq!(row.state, "failed");
+    assert_eq!(row.attempts, MAX_ATTEMPTS);
+    assert_eq!(row.error.as_deref(), Some("provider down"));
+}
