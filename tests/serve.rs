@@ -143,6 +143,7 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         opener: Arc::new(NoIdentity),
         workers: 2,
         public_url: Some("https://telbase.example".into()),
+        key_rotation: None,
     })
     .await
     .unwrap();
@@ -384,4 +385,74 @@ fn the_queue_deduplicates_supersedes_leases_and_gives_up() {
     assert_eq!(row.state, "failed");
     assert_eq!(row.attempts, MAX_ATTEMPTS);
     assert_eq!(row.error.as_deref(), Some("provider down"));
+}
+
+/// "Encryption keys rotated regularly": the server's schedule runs the same resumable
+/// rotation as `telbase keys rotate`, only when the keyring is older than the interval.
+#[test]
+fn the_server_rotates_the_master_key_on_schedule() {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("telbase.yaml"),
+        "version: 1\nproject: notes\napps:\n  web:\n    framework: nextjs\n",
+    )
+    .unwrap();
+    let db = dir.path().join("telbase.db");
+    let keyring = dir.path().join("master.keys");
+    let telbase = |args: &[&str], stdin: &[u8]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_telbase"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("TELBASE_DATABASE_URL", format!("sqlite:{}", db.display()))
+            .env("TELBASE_MASTER_KEY_FILE", &keyring)
+            .env_remove("TELBASE_MASTER_KEY")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    telbase(&["keys", "rotate", "--generate"], b"");
+    telbase(&["env", "set", "API_KEY"], b"sk_live_0123456789abcdef");
+    let location = Location::Sqlite(db.clone());
+    let keys_before = std::fs::read_to_string(&keyring).unwrap();
+
+    // Not due: nothing happens.
+    let rotation = serve::KeyRotation {
+        keyring: keyring.clone(),
+        every: Duration::from_secs(3600),
+        check: Duration::from_secs(3600),
+    };
+    assert_eq!(serve::rotate_if_due(&rotation, &location), Ok(false));
+    assert_eq!(std::fs::read_to_string(&keyring).unwrap(), keys_before);
+
+    // Due: a new key, every value re-wrapped onto it, the old key retired.
+    let due = serve::KeyRotation {
+        every: Duration::ZERO,
+        ..rotation
+    };
+    assert_eq!(serve::rotate_if_due(&due, &location), Ok(true));
+    let list = telbase(&["keys", "list"], b"");
+    assert!(list.contains("retired"), "{list}");
+    let mut store = SqliteStore::open(&db).unwrap();
+    let keys = telbase::secrets::envelope::key_provider_from_vars(|k| {
+        (k == "TELBASE_MASTER_KEY_FILE").then(|| keyring.display().to_string())
+    })
+    .unwrap();
+    let name = telbase::store::SecretName {
+        project: "notes".into(),
+        environment: "production".into(),
+        name: "API_KEY".into(),
+    };
+    let value = telbase::secrets::stored::open_text(&mut store, keys.as_ref(), &name)
+        .unwrap()
+        .unwrap();
+    use secrecy::ExposeSecret as _;
+    assert_eq!(value.expose_secret(), "sk_live_0123456789abcdef");
 }

@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// The server's public URL, linked from commit statuses.
     #[arg(long, env = "TELBASE_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Rotate the stored-secrets master key (TELBASE_MASTER_KEY_FILE) when it is older than
+    /// this many days; 0 turns scheduled rotation off.
+    #[arg(long, env = "TELBASE_KEY_ROTATION_DAYS", default_value_t = 90)]
+    pub key_rotation_days: u64,
     /// GitHub's API (GitHub Enterprise Server: https://HOST/api/v3).
     #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
     pub github_api_url: String,
@@ -72,6 +76,13 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         opener: super::reconcile::age_only_opener()?,
         workers: args.workers,
         public_url: args.public_url.clone(),
+        key_rotation: std::env::var_os("TELBASE_MASTER_KEY_FILE")
+            .filter(|p| !p.is_empty() && args.key_rotation_days > 0)
+            .map(|p| serve::KeyRotation {
+                keyring: PathBuf::from(p),
+                every: std::time::Duration::from_secs(args.key_rotation_days * 86_400),
+                check: std::time::Duration::from_secs(3600),
+            }),
     })
 }
 

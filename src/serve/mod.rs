@@ -256,6 +256,45 @@ pub struct ServeConfig {
     /// Reconciles run at once in this process (each one still takes one key at a time).
     pub workers: usize,
     pub public_url: Option<String>,
+    /// Rotate the stored-secrets master key on a schedule (the keyring file and how often).
+    pub key_rotation: Option<KeyRotation>,
+}
+
+/// Scheduled master-key rotation: when the keyring file was last written (by a rotation or
+/// by hand) longer ago than `every`, the server runs the same resumable rotation as `telbase
+/// keys rotate --generate`.
+#[derive(Debug, Clone)]
+pub struct KeyRotation {
+    pub keyring: std::path::PathBuf,
+    pub every: std::time::Duration,
+    /// How often the schedule is checked.
+    pub check: std::time::Duration,
+}
+
+/// Rotate now if the keyring is older than `every`; `Ok(true)` if a rotation ran.
+pub fn rotate_if_due(
+    rotation: &KeyRotation,
+    store: &crate::store::Location,
+) -> Result<bool, String> {
+    let age = std::fs::metadata(&rotation.keyring)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    // A missing keyring (no stored values yet) or a fresh one: nothing to do.
+    if age.is_none_or(|a| a < rotation.every) {
+        return Ok(false);
+    }
+    let mut s = crate::store::open(store).map_err(|e| e.to_string())?;
+    let report =
+        crate::secrets::stored::rotate_keyring(&mut s, &rotation.keyring, true, 100, |_| {})
+            .map_err(|e| e.to_string())?;
+    tracing::info!(
+        target = %report.target,
+        rewrapped = report.rewrapped,
+        retired = ?report.retired,
+        "master key rotated on schedule"
+    );
+    Ok(true)
 }
 
 /// Why the server could not start.
@@ -332,6 +371,26 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             })
             .await;
     });
+    if let Some(rotation) = config.key_rotation.clone() {
+        let location = config.store.clone();
+        let mut stop = rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let (r, l) = (rotation.clone(), location.clone());
+                match tokio::task::spawn_blocking(move || rotate_if_due(&r, &l)).await {
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "scheduled key rotation failed; it runs again at the next check")
+                    }
+                    Err(e) => tracing::error!(error = %e, "scheduled key rotation task failed"),
+                    Ok(Ok(_)) => {}
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(rotation.check) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "telbase".into());
     let workers = (0..config.workers.max(1))
         .map(|n| {
