@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod demo;
+mod exec;
 pub mod reconcile;
 pub mod secrets;
 
@@ -47,6 +48,9 @@ pub enum Command {
     /// Age keys and sealed values: keygen, recipient, seal, reveal (see docs/secrets.md).
     #[command(subcommand)]
     Secrets(secrets::SecretsCommand),
+    /// Open the sealed values in the environment and exec a command with their plaintexts
+    /// (`telbase exec -- CMD ARGS…`; see docs/secrets.md).
+    Exec(exec::ExecArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -97,6 +101,7 @@ pub fn run() -> ExitCode {
         Command::Emulate(args) => return reconcile::emulate_cmd(&args),
         Command::Demo(args) => return demo::demo_cmd(&args),
         Command::Secrets(cmd) => return secrets::secrets_cmd(&cmd),
+        Command::Exec(args) => return exec::exec_cmd(&args),
     };
     match result {
         Ok(code) => code,

@@ -13,6 +13,9 @@
 
 use std::io::{Read, Write};
 
+pub mod identity;
+pub mod inject;
+
 use secrecy::{ExposeSecret as _, SecretString};
 use zeroize::Zeroizing;
 
