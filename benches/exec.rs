@@ -11,7 +11,7 @@
 //! slows both alike; we report the medians and their ratio. For the profile, also: `telbase
 //! exec -- true` with nothing sealed (process start, argument parsing and the exec of
 //! `true`: the fixed cost), and opening the 50 values in-process on one thread and on two
-//! (what the parallel opening buys). A plain harness rather than criterion: each sample is
+//! (what the parallel opening buys), and the whole run pinned to one core and to two. A plain harness rather than criterion: each sample is
 //! a process start, and the ratio of two interleaved medians is the number that matters.
 //!
 //! Skips with a reason when the Go `age` is not installed.
@@ -116,6 +116,43 @@ fn main() {
         bare.push(time(telbase_exec(false, &["true"])));
     }
 
+    // What the second thread buys end to end: the same run under `taskset` on one core
+    // (`available_parallelism` follows the affinity mask, so the values open sequentially)
+    // and on both; both pay taskset's own exec, so only the difference matters.
+    let taskset = Command::new("taskset").arg("-V").output().is_ok();
+    let (mut one_core, mut two_cores) = (Vec::new(), Vec::new());
+    if taskset {
+        let pinned = |cores: &str| {
+            let exec = telbase_exec(true, &["true"]);
+            let mut c = Command::new("taskset");
+            c.args(["-c", cores])
+                .arg(exec.get_program())
+                .args(exec.get_args())
+                .envs(sealed.iter().map(|(k, v)| (k, v)))
+                .env_remove("TELBASE_IDENTITY")
+                .env_remove("TELBASE_IDENTITY_FILE")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            c
+        };
+        for round in 0..ROUNDS / 2 {
+            let order = if round % 2 == 0 {
+                ["0", "0,1"]
+            } else {
+                ["0,1", "0"]
+            };
+            for cores in order {
+                let d = time(pinned(cores));
+                if cores == "0" {
+                    one_core.push(d);
+                } else {
+                    two_cores.push(d);
+                }
+            }
+        }
+    }
+
     // In-process: the opening alone, sequential and on two threads.
     let ids = std::slice::from_ref(&id);
     let (mut one_thread, mut two_threads) = (Vec::new(), Vec::new());
@@ -149,6 +186,16 @@ fn main() {
         "  open {VARS} values in-process, 2 threads        {:>10.3?}",
         median(&mut two_threads)
     );
+    if taskset {
+        println!(
+            "  taskset -c 0 telbase exec ({VARS} values)       {:>10.3?}",
+            median(&mut one_core)
+        );
+        println!(
+            "  taskset -c 0,1 telbase exec ({VARS} values)     {:>10.3?}",
+            median(&mut two_cores)
+        );
+    }
 }
 
 fn median(v: &mut [Duration]) -> Duration {
