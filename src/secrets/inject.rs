@@ -244,7 +244,12 @@ pub fn open_vars(
     sealed: &[(OsString, OsString)],
     identities: &[age::x25519::Identity],
 ) -> Result<Vec<Opened>, Vec<VarError>> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Asking for the core count reads cgroup files: not worth it when one thread will do.
+    let cores = if sealed.len() < PARALLEL_FROM {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
     open_vars_in(sealed, identities, cores)
 }
 
