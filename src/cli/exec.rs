@@ -153,7 +153,8 @@ fn run(args: &ExecArgs, prepared: Prepared) -> ExitCode {
         cmd.env(name, value.expose_secret());
     }
     // Only returns if the exec failed. (Rust ignores SIGPIPE in its own process; `Command`
-    // restores the default disposition and an empty signal mask for the new image.)
+    // restores its default disposition for the new image. The signal mask passes on as we
+    // received it: nothing on this path blocks a signal.)
     let err = cmd.exec();
     let code = match err.kind() {
         std::io::ErrorKind::NotFound => NOT_FOUND,
