@@ -553,3 +553,20 @@ fn write_decoded(path: &Path, b64: &str) {
         .unwrap();
     std::fs::write(path, bytes).unwrap();
 }
+
+#[test]
+fn the_command_starts_with_sigpipe_at_its_default() {
+    // Rust ignores SIGPIPE in its own process; if that leaked into the command, `yes` would
+    // see EPIPE and exit 1 instead of dying by SIGPIPE when its reader goes away.
+    let mut child = telbase(&["exec", "--", "yes"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 2];
+    out.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"y\n");
+    drop(out);
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(13), "{status:?}");
+}
