@@ -11,8 +11,9 @@
 //!   binary age file, for places where a value cannot span lines (Dockerfile `ENV`, `.env`
 //!   files, most PaaS settings pages). Base64 of the binary file rather than the armor with
 //!   its newlines written as `\n`: it has no spaces, quotes or backslashes for a Dockerfile,
-//!   a shell or a dotenv parser to reinterpret (Docker's `ENV` and many dotenv parsers
-//!   rewrite `\n`), it is a quarter shorter than the armor, and the Go tools make it too:
+//!   a shell or a dotenv parser to reinterpret (Docker's `ENV` and many dotenv parsers treat
+//!   a backslash as an escape), it is about a fifth shorter than the armor, and the Go tools
+//!   make it too:
 //!   `printf 'age:%s' "$(age -r RECIPIENT < value | base64 -w0)"`.
 //!
 //! Since every age v1 file begins with `age-encryption.org/`, every single-line value begins
