@@ -186,8 +186,9 @@ fn death_by_a_signal_passes_through() {
 #[test]
 fn the_command_is_the_telbase_process_so_signals_reach_it() {
     let (key, r) = new_key();
-    // Prints its pid and the opened value, then waits (at most ~10 s) for SIGTERM.
-    let script = r#"echo "$$ $S"; trap 'echo got-term; exit 42' TERM
+    // Sets its trap, then prints its pid and the opened value (so the signal cannot arrive
+    // before the trap), then waits (at most ~10 s) for SIGTERM.
+    let script = r#"trap 'echo got-term; exit 42' TERM; echo "$$ $S"
         i=0; while [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; exit 3"#;
     let mut child = exec_sh(&[], script)
         .env("TELBASE_IDENTITY", &key)
