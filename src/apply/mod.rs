@@ -64,7 +64,7 @@ pub struct NoIdentity;
 
 impl Opener for NoIdentity {
     fn open(&self, _armor: &str) -> Result<SecretString, String> {
-        Err("sealed values need the age identity: set TELBASE_IDENTITY_FILE (a file with an AGE-SECRET-KEY-1… line)".into())
+        Err("sealed values need the age identity: set TELBASE_IDENTITY (the identity itself) or TELBASE_IDENTITY_FILE (a file with an AGE-SECRET-KEY-1… line)".into())
     }
 
     fn open_sops(&self, _file: &Path) -> Result<EnvFileValues, String> {

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod demo;
 pub mod env;
+mod exec;
 pub mod keys;
 pub mod reconcile;
 pub mod secrets;
@@ -58,6 +59,9 @@ pub enum Command {
     Keys(keys::KeysCommand),
     /// Run the GitHub App: webhooks in, reconciles from a durable queue (see docs/serve.md).
     Serve(serve::ServeArgs),
+    /// Open the sealed values in the environment and exec a command with their plaintexts
+    /// (`telbase exec -- CMD ARGS…`; see docs/secrets.md).
+    Exec(exec::ExecArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +115,7 @@ pub fn run() -> ExitCode {
         Command::Env(cmd) => return env::env_cmd(&cmd),
         Command::Keys(cmd) => return keys::keys_cmd(&cmd),
         Command::Serve(args) => return serve::serve_cmd(&args),
+        Command::Exec(args) => return exec::exec_cmd(&args),
     };
     match result {
         Ok(code) => code,

@@ -351,18 +351,13 @@ fn opener(store: Option<crate::store::SqliteStore>) -> anyhow::Result<Arc<dyn Op
     )))
 }
 
-/// The opener for sealed values: `TELBASE_IDENTITY_FILE` when set.
+/// The opener for sealed values: the identity from `TELBASE_IDENTITY` (contents) or
+/// `TELBASE_IDENTITY_FILE` (path), the same precedence and messages as every other command.
 pub(super) fn age_only_opener() -> anyhow::Result<Arc<dyn Opener>> {
-    let Some(path) = std::env::var_os("TELBASE_IDENTITY_FILE") else {
-        return Ok(Arc::new(NoIdentity));
-    };
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "cannot read TELBASE_IDENTITY_FILE {}",
-            PathBuf::from(&path).display()
-        )
-    })?);
-    Ok(Arc::new(age_opener(&text, "TELBASE_IDENTITY_FILE")?))
+    Ok(match crate::secrets::identity::load(None)? {
+        Some(loaded) => Arc::new(AgeOpener(loaded.identities)),
+        None => Arc::new(NoIdentity),
+    })
 }
 
 /// An opener from the text of an age identity file (`what` names it in errors).

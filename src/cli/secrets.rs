@@ -12,7 +12,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, anyhow, bail};
 use secrecy::ExposeSecret as _;
-use zeroize::Zeroizing;
 
 use crate::config::edit;
 use crate::secrets;
@@ -28,7 +27,7 @@ pub enum SecretsCommand {
     Recipient(IdentityArgs),
     /// Seal standard input to every recipient; prints armored age text for `sealed: |`.
     Seal(SealArgs),
-    /// Open an age file (armored or binary) and print its plaintext.
+    /// Open an age file (armored, binary or single-line) and print its plaintext.
     Reveal(RevealArgs),
     /// Seal every `sealed:` value in a config again to the current recipients, in place.
     Reseal(ResealArgs),
@@ -44,7 +43,8 @@ pub struct KeygenArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct IdentityArgs {
-    /// The identity file. Default: $TELBASE_IDENTITY_FILE.
+    /// The identity file. Default: $TELBASE_IDENTITY (the identity itself), then
+    /// $TELBASE_IDENTITY_FILE (its path).
     #[arg(short, long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
 }
@@ -66,6 +66,10 @@ pub struct SealArgs {
     /// inside a name, `\\` a backslash).
     #[arg(long, value_name = "PATH", requires = "into")]
     pub key: Option<String>,
+    /// Print the single-line form (`age:` + base64 of the binary age file) for places
+    /// where a value cannot span lines: Dockerfile ENV, .env files, PaaS settings pages.
+    #[arg(long, conflicts_with = "into")]
+    pub single_line: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,7 +88,8 @@ pub struct ResealArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RevealArgs {
-    /// The identity file. Default: $TELBASE_IDENTITY_FILE.
+    /// The identity file. Default: $TELBASE_IDENTITY (the identity itself), then
+    /// $TELBASE_IDENTITY_FILE (its path).
     #[arg(short, long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
     /// The age file; `-` or nothing reads standard input.
@@ -177,25 +182,13 @@ fn write_new_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// The identities from `--identity` or `TELBASE_IDENTITY_FILE`.
+/// The identities from `--identity`, `TELBASE_IDENTITY` or `TELBASE_IDENTITY_FILE`, in that
+/// order (`secrets::identity`).
 fn identities(flag: Option<&PathBuf>) -> anyhow::Result<Vec<age::x25519::Identity>> {
-    let (path, what) = match flag {
-        Some(p) => (p.clone(), p.display().to_string()),
-        None => match std::env::var_os("TELBASE_IDENTITY_FILE") {
-            Some(p) => {
-                let p = PathBuf::from(p);
-                let what = format!("TELBASE_IDENTITY_FILE {}", p.display());
-                (p, what)
-            }
-            None => bail!(
-                "no identity: pass --identity FILE or set TELBASE_IDENTITY_FILE (create one with `telbase secrets keygen --output FILE`)"
-            ),
-        },
-    };
-    let text = Zeroizing::new(
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {what}"))?,
-    );
-    secrets::parse_identities(&text).map_err(|e| anyhow!("{what}: {e}"))
+    match secrets::identity::load(flag.map(PathBuf::as_path))? {
+        Some(loaded) => Ok(loaded.identities),
+        None => bail!("no identity: {}", secrets::identity::HOW_TO_NAME_ONE),
+    }
 }
 
 fn recipient(args: &IdentityArgs) -> anyhow::Result<()> {
@@ -250,6 +243,13 @@ fn seal(args: &SealArgs) -> anyhow::Result<()> {
     }
     let plain = secrets::read_plaintext(stdin.lock()).context("standard input")?;
     let mut sealed = Vec::new();
+    if args.single_line {
+        let line = secrets::inject::seal_single_line(&plain, &recipients)?;
+        sealed.extend_from_slice(line.as_bytes());
+        sealed.push(b'\n');
+        std::io::stdout().write_all(&sealed)?;
+        return Ok(());
+    }
     secrets::seal(&plain, &recipients, &mut sealed)?;
     drop(plain);
     let Some((file, segments, src)) = target else {
@@ -362,7 +362,8 @@ fn reveal(args: &RevealArgs) -> anyhow::Result<()> {
         }
     };
     let plain = sealed
-        .and_then(|s| secrets::open(&s, &ids))
+        .map_err(secrets::inject::ValueError::from)
+        .and_then(|s| secrets::inject::open_any(&s, &ids))
         .map_err(|e| anyhow!("cannot reveal {what}: {e}"))?;
     let mut out = std::io::stdout().lock();
     out.write_all(&plain)?;

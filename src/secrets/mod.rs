@@ -16,6 +16,9 @@ pub mod sops;
 
 use std::io::{Read, Write};
 
+pub mod identity;
+pub mod inject;
+
 use secrecy::{ExposeSecret as _, SecretString};
 use zeroize::Zeroizing;
 
