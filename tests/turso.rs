@@ -255,8 +255,11 @@ async fn a_preview_gets_a_seeded_database_and_loses_it_again() {
     pr.desired.resources.clear();
     pr.desired.reconcile.prune = true;
     let (plan, actual) = pr.plan().await.unwrap();
-    assert_eq!(plan.summary().delete, 2, "{plan:?}");
+    // Only the preview's database: the group is production's, which a preview never
+    // deletes (the planner skips what a preview shares with production).
+    assert_eq!(plan.summary().delete, 1, "{plan:?}");
     assert!(pr.apply(plan, actual, 4).await.succeeded());
+    // The preview sees the group only through its own databases: nothing is left to see.
     assert!(pr.observe().await.unwrap().resources.is_empty());
     let inv = emu.inventory();
     assert_eq!(inv["turso.databases"], 3, "{inv:?}");
