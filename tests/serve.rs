@@ -276,6 +276,7 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         r#"telbase_webhook_deliveries_total{event="push",result="bad_signature"} 2"#,
         r#"telbase_webhook_deliveries_total{event="check_run",result="ignored"} 1"#,
         "telbase_queue_depth 0",
+        "telbase_github_rate_limit_remaining 4",
         "telbase_reconcile_duration_seconds_count{environment=\"production\",result=\"success\"} 1",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");

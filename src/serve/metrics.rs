@@ -1,6 +1,6 @@
 //! What `GET /metrics` reports, in the Prometheus text format: webhook deliveries by event
-//! and result, the reconcile queue's depth, reconcile durations, provider calls and errors
-//! by provider, and GitHub's remaining rate limit. One registry per server; handlers and
+//! and result, the reconcile queue's depth, reconcile durations, and GitHub's remaining rate
+//! limit. (Provider calls by provider need a hook in the HTTP layer; not yet.) One registry per server; handlers and
 //! workers hold the typed families and never format text themselves.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,11 +18,6 @@ pub struct DeliveryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProviderLabels {
-    pub provider: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
     /// `production` or `preview`.
     pub environment: String,
@@ -36,8 +31,6 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     pub queue_depth: Gauge,
     pub reconcile_seconds: Family<ReconcileLabels, Histogram>,
-    pub provider_calls: Family<ProviderLabels, Counter>,
-    pub provider_errors: Family<ProviderLabels, Counter>,
     pub github_rate_limit_remaining: Gauge,
 }
 
@@ -71,18 +64,6 @@ impl Metrics {
             "Time from picking a reconcile job to its result",
             reconcile_seconds.clone(),
         );
-        let provider_calls = Family::<ProviderLabels, Counter>::default();
-        registry.register(
-            "provider_calls",
-            "HTTP calls made to providers",
-            provider_calls.clone(),
-        );
-        let provider_errors = Family::<ProviderLabels, Counter>::default();
-        registry.register(
-            "provider_errors",
-            "Provider calls that ended in an error after retries",
-            provider_errors.clone(),
-        );
         let github_rate_limit_remaining = Gauge::default();
         registry.register(
             "github_rate_limit_remaining",
@@ -94,8 +75,6 @@ impl Metrics {
             deliveries,
             queue_depth,
             reconcile_seconds,
-            provider_calls,
-            provider_errors,
             github_rate_limit_remaining,
         }
     }

@@ -142,6 +142,23 @@ impl Reconciler {
         }
     }
 
+    /// Refresh the rate-limit gauge (GitHub does not count `/rate_limit` against it).
+    pub async fn observe_rate_limit(&self, intent: &Intent) {
+        let installation = match intent {
+            Intent::Push { installation, .. }
+            | Intent::Preview { installation, .. }
+            | Intent::Teardown { installation, .. }
+            | Intent::Installed { installation, .. }
+            | Intent::Removed { installation, .. } => *installation,
+            Intent::Ignore(_) => return,
+        };
+        if let Ok(n) = self.github.rate_limit_remaining(installation).await {
+            self.metrics
+                .github_rate_limit_remaining
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     async fn environment(
         &self,
         installation: u64,
@@ -402,6 +419,7 @@ pub async fn work(
             })
         };
         let result = reconciler.run(&job.intent).await;
+        reconciler.observe_rate_limit(&job.intent).await;
         renew.abort();
         let jobs2 = jobs.clone();
         let owner2 = owner.clone();
