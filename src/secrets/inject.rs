@@ -209,21 +209,32 @@ pub fn open_vars_in(
     let results: Vec<Result<Opened, VarError>> = if threads == 1 || sealed.len() < PARALLEL_FROM {
         sealed.iter().map(open_one).collect()
     } else {
-        let per = sealed.len().div_ceil(threads);
-        std::thread::scope(|s| {
-            // The calling thread takes the first share itself rather than idling.
-            let mut shares = sealed.chunks(per);
-            let first = shares.next().unwrap_or_default();
-            let handles: Vec<_> = shares
-                .map(|share| s.spawn(move || share.iter().map(open_one).collect::<Vec<_>>()))
-                .collect();
-            let mut all: Vec<_> = first.iter().map(open_one).collect();
+        // Values are handed out one at a time from a shared counter rather than in fixed
+        // shares: a thread that starts late (a new thread in a fresh process can wait for a
+        // sleeping core) takes fewer, and the calling thread never idles waiting for it.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let work = || {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = sealed.get(i) else {
+                    return mine;
+                };
+                mine.push((i, open_one(item)));
+            }
+        };
+        let mut all: Vec<(usize, Result<Opened, VarError>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+            let mut all = work();
             for h in handles {
                 // A panic in a worker is a bug in the age library; propagate it as one.
                 all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
             }
             all
-        })
+        });
+        // Back in name order, so errors are reported the same way whatever the threads did.
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, r)| r).collect()
     };
     let mut opened = Vec::with_capacity(results.len());
     let mut errors = Vec::new();
