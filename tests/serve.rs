@@ -114,7 +114,11 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
     ) else {
         return;
     };
-    let emu = emu::start(Config::default()).await;
+    let emu = emu::start(Config {
+        capture: true,
+        ..Config::default()
+    })
+    .await;
     emu.github_seed(&json!({
         "app_id": 42,
         "app_public_key_der_b64": base64::engine::general_purpose::STANDARD.encode(public),
@@ -213,6 +217,10 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         during["vercel.env"] > before["vercel.env"],
         "the preview's branch-scoped env vars: {before:?} → {during:?}"
     );
+    assert_eq!(
+        during["github/comment"], 1,
+        "one comment on the pull request"
+    );
     let mut pr_closed = retarget(closed);
     pr_closed["number"] = 7.into();
     pr_closed["pull_request"]["number"] = 7.into();
@@ -240,6 +248,22 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         "the preview's env vars are gone, production's stay"
     );
     assert_eq!(after["neon.projects"], before["neon.projects"]);
+    // The same comment, updated in place: first the plan, then the teardown.
+    assert_eq!(after["github/comment"], 1);
+    let comments: Vec<String> = emu
+        .exchanges()
+        .into_iter()
+        .filter(|x| x.provider == "github" && x.path.contains("/comments") && x.method != "GET")
+        .map(|x| String::from_utf8_lossy(&x.request_body).into_owned())
+        .collect();
+    assert_eq!(comments.len(), 2, "{comments:?}");
+    assert!(
+        comments[0].contains("Applied") && comments[0].contains("to create"),
+        "{}",
+        comments[0]
+    );
+    assert!(comments[0].contains(serve::worker::PREVIEW_MARKER));
+    assert!(comments[1].contains("torn down"), "{}", comments[1]);
 
     // Forged and unknown deliveries.
     let r = post(&client, &base, "push", "d-forged", &main, "not-the-secret").await;

@@ -88,6 +88,9 @@ pub struct Reconciler {
 
 const CONFIG_FILE: &str = "telbase.yaml";
 
+/// The hidden marker of Telbase's one comment per pull request.
+pub const PREVIEW_MARKER: &str = "<!-- telbase:preview config=telbase.yaml -->";
+
 impl Reconciler {
     /// Carry out one decision; `Ok` holds a one-line summary.
     pub async fn run(&self, intent: &Intent) -> Result<String, JobError> {
@@ -258,7 +261,15 @@ impl Reconciler {
             }),
         };
         let started = Instant::now();
+        let pr = match environment {
+            Environment::Preview { pull_request } => Some(pull_request),
+            Environment::Production => None,
+        };
         let result = self.plan_and_apply(desired, registry, scope, opener).await;
+        if let Some(pr) = pr {
+            self.comment(installation, repo, pr, sha, teardown, &result)
+                .await;
+        }
         let env_label = match environment {
             Environment::Production => "production",
             Environment::Preview { .. } => "preview",
@@ -277,11 +288,11 @@ impl Reconciler {
             .observe(started.elapsed().as_secs_f64());
         if !teardown {
             match &result {
-                Ok(summary) => status(StatusState::Success, summary.clone()).await,
+                Ok((summary, _)) => status(StatusState::Success, summary.clone()).await,
                 Err(e) => status(StatusState::Failure, e.to_string()).await,
             }
         }
-        result
+        result.map(|(summary, _)| summary)
     }
 
     /// The opener for this job: the server's age identity, plus the store when the file
@@ -308,19 +319,60 @@ impl Reconciler {
         )))
     }
 
+    /// Keep one Telbase comment on the pull request saying what its preview is (found by a
+    /// hidden marker and updated in place, never one comment per push).
+    async fn comment(
+        &self,
+        installation: u64,
+        repo: &str,
+        pr: u64,
+        sha: &str,
+        teardown: bool,
+        result: &Result<(String, String), JobError>,
+    ) {
+        let short = &sha[..sha.len().min(7)];
+        let body = match (teardown, result) {
+            (true, Ok(_)) => {
+                format!("### Telbase preview\n\nThe preview was torn down (at {short}).")
+            }
+            (true, Err(e)) => format!(
+                "### Telbase preview\n\nTearing the preview down failed and will be retried: {e}"
+            ),
+            (false, Ok((summary, plan))) => {
+                format!("### Telbase preview at {short}\n\n**{summary}**\n\n{plan}")
+            }
+            (false, Err(e)) => {
+                format!("### Telbase preview at {short}\n\n**Failed** (retried with backoff): {e}")
+            }
+        };
+        // Leave room for the heading and marker under GitHub's comment limit.
+        let body: String = body
+            .chars()
+            .take(crate::plan::GITHUB_COMMENT_LIMIT - 200)
+            .collect();
+        if let Err(e) = self
+            .github
+            .upsert_comment(installation, repo, pr, PREVIEW_MARKER, &body)
+            .await
+        {
+            tracing::warn!(error = %e, repo, pr, "cannot update the pull request comment");
+        }
+    }
+
     async fn plan_and_apply(
         &self,
         desired: crate::model::DesiredState,
         registry: providers::Registry,
         scope: Scope,
         opener: Arc<dyn Opener>,
-    ) -> Result<String, JobError> {
+    ) -> Result<(String, String), JobError> {
         let actual = apply::observe(&registry, &scope)
             .await
             .map_err(|e| JobError::Retry(format!("observing: {e}")))?;
         let plan = plan::plan(&desired, &actual);
+        let markdown = plan::render_markdown(&plan, crate::plan::GITHUB_COMMENT_LIMIT - 1_000);
         if !plan.has_changes() {
-            return Ok("No changes".into());
+            return Ok(("No changes".into(), markdown));
         }
         let s = plan.summary();
         let report = apply::execute(
@@ -341,7 +393,7 @@ impl Reconciler {
             s.create, s.update, s.replace, s.delete
         );
         if report.succeeded() {
-            Ok(format!("Applied: {summary}"))
+            Ok((format!("Applied: {summary}"), markdown))
         } else {
             let failed = report
                 .steps
