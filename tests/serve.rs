@@ -148,6 +148,7 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         workers: 2,
         public_url: Some("https://telbase.example".into()),
         key_rotation: None,
+        lease: Duration::from_secs(60),
     })
     .await
     .unwrap();
@@ -480,4 +481,133 @@ fn the_server_rotates_the_master_key_on_schedule() {
         .unwrap();
     use secrecy::ExposeSecret as _;
     assert_eq!(value.expose_secret(), "sk_live_0123456789abcdef");
+}
+
+/// `telbase serve` as its own process, killed with SIGKILL in the middle of a reconcile and
+/// started again on the same store: the job's lease runs out, the restarted server takes the
+/// job over, and production converges with nothing created twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_reconcile_then_restart_converges_without_duplicates() {
+    let Some((pem, public)) = app_key() else {
+        return;
+    };
+    let Some(push) = payload("push.create-default-branch.with-installation") else {
+        return;
+    };
+    // 40 ms per call: the first reconcile takes long enough to be killed in the middle.
+    let emu = emu::start(Config {
+        faults: telbase::emulator::Faults {
+            latency: Duration::from_millis(40),
+            ..Default::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    emu.github_seed(&json!({
+        "app_id": 42,
+        "app_public_key_der_b64": base64::engine::general_purpose::STANDARD.encode(public),
+        "installations": [{"id": 7, "account": "acme", "repos": ["acme/notes"]}],
+        "commits": [{"repo": "acme/notes", "sha": MAIN_SHA, "files": {"telbase.yaml": config_text()}}],
+    }))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("app.pem"), pem).unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let db = dir.path().join("telbase.db");
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_telbase"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("GITHUB_APP_ID", "42")
+            .env("GITHUB_APP_PRIVATE_KEY_FILE", dir.path().join("app.pem"))
+            .env("GITHUB_WEBHOOK_SECRET_FILE", dir.path().join("secret"))
+            .env("GITHUB_API_URL", format!("{}/github", emu.url()))
+            .env("TELBASE_EMULATOR", emu.url())
+            .env("TELBASE_DATABASE_URL", format!("sqlite:{}", db.display()))
+            .env("TELBASE_LEASE_SECONDS", "3")
+            .env_remove("TELBASE_MASTER_KEY_FILE")
+            .env_remove("TELBASE_IDENTITY_FILE")
+            .env_remove("TELBASE_IDENTITY")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start telbase serve")
+    };
+    let client = reqwest::Client::new();
+    let ready = |client: reqwest::Client, base: String| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("telbase serve did not become ready");
+    };
+
+    let mut server = spawn();
+    ready(client.clone(), base.clone()).await;
+    let mut main = retarget(push);
+    main["ref"] = "refs/heads/main".into();
+    main["after"] = MAIN_SHA.into();
+    let r = post(&client, &base, "push", "d-kill", &main, SECRET).await;
+    assert_eq!(r.status(), 202);
+    // Kill it once the reconcile has written something at a provider, before it is done.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = emu.counters();
+        let provider_writes: u64 = c
+            .by_provider
+            .iter()
+            .filter(|(p, _)| p.as_str() != "github")
+            .map(|(_, pc)| pc.writes)
+            .sum();
+        if provider_writes >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reconcile never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+    let partial = emu.inventory();
+    assert!(
+        partial.get("vercel.deployments").copied().unwrap_or(0) == 0,
+        "killed too late to prove anything: {partial:?}"
+    );
+
+    // Restart on the same store: the delivery is not lost, the job is taken over after its
+    // lease, and the run finishes.
+    let mut server = spawn();
+    ready(client.clone(), base.clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let jobs = loop {
+        let jobs = SqliteStore::open(&db).unwrap().jobs().unwrap();
+        if jobs
+            .iter()
+            .all(|j| j.state == "done" || j.state == "failed")
+        {
+            break jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not finished after restart: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].state, "done", "{jobs:?}");
+    let inv = emu.inventory();
+    assert_eq!(inv["vercel.projects"], 1, "{inv:?}");
+    assert_eq!(inv["neon.projects"], 1, "{inv:?}");
+    assert_eq!(inv["vercel.deployments"], 1, "deployed once: {inv:?}");
+    emu.stop().await;
 }

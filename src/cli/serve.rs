@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// this many days; 0 turns scheduled rotation off.
     #[arg(long, env = "TELBASE_KEY_ROTATION_DAYS", default_value_t = 90)]
     pub key_rotation_days: u64,
+    /// Seconds a claimed reconcile stays this server's without renewal (renewed every third
+    /// of it while running); after a crash, the wait before the job is taken over.
+    #[arg(long, env = "TELBASE_LEASE_SECONDS", default_value_t = 300)]
+    pub lease_seconds: u64,
     /// GitHub's API (GitHub Enterprise Server: https://HOST/api/v3).
     #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
     pub github_api_url: String,
@@ -76,6 +80,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         opener: super::reconcile::age_only_opener()?,
         workers: args.workers,
         public_url: args.public_url.clone(),
+        lease: std::time::Duration::from_secs(args.lease_seconds.max(3)),
         key_rotation: std::env::var_os("TELBASE_MASTER_KEY_FILE")
             .filter(|p| !p.is_empty() && args.key_rotation_days > 0)
             .map(|p| serve::KeyRotation {

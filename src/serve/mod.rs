@@ -258,6 +258,9 @@ pub struct ServeConfig {
     pub public_url: Option<String>,
     /// Rotate the stored-secrets master key on a schedule (the keyring file and how often).
     pub key_rotation: Option<KeyRotation>,
+    /// How long a claimed job stays a worker's without renewal: after a crash, the time
+    /// before another worker (or the restarted server) takes it over.
+    pub lease: std::time::Duration,
 }
 
 /// Scheduled master-key rotation: when the keyring file was last written (by a rotation or
@@ -398,6 +401,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                 queue.clone(),
                 reconciler.clone(),
                 format!("{host}:{}:{n}", std::process::id()),
+                config.lease,
                 rx.clone(),
             ))
         })

@@ -419,9 +419,9 @@ pub async fn work(
     jobs: Arc<dyn Jobs>,
     reconciler: Arc<Reconciler>,
     owner: String,
+    lease: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    const LEASE: Duration = Duration::from_secs(300);
     const IDLE: Duration = Duration::from_millis(500);
     loop {
         if *shutdown.borrow() {
@@ -430,7 +430,7 @@ pub async fn work(
         let claimed = {
             let jobs = jobs.clone();
             let owner = owner.clone();
-            tokio::task::spawn_blocking(move || jobs.claim(&owner, LEASE)).await
+            tokio::task::spawn_blocking(move || jobs.claim(&owner, lease)).await
         };
         let job = match claimed {
             Ok(Ok(Some(job))) => job,
@@ -459,11 +459,11 @@ pub async fn work(
             let id = job.id;
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(LEASE / 3).await;
+                    tokio::time::sleep(lease / 3).await;
                     let jobs = jobs.clone();
                     let owner = owner.clone();
                     let still =
-                        tokio::task::spawn_blocking(move || jobs.renew(id, &owner, LEASE)).await;
+                        tokio::task::spawn_blocking(move || jobs.renew(id, &owner, lease)).await;
                     if !matches!(still, Ok(Ok(true))) {
                         return;
                     }
