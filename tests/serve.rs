@@ -149,6 +149,7 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         public_url: Some("https://telbase.example".into()),
         key_rotation: None,
         lease: Duration::from_secs(60),
+        poll: Some(Duration::from_millis(200)),
     })
     .await
     .unwrap();
@@ -266,6 +267,39 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
     assert!(comments[0].contains(serve::worker::PREVIEW_MARKER));
     assert!(comments[1].contains("torn down"), "{}", comments[1]);
 
+    // A push whose webhook never arrives (dropped on purpose): the poll sees main's head
+    // move past the reconciled commit and reconciles it, once.
+    const DROPPED_SHA: &str = "3333333333333333333333333333333333333333";
+    emu.github_seed(&json!({
+        "commits": [{"repo": "acme/notes", "sha": DROPPED_SHA, "files": {"telbase.yaml": config_text().replace("SITE: notes", "SITE: notes-v2")}}],
+        "branches": [{"repo": "acme/notes", "branch": "main", "sha": DROPPED_SHA}],
+    }))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let jobs = loop {
+        let jobs = settle(&running).await;
+        if jobs.len() == 5 {
+            break jobs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the poll never caught up: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        jobs[4].delivery_id,
+        format!("poll:acme/notes@{DROPPED_SHA}")
+    );
+    assert_eq!(jobs[4].state, "done", "{jobs:?}");
+    assert!(
+        jobs[4].summary.as_deref().unwrap().starts_with("Applied"),
+        "{jobs:?}"
+    );
+    // Later rounds see the head reconciled and queue nothing more.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(settle(&running).await.len(), 5);
+
     // Forged and unknown deliveries.
     let r = post(&client, &base, "push", "d-forged", &main, "not-the-secret").await;
     assert_eq!(r.status(), 401);
@@ -302,7 +336,7 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         r#"telbase_webhook_deliveries_total{event="check_run",result="ignored"} 1"#,
         "telbase_queue_depth 0",
         "telbase_github_rate_limit_remaining 4",
-        "telbase_reconcile_duration_seconds_count{environment=\"production\",result=\"success\"} 1",
+        "telbase_reconcile_duration_seconds_count{environment=\"production\",result=\"success\"} 2",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }

@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// of it while running); after a crash, the wait before the job is taken over.
     #[arg(long, env = "TELBASE_LEASE_SECONDS", default_value_t = 300)]
     pub lease_seconds: u64,
+    /// Seconds between checks of each repository's production branch against the commit last
+    /// reconciled (catches webhooks GitHub failed to deliver); 0 turns polling off.
+    #[arg(long, env = "TELBASE_POLL_SECONDS", default_value_t = 300)]
+    pub poll_seconds: u64,
     /// GitHub's API (GitHub Enterprise Server: https://HOST/api/v3).
     #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
     pub github_api_url: String,
@@ -81,6 +85,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         workers: args.workers,
         public_url: args.public_url.clone(),
         lease: std::time::Duration::from_secs(args.lease_seconds.max(3)),
+        poll: (args.poll_seconds > 0).then(|| std::time::Duration::from_secs(args.poll_seconds)),
         key_rotation: std::env::var_os("TELBASE_MASTER_KEY_FILE")
             .filter(|p| !p.is_empty() && args.key_rotation_days > 0)
             .map(|p| serve::KeyRotation {

@@ -40,6 +40,8 @@ pub(crate) struct State {
     remaining: u64,
     /// Guids GitHub was asked to redeliver, in order.
     pub(crate) redeliveries: Vec<String>,
+    /// (repo, branch) → head commit.
+    branches: BTreeMap<(String, String), String>,
 }
 
 struct Installation {
@@ -131,6 +133,17 @@ pub(crate) fn seed(s: &mut State, body: &Value) -> Result<Value, String> {
         .flatten()
     {
         s.deliveries.push(d.clone());
+    }
+    for b in body
+        .get("branches")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let repo = b["repo"].as_str().ok_or("branch repo")?.to_owned();
+        let name = b["branch"].as_str().ok_or("branch name")?.to_owned();
+        let sha = b["sha"].as_str().ok_or("branch sha")?.to_owned();
+        s.branches.insert((repo, name), sha);
     }
     if let Some(n) = body.get("rate_limit_remaining").and_then(Value::as_u64) {
         s.remaining = n;
@@ -307,6 +320,42 @@ pub(crate) fn route(
                     "html_url": html,
                     "download_url": format!("https://raw.githubusercontent.com/{full}/{r}/{path}"),
                     "_links": {"self": api, "git": git, "html": html},
+                }),
+            )
+        }
+        ("GET", ["repos", owner, repo, "branches", branch]) => {
+            let full = format!("{owner}/{repo}");
+            let Some(sha) = s
+                .branches
+                .get(&(full.clone(), (*branch).to_owned()))
+                .filter(|_| may_see(&full))
+                .cloned()
+            else {
+                return gh_error(404, "Branch not found");
+            };
+            let api = format!("https://api.github.com/repos/{full}");
+            let person =
+                json!({"name": "Ada", "email": "ada@example.com", "date": "2026-11-29T12:00:00Z"});
+            Answer::ok(
+                200,
+                json!({
+                    "name": branch,
+                    "commit": {
+                        "sha": sha, "node_id": format!("C_{sha}"),
+                        "url": format!("{api}/commits/{sha}"),
+                        "html_url": format!("https://github.com/{full}/commit/{sha}"),
+                        "comments_url": format!("{api}/commits/{sha}/comments"),
+                        "commit": {
+                            "author": person, "committer": person, "comment_count": 0,
+                            "message": "commit", "url": format!("{api}/git/commits/{sha}"),
+                            "tree": {"sha": sha, "url": format!("{api}/git/trees/{sha}")},
+                        },
+                        "author": null, "committer": null, "parents": [],
+                    },
+                    "_links": {"html": format!("https://github.com/{full}/tree/{branch}"), "self": format!("{api}/branches/{branch}")},
+                    "protected": false,
+                    "protection": {"enabled": false},
+                    "protection_url": format!("{api}/branches/{branch}/protection"),
                 }),
             )
         }

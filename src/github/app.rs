@@ -331,6 +331,25 @@ impl GitHubApp {
         Ok(out.html_url)
     }
 
+    /// The head commit of a branch, or `None` when the branch does not exist.
+    pub async fn branch_head(
+        &self,
+        installation: u64,
+        repo: &str,
+        branch: &str,
+    ) -> Result<Option<String>, GitHubError> {
+        let c = self.installation(installation)?;
+        let what = format!("branch {branch} of {repo}");
+        let got: Result<Value, _> = c
+            .get(format!("/repos/{repo}/branches/{branch}"), None::<&()>)
+            .await;
+        match got.map_err(|e| map_err(&what, e)) {
+            Ok(v) => Ok(v["commit"]["sha"].as_str().map(str::to_owned)),
+            Err(GitHubError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The repositories an installation may see.
     pub async fn repositories(&self, installation: u64) -> Result<Vec<String>, GitHubError> {
         let c = self.installation(installation)?;

@@ -261,6 +261,9 @@ pub struct ServeConfig {
     /// How long a claimed job stays a worker's without renewal: after a crash, the time
     /// before another worker (or the restarted server) takes it over.
     pub lease: std::time::Duration,
+    /// How often to compare each repository's production branch head with the commit last
+    /// reconciled there (GitHub does not redeliver failed webhooks); `None`: never.
+    pub poll: Option<std::time::Duration>,
 }
 
 /// Scheduled master-key rotation: when the keyring file was last written (by a rotation or
@@ -394,6 +397,20 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             }
         });
     }
+    if let Some(every) = config.poll {
+        let (queue, github, mut stop) = (queue.clone(), reconciler.github.clone(), rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if let Err(e) = poll_once(&queue, &github).await {
+                    tracing::warn!(error = %e, "polling GitHub failed; trying again next time");
+                }
+            }
+        });
+    }
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "telbase".into());
     let workers = (0..config.workers.max(1))
         .map(|n| {
@@ -414,6 +431,67 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         http,
         workers,
     })
+}
+
+/// One round of the polling fallback: for each repository whose production branch is known,
+/// queue a reconcile of the branch's head if it is not the commit last reconciled. The
+/// synthetic delivery id (`poll:REPO@SHA`) makes it happen once per commit, however many
+/// rounds see it. Returns how many were queued.
+pub async fn poll_once(
+    queue: &Arc<queue::StoreQueue>,
+    github: &crate::github::app::GitHubApp,
+) -> Result<usize, String> {
+    let repos = {
+        let q = queue.clone();
+        tokio::task::spawn_blocking(move || {
+            q.0.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .production_repositories()
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??
+    };
+    let mut queued = 0;
+    for crate::store::sqlite::ProductionRepo {
+        repo,
+        installation,
+        branch,
+        reconciled,
+    } in repos
+    {
+        let head = match github.branch_head(installation, &repo, &branch).await {
+            Ok(Some(h)) => h,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, repo, "cannot read the production branch");
+                continue;
+            }
+        };
+        if reconciled.as_deref() == Some(head.as_str()) {
+            continue;
+        }
+        let delivery = IncomingDelivery {
+            id: format!("poll:{repo}@{head}"),
+            event: "poll".into(),
+            intents: vec![Intent::Push {
+                installation,
+                repo: repo.clone(),
+                branch: branch.clone(),
+                sha: head.clone(),
+            }],
+            ignored: Vec::new(),
+        };
+        let q = queue.clone();
+        let r = tokio::task::spawn_blocking(move || q.record(&delivery))
+            .await
+            .map_err(|e| e.to_string())??;
+        if let Recorded::New { .. } = r {
+            tracing::info!(repo, sha = %head, "a push was missed; reconciling the production head");
+            queued += 1;
+        }
+    }
+    Ok(queued)
 }
 
 impl Running {

@@ -43,6 +43,13 @@ impl Inbox for StoreQueue {
             })
             .collect::<Result<_, _>>()?;
         let ignored = d.ignored.join("; ");
+        for i in &d.intents {
+            if let (Some(inst), (repo, _)) = (installation_of(i), i.serial_key())
+                && !repo.is_empty()
+            {
+                self.with(|s| s.remember_repository(&repo, inst))?;
+            }
+        }
         match self.with(|s| s.record_delivery(&d.id, &d.event, &ignored, &jobs))? {
             Some(n) => Ok(Recorded::New { jobs: n }),
             None => Ok(Recorded::Duplicate),
@@ -51,6 +58,15 @@ impl Inbox for StoreQueue {
 
     fn depth(&self) -> Result<u64, String> {
         self.with(|s| s.queue_depth())
+    }
+}
+
+fn installation_of(i: &Intent) -> Option<u64> {
+    match i {
+        Intent::Push { installation, .. }
+        | Intent::Preview { installation, .. }
+        | Intent::Teardown { installation, .. } => Some(*installation),
+        _ => None,
     }
 }
 
@@ -101,5 +117,15 @@ impl Jobs for StoreQueue {
 
     fn fail(&self, id: i64, owner: &str, error: &str) -> Result<(), String> {
         self.with(|s| s.end_job(id, owner, JobEnd::Failed(error)))
+    }
+
+    fn reconciled(
+        &self,
+        repo: &str,
+        installation: u64,
+        branch: &str,
+        sha: &str,
+    ) -> Result<(), String> {
+        self.with(|s| s.record_reconciled(repo, installation, branch, sha))
     }
 }

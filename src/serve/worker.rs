@@ -48,6 +48,23 @@ pub trait Jobs: Send + Sync + 'static {
     fn retry(&self, id: i64, owner: &str, after: Duration, error: &str) -> Result<(), String>;
     /// The job failed for good.
     fn fail(&self, id: i64, owner: &str, error: &str) -> Result<(), String>;
+    /// Production of `repo` now runs `sha` from its production branch `branch`.
+    fn reconciled(
+        &self,
+        repo: &str,
+        installation: u64,
+        branch: &str,
+        sha: &str,
+    ) -> Result<(), String>;
+}
+
+/// What a finished job did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Done {
+    pub summary: String,
+    /// Set when production of a repository was made to match a commit of its production
+    /// branch: (repo, installation, branch, sha).
+    pub production: Option<(String, u64, String, String)>,
 }
 
 /// Why a job did not finish.
@@ -92,8 +109,28 @@ const CONFIG_FILE: &str = "telbase.yaml";
 pub const PREVIEW_MARKER: &str = "<!-- telbase:preview config=telbase.yaml -->";
 
 impl Reconciler {
-    /// Carry out one decision; `Ok` holds a one-line summary.
-    pub async fn run(&self, intent: &Intent) -> Result<String, JobError> {
+    /// Carry out one decision.
+    pub async fn run(&self, intent: &Intent) -> Result<Done, JobError> {
+        let reached = self.run_inner(intent).await?;
+        let production = match (intent, &reached) {
+            (
+                Intent::Push {
+                    installation,
+                    repo,
+                    branch,
+                    sha,
+                },
+                Reached::ProductionWith(_),
+            ) => Some((repo.clone(), *installation, branch.clone(), sha.clone())),
+            _ => None,
+        };
+        Ok(Done {
+            summary: reached.summary(),
+            production,
+        })
+    }
+
+    async fn run_inner(&self, intent: &Intent) -> Result<Reached, JobError> {
         match intent {
             Intent::Push {
                 installation,
@@ -133,15 +170,15 @@ impl Reconciler {
                 self.environment(*installation, repo, head_branch, sha, env, true)
                     .await
             }
-            Intent::Installed { repos, .. } => Ok(format!(
+            Intent::Installed { repos, .. } => Ok(Reached::Nothing(format!(
                 "installed on {} repositories; each reconciles on its next push",
                 repos.len()
-            )),
-            Intent::Removed { repos, .. } => Ok(format!(
+            ))),
+            Intent::Removed { repos, .. } => Ok(Reached::Nothing(format!(
                 "removed from {} repositories; their resources are left as they are",
                 repos.len()
-            )),
-            Intent::Ignore(why) => Ok(why.clone()),
+            ))),
+            Intent::Ignore(why) => Ok(Reached::Nothing(why.clone())),
         }
     }
 
@@ -170,14 +207,14 @@ impl Reconciler {
         sha: &str,
         environment: Environment,
         teardown: bool,
-    ) -> Result<String, JobError> {
+    ) -> Result<Reached, JobError> {
         let Some(bytes) = self
             .github
             .read_file(installation, repo, CONFIG_FILE, sha)
             .await
             .map_err(from_github)?
         else {
-            return Ok(format!("no {CONFIG_FILE} at {sha}"));
+            return Ok(Reached::Nothing(format!("no {CONFIG_FILE} at {sha}")));
         };
         let context = match environment {
             Environment::Production => "telbase/production",
@@ -217,10 +254,10 @@ impl Reconciler {
             }
         };
         if environment == Environment::Production && branch != desired.reconcile.production_branch {
-            return Ok(format!(
+            return Ok(Reached::Nothing(format!(
                 "{branch} is not the production branch ({})",
                 desired.reconcile.production_branch
-            ));
+            )));
         }
         if !teardown {
             status(StatusState::Pending, "Reconciling…".into()).await;
@@ -292,7 +329,10 @@ impl Reconciler {
                 Err(e) => status(StatusState::Failure, e.to_string()).await,
             }
         }
-        result.map(|(summary, _)| summary)
+        result.map(|(summary, _)| match environment {
+            Environment::Production => Reached::ProductionWith(summary),
+            Environment::Preview { .. } => Reached::Nothing(summary),
+        })
     }
 
     /// The opener for this job: the server's age identity, plus the store when the file
@@ -408,6 +448,21 @@ impl Reconciler {
     }
 }
 
+/// How far a job got: production of the repository matched to the commit, or something else
+/// (a preview, a branch that is not production, nothing to do), with the summary.
+enum Reached {
+    ProductionWith(String),
+    Nothing(String),
+}
+
+impl Reached {
+    fn summary(self) -> String {
+        match self {
+            Reached::ProductionWith(s) | Reached::Nothing(s) => s,
+        }
+    }
+}
+
 /// Backoff before attempt `n + 1` (kube-runtime's shape: exponential, capped).
 pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(5u64.saturating_mul(1 << attempts.min(8)).min(900))
@@ -477,7 +532,12 @@ pub async fn work(
         let owner2 = owner.clone();
         let attempts = job.attempts;
         let recorded = tokio::task::spawn_blocking(move || match &result {
-            Ok(summary) => jobs2.finish(job.id, &owner2, summary),
+            Ok(done) => {
+                if let Some((repo, installation, branch, sha)) = &done.production {
+                    jobs2.reconciled(repo, *installation, branch, sha)?;
+                }
+                jobs2.finish(job.id, &owner2, &done.summary)
+            }
             Err(JobError::Retry(e)) => jobs2.retry(job.id, &owner2, backoff(attempts), e),
             Err(JobError::Fail(e)) => jobs2.fail(job.id, &owner2, e),
         })

@@ -96,6 +96,22 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     CREATE INDEX jobs_serial ON jobs(serial_repo, serial_key, state);
     ",
     ),
+    (
+        3,
+        "repositories and their reconciled production commit",
+        "
+    -- What the App has seen of each repository, for the polling fallback: GitHub does not
+    -- redeliver failed webhooks, so the server compares the production branch's head with
+    -- the last commit it reconciled there.
+    CREATE TABLE repositories (
+        repo              TEXT PRIMARY KEY,
+        installation      INTEGER NOT NULL,
+        production_branch TEXT,
+        reconciled_sha    TEXT,
+        updated_at        TEXT NOT NULL
+    );
+    ",
+    ),
 ];
 
 /// The newest schema version this Telbase knows.
@@ -766,6 +782,60 @@ impl SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
+    /// Note that `installation` can see `repo` (kept current from every delivery).
+    pub fn remember_repository(&mut self, repo: &str, installation: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO repositories (repo, installation, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (repo) DO UPDATE SET installation = ?2, updated_at = ?3",
+                params![repo, installation as i64, now()],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Production of `repo` now runs `sha` from `branch`.
+    pub fn record_reconciled(
+        &mut self,
+        repo: &str,
+        installation: u64,
+        branch: &str,
+        sha: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO repositories (repo, installation, production_branch, reconciled_sha, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (repo) DO UPDATE SET installation = ?2, production_branch = ?3,
+                        reconciled_sha = ?4, updated_at = ?5",
+                params![repo, installation as i64, branch, sha, now()],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Repositories whose production branch is known.
+    pub fn production_repositories(&self) -> Result<Vec<ProductionRepo>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT repo, installation, production_branch, reconciled_sha FROM repositories
+                 WHERE production_branch IS NOT NULL ORDER BY repo",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(ProductionRepo {
+                    repo: r.get(0)?,
+                    installation: r.get::<_, i64>(1)?.max(0) as u64,
+                    branch: r.get(2)?,
+                    reconciled: r.get(3)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
     /// Whether a delivery id was recorded (the polling fallback asks before redelivering).
     pub fn has_delivery(&self, id: &str) -> Result<bool, StoreError> {
         self.conn
@@ -776,6 +846,15 @@ impl SqliteStore {
             )
             .map_err(|e| self.err(e))
     }
+}
+
+/// A repository whose production branch is known, and the commit last reconciled there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductionRepo {
+    pub repo: String,
+    pub installation: u64,
+    pub branch: String,
+    pub reconciled: Option<String>,
 }
 
 /// How a job ended.
