@@ -32,6 +32,7 @@ fn seed(emu: &telbase::emulator::Handle, public_der: &[u8]) {
         "app_public_key_der_b64": base64::engine::general_purpose::STANDARD.encode(public_der),
         "installations": [{"id": 7, "account": "acme", "repos": ["acme/web"]}],
         "commits": [{"repo": "acme/web", "sha": SHA, "files": {"telbase.yaml": "project: notes\n# ünïcode survives base64\n"}}],
+        "branches": [{"repo": "acme/web", "branch": "main", "sha": SHA}],
         "deliveries": [
             {"id": 11, "guid": "0b989ba4-242f-11e5-81e1-c7b6966d2516", "delivered_at": "2026-11-29T12:00:00Z", "redelivery": false, "duration": 0.27, "status": "OK", "status_code": 202, "event": "push", "action": null, "installation_id": 7, "repository_id": 500000},
             {"id": 12, "guid": "1b989ba4-242f-11e5-81e1-c7b6966d2516", "delivered_at": "2026-11-29T12:01:00Z", "redelivery": false, "duration": 10.0, "status": "Timed out", "status_code": 0, "event": "pull_request", "action": "opened", "installation_id": 7, "repository_id": 500000}
@@ -104,6 +105,11 @@ async fn the_app_talks_to_github_as_github_expects() {
     assert_eq!(emu.inventory()["github/status"], 1);
 
     assert_eq!(gh.repositories(7).await.unwrap(), vec!["acme/web"]);
+    assert_eq!(
+        gh.branch_head(7, "acme/web", "main").await.unwrap().as_deref(),
+        Some(SHA)
+    );
+    assert_eq!(gh.branch_head(7, "acme/web", "gone").await.unwrap(), None);
     let left = gh.rate_limit_remaining(7).await.unwrap();
     assert!(left < 5000 && left > 4900, "{left}");
 
