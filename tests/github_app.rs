@@ -106,7 +106,10 @@ async fn the_app_talks_to_github_as_github_expects() {
 
     assert_eq!(gh.repositories(7).await.unwrap(), vec!["acme/web"]);
     assert_eq!(
-        gh.branch_head(7, "acme/web", "main").await.unwrap().as_deref(),
+        gh.branch_head(7, "acme/web", "main")
+            .await
+            .unwrap()
+            .as_deref(),
         Some(SHA)
     );
     assert_eq!(gh.branch_head(7, "acme/web", "gone").await.unwrap(), None);

@@ -150,6 +150,7 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         key_rotation: None,
         lease: Duration::from_secs(60),
         poll: Some(Duration::from_millis(200)),
+        drift_tick: None,
     })
     .await
     .unwrap();
@@ -300,6 +301,31 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(settle(&running).await.len(), 5);
 
+    // Someone changes production by hand; the file's drift schedule (the default, every 15
+    // minutes) comes due: a drift check runs at the reconciled commit and corrects it.
+    emu.drift(
+        &json!({"provider": "vercel", "project": "notes-web", "set": {"buildCommand": "make"}}),
+    )
+    .unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::minutes(20);
+    assert_eq!(serve::drift_once(&running.queue, later), Ok(1));
+    assert_eq!(
+        serve::drift_once(&running.queue, later),
+        Ok(0),
+        "one check per repository per due time"
+    );
+    let jobs = settle(&running).await;
+    assert_eq!(jobs.len(), 6, "{jobs:?}");
+    assert!(
+        jobs[5].delivery_id.starts_with("drift:acme/notes@3333"),
+        "{jobs:?}"
+    );
+    assert_eq!(jobs[5].state, "done", "{jobs:?}");
+    assert!(
+        jobs[5].summary.as_deref().unwrap().contains("1 updated"),
+        "the drift was corrected: {jobs:?}"
+    );
+
     // Forged and unknown deliveries.
     let r = post(&client, &base, "push", "d-forged", &main, "not-the-secret").await;
     assert_eq!(r.status(), 401);
@@ -336,7 +362,7 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         r#"telbase_webhook_deliveries_total{event="check_run",result="ignored"} 1"#,
         "telbase_queue_depth 0",
         "telbase_github_rate_limit_remaining 4",
-        "telbase_reconcile_duration_seconds_count{environment=\"production\",result=\"success\"} 2",
+        "telbase_reconcile_duration_seconds_count{environment=\"production\",result=\"success\"} 3",
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }

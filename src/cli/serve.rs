@@ -86,6 +86,8 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         public_url: args.public_url.clone(),
         lease: std::time::Duration::from_secs(args.lease_seconds.max(3)),
         poll: (args.poll_seconds > 0).then(|| std::time::Duration::from_secs(args.poll_seconds)),
+        // Cron schedules have minute resolution: looking twice a minute is enough.
+        drift_tick: Some(std::time::Duration::from_secs(30)),
         key_rotation: std::env::var_os("TELBASE_MASTER_KEY_FILE")
             .filter(|p| !p.is_empty() && args.key_rotation_days > 0)
             .map(|p| serve::KeyRotation {

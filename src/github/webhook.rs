@@ -273,6 +273,14 @@ pub enum Intent {
         installation: u64,
         repos: Vec<String>,
     },
+    /// A scheduled drift check of production at the commit last reconciled (from the
+    /// file's `reconcile.drift` cron): corrected, reported or skipped as `on_drift` says.
+    Drift {
+        installation: u64,
+        repo: String,
+        branch: String,
+        sha: String,
+    },
     /// Nothing to do, and why (shown in the delivery log).
     Ignore(String),
 }
@@ -283,7 +291,11 @@ impl Intent {
     /// one installation's bookkeeping.
     pub fn serial_key(&self) -> (String, String) {
         match self {
-            Intent::Push { repo, branch, .. } => (repo.clone(), format!("push:{branch}")),
+            // A drift check shares the key of pushes to its branch: never both at once, and
+            // a newer push makes a queued check pointless.
+            Intent::Push { repo, branch, .. } | Intent::Drift { repo, branch, .. } => {
+                (repo.clone(), format!("push:{branch}"))
+            }
             Intent::Preview { repo, pr, .. } | Intent::Teardown { repo, pr, .. } => {
                 (repo.clone(), format!("pr:{pr}"))
             }

@@ -264,6 +264,9 @@ pub struct ServeConfig {
     /// How often to compare each repository's production branch head with the commit last
     /// reconciled there (GitHub does not redeliver failed webhooks); `None`: never.
     pub poll: Option<std::time::Duration>,
+    /// How often the drift schedules are looked at (each repository's own cron decides when
+    /// a check is due); `None`: never.
+    pub drift_tick: Option<std::time::Duration>,
 }
 
 /// Scheduled master-key rotation: when the keyring file was last written (by a rotation or
@@ -411,6 +414,26 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             }
         });
     }
+    if let Some(every) = config.drift_tick {
+        let (queue, mut stop) = (queue.clone(), rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                let q = queue.clone();
+                let now = chrono::Utc::now();
+                match tokio::task::spawn_blocking(move || drift_once(&q, now)).await {
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "the drift schedule could not be read")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the drift schedule task failed"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        });
+    }
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "telbase".into());
     let workers = (0..config.workers.max(1))
         .map(|n| {
@@ -458,6 +481,7 @@ pub async fn poll_once(
         installation,
         branch,
         reconciled,
+        ..
     } in repos
     {
         let head = match github.branch_head(installation, &repo, &branch).await {
@@ -490,6 +514,61 @@ pub async fn poll_once(
             tracing::info!(repo, sha = %head, "a push was missed; reconciling the production head");
             queued += 1;
         }
+    }
+    Ok(queued)
+}
+
+/// Queue a drift check for every repository whose `reconcile.drift` cron has come due since
+/// its schedule was last looked at (at most one per repository per round, however many
+/// times were missed while the server was down). Returns how many were queued.
+pub fn drift_once(
+    queue: &queue::StoreQueue,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<usize, String> {
+    use croner::parser::{CronParser, Seconds, Year};
+    let parser = CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build();
+    let mut store = queue.0.lock().unwrap_or_else(|e| e.into_inner());
+    let mut queued = 0;
+    for r in store.production_repositories().map_err(|e| e.to_string())? {
+        let (Some(sha), Some(cron)) = (&r.reconciled, &r.drift_cron) else {
+            continue;
+        };
+        let Ok(cron) = parser.parse(cron) else {
+            // Validated when the file was loaded; a bad one here is skipped, not fatal.
+            continue;
+        };
+        let from = r
+            .drift_checked_at
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .unwrap_or(now);
+        let Ok(due) = cron.find_next_occurrence(&from, false) else {
+            continue;
+        };
+        if due > now {
+            continue;
+        }
+        let intent = Intent::Drift {
+            installation: r.installation,
+            repo: r.repo.clone(),
+            branch: r.branch.clone(),
+            sha: sha.clone(),
+        };
+        let (serial_repo, key) = intent.serial_key();
+        let json = serde_json::to_string(&intent).map_err(|e| e.to_string())?;
+        let id = format!("drift:{}@{}:{}", r.repo, sha, due.timestamp());
+        if store
+            .record_delivery(&id, "drift", "", &[(serial_repo, key, json)])
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            queued += 1;
+        }
+        store
+            .drift_checked(&r.repo, now.timestamp_millis())
+            .map_err(|e| e.to_string())?;
     }
     Ok(queued)
 }

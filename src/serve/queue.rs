@@ -64,6 +64,7 @@ impl Inbox for StoreQueue {
 fn installation_of(i: &Intent) -> Option<u64> {
     match i {
         Intent::Push { installation, .. }
+        | Intent::Drift { installation, .. }
         | Intent::Preview { installation, .. }
         | Intent::Teardown { installation, .. } => Some(*installation),
         _ => None,
@@ -119,13 +120,9 @@ impl Jobs for StoreQueue {
         self.with(|s| s.end_job(id, owner, JobEnd::Failed(error)))
     }
 
-    fn reconciled(
-        &self,
-        repo: &str,
-        installation: u64,
-        branch: &str,
-        sha: &str,
-    ) -> Result<(), String> {
-        self.with(|s| s.record_reconciled(repo, installation, branch, sha))
+    fn reconciled(&self, p: &super::worker::Production) -> Result<(), String> {
+        self.with(|s| {
+            s.record_reconciled(&p.repo, p.installation, &p.branch, &p.sha, &p.drift_cron)
+        })
     }
 }

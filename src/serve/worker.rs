@@ -48,14 +48,8 @@ pub trait Jobs: Send + Sync + 'static {
     fn retry(&self, id: i64, owner: &str, after: Duration, error: &str) -> Result<(), String>;
     /// The job failed for good.
     fn fail(&self, id: i64, owner: &str, error: &str) -> Result<(), String>;
-    /// Production of `repo` now runs `sha` from its production branch `branch`.
-    fn reconciled(
-        &self,
-        repo: &str,
-        installation: u64,
-        branch: &str,
-        sha: &str,
-    ) -> Result<(), String>;
+    /// Production of a repository now runs a commit of its production branch.
+    fn reconciled(&self, production: &Production) -> Result<(), String>;
 }
 
 /// What a finished job did.
@@ -63,8 +57,19 @@ pub trait Jobs: Send + Sync + 'static {
 pub struct Done {
     pub summary: String,
     /// Set when production of a repository was made to match a commit of its production
-    /// branch: (repo, installation, branch, sha).
-    pub production: Option<(String, u64, String, String)>,
+    /// branch.
+    pub production: Option<Production>,
+}
+
+/// Production of a repository matches a commit of its production branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Production {
+    pub repo: String,
+    pub installation: u64,
+    pub branch: String,
+    pub sha: String,
+    /// The file's `reconcile.drift` cron at that commit.
+    pub drift_cron: String,
 }
 
 /// Why a job did not finish.
@@ -105,6 +110,19 @@ pub struct Reconciler {
 
 const CONFIG_FILE: &str = "telbase.yaml";
 
+const NO_CHANGES: &str = "No changes";
+
+/// What a job does in its environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Make it match the commit.
+    Apply,
+    /// Remove what a closed pull request's preview owns.
+    Teardown,
+    /// A scheduled check: correct, report or skip, as the file's `on_drift` says.
+    Drift,
+}
+
 /// The hidden marker of Telbase's one comment per pull request.
 pub const PREVIEW_MARKER: &str = "<!-- telbase:preview config=telbase.yaml -->";
 
@@ -119,9 +137,21 @@ impl Reconciler {
                     repo,
                     branch,
                     sha,
+                }
+                | Intent::Drift {
+                    installation,
+                    repo,
+                    branch,
+                    sha,
                 },
-                Reached::ProductionWith(_),
-            ) => Some((repo.clone(), *installation, branch.clone(), sha.clone())),
+                Reached::ProductionWith(_, cron),
+            ) => Some(Production {
+                repo: repo.clone(),
+                installation: *installation,
+                branch: branch.clone(),
+                sha: sha.clone(),
+                drift_cron: cron.clone(),
+            }),
             _ => None,
         };
         Ok(Done {
@@ -144,7 +174,7 @@ impl Reconciler {
                     branch,
                     sha,
                     Environment::Production,
-                    false,
+                    Mode::Apply,
                 )
                 .await
             }
@@ -156,7 +186,7 @@ impl Reconciler {
                 head_branch,
             } => {
                 let env = Environment::Preview { pull_request: *pr };
-                self.environment(*installation, repo, head_branch, sha, env, false)
+                self.environment(*installation, repo, head_branch, sha, env, Mode::Apply)
                     .await
             }
             Intent::Teardown {
@@ -167,8 +197,24 @@ impl Reconciler {
                 head_branch,
             } => {
                 let env = Environment::Preview { pull_request: *pr };
-                self.environment(*installation, repo, head_branch, sha, env, true)
+                self.environment(*installation, repo, head_branch, sha, env, Mode::Teardown)
                     .await
+            }
+            Intent::Drift {
+                installation,
+                repo,
+                branch,
+                sha,
+            } => {
+                self.environment(
+                    *installation,
+                    repo,
+                    branch,
+                    sha,
+                    Environment::Production,
+                    Mode::Drift,
+                )
+                .await
             }
             Intent::Installed { repos, .. } => Ok(Reached::Nothing(format!(
                 "installed on {} repositories; each reconciles on its next push",
@@ -186,6 +232,7 @@ impl Reconciler {
     pub async fn observe_rate_limit(&self, intent: &Intent) {
         let installation = match intent {
             Intent::Push { installation, .. }
+            | Intent::Drift { installation, .. }
             | Intent::Preview { installation, .. }
             | Intent::Teardown { installation, .. }
             | Intent::Installed { installation, .. }
@@ -206,8 +253,9 @@ impl Reconciler {
         branch: &str,
         sha: &str,
         environment: Environment,
-        teardown: bool,
+        mode: Mode,
     ) -> Result<Reached, JobError> {
+        let teardown = mode == Mode::Teardown;
         let Some(bytes) = self
             .github
             .read_file(installation, repo, CONFIG_FILE, sha)
@@ -216,9 +264,10 @@ impl Reconciler {
         else {
             return Ok(Reached::Nothing(format!("no {CONFIG_FILE} at {sha}")));
         };
-        let context = match environment {
-            Environment::Production => "telbase/production",
-            Environment::Preview { .. } => "telbase/preview",
+        let context = match (environment, mode) {
+            (_, Mode::Drift) => "telbase/drift",
+            (Environment::Production, _) => "telbase/production",
+            (Environment::Preview { .. }, _) => "telbase/preview",
         };
         let status = |state, description: String| async move {
             let st = CommitStatus {
@@ -259,7 +308,16 @@ impl Reconciler {
                 desired.reconcile.production_branch
             )));
         }
-        if !teardown {
+        let apply = match (mode, desired.reconcile.on_drift) {
+            (Mode::Drift, "ignore") => {
+                return Ok(Reached::Nothing(
+                    "drift checks are off (reconcile.on_drift: ignore)".into(),
+                ));
+            }
+            (Mode::Drift, "warn") => false,
+            _ => true,
+        };
+        if mode == Mode::Apply {
             status(StatusState::Pending, "Reconciling…".into()).await;
         }
         let opener = match self.opener_for(&mut desired) {
@@ -271,6 +329,7 @@ impl Reconciler {
                 return Err(JobError::Fail(e));
             }
         };
+        let desired_cron = desired.reconcile.drift_cron.clone();
         desired.pin_git(Some(repo), sha);
         let registry = providers::registry_for(&desired, &self.credentials, &self.http)
             .map_err(|e| JobError::Fail(e.to_string()))?;
@@ -302,7 +361,9 @@ impl Reconciler {
             Environment::Preview { pull_request } => Some(pull_request),
             Environment::Production => None,
         };
-        let result = self.plan_and_apply(desired, registry, scope, opener).await;
+        let result = self
+            .plan_and_apply(desired, registry, scope, opener, apply)
+            .await;
         if let Some(pr) = pr {
             self.comment(installation, repo, pr, sha, teardown, &result)
                 .await;
@@ -325,13 +386,18 @@ impl Reconciler {
             .observe(started.elapsed().as_secs_f64());
         if !teardown {
             match &result {
+                // Drift reported, not corrected: the check fails so someone looks.
+                Ok((summary, _)) if !apply && summary != NO_CHANGES => {
+                    status(StatusState::Failure, summary.clone()).await
+                }
                 Ok((summary, _)) => status(StatusState::Success, summary.clone()).await,
                 Err(e) => status(StatusState::Failure, e.to_string()).await,
             }
         }
+        let cron = desired_cron;
         result.map(|(summary, _)| match environment {
-            Environment::Production => Reached::ProductionWith(summary),
-            Environment::Preview { .. } => Reached::Nothing(summary),
+            Environment::Production if apply => Reached::ProductionWith(summary, cron),
+            _ => Reached::Nothing(summary),
         })
     }
 
@@ -405,6 +471,7 @@ impl Reconciler {
         registry: providers::Registry,
         scope: Scope,
         opener: Arc<dyn Opener>,
+        apply: bool,
     ) -> Result<(String, String), JobError> {
         let actual = apply::observe(&registry, &scope)
             .await
@@ -412,9 +479,18 @@ impl Reconciler {
         let plan = plan::plan(&desired, &actual);
         let markdown = plan::render_markdown(&plan, crate::plan::GITHUB_COMMENT_LIMIT - 1_000);
         if !plan.has_changes() {
-            return Ok(("No changes".into(), markdown));
+            return Ok((NO_CHANGES.into(), markdown));
         }
         let s = plan.summary();
+        if !apply {
+            return Ok((
+                format!(
+                    "Drift: {} to create, {} to update, {} to replace, {} to delete (on_drift: warn)",
+                    s.create, s.update, s.replace, s.delete
+                ),
+                markdown,
+            ));
+        }
         let report = apply::execute(
             Arc::new(plan),
             Arc::new(desired),
@@ -451,14 +527,15 @@ impl Reconciler {
 /// How far a job got: production of the repository matched to the commit, or something else
 /// (a preview, a branch that is not production, nothing to do), with the summary.
 enum Reached {
-    ProductionWith(String),
+    /// Production matches the commit; the file's drift cron.
+    ProductionWith(String, String),
     Nothing(String),
 }
 
 impl Reached {
     fn summary(self) -> String {
         match self {
-            Reached::ProductionWith(s) | Reached::Nothing(s) => s,
+            Reached::ProductionWith(s, _) | Reached::Nothing(s) => s,
         }
     }
 }
@@ -533,8 +610,8 @@ pub async fn work(
         let attempts = job.attempts;
         let recorded = tokio::task::spawn_blocking(move || match &result {
             Ok(done) => {
-                if let Some((repo, installation, branch, sha)) = &done.production {
-                    jobs2.reconciled(repo, *installation, branch, sha)?;
+                if let Some(p) = &done.production {
+                    jobs2.reconciled(p)?;
                 }
                 jobs2.finish(job.id, &owner2, &done.summary)
             }

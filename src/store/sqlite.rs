@@ -112,6 +112,16 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     );
     ",
     ),
+    (
+        4,
+        "drift schedule of each repository",
+        "
+    -- The file's `reconcile.drift` cron at the reconciled commit, and when its schedule was
+    -- last looked at (unix ms): the next check is the cron's next time after that.
+    ALTER TABLE repositories ADD COLUMN drift_cron TEXT;
+    ALTER TABLE repositories ADD COLUMN drift_checked_at INTEGER;
+    ",
+    ),
 ];
 
 /// The newest schema version this Telbase knows.
@@ -794,21 +804,24 @@ impl SqliteStore {
             .map_err(|e| self.err(e))
     }
 
-    /// Production of `repo` now runs `sha` from `branch`.
+    /// Production of `repo` now runs `sha` from `branch`, whose file asks for drift checks
+    /// on `drift_cron`; the drift schedule starts from now.
     pub fn record_reconciled(
         &mut self,
         repo: &str,
         installation: u64,
         branch: &str,
         sha: &str,
+        drift_cron: &str,
     ) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO repositories (repo, installation, production_branch, reconciled_sha, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO repositories (repo, installation, production_branch, reconciled_sha,
+                        drift_cron, drift_checked_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (repo) DO UPDATE SET installation = ?2, production_branch = ?3,
-                        reconciled_sha = ?4, updated_at = ?5",
-                params![repo, installation as i64, branch, sha, now()],
+                        reconciled_sha = ?4, drift_cron = ?5, drift_checked_at = ?6, updated_at = ?7",
+                params![repo, installation as i64, branch, sha, drift_cron, unix_ms(), now()],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -819,8 +832,9 @@ impl SqliteStore {
         let mut st = self
             .conn
             .prepare(
-                "SELECT repo, installation, production_branch, reconciled_sha FROM repositories
-                 WHERE production_branch IS NOT NULL ORDER BY repo",
+                "SELECT repo, installation, production_branch, reconciled_sha, drift_cron,
+                        drift_checked_at
+                 FROM repositories WHERE production_branch IS NOT NULL ORDER BY repo",
             )
             .map_err(|e| self.err(e))?;
         let rows = st
@@ -830,6 +844,8 @@ impl SqliteStore {
                     installation: r.get::<_, i64>(1)?.max(0) as u64,
                     branch: r.get(2)?,
                     reconciled: r.get(3)?,
+                    drift_cron: r.get(4)?,
+                    drift_checked_at: r.get(5)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -855,6 +871,22 @@ pub struct ProductionRepo {
     pub installation: u64,
     pub branch: String,
     pub reconciled: Option<String>,
+    pub drift_cron: Option<String>,
+    /// Unix ms.
+    pub drift_checked_at: Option<i64>,
+}
+
+impl SqliteStore {
+    /// The drift schedule of `repo` was looked at `at_ms`: its next check comes after.
+    pub fn drift_checked(&mut self, repo: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE repositories SET drift_checked_at = ?2 WHERE repo = ?1",
+                params![repo, at_ms],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
 }
 
 /// How a job ended.
