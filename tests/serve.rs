@@ -326,6 +326,66 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         "the drift was corrected: {jobs:?}"
     );
 
+    // A commit whose telbase.yaml does not validate: a failure status naming the first
+    // error, and no provider call.
+    const BAD_SHA: &str = "4444444444444444444444444444444444444444";
+    emu.github_seed(
+        &json!({"commits": [{"repo": "acme/notes", "sha": BAD_SHA, "files": {
+        "telbase.yaml": "version: 1\nproject: notes\napps:\n  web:\n    framework: nope\n"}}]}),
+    )
+    .unwrap();
+    let provider_calls = |emu: &telbase::emulator::Handle| -> u64 {
+        emu.counters()
+            .by_provider
+            .iter()
+            .filter(|(p, _)| p.as_str() != "github")
+            .map(|(_, c)| c.reads + c.writes)
+            .sum()
+    };
+    let calls_before = provider_calls(&emu);
+    let mut bad = main.clone();
+    bad["after"] = BAD_SHA.into();
+    let r = post(&client, &base, "push", "d-bad-config", &bad, SECRET).await;
+    assert_eq!(r.status(), 202);
+    let jobs = settle(&running).await;
+    assert_eq!(jobs[6].state, "failed", "{jobs:?}");
+    assert!(
+        jobs[6].error.as_deref().unwrap().contains("line 5"),
+        "{jobs:?}"
+    );
+    assert_eq!(provider_calls(&emu), calls_before, "no provider was called");
+    let last_status: Value = emu
+        .exchanges()
+        .into_iter()
+        .filter(|x| x.provider == "github" && x.path.ends_with(&format!("/statuses/{BAD_SHA}")))
+        .map(|x| serde_json::from_slice(&x.request_body).unwrap())
+        .next_back()
+        .expect("a status on the bad commit");
+    assert_eq!(last_status["state"], "failure");
+    assert!(
+        last_status["description"]
+            .as_str()
+            .unwrap()
+            .contains("invalid"),
+        "{last_status}"
+    );
+
+    // A body over GitHub's 25 MB limit is refused before anything else.
+    let huge = vec![b' '; 25 * 1024 * 1024 + 1];
+    let r = client
+        .post(format!("{base}/webhooks/github"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "d-huge")
+        .header(
+            "x-hub-signature-256",
+            webhook::sign(&SecretString::from(SECRET.to_owned()), &huge),
+        )
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+
     // Forged and unknown deliveries.
     let r = post(&client, &base, "push", "d-forged", &main, "not-the-secret").await;
     assert_eq!(r.status(), 401);
@@ -356,7 +416,7 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         .await
         .unwrap();
     for needle in [
-        r#"telbase_webhook_deliveries_total{event="push",result="accepted"} 2"#,
+        r#"telbase_webhook_deliveries_total{event="push",result="accepted"} 3"#,
         r#"telbase_webhook_deliveries_total{event="push",result="duplicate"} 1"#,
         r#"telbase_webhook_deliveries_total{event="push",result="bad_signature"} 2"#,
         r#"telbase_webhook_deliveries_total{event="check_run",result="ignored"} 1"#,

@@ -281,11 +281,13 @@ impl Reconciler {
                 tracing::warn!(error = %e, repo, sha, "cannot set the commit status");
             }
         };
+        // The commit's own problems (not UTF-8, invalid) are a `failure` on it; problems of
+        // the server (no store for stored values, missing credentials) are an `error`.
         let text = match String::from_utf8(bytes) {
             Ok(t) => t,
             Err(_) => {
                 let msg = format!("{CONFIG_FILE} is not UTF-8");
-                status(StatusState::Error, msg.clone()).await;
+                status(StatusState::Failure, msg.clone()).await;
                 return Err(JobError::Fail(msg));
             }
         };
@@ -298,7 +300,7 @@ impl Reconciler {
                     .map(|d| format!("line {}: {}", d.pos.line, d.message))
                     .unwrap_or_else(|| "invalid".into());
                 let msg = format!("{CONFIG_FILE} is invalid: {first}");
-                status(StatusState::Error, msg.clone()).await;
+                status(StatusState::Failure, msg.clone()).await;
                 return Err(JobError::Fail(msg));
             }
         };
