@@ -426,6 +426,68 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
     ] {
         assert!(text.contains(needle), "missing {needle} in:\n{text}");
     }
+    // Signed but not the JSON GitHub sends: 400, and recorded as a failed delivery.
+    let garbage = b"{\"ref\": 7}".to_vec();
+    let r = client
+        .post(format!("{base}/webhooks/github"))
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "d-garbage")
+        .header(
+            "x-hub-signature-256",
+            webhook::sign(&SecretString::from(SECRET.to_owned()), &garbage),
+        )
+        .body(garbage)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        running
+            .queue
+            .0
+            .lock()
+            .unwrap()
+            .has_delivery("d-garbage")
+            .unwrap()
+    );
+
+    // An address that keeps sending bad signatures is throttled (429) before any HMAC work,
+    // good signatures included, for the rest of the window.
+    let mut statuses = Vec::new();
+    for n in 0..25 {
+        let r = post(
+            &client,
+            &base,
+            "push",
+            &format!("d-brute-{n}"),
+            &main,
+            "guess",
+        )
+        .await;
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        18,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        7,
+        "{statuses:?}"
+    );
+    let r = post(&client, &base, "push", "d-after-brute", &main, SECRET).await;
+    assert_eq!(r.status(), 429);
+    assert!(
+        !running
+            .queue
+            .0
+            .lock()
+            .unwrap()
+            .has_delivery("d-brute-24")
+            .unwrap()
+    );
+
     running.stop().await;
     emu.stop().await;
 }

@@ -13,7 +13,8 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
     pub event: String,
-    /// `accepted`, `duplicate`, `ignored`, `bad_signature`, `bad_payload`, `error`.
+    /// `accepted`, `duplicate`, `ignored`, `bad_signature`, `throttled`, `bad_payload`,
+    /// `error`.
     pub result: String,
 }
 

@@ -55,6 +55,42 @@ pub trait Inbox: Send + Sync + 'static {
     fn record(&self, delivery: &IncomingDelivery) -> Result<Recorded, String>;
     /// Jobs queued or running (also proves the store answers).
     fn depth(&self) -> Result<u64, String>;
+    /// Record a signed delivery that could not be read, so it shows in the delivery log and
+    /// a redelivery of it is recognised.
+    fn record_failed(&self, id: &str, event: &str, error: &str) -> Result<(), String>;
+}
+
+/// Bad signatures counted per source address: after `MAX_BAD` in a window the address is
+/// answered 429 before any HMAC work until the window ends. Hand-written rather than
+/// `governor` because only failures may count: a rate limiter that every good delivery also
+/// consumed would throttle GitHub itself.
+#[derive(Default)]
+pub struct BadSignatures {
+    seen: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+impl BadSignatures {
+    const MAX_BAD: u32 = 20;
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn blocked(&self, ip: std::net::IpAddr) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(&ip)
+            .is_some_and(|(n, since)| *n >= Self::MAX_BAD && since.elapsed() < Self::WINDOW)
+    }
+
+    fn failed(&self, ip: std::net::IpAddr) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: a flood from many addresses cannot grow the map without limit.
+        if seen.len() > 10_000 {
+            seen.retain(|_, (_, since)| since.elapsed() < Self::WINDOW);
+        }
+        let e = seen.entry(ip).or_insert((0, std::time::Instant::now()));
+        if e.1.elapsed() >= Self::WINDOW {
+            *e = (0, std::time::Instant::now());
+        }
+        e.0 += 1;
+    }
 }
 
 /// Everything the handlers share.
@@ -63,6 +99,7 @@ pub struct AppState {
     pub webhook_secrets: Vec<SecretString>,
     pub inbox: Arc<dyn Inbox>,
     pub metrics: Arc<Metrics>,
+    pub bad_signatures: BadSignatures,
 }
 
 /// The router with every route and limit.
@@ -104,15 +141,24 @@ fn valid_delivery_id(id: &str) -> bool {
 
 async fn github_webhook(
     State(app): State<Arc<AppState>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let event = h("x-github-event").unwrap_or_default().to_owned();
+    if app.bad_signatures.blocked(peer.ip()) {
+        app.metrics.delivery(&event, "throttled");
+        return problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many deliveries with bad signatures from this address; try again later",
+        );
+    }
     // The signature first: nothing about an unverified body is trusted or parsed.
     if let Err(e) = webhook::verify(&app.webhook_secrets, &body, h("x-hub-signature-256")) {
+        app.bad_signatures.failed(peer.ip());
         app.metrics.delivery(&event, "bad_signature");
-        tracing::warn!(error = %e, "webhook refused");
+        tracing::warn!(error = %e, peer = %peer.ip(), "webhook refused");
         return problem(StatusCode::UNAUTHORIZED, &e.to_string());
     }
     let Some(id) = h("x-github-delivery").filter(|id| valid_delivery_id(id)) else {
@@ -130,6 +176,13 @@ async fn github_webhook(
         Ok(p) => p,
         Err(e) => {
             app.metrics.delivery(&event, "bad_payload");
+            let (inbox, id, ev, msg) = (
+                app.inbox.clone(),
+                id.to_owned(),
+                event.clone(),
+                e.to_string(),
+            );
+            let _ = tokio::task::spawn_blocking(move || inbox.record_failed(&id, &ev, &msg)).await;
             return problem(StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
@@ -370,15 +423,19 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         webhook_secrets: config.webhook_secrets.clone(),
         inbox: queue.clone(),
         metrics: metrics.clone(),
+        bad_signatures: BadSignatures::default(),
     });
     let app = router(state);
     let mut stop_http = rx.clone();
     let http = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_http.wait_for(|s| *s).await;
-            })
-            .await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = stop_http.wait_for(|s| *s).await;
+        })
+        .await;
     });
     if let Some(rotation) = config.key_rotation.clone() {
         let location = config.store.clone();

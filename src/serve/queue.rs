@@ -59,6 +59,13 @@ impl Inbox for StoreQueue {
     fn depth(&self) -> Result<u64, String> {
         self.with(|s| s.queue_depth())
     }
+
+    fn record_failed(&self, id: &str, event: &str, error: &str) -> Result<(), String> {
+        self.with(|s| {
+            s.record_delivery(id, event, &format!("failed: {error}"), &[])
+                .map(|_| ())
+        })
+    }
 }
 
 fn installation_of(i: &Intent) -> Option<u64> {
