@@ -451,8 +451,9 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
             .unwrap()
     );
 
-    // An address that keeps sending bad signatures is throttled (429) before any HMAC work,
-    // good signatures included, for the rest of the window.
+    // An address that keeps sending bad signatures is told to slow down (429) for the rest
+    // of the window; a good signature from the same address (behind a proxy, every
+    // delivery shares one) is still accepted.
     let mut statuses = Vec::new();
     for n in 0..25 {
         let r = post(
@@ -477,7 +478,7 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         "{statuses:?}"
     );
     let r = post(&client, &base, "push", "d-after-brute", &main, SECRET).await;
-    assert_eq!(r.status(), 429);
+    assert_eq!(r.status(), 202);
     assert!(
         !running
             .queue

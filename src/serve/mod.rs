@@ -60,10 +60,10 @@ pub trait Inbox: Send + Sync + 'static {
     fn record_failed(&self, id: &str, event: &str, error: &str) -> Result<(), String>;
 }
 
-/// Bad signatures counted per source address: after `MAX_BAD` in a window the address is
-/// answered 429 before any HMAC work until the window ends. Hand-written rather than
-/// `governor` because only failures may count: a rate limiter that every good delivery also
-/// consumed would throttle GitHub itself.
+/// Bad signatures counted per source address: after `MAX_BAD` in a window, further bad ones
+/// from it are answered 429 (slow down) until the window ends; good signatures are always
+/// accepted. Hand-written rather than `governor` because only failures may count: a rate
+/// limiter that every good delivery also consumed would throttle GitHub itself.
 #[derive(Default)]
 pub struct BadSignatures {
     seen: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
@@ -147,18 +147,21 @@ async fn github_webhook(
 ) -> Response {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let event = h("x-github-event").unwrap_or_default().to_owned();
-    if app.bad_signatures.blocked(peer.ip()) {
-        app.metrics.delivery(&event, "throttled");
-        return problem(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many deliveries with bad signatures from this address; try again later",
-        );
-    }
-    // The signature first: nothing about an unverified body is trusted or parsed.
+    // The signature first: nothing about an unverified body is trusted or parsed. A valid
+    // signature is never refused, whatever else came from its address: behind a TLS proxy
+    // every delivery shares the proxy's address, and one attacker must not lock GitHub out.
     if let Err(e) = webhook::verify(&app.webhook_secrets, &body, h("x-hub-signature-256")) {
+        let throttled = app.bad_signatures.blocked(peer.ip());
         app.bad_signatures.failed(peer.ip());
+        tracing::warn!(error = %e, peer = %peer.ip(), throttled, "webhook refused");
+        if throttled {
+            app.metrics.delivery(&event, "throttled");
+            return problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many deliveries with bad signatures from this address; slow down",
+            );
+        }
         app.metrics.delivery(&event, "bad_signature");
-        tracing::warn!(error = %e, peer = %peer.ip(), "webhook refused");
         return problem(StatusCode::UNAUTHORIZED, &e.to_string());
     }
     let Some(id) = h("x-github-delivery").filter(|id| valid_delivery_id(id)) else {
