@@ -113,6 +113,10 @@ async fn the_app_talks_to_github_as_github_expects() {
         Some(SHA)
     );
     assert_eq!(gh.branch_head(7, "acme/web", "gone").await.unwrap(), None);
+    assert_eq!(
+        gh.default_branch(7, "acme/web").await.unwrap().as_deref(),
+        Some("main")
+    );
     let left = gh.rate_limit_remaining(7).await.unwrap();
     assert!(left < 5000 && left > 4900, "{left}");
 

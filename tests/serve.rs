@@ -920,3 +920,88 @@ async fn a_burst_of_deliveries_loses_nothing_and_runs_each_commit_once() {
     running.stop().await;
     emu.stop().await;
 }
+
+/// Installing the App on a repository reconciles it at its default branch's head, when the
+/// file there says that branch is production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installing_the_app_reconciles_each_repository_with_a_telbase_yaml() {
+    let Some((pem, public)) = app_key() else {
+        return;
+    };
+    let Some(installed) = payload("installation.created") else {
+        return;
+    };
+    let emu = emu::start(Config::default()).await;
+    emu.github_seed(&json!({
+        "app_id": 42,
+        "app_public_key_der_b64": base64::engine::general_purpose::STANDARD.encode(public),
+        "installations": [{"id": 7, "account": "acme", "repos": ["acme/notes", "acme/empty"]}],
+        "commits": [{"repo": "acme/notes", "sha": MAIN_SHA, "files": {"telbase.yaml": config_text()}}],
+        "branches": [
+            {"repo": "acme/notes", "branch": "main", "sha": MAIN_SHA},
+            {"repo": "acme/empty", "branch": "main", "sha": PR_SHA},
+        ],
+    }))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let running = serve::start(ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        store: Location::Sqlite(dir.path().join("telbase.db")),
+        app: telbase::github::app::AppConfig {
+            app_id: 42,
+            private_key: SecretString::from(pem.clone()),
+            base_url: format!("{}/github", emu.url()),
+        },
+        webhook_secrets: vec![SecretString::from(SECRET.to_owned())],
+        credentials: Credentials {
+            emulator: Some(emu.url()),
+            ..Credentials::default()
+        },
+        http: emu::http_config(),
+        opener: Arc::new(NoIdentity),
+        workers: 1,
+        public_url: None,
+        key_rotation: None,
+        lease: Duration::from_secs(60),
+        poll: None,
+        drift_tick: None,
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.addr);
+    let mut body = installed;
+    body["installation"]["id"] = 7.into();
+    body["installation"]["account"]["login"] = "acme".into();
+    body["repositories"] = json!([
+        {"id": 500000, "node_id": "R_1", "name": "notes", "full_name": "acme/notes", "private": true},
+        {"id": 500001, "node_id": "R_2", "name": "empty", "full_name": "acme/empty", "private": true},
+    ]);
+    let r = post(
+        &reqwest::Client::new(),
+        &base,
+        "installation",
+        "d-install",
+        &body,
+        SECRET,
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let jobs = settle(&running).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].state, "done", "{jobs:?}");
+    let summary = jobs[0].summary.clone().unwrap();
+    assert!(summary.contains("acme/notes: Applied"), "{summary}");
+    assert!(summary.contains("acme/empty: no telbase.yaml"), "{summary}");
+    assert_eq!(emu.inventory()["vercel.projects"], 1);
+    let repos = running
+        .queue
+        .0
+        .lock()
+        .unwrap()
+        .production_repositories()
+        .unwrap();
+    assert_eq!(repos.len(), 1);
+    assert_eq!(repos[0].reconciled.as_deref(), Some(MAIN_SHA));
+    running.stop().await;
+    emu.stop().await;
+}

@@ -323,6 +323,30 @@ pub(crate) fn route(
                 }),
             )
         }
+        ("GET", ["repos", owner, repo]) => {
+            let full = format!("{owner}/{repo}");
+            if !may_see(&full) {
+                return gh_error(404, "Not Found");
+            }
+            let account = s
+                .installations
+                .get(&inst)
+                .map(|i| i.account.clone())
+                .unwrap_or_default();
+            let mut v = repo_json(s, &full, &account);
+            // The full repository has timestamps (null only in the installation listing).
+            for (k, x) in [
+                ("created_at", json!("2026-01-01T00:00:00Z")),
+                ("updated_at", json!("2026-11-29T12:00:00Z")),
+                ("pushed_at", json!("2026-11-29T12:00:00Z")),
+                ("has_discussions", json!(false)),
+                ("network_count", json!(0)),
+                ("subscribers_count", json!(0)),
+            ] {
+                v[k] = x;
+            }
+            Answer::ok(200, v)
+        }
         ("GET", ["repos", owner, repo, "branches", branch]) => {
             let full = format!("{owner}/{repo}");
             let Some(sha) = s

@@ -331,6 +331,21 @@ impl GitHubApp {
         Ok(out.html_url)
     }
 
+    /// A repository's default branch, or `None` when the installation cannot see it.
+    pub async fn default_branch(
+        &self,
+        installation: u64,
+        repo: &str,
+    ) -> Result<Option<String>, GitHubError> {
+        let c = self.installation(installation)?;
+        let got: Result<Value, _> = c.get(format!("/repos/{repo}"), None::<&()>).await;
+        match got.map_err(|e| map_err(repo, e)) {
+            Ok(v) => Ok(v["default_branch"].as_str().map(str::to_owned)),
+            Err(GitHubError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The head commit of a branch, or `None` when the branch does not exist.
     pub async fn branch_head(
         &self,

@@ -56,9 +56,8 @@ pub trait Jobs: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Done {
     pub summary: String,
-    /// Set when production of a repository was made to match a commit of its production
-    /// branch.
-    pub production: Option<Production>,
+    /// Repositories whose production was made to match a commit of its production branch.
+    pub production: Vec<Production>,
 }
 
 /// Production of a repository matches a commit of its production branch.
@@ -145,14 +144,15 @@ impl Reconciler {
                     sha,
                 },
                 Reached::ProductionWith(_, cron),
-            ) => Some(Production {
+            ) => vec![Production {
                 repo: repo.clone(),
                 installation: *installation,
                 branch: branch.clone(),
                 sha: sha.clone(),
                 drift_cron: cron.clone(),
-            }),
-            _ => None,
+            }],
+            (_, Reached::Installed(_, productions)) => productions.clone(),
+            _ => Vec::new(),
         };
         Ok(Done {
             summary: reached.summary(),
@@ -216,10 +216,73 @@ impl Reconciler {
                 )
                 .await
             }
-            Intent::Installed { repos, .. } => Ok(Reached::Nothing(format!(
-                "installed on {} repositories; each reconciles on its next push",
-                repos.len()
-            ))),
+            Intent::Installed {
+                installation,
+                repos,
+                ..
+            } => {
+                // On install, each repository whose default branch has a telbase.yaml is
+                // reconciled at that branch's head (the file decides if it is production's).
+                let mut done = Vec::new();
+                let mut productions = Vec::new();
+                let mut retry = None;
+                for repo in repos {
+                    let head = async {
+                        let Some(branch) = self.github.default_branch(*installation, repo).await?
+                        else {
+                            return Ok(None);
+                        };
+                        let sha = self
+                            .github
+                            .branch_head(*installation, repo, &branch)
+                            .await?;
+                        Ok::<_, GitHubError>(sha.map(|sha| (branch, sha)))
+                    }
+                    .await;
+                    match head {
+                        Ok(Some((branch, sha))) => {
+                            let r = self
+                                .environment(
+                                    *installation,
+                                    repo,
+                                    &branch,
+                                    &sha,
+                                    Environment::Production,
+                                    Mode::Apply,
+                                )
+                                .await;
+                            match r {
+                                Ok(reached) => {
+                                    if let Reached::ProductionWith(_, cron) = &reached {
+                                        productions.push(Production {
+                                            repo: repo.clone(),
+                                            installation: *installation,
+                                            branch: branch.clone(),
+                                            sha: sha.clone(),
+                                            drift_cron: cron.clone(),
+                                        });
+                                    }
+                                    done.push(format!("{repo}: {}", reached.summary()));
+                                }
+                                Err(JobError::Retry(e)) => retry = Some(format!("{repo}: {e}")),
+                                Err(JobError::Fail(e)) => done.push(format!("{repo}: {e}")),
+                            }
+                        }
+                        Ok(None) => done.push(format!("{repo}: no default branch")),
+                        Err(e) if e.is_transient() => retry = Some(format!("{repo}: {e}")),
+                        Err(e) => done.push(format!("{repo}: {e}")),
+                    }
+                }
+                // Repositories already reconciled are no-ops on the retry (their plans are
+                // empty), so retrying the whole installation is safe.
+                match retry {
+                    Some(e) => Err(JobError::Retry(e)),
+                    None => Ok(Reached::Installed(
+                        format!("installed: {}", done.join("; ")),
+                        productions,
+                    )),
+                }
+            }
             Intent::Removed { repos, .. } => Ok(Reached::Nothing(format!(
                 "removed from {} repositories; their resources are left as they are",
                 repos.len()
@@ -531,13 +594,15 @@ impl Reconciler {
 enum Reached {
     /// Production matches the commit; the file's drift cron.
     ProductionWith(String, String),
+    /// An installation's repositories, and those whose production now matches a commit.
+    Installed(String, Vec<Production>),
     Nothing(String),
 }
 
 impl Reached {
     fn summary(self) -> String {
         match self {
-            Reached::ProductionWith(s, _) | Reached::Nothing(s) => s,
+            Reached::ProductionWith(s, _) | Reached::Installed(s, _) | Reached::Nothing(s) => s,
         }
     }
 }
@@ -612,7 +677,7 @@ pub async fn work(
         let attempts = job.attempts;
         let recorded = tokio::task::spawn_blocking(move || match &result {
             Ok(done) => {
-                if let Some(p) = &done.production {
+                for p in &done.production {
                     jobs2.reconciled(p)?;
                 }
                 jobs2.finish(job.id, &owner2, &done.summary)
