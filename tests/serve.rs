@@ -515,6 +515,14 @@ fn the_queue_deduplicates_supersedes_leases_and_gives_up() {
         s.record_delivery("a", "push", "", &[job("1")]).unwrap(),
         None
     );
+    // A delivery recorded as unreadable is not a duplicate when it comes again readable.
+    assert_eq!(
+        s.record_delivery("z", "push", "failed: not JSON", &[])
+            .unwrap(),
+        Some(0)
+    );
+    assert_eq!(s.record_delivery("z", "push", "", &[]).unwrap(), Some(0));
+    assert_eq!(s.record_delivery("z", "push", "", &[]).unwrap(), None);
     s.record_delivery("b", "push", "", &[job("2")]).unwrap();
     s.record_delivery("c", "push", "", &[job("3")]).unwrap();
     assert!(s.has_delivery("b").unwrap());

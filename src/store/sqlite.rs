@@ -595,8 +595,13 @@ impl SqliteStore {
         let at = now();
         let inserted = tx
             .execute(
+                // A delivery recorded as failed (unreadable) may come again and be read, after
+                // an upgrade that reads it: that is not a duplicate.
                 "INSERT INTO deliveries (id, event, received_at, jobs, ignored) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (id) DO NOTHING",
+                 ON CONFLICT (id) DO UPDATE SET event = excluded.event,
+                        received_at = excluded.received_at, jobs = excluded.jobs,
+                        ignored = excluded.ignored
+                 WHERE deliveries.jobs = 0 AND deliveries.ignored LIKE 'failed:%'",
                 params![id, event, at, jobs.len() as i64, ignored],
             )
             .map_err(fail)?;
