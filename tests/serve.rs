@@ -710,9 +710,9 @@ async fn kill_9_during_a_reconcile_then_restart_converges_without_duplicates() {
     };
     let base = format!("http://127.0.0.1:{port}");
     let db = dir.path().join("telbase.db");
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_telbase"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+    let spawn_cmd = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_telbase"));
+        c.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .env("GITHUB_APP_ID", "42")
             .env("GITHUB_APP_PRIVATE_KEY_FILE", dir.path().join("app.pem"))
             .env("GITHUB_WEBHOOK_SECRET_FILE", dir.path().join("secret"))
@@ -723,11 +723,12 @@ async fn kill_9_during_a_reconcile_then_restart_converges_without_duplicates() {
             .env_remove("TELBASE_MASTER_KEY_FILE")
             .env_remove("TELBASE_IDENTITY_FILE")
             .env_remove("TELBASE_IDENTITY")
+            .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start telbase serve")
+            .stderr(std::process::Stdio::null());
+        c
     };
+    let spawn = || spawn_cmd().spawn().expect("start telbase serve");
     let client = reqwest::Client::new();
     let ready = |client: reqwest::Client, base: String| async move {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -774,8 +775,13 @@ async fn kill_9_during_a_reconcile_then_restart_converges_without_duplicates() {
     );
 
     // Restart on the same store: the delivery is not lost, the job is taken over after its
-    // lease, and the run finishes.
-    let mut server = spawn();
+    // lease, and the run finishes. Its logs (stderr is not a terminal) are JSON lines.
+    let log = dir.path().join("serve.log");
+    let mut server = {
+        let mut c = spawn_cmd();
+        c.stderr(std::fs::File::create(&log).unwrap());
+        c.spawn().expect("restart telbase serve")
+    };
     ready(client.clone(), base.clone()).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let jobs = loop {
@@ -794,6 +800,17 @@ async fn kill_9_during_a_reconcile_then_restart_converges_without_duplicates() {
     };
     server.kill().unwrap();
     server.wait().unwrap();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let parsed: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        parsed
+            .iter()
+            .any(|v| v["level"] == "INFO" && v["fields"]["message"].is_string()),
+        "{lines}"
+    );
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     assert_eq!(jobs[0].state, "done", "{jobs:?}");
     let inv = emu.inventory();

@@ -103,7 +103,13 @@ pub fn run() -> ExitCode {
             };
         }
     };
-    init_tracing();
+    // The server's logs go to a collector when nobody watches a terminal: one JSON object
+    // per line there; people at a terminal (and every other command) get text.
+    let serve = matches!(cli.command, Command::Serve(_));
+    init_tracing(
+        serve,
+        serve && !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    );
     let result = match cli.command {
         Command::Validate(args) => validate(&args),
         Command::Schema => schema(),
@@ -126,14 +132,20 @@ pub fn run() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default: warnings and errors).
-fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings and errors; `telbase serve`:
+/// info), as text or as JSON lines.
+fn init_tracing(serve: bool, json: bool) {
+    let default = if serve { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn schema() -> anyhow::Result<ExitCode> {

@@ -113,9 +113,10 @@ fn serve_inner(args: &ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let running = serve::start(config).await?;
-        eprintln!("telbase serve listening on http://{}", running.addr);
+        // Through the log, so a collector reading JSON lines gets these as JSON too.
+        tracing::info!(address = %running.addr, "telbase serve listening");
         shutdown_signal().await;
-        eprintln!("shutting down: finishing reconciles in progress");
+        tracing::info!("shutting down: finishing reconciles in progress");
         running.stop().await;
         Ok::<_, anyhow::Error>(())
     })
