@@ -396,8 +396,16 @@ impl Reconciler {
         };
         let desired_cron = desired.reconcile.drift_cron.clone();
         desired.pin_git(Some(repo), sha);
-        let registry = providers::registry_for(&desired, &self.credentials, &self.http)
-            .map_err(|e| JobError::Fail(e.to_string()))?;
+        let registry = match providers::registry_for(&desired, &self.credentials, &self.http) {
+            Ok(r) => r,
+            Err(e) => {
+                // The server lacks credentials: an `error`, and not left `pending`.
+                if !teardown {
+                    status(StatusState::Error, e.to_string()).await;
+                }
+                return Err(JobError::Fail(e.to_string()));
+            }
+        };
         if teardown {
             // Everything the preview owns goes; what it shares with production stays, with
             // the preview's own part of it emptied (its branch-scoped Vercel env vars).
