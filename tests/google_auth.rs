@@ -5,7 +5,9 @@
 //! name the failing source without ever containing a credential.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+mod common;
+
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -23,56 +25,10 @@ use telbase::providers::{ErrorKind, SetupError};
 
 const EMAIL: &str = "deployer@test-project.iam.gserviceaccount.com";
 
-/// A freshly generated RSA key for this test run: PKCS#8 PEM (what a Google key file holds)
-/// and the PKCS#1 DER public key the fake token endpoint verifies with. `None` (with the
-/// reason printed) if `openssl` is not installed.
+/// The test RSA key: PKCS#8 PEM (what a Google key file holds) and the PKCS#1 DER public
+/// key the fake token endpoint verifies with; shared with the GitHub App tests.
 fn test_key() -> Option<&'static (String, Vec<u8>)> {
-    static KEY: OnceLock<Option<(String, Vec<u8>)>> = OnceLock::new();
-    KEY.get_or_init(|| {
-        let dir = tempfile::tempdir().ok()?;
-        let key = dir.path().join("key.pem");
-        let public = dir.path().join("pub.der");
-        let run = |args: &[&str]| {
-            std::process::Command::new("openssl")
-                .args(args)
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        };
-        let made = run(&[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            key.to_str()?,
-        ]) && run(&[
-            "rsa",
-            "-in",
-            key.to_str()?,
-            "-pubout",
-            "-RSAPublicKey_out",
-            "-outform",
-            "DER",
-            "-out",
-            public.to_str()?,
-        ]);
-        if !made {
-            // A green CI run that checked nothing would be a lie: .ci/run installs openssl.
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "`openssl` is needed to generate the test RSA key, and CI must have it"
-            );
-            eprintln!("SKIPPED: `openssl` is not available to generate a test RSA key");
-            return None;
-        }
-        Some((
-            std::fs::read_to_string(&key).ok()?,
-            std::fs::read(&public).ok()?,
-        ))
-    })
-    .as_ref()
+    common::app_key()
 }
 
 /// The fake OAuth2 token endpoint (and metadata server, and API).

@@ -36,6 +36,33 @@ fn config_text() -> String {
     )
 }
 
+/// The server's settings for these tests: the emulator for GitHub and every provider, a
+/// fresh store in `dir`, two workers, no polling, drift or key rotation.
+fn server_config(emu: &telbase::emulator::Handle, dir: &std::path::Path, pem: &str) -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        store: Location::Sqlite(dir.join("telbase.db")),
+        app: telbase::github::app::AppConfig {
+            app_id: 42,
+            private_key: SecretString::from(pem.to_owned()),
+            base_url: format!("{}/github", emu.url()),
+        },
+        webhook_secrets: vec![SecretString::from(SECRET.to_owned())],
+        credentials: Credentials {
+            emulator: Some(emu.url()),
+            ..Credentials::default()
+        },
+        http: emu::http_config(),
+        opener: Arc::new(NoIdentity),
+        workers: 2,
+        public_url: None,
+        key_rotation: None,
+        lease: Duration::from_secs(60),
+        poll: None,
+        drift_tick: None,
+    }
+}
+
 fn payload(name: &str) -> Option<Value> {
     let p = common::root()
         .join("../shared/provider-apis/github/webhooks")
@@ -131,26 +158,9 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let running = serve::start(ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        store: Location::Sqlite(dir.path().join("telbase.db")),
-        app: telbase::github::app::AppConfig {
-            app_id: 42,
-            private_key: SecretString::from(pem.clone()),
-            base_url: format!("{}/github", emu.url()),
-        },
-        webhook_secrets: vec![SecretString::from(SECRET.to_owned())],
-        credentials: Credentials {
-            emulator: Some(emu.url()),
-            ..Credentials::default()
-        },
-        http: emu::http_config(),
-        opener: Arc::new(NoIdentity),
-        workers: 2,
         public_url: Some("https://telbase.example".into()),
-        key_rotation: None,
-        lease: Duration::from_secs(60),
         poll: Some(Duration::from_millis(200)),
-        drift_tick: None,
+        ..server_config(&emu, dir.path(), pem)
     })
     .await
     .unwrap();
@@ -845,26 +855,7 @@ async fn a_burst_of_deliveries_loses_nothing_and_runs_each_commit_once() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let running = serve::start(ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        store: Location::Sqlite(dir.path().join("telbase.db")),
-        app: telbase::github::app::AppConfig {
-            app_id: 42,
-            private_key: SecretString::from(pem.clone()),
-            base_url: format!("{}/github", emu.url()),
-        },
-        webhook_secrets: vec![SecretString::from(SECRET.to_owned())],
-        credentials: Credentials {
-            emulator: Some(emu.url()),
-            ..Credentials::default()
-        },
-        http: emu::http_config(),
-        opener: Arc::new(NoIdentity),
-        workers: 2,
-        public_url: None,
-        key_rotation: None,
-        lease: Duration::from_secs(60),
-        poll: None,
-        drift_tick: None,
+        ..server_config(&emu, dir.path(), pem)
     })
     .await
     .unwrap();
@@ -970,26 +961,8 @@ async fn installing_the_app_reconciles_each_repository_with_a_telbase_yaml() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let running = serve::start(ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        store: Location::Sqlite(dir.path().join("telbase.db")),
-        app: telbase::github::app::AppConfig {
-            app_id: 42,
-            private_key: SecretString::from(pem.clone()),
-            base_url: format!("{}/github", emu.url()),
-        },
-        webhook_secrets: vec![SecretString::from(SECRET.to_owned())],
-        credentials: Credentials {
-            emulator: Some(emu.url()),
-            ..Credentials::default()
-        },
-        http: emu::http_config(),
-        opener: Arc::new(NoIdentity),
         workers: 1,
-        public_url: None,
-        key_rotation: None,
-        lease: Duration::from_secs(60),
-        poll: None,
-        drift_tick: None,
+        ..server_config(&emu, dir.path(), pem)
     })
     .await
     .unwrap();

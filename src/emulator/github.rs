@@ -619,7 +619,7 @@ fn check_jwt(s: &State, token: &str, now_ms: u64) -> Result<(), String> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("A JSON web token could not be decoded")?;
     if header["alg"] != "RS256" {
-        return Err("'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires; alg must be RS256".into());
+        return Err("A JSON web token could not be decoded: the algorithm must be RS256".into());
     }
     let claims: Value = b64
         .decode(p)
