@@ -28,6 +28,7 @@ use std::ffi::{OsStr, OsString};
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+use super::unwrap::Keys;
 use super::{ARMOR_BEGIN, OpenError, SealError};
 
 /// What starts a single-line sealed value.
@@ -132,10 +133,14 @@ pub fn open_any(
     value: &[u8],
     identities: &[age::x25519::Identity],
 ) -> Result<Zeroizing<Vec<u8>>, ValueError> {
+    open_any_with(value, &Keys::new(identities))
+}
+
+fn open_any_with(value: &[u8], keys: &Keys<'_>) -> Result<Zeroizing<Vec<u8>>, ValueError> {
     match form(value) {
-        Form::SingleLine => Ok(super::open(&decode_single_line(value)?, identities)?),
+        Form::SingleLine => Ok(super::open_with(&decode_single_line(value)?, keys)?),
         Form::Armored if !value.contains(&b'\n') => Err(ValueError::ArmorOnOneLine),
-        _ => Ok(super::open(value, identities)?),
+        _ => Ok(super::open_with(value, keys)?),
     }
 }
 
@@ -145,10 +150,14 @@ pub fn open_value(
     value: &[u8],
     identities: &[age::x25519::Identity],
 ) -> Result<Zeroizing<Vec<u8>>, ValueError> {
+    open_value_with(value, &Keys::new(identities))
+}
+
+fn open_value_with(value: &[u8], keys: &Keys<'_>) -> Result<Zeroizing<Vec<u8>>, ValueError> {
     if form(value) == Form::Plain {
         return Err(ValueError::Open(OpenError::NotAge));
     }
-    let plain = open_any(value, identities)?;
+    let plain = open_any_with(value, keys)?;
     if plain.contains(&0) {
         return Err(ValueError::Nul);
     }
@@ -194,8 +203,10 @@ pub fn open_vars_in(
     identities: &[age::x25519::Identity],
     threads: usize,
 ) -> Result<Vec<Opened>, Vec<VarError>> {
+    // The identities are prepared once (a public key each), not once per value.
+    let keys = Keys::new(identities);
     let open_one = |(name, value): &(OsString, OsString)| {
-        open_value(value.as_encoded_bytes(), identities)
+        open_value_with(value.as_encoded_bytes(), &keys)
             .map(|plaintext| Opened {
                 name: name.clone(),
                 plaintext,

@@ -13,6 +13,7 @@
 
 pub mod reseal;
 pub mod sops;
+pub mod unwrap;
 
 use std::io::{Read, Write};
 
@@ -286,6 +287,11 @@ pub fn open(
     sealed: &[u8],
     identities: &[age::x25519::Identity],
 ) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    open_with(sealed, &unwrap::Keys::new(identities))
+}
+
+/// [`open`] with identities prepared once (for opening many values with the same keys).
+pub fn open_with(sealed: &[u8], keys: &unwrap::Keys<'_>) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     let binary = dearmor(sealed)?;
     if !binary.starts_with(BINARY_MAGIC) {
         // A prefix of the magic is a file cut inside its first line, not garbage.
@@ -311,9 +317,7 @@ pub fn open(
     if decryptor.is_scrypt() {
         return Err(OpenError::Passphrase);
     }
-    let mut reader = decryptor
-        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
-        .map_err(header_error)?;
+    let mut reader = decryptor.decrypt(keys.as_age()).map_err(header_error)?;
     // The plaintext is never longer than the payload: reserving that much up front means the
     // buffer is never reallocated, so no unzeroized copy of a partial plaintext is left behind.
     let mut out = Zeroizing::new(Vec::with_capacity(payload_len));
