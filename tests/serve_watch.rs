@@ -550,3 +550,181 @@ fn credentials_in_a_url_never_reach_logs_errors_or_the_cache() {
         assert!(!text.contains("hunter2"), "{p}: {text}");
     }
 }
+
+/// Git's smart HTTP protocol, served by `git http-backend` (CGI, ships with git) behind a
+/// small axum server that demands HTTP Basic credentials, as GitHub or GitLab do for a
+/// private repository.
+async fn smart_http(root: PathBuf, user: &'static str, password: &'static str) -> String {
+    use axum::body::Bytes;
+    use axum::http::{HeaderMap, Method, StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    use base64::Engine as _;
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    );
+    let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let (root, expected) = (root.clone(), expected.clone());
+        async move {
+            let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+            if auth != Some(expected.as_str()) {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [("www-authenticate", "Basic realm=\"git\"")],
+                    "credentials required",
+                )
+                    .into_response();
+            }
+            let content_type = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let out = tokio::task::spawn_blocking(move || {
+                use std::io::Write as _;
+                let mut child = Command::new("git")
+                    .arg("http-backend")
+                    .env_clear()
+                    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                    .env("GIT_PROJECT_ROOT", &root)
+                    .env("GIT_HTTP_EXPORT_ALL", "1")
+                    .env("REQUEST_METHOD", method.as_str())
+                    .env("PATH_INFO", uri.path())
+                    .env("QUERY_STRING", uri.query().unwrap_or(""))
+                    .env("CONTENT_TYPE", content_type)
+                    .env("CONTENT_LENGTH", body.len().to_string())
+                    .env("REMOTE_USER", "deploy-bot")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("git http-backend");
+                child.stdin.take().unwrap().write_all(&body).unwrap();
+                child.wait_with_output().unwrap()
+            })
+            .await
+            .unwrap();
+            // CGI: headers, a blank line, the body.
+            let split = out
+                .stdout
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| (i, 4))
+                .or_else(|| {
+                    out.stdout
+                        .windows(2)
+                        .position(|w| w == b"\n\n")
+                        .map(|i| (i, 2))
+                })
+                .expect("CGI headers");
+            let head = String::from_utf8_lossy(&out.stdout[..split.0]).into_owned();
+            let mut resp = Response::builder().status(200);
+            for line in head.lines() {
+                let Some((k, v)) = line.split_once(':') else {
+                    continue;
+                };
+                if k.eq_ignore_ascii_case("status") {
+                    let code: u16 = v.trim()[..3].parse().unwrap();
+                    resp = resp.status(code);
+                } else {
+                    resp = resp.header(k.trim(), v.trim());
+                }
+            }
+            resp.body(axum::body::Body::from(
+                out.stdout[split.0 + split.1..].to_vec(),
+            ))
+            .unwrap()
+        }
+    };
+    let app = axum::Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_url_with_credentials_is_fetched_shallow_and_the_password_stays_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("served");
+    let repo = base.join("app");
+    big_repo(&repo);
+    let sha = commit(&repo, "more.txt", "more\n", "a third commit");
+    let server = smart_http(base.clone(), "deploy-bot", "hunter2-not-logged").await;
+    let cache = tmp.path().join("cache");
+
+    // Wrong password: a clear error, without the password.
+    let wrong = server.replace("http://", "http://deploy-bot:wrong-password@") + "/app";
+    let w = watch::parse_source(&SecretString::from(wrong), None, &cache).unwrap();
+    let err = tokio::task::spawn_blocking(move || watch::look(&w, None))
+        .await
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("{server}/app")), "{err}");
+    assert!(
+        !err.contains("wrong-password") && !err.contains("deploy-bot"),
+        "{err}"
+    );
+
+    let url = server.replace("http://", "http://deploy-bot:hunter2-not-logged@") + "/app";
+    let w = Arc::new(watch::parse_source(&SecretString::from(url), None, &cache).unwrap());
+    assert_eq!(w.source.name, format!("{server}/app"));
+    let w2 = w.clone();
+    let head = tokio::task::spawn_blocking(move || watch::look(&w2, None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((head.branch.as_str(), head.sha.as_str()), ("main", &*sha));
+    let cached = git2::Repository::open_bare(&w.source.git_dir).unwrap();
+    assert!(cached.is_shallow(), "depth 1 over smart HTTP");
+    let config = std::fs::read_to_string(Path::new(&w.source.git_dir).join("config")).unwrap();
+    assert!(!config.contains("hunter2"), "{config}");
+}
+
+#[test]
+fn a_drift_check_is_queued_when_the_files_schedule_comes_due() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = telbase::store::open(&Location::Sqlite(tmp.path().join("db.sqlite"))).unwrap();
+    let queue = telbase::serve::queue::StoreQueue::new(store);
+    let source = watch::GitSource {
+        name: "/srv/app".into(),
+        git_dir: "/srv/app".into(),
+        config_path: "telbase.yaml".into(),
+        github: None,
+    };
+    let sha = "3".repeat(40);
+    let head = watch::Head {
+        branch: "main".into(),
+        sha: sha.clone(),
+        received_objects: 0,
+    };
+    // Production runs the head; the file asks for a check every 15 minutes.
+    queue
+        .0
+        .lock()
+        .unwrap()
+        .record_reconciled(
+            "/srv/app",
+            watch::WATCH_INSTALLATION,
+            "main",
+            &sha,
+            "*/15 * * * *",
+        )
+        .unwrap();
+    let now = chrono::Utc::now();
+    watch::enqueue(&queue, &source, &head, now).unwrap();
+    assert!(
+        queue.0.lock().unwrap().jobs().unwrap().is_empty(),
+        "nothing is due yet, and the head is what production runs"
+    );
+    let later = now + chrono::Duration::minutes(16);
+    watch::enqueue(&queue, &source, &head, later).unwrap();
+    watch::enqueue(&queue, &source, &head, later).unwrap();
+    let jobs = queue.0.lock().unwrap().jobs().unwrap();
+    assert_eq!(jobs.len(), 1, "one check per due time: {jobs:?}");
+    assert!(jobs[0].delivery_id.starts_with("watch-drift:/srv/app@"));
+    // The GitHub side leaves watched repositories alone.
+    assert_eq!(telbase::serve::drift_once(&queue, later).unwrap(), 0);
+}
