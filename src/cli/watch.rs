@@ -104,11 +104,32 @@ fn no_provider_credentials(c: &crate::providers::Credentials) -> bool {
         && !google
 }
 
+/// The built-in emulator of a watching server, and the throwaway store that goes with it.
+pub struct BuiltIn {
+    _emulator: crate::emulator::Handle,
+    store: Option<std::path::PathBuf>,
+}
+
+impl Drop for BuiltIn {
+    fn drop(&mut self) {
+        if let Some(db) = &self.store {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = db.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+}
+
 /// Start the in-process emulator for a watching server without provider credentials, and
-/// point every provider at it; the handle must live as long as the server.
+/// point every provider at it; the guard must live as long as the server. Unless
+/// TELBASE_DATABASE_URL names one, the store is a temporary file too: the emulator starts
+/// empty each time, and a store that remembered commits reconciled into an earlier
+/// emulator would not reconcile them again.
 pub async fn emulator_if_needed(
     config: &mut crate::serve::ServeConfig,
-) -> anyhow::Result<Option<crate::emulator::Handle>> {
+) -> anyhow::Result<Option<BuiltIn>> {
     if config.watch.is_none() || !no_provider_credentials(&config.credentials) {
         return Ok(None);
     }
@@ -118,12 +139,22 @@ pub async fn emulator_if_needed(
     )
     .await
     .context("cannot start the built-in emulator")?;
+    let store = std::env::var("TELBASE_DATABASE_URL")
+        .map_or(true, |v| v.is_empty())
+        .then(|| std::env::temp_dir().join(format!("telbase-watch-{}.db", std::process::id())));
+    if let Some(db) = &store {
+        config.store = crate::store::Location::Sqlite(db.clone());
+    }
     tracing::info!(
         emulator = %handle.url(),
+        store = ?store,
         "no provider credentials: serving against the built-in emulator (TELBASE_EMULATOR or provider tokens override)"
     );
     config.credentials.emulator = Some(handle.url());
-    Ok(Some(handle))
+    Ok(Some(BuiltIn {
+        _emulator: handle,
+        store,
+    }))
 }
 
 #[cfg(test)]
