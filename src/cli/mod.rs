@@ -18,6 +18,7 @@ pub mod keys;
 pub mod reconcile;
 pub mod secrets;
 pub mod serve;
+pub mod watch;
 
 use crate::config::{self, Code, Diagnostic, diag};
 use crate::model::{DesiredState, Environment};

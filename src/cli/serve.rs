@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// GitHub's API (GitHub Enterprise Server: https://HOST/api/v3).
     #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
     pub github_api_url: String,
+    /// Git repositories polled without GitHub (`--watch`, `--interval`, …).
+    #[command(flatten)]
+    pub watch: super::watch::WatchArgs,
 }
 
 /// A secret from `NAME_FILE` (a path) or `NAME` (the value); the file wins.
@@ -57,19 +60,28 @@ fn secret_var(name: &str) -> anyhow::Result<Option<SecretString>> {
 }
 
 fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
-    let app_id: u64 = std::env::var("GITHUB_APP_ID")
-        .context("set GITHUB_APP_ID (the App's numeric id, on its settings page)")?
-        .parse()
-        .context("GITHUB_APP_ID must be a number")?;
-    let private_key = secret_var("GITHUB_APP_PRIVATE_KEY")?.ok_or_else(|| {
-        anyhow!(
-            "set GITHUB_APP_PRIVATE_KEY_FILE (the .pem GitHub gave you) or GITHUB_APP_PRIVATE_KEY"
-        )
-    })?;
-    let mut webhook_secrets: Vec<SecretString> =
-        secret_var("GITHUB_WEBHOOK_SECRET")?.into_iter().collect();
-    // During a rotation GitHub may still sign with the previous secret.
-    webhook_secrets.extend(secret_var("GITHUB_WEBHOOK_SECRET_PREVIOUS")?);
+    let watch = super::watch::watch_config(&args.watch)?;
+    // Watching git repositories without an App: no GitHub settings, no webhook secret (so
+    // every webhook is refused) and no GitHub polling.
+    let without_github = super::watch::without_github(&watch);
+    let (app_id, private_key, webhook_secrets) = if without_github {
+        (0, SecretString::from(String::new()), Vec::new())
+    } else {
+        let app_id: u64 = std::env::var("GITHUB_APP_ID")
+            .context("set GITHUB_APP_ID (the App's numeric id, on its settings page)")?
+            .parse()
+            .context("GITHUB_APP_ID must be a number")?;
+        let private_key = secret_var("GITHUB_APP_PRIVATE_KEY")?.ok_or_else(|| {
+            anyhow!(
+                "set GITHUB_APP_PRIVATE_KEY_FILE (the .pem GitHub gave you) or GITHUB_APP_PRIVATE_KEY"
+            )
+        })?;
+        let mut webhook_secrets: Vec<SecretString> =
+            secret_var("GITHUB_WEBHOOK_SECRET")?.into_iter().collect();
+        // During a rotation GitHub may still sign with the previous secret.
+        webhook_secrets.extend(secret_var("GITHUB_WEBHOOK_SECRET_PREVIOUS")?);
+        (app_id, private_key, webhook_secrets)
+    };
     Ok(ServeConfig {
         listen: args.listen,
         store: crate::store::Location::from_env()?,
@@ -85,7 +97,8 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
         workers: args.workers,
         public_url: args.public_url.clone(),
         lease: std::time::Duration::from_secs(args.lease_seconds.max(3)),
-        poll: (args.poll_seconds > 0).then(|| std::time::Duration::from_secs(args.poll_seconds)),
+        poll: (args.poll_seconds > 0 && !without_github)
+            .then(|| std::time::Duration::from_secs(args.poll_seconds)),
         // Cron schedules have minute resolution: looking twice a minute is enough.
         drift_tick: Some(std::time::Duration::from_secs(30)),
         key_rotation: std::env::var_os("TELBASE_MASTER_KEY_FILE")
@@ -95,6 +108,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
                 every: std::time::Duration::from_secs(args.key_rotation_days * 86_400),
                 check: std::time::Duration::from_secs(3600),
             }),
+        watch,
     })
 }
 
@@ -109,9 +123,10 @@ pub fn serve_cmd(args: &ServeArgs) -> ExitCode {
 }
 
 fn serve_inner(args: &ServeArgs) -> anyhow::Result<()> {
-    let config = config(args)?;
+    let mut config = config(args)?;
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
+        let _emulator = super::watch::emulator_if_needed(&mut config).await?;
         let running = serve::start(config).await?;
         // Through the log, so a collector reading JSON lines gets these as JSON too.
         tracing::info!(address = %running.addr, "telbase serve listening");

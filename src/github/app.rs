@@ -185,6 +185,20 @@ impl GitHubApp {
         })
     }
 
+    /// A client with no App, for `telbase serve --watch` without GitHub: anything that
+    /// needs an installation fails with an error instead of reaching GitHub.
+    pub fn without_app(base_url: &str) -> Result<Self, GitHubError> {
+        let app = Octocrab::builder()
+            .base_uri(base_url)
+            .map_err(|e| GitHubError::Config(format!("base URL {base_url}: {e}")))?
+            .build()
+            .map_err(|e| GitHubError::Config(e.to_string()))?;
+        Ok(GitHubApp {
+            app,
+            installations: Mutex::new(HashMap::new()),
+        })
+    }
+
     /// The client of one installation; its token cache lives as long as this App.
     fn installation(&self, id: u64) -> Result<Arc<Octocrab>, GitHubError> {
         let mut map = self.installations.lock().unwrap_or_else(|e| e.into_inner());

@@ -281,6 +281,18 @@ pub enum Intent {
         branch: String,
         sha: String,
     },
+    /// A commit of a repository `telbase serve --watch` polls with git instead of GitHub:
+    /// reconcile production at exactly `sha` (or check it for drift), reading the config
+    /// from the repository's object database; no commit status is set, the outcome is
+    /// logged.
+    Watched {
+        source: crate::serve::watch::GitSource,
+        branch: String,
+        sha: String,
+        /// A scheduled drift check of the commit last reconciled, not a new commit.
+        #[serde(default)]
+        drift: bool,
+    },
     /// Nothing to do, and why (shown in the delivery log).
     Ignore(String),
 }
@@ -301,6 +313,11 @@ impl Intent {
             }
             Intent::Installed { installation, .. } | Intent::Removed { installation, .. } => {
                 (String::new(), format!("installation:{installation}"))
+            }
+            // Shares its shape with pushes: a newer commit of the watched branch
+            // supersedes a queued older one or a queued drift check.
+            Intent::Watched { source, branch, .. } => {
+                (source.name.clone(), format!("push:{branch}"))
             }
             Intent::Ignore(_) => (String::new(), "ignore".into()),
         }

@@ -10,6 +10,7 @@
 
 pub mod metrics;
 pub mod queue;
+pub mod watch;
 pub mod worker;
 
 use std::sync::Arc;
@@ -323,6 +324,9 @@ pub struct ServeConfig {
     /// How often the drift schedules are looked at (each repository's own cron decides when
     /// a check is due); `None`: never.
     pub drift_tick: Option<std::time::Duration>,
+    /// Git repositories to poll (`--watch`). With sources and no webhook secret the server
+    /// runs without GitHub: the App is not used and every webhook is refused.
+    pub watch: Option<watch::WatchConfig>,
 }
 
 /// Scheduled master-key rotation: when the keyring file was last written (by a rotation or
@@ -378,6 +382,8 @@ pub enum ServeError {
     },
     #[error("no webhook secret: set GITHUB_WEBHOOK_SECRET or GITHUB_WEBHOOK_SECRET_FILE")]
     NoWebhookSecret,
+    #[error("--watch: {0}")]
+    Watch(#[from] watch::WatchError),
 }
 
 /// A running server.
@@ -392,13 +398,26 @@ pub struct Running {
 
 /// Open the store, bind, and start the HTTP side and the workers.
 pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
-    if config.webhook_secrets.is_empty() {
+    // Without a webhook secret no delivery can be verified: only a server that watches git
+    // repositories may run so, and it then uses no GitHub App.
+    let without_github = config.webhook_secrets.is_empty();
+    if without_github && config.watch.is_none() {
         return Err(ServeError::NoWebhookSecret);
     }
     let store = crate::store::open(&config.store)?;
     let queue = Arc::new(queue::StoreQueue::new(store));
     let metrics = Arc::new(Metrics::new());
-    let github = Arc::new(crate::github::app::GitHubApp::new(&config.app)?);
+    let github = Arc::new(if without_github {
+        crate::github::app::GitHubApp::without_app(&config.app.base_url)?
+    } else {
+        crate::github::app::GitHubApp::new(&config.app)?
+    });
+    // Sources are checked before anything runs: a bad one stops the start.
+    let (watch_stop, watch_rx) = tokio::sync::watch::channel(false);
+    let watchers = match &config.watch {
+        Some(w) => watch::spawn(w, queue.clone(), watch_rx)?,
+        None => Vec::new(),
+    };
     let http = crate::providers::http::Http::new(config.http.clone())
         .map_err(|e| ServeError::Http(e.to_string()))?;
     let reconciler = Arc::new(worker::Reconciler {
@@ -506,6 +525,15 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
             ))
         })
         .collect();
+    // The watchers stop with the server.
+    let mut stop_watch = rx.clone();
+    tokio::spawn(async move {
+        let _ = stop_watch.wait_for(|s| *s).await;
+        let _ = watch_stop.send(true);
+        for w in watchers {
+            let _ = w.await;
+        }
+    });
     Ok(Running {
         addr,
         queue,
@@ -544,6 +572,10 @@ pub async fn poll_once(
         ..
     } in repos
     {
+        // Watched git repositories are polled by `watch`, not through GitHub.
+        if installation == watch::WATCH_INSTALLATION {
+            continue;
+        }
         let head = match github.branch_head(installation, &repo, &branch).await {
             Ok(Some(h)) => h,
             Ok(None) => continue,
@@ -596,6 +628,10 @@ pub fn drift_once(
         let (Some(sha), Some(cron)) = (&r.reconciled, &r.drift_cron) else {
             continue;
         };
+        // Watched git repositories get their drift checks from `watch`.
+        if r.installation == watch::WATCH_INSTALLATION {
+            continue;
+        }
         let Ok(cron) = parser.parse(cron) else {
             // Validated when the file was loaded; a bad one here is skipped, not fatal.
             continue;

@@ -152,6 +152,23 @@ impl Reconciler {
                 drift_cron: cron.clone(),
             }],
             (_, Reached::Installed(_, productions)) => productions.clone(),
+            // Recorded like a GitHub repository's, under installation 0 (GitHub's ids start
+            // at 1), so its drift schedule and last commit are kept in the same place.
+            (
+                Intent::Watched {
+                    source,
+                    branch,
+                    sha,
+                    ..
+                },
+                Reached::ProductionWith(_, cron),
+            ) => vec![Production {
+                repo: source.name.clone(),
+                installation: super::watch::WATCH_INSTALLATION,
+                branch: branch.clone(),
+                sha: sha.clone(),
+                drift_cron: cron.clone(),
+            }],
             _ => Vec::new(),
         };
         Ok(Done {
@@ -283,6 +300,24 @@ impl Reconciler {
                     )),
                 }
             }
+            Intent::Watched {
+                source,
+                branch,
+                sha,
+                drift,
+            } => {
+                let mode = if *drift { Mode::Drift } else { Mode::Apply };
+                self.environment_at(
+                    Some(source),
+                    super::watch::WATCH_INSTALLATION,
+                    &source.name,
+                    branch,
+                    sha,
+                    Environment::Production,
+                    mode,
+                )
+                .await
+            }
             Intent::Removed { repos, .. } => Ok(Reached::Nothing(format!(
                 "removed from {} repositories; their resources are left as they are",
                 repos.len()
@@ -300,7 +335,7 @@ impl Reconciler {
             | Intent::Teardown { installation, .. }
             | Intent::Installed { installation, .. }
             | Intent::Removed { installation, .. } => *installation,
-            Intent::Ignore(_) => return,
+            Intent::Ignore(_) | Intent::Watched { .. } => return,
         };
         if let Ok(n) = self.github.rate_limit_remaining(installation).await {
             self.metrics
@@ -318,13 +353,33 @@ impl Reconciler {
         environment: Environment,
         mode: Mode,
     ) -> Result<Reached, JobError> {
-        let teardown = mode == Mode::Teardown;
-        let Some(bytes) = self
-            .github
-            .read_file(installation, repo, CONFIG_FILE, sha)
+        self.environment_at(None, installation, repo, branch, sha, environment, mode)
             .await
-            .map_err(from_github)?
-        else {
+    }
+
+    /// `environment`, with the config read from a watched git repository (`git`) instead
+    /// of GitHub; then no commit status is set and the outcome is logged instead.
+    #[allow(clippy::too_many_arguments)]
+    async fn environment_at(
+        &self,
+        git: Option<&super::watch::GitSource>,
+        installation: u64,
+        repo: &str,
+        branch: &str,
+        sha: &str,
+        environment: Environment,
+        mode: Mode,
+    ) -> Result<Reached, JobError> {
+        let teardown = mode == Mode::Teardown;
+        let read = match git {
+            Some(g) => super::watch::read_config(g, sha).await,
+            None => self
+                .github
+                .read_file(installation, repo, CONFIG_FILE, sha)
+                .await
+                .map_err(from_github),
+        };
+        let Some(bytes) = read? else {
             return Ok(Reached::Nothing(format!("no {CONFIG_FILE} at {sha}")));
         };
         let context = match (environment, mode) {
@@ -333,6 +388,10 @@ impl Reconciler {
             (Environment::Preview { .. }, _) => "telbase/preview",
         };
         let status = |state, description: String| async move {
+            if let Some(g) = git {
+                super::watch::log_outcome(g, sha, context, state, &description);
+                return;
+            }
             let st = CommitStatus {
                 state,
                 context,
@@ -395,7 +454,15 @@ impl Reconciler {
             }
         };
         let desired_cron = desired.reconcile.drift_cron.clone();
-        desired.pin_git(Some(repo), sha);
+        match git {
+            // Vercel deploys from GitHub: only a watched repository hosted there is deployed;
+            // elsewhere settings are managed and images pinned, as `telbase reconcile` does.
+            Some(g) => match &g.github {
+                Some(gh) => desired.pin_git(Some(gh), sha),
+                None => desired.pin_images(sha),
+            },
+            None => desired.pin_git(Some(repo), sha),
+        }
         let registry = match providers::registry_for(&desired, &self.credentials, &self.http) {
             Ok(r) => r,
             Err(e) => {
@@ -424,7 +491,10 @@ impl Reconciler {
             project: desired.project.clone(),
             environment,
             git: Some(GitRef {
-                repo: repo.to_owned(),
+                repo: match git {
+                    Some(g) => g.github.clone().unwrap_or_default(),
+                    None => repo.to_owned(),
+                },
                 sha: sha.to_owned(),
                 branch: branch.to_owned(),
             }),

@@ -1,0 +1,794 @@
+//! `telbase serve --watch PATH_OR_URL…`: GitOps without GitHub. This module owns watching
+//! git repositories with git2: each source is polled every interval; a new commit of its
+//! production branch is queued as an [`Intent::Watched`] job on the same durable queue the
+//! webhooks use, and the worker reads the config at exactly that commit from the
+//! repository's object database (no checkout, no working tree) through [`read_config`].
+//!
+//! A local path is read in place. A URL is fetched incrementally into a bare repository per
+//! URL under the cache directory (`TELBASE_CACHE_DIR`), named by a hash of the URL with its
+//! credentials stripped; shallow (depth 1) over the smart transports, since libgit2's local
+//! transport (`file://`) refuses shallow fetches. Credentials in a URL are handed to libgit2
+//! through a credentials callback, never as part of the URL, so they appear in no log,
+//! error, job, store row or path.
+//!
+//! Which branch is production: the file's `environments.production.branch`, read at the tip
+//! of `--branch` (else the repository's default branch: a remote's advertised HEAD, a local
+//! repository's HEAD). A source that cannot be read is logged and tried again at the next
+//! interval. Each commit is queued once per production state (the delivery id names the
+//! commit and the commit production ran when it was seen), so an invalid file fails once
+//! and is not retried every interval, while going back to an older commit still reconciles.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
+
+use crate::github::app::StatusState;
+use crate::github::webhook::Intent;
+
+use super::queue::StoreQueue;
+use super::worker::JobError;
+use super::{Inbox as _, IncomingDelivery, Recorded};
+
+/// The installation id under which watched repositories are kept in the store's
+/// `repositories` table (GitHub's installation ids start at 1). The GitHub polling fallback
+/// and drift schedule skip these rows; this module schedules their drift checks.
+pub const WATCH_INSTALLATION: u64 = 0;
+
+/// Largest config file read from git (as through GitHub's contents API).
+const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
+
+const DEFAULT_CONFIG: &str = "telbase.yaml";
+
+/// A watched repository as a job names it: enough for the worker to read the config at any
+/// commit without knowing how the repository is watched. Never holds credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitSource {
+    /// How logs, jobs and the store name it: the repository's absolute path, or its URL
+    /// without credentials.
+    pub name: String,
+    /// The repository whose objects are read: the watched one itself, or the cache's bare
+    /// copy of a URL.
+    pub git_dir: String,
+    /// The config file's path inside the repository.
+    pub config_path: String,
+    /// `owner/name` when the repository lives on GitHub: Vercel deploys from there; other
+    /// hosts get settings and pinned images only, as `telbase reconcile` does.
+    pub github: Option<String>,
+}
+
+/// What `telbase serve --watch` was asked to watch.
+pub struct WatchConfig {
+    /// Paths or URLs as given (a URL may carry `user:password@`, hence secret).
+    pub sources: Vec<SecretString>,
+    pub interval: Duration,
+    /// Where the file is first read (else the default branch).
+    pub branch: Option<String>,
+    /// The config file inside the repository (else `telbase.yaml` in the watched directory).
+    pub config_path: Option<String>,
+    /// Bare copies of URL sources.
+    pub cache_dir: PathBuf,
+}
+
+impl std::fmt::Debug for WatchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchConfig")
+            .field("sources", &self.sources.len())
+            .field("interval", &self.interval)
+            .field("branch", &self.branch)
+            .field("config_path", &self.config_path)
+            .field("cache_dir", &self.cache_dir)
+            .finish()
+    }
+}
+
+/// The cache directory: `TELBASE_CACHE_DIR`, else `$XDG_CACHE_HOME/telbase/git`, else
+/// `$HOME/.cache/telbase/git`.
+pub fn default_cache_dir(var: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    let nonempty = |name: &str| var(name).filter(|v| !v.is_empty());
+    if let Some(d) = nonempty("TELBASE_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = nonempty("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("telbase/git"));
+    }
+    nonempty("HOME").map(|h| PathBuf::from(h).join(".cache/telbase/git"))
+}
+
+/// Why a source cannot be watched (at startup) or read (in a round).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("{spec}: {why}")]
+    Source { spec: String, why: String },
+    #[error("{name}: {what}: {error}")]
+    Git {
+        name: String,
+        what: String,
+        error: String,
+    },
+}
+
+fn git_err(name: &str, what: impl Into<String>) -> impl FnOnce(git2::Error) -> WatchError + '_ {
+    let what = what.into();
+    move |e| WatchError::Git {
+        name: name.to_owned(),
+        what,
+        error: e.message().to_owned(),
+    }
+}
+
+/// Where a source's commits come from.
+enum Origin {
+    Local,
+    Remote {
+        /// Without credentials.
+        url: String,
+        user: Option<String>,
+        password: Option<SecretString>,
+        shallow: bool,
+    },
+}
+
+/// One watched repository.
+pub struct Watched {
+    pub source: GitSource,
+    origin: Origin,
+}
+
+impl std::fmt::Debug for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Read one `--watch` argument: a URL (`https://`, `http://`, `git://`, `file://`) or a
+/// local repository (bare or not; a directory inside a working tree watches the config
+/// there).
+pub fn parse_source(
+    spec: &SecretString,
+    config_path: Option<&str>,
+    cache_dir: &Path,
+) -> Result<Watched, WatchError> {
+    let raw = spec.expose_secret();
+    if raw.contains("://") {
+        return parse_url(raw, config_path, cache_dir);
+    }
+    // `user@host:path` is git's scp-like ssh spelling.
+    if raw.contains('@') && raw.contains(':') && !Path::new(raw).exists() {
+        return Err(WatchError::Source {
+            spec: "an ssh source".into(),
+            why: "ssh is not supported (Telbase's git is built without libssh2); use an https URL with a token".into(),
+        });
+    }
+    parse_local(raw, config_path)
+}
+
+fn parse_url(
+    raw: &str,
+    config_path: Option<&str>,
+    cache_dir: &Path,
+) -> Result<Watched, WatchError> {
+    let mut url = reqwest::Url::parse(raw).map_err(|e| WatchError::Source {
+        // The URL itself may hold a password: not repeated.
+        spec: "a URL source".into(),
+        why: format!("not a URL: {e}"),
+    })?;
+    let user = (!url.username().is_empty()).then(|| percent_decode(url.username()));
+    let password = url
+        .password()
+        .map(|p| SecretString::from(percent_decode(p)));
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    let name = url.to_string();
+    let shallow = match url.scheme() {
+        "https" | "http" | "git" => true,
+        // libgit2's local transport refuses shallow fetches; it copies only missing objects.
+        "file" => false,
+        "ssh" => {
+            return Err(WatchError::Source {
+                spec: name,
+                why: "ssh is not supported (Telbase's git is built without libssh2); use an https URL with a token".into(),
+            });
+        }
+        other => {
+            return Err(WatchError::Source {
+                spec: name,
+                why: format!("unsupported scheme `{other}` (https, http, git or file)"),
+            });
+        }
+    };
+    let hash = sha2::Sha256::digest(name.as_bytes());
+    let key: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let git_dir = cache_dir.join(format!("{key}.git"));
+    Ok(Watched {
+        source: GitSource {
+            github: crate::cli::reconcile::github_repo(&name),
+            name: name.clone(),
+            git_dir: git_dir.to_string_lossy().into_owned(),
+            config_path: config_path.unwrap_or(DEFAULT_CONFIG).to_owned(),
+        },
+        origin: Origin::Remote {
+            url: name,
+            user,
+            password,
+            shallow,
+        },
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(Ok(b)) = s.get(i + 1..i + 3).map(|h| u8::from_str_radix(h, 16))
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_local(raw: &str, config_path: Option<&str>) -> Result<Watched, WatchError> {
+    let given = std::fs::canonicalize(raw).map_err(|e| WatchError::Source {
+        spec: raw.to_owned(),
+        why: e.to_string(),
+    })?;
+    let repo = git2::Repository::discover(&given).map_err(|e| WatchError::Source {
+        spec: raw.to_owned(),
+        why: format!("not in a git repository: {}", e.message()),
+    })?;
+    let root = repo.workdir().unwrap_or_else(|| repo.path()).to_path_buf();
+    let root = std::fs::canonicalize(&root).unwrap_or(root);
+    let config_path = match config_path {
+        Some(p) => p.to_owned(),
+        // A directory inside the working tree: the config there.
+        None => match given.strip_prefix(&root) {
+            Ok(rel) if !rel.as_os_str().is_empty() => {
+                format!("{}/{DEFAULT_CONFIG}", rel.to_string_lossy())
+            }
+            _ => DEFAULT_CONFIG.to_owned(),
+        },
+    };
+    let github = repo
+        .find_remote("origin")
+        .ok()
+        .and_then(|r| r.url().ok().and_then(crate::cli::reconcile::github_repo));
+    let name = root.to_string_lossy().trim_end_matches('/').to_owned();
+    Ok(Watched {
+        source: GitSource {
+            name: name.clone(),
+            git_dir: name,
+            config_path,
+            github,
+        },
+        origin: Origin::Local,
+    })
+}
+
+/// What one look at a source found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The production branch (from the file) and its tip.
+    pub branch: String,
+    pub sha: String,
+    /// Objects downloaded in this round (0 for a local repository).
+    pub received_objects: usize,
+}
+
+/// Look at a source once: fetch a URL source into its cache, find the production branch
+/// and its tip. Blocking.
+pub fn look(w: &Watched, branch: Option<&str>) -> Result<Head, WatchError> {
+    let name = w.source.name.as_str();
+    match &w.origin {
+        Origin::Local => {
+            let repo = git2::Repository::open(&w.source.git_dir)
+                .map_err(git_err(name, "cannot open the repository"))?;
+            let candidate = match branch {
+                Some(b) => b.to_owned(),
+                None => {
+                    let head = repo
+                        .find_reference("HEAD")
+                        .map_err(git_err(name, "cannot read HEAD"))?;
+                    head.symbolic_target()
+                        .ok()
+                        .flatten()
+                        .and_then(|t| t.strip_prefix("refs/heads/"))
+                        .map(str::to_owned)
+                        .ok_or_else(|| WatchError::Git {
+                            name: name.to_owned(),
+                            what: "HEAD names no branch".into(),
+                            error: "pass --branch".into(),
+                        })?
+                }
+            };
+            let (branch, sha) = production_tip(&repo, &w.source, &candidate, |_| Ok(()))?;
+            Ok(Head {
+                branch,
+                sha,
+                received_objects: 0,
+            })
+        }
+        Origin::Remote {
+            url,
+            user,
+            password,
+            shallow,
+        } => {
+            let dir = Path::new(&w.source.git_dir);
+            let repo = match git2::Repository::open_bare(dir) {
+                Ok(r) => r,
+                Err(_) => {
+                    if let Some(parent) = dir.parent() {
+                        create_private_dir(parent).map_err(|e| WatchError::Git {
+                            name: name.to_owned(),
+                            what: "cannot create the cache directory".into(),
+                            error: e.to_string(),
+                        })?;
+                    }
+                    git2::Repository::init_bare(dir)
+                        .map_err(git_err(name, "cannot create the cache repository"))?
+                }
+            };
+            let fetcher = Fetcher {
+                repo: &repo,
+                name,
+                url,
+                user: user.as_deref(),
+                password: password.as_ref(),
+                shallow: *shallow,
+            };
+            let candidate = match branch {
+                Some(b) => b.to_owned(),
+                None => fetcher.default_branch()?,
+            };
+            let mut received = fetcher.fetch(&candidate)?;
+            let (branch, sha) = production_tip(&repo, &w.source, &candidate, |b| {
+                received += fetcher.fetch(b)?;
+                Ok(())
+            })?;
+            Ok(Head {
+                branch,
+                sha,
+                received_objects: received,
+            })
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        b.mode(0o700);
+    }
+    b.create(dir)
+}
+
+/// The production branch named by the file at `candidate`'s tip, and that branch's tip
+/// (`fetch` brings it first when it is another branch).
+fn production_tip(
+    repo: &git2::Repository,
+    source: &GitSource,
+    candidate: &str,
+    fetch: impl FnOnce(&str) -> Result<(), WatchError>,
+) -> Result<(String, String), WatchError> {
+    let name = source.name.as_str();
+    let tip = |b: &str| {
+        repo.find_reference(&format!("refs/heads/{b}"))
+            .and_then(|r| r.peel_to_commit())
+            .map(|c| c.id())
+            .map_err(|e| WatchError::Git {
+                name: name.to_owned(),
+                what: format!("branch `{b}`"),
+                error: e.message().to_owned(),
+            })
+    };
+    let first = tip(candidate)?;
+    // An unreadable or invalid file: its own branch is reconciled, and the job reports why
+    // the file does not validate.
+    let production = read_blob(repo, first, &source.config_path)
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|t| {
+            crate::config::load_str(&t, crate::model::Environment::Production)
+                .ok()
+                .map(|(d, _)| d.reconcile.production_branch)
+        });
+    match production {
+        Some(p) if p != candidate => {
+            fetch(&p)?;
+            Ok((p.clone(), tip(&p)?.to_string()))
+        }
+        _ => Ok((candidate.to_owned(), first.to_string())),
+    }
+}
+
+/// A file at a commit; `None` when the commit has no such file.
+fn read_blob(
+    repo: &git2::Repository,
+    commit: git2::Oid,
+    path: &str,
+) -> Result<Option<Vec<u8>>, git2::Error> {
+    let tree = repo.find_commit(commit)?.tree()?;
+    let entry = match tree.get_path(Path::new(path)) {
+        Ok(e) => e,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Ok(blob) = entry.to_object(repo)?.into_blob() else {
+        return Ok(None);
+    };
+    if blob.size() > MAX_FILE_BYTES {
+        return Err(git2::Error::from_str(&format!(
+            "{path} is larger than {MAX_FILE_BYTES} bytes"
+        )));
+    }
+    Ok(Some(blob.content().to_vec()))
+}
+
+/// Fetches into a cache repository, with the URL's credentials given through a callback.
+struct Fetcher<'a> {
+    repo: &'a git2::Repository,
+    name: &'a str,
+    url: &'a str,
+    user: Option<&'a str>,
+    password: Option<&'a SecretString>,
+    shallow: bool,
+}
+
+impl Fetcher<'_> {
+    fn callbacks(&self) -> git2::RemoteCallbacks<'_> {
+        let mut cb = git2::RemoteCallbacks::new();
+        let mut asked = false;
+        let (user, password) = (self.user, self.password);
+        cb.credentials(move |_url, _from_url, allowed| {
+            // libgit2 asks again after a refusal; once is enough to know they are wrong.
+            if asked {
+                return Err(git2::Error::from_str(
+                    "authentication failed with the URL's credentials",
+                ));
+            }
+            asked = true;
+            match (user, password) {
+                (Some(u), Some(p)) if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) => {
+                    git2::Cred::userpass_plaintext(u, p.expose_secret())
+                }
+                // A token alone (`https://TOKEN@host/…`), as GitHub and GitLab accept it.
+                (Some(u), None) if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) => {
+                    git2::Cred::userpass_plaintext(u, "")
+                }
+                _ => Err(git2::Error::from_str(
+                    "the server asks for credentials; put them in the URL (https://USER:TOKEN@host/…)",
+                )),
+            }
+        });
+        cb
+    }
+
+    fn remote(&self) -> Result<git2::Remote<'_>, WatchError> {
+        self.repo
+            .remote_anonymous(self.url)
+            .map_err(git_err(self.name, "bad remote"))
+    }
+
+    /// The remote's advertised HEAD.
+    fn default_branch(&self) -> Result<String, WatchError> {
+        let mut remote = self.remote()?;
+        remote
+            .connect_auth(git2::Direction::Fetch, Some(self.callbacks()), None)
+            .map_err(git_err(self.name, "cannot reach the repository"))?;
+        let head = remote.default_branch().map_err(git_err(
+            self.name,
+            "the repository has no default branch; pass --branch",
+        ))?;
+        let _ = remote.disconnect();
+        let head = head.as_str().unwrap_or_default().to_owned();
+        head.strip_prefix("refs/heads/")
+            .map(str::to_owned)
+            .ok_or_else(|| WatchError::Git {
+                name: self.name.to_owned(),
+                what: "the default branch".into(),
+                error: format!("`{head}` is not a branch; pass --branch"),
+            })
+    }
+
+    /// Fetch one branch; returns how many objects came.
+    fn fetch(&self, branch: &str) -> Result<usize, WatchError> {
+        let mut remote = self.remote()?;
+        let mut opts = git2::FetchOptions::new();
+        opts.remote_callbacks(self.callbacks());
+        opts.download_tags(git2::AutotagOption::None);
+        if self.shallow {
+            opts.depth(1);
+        }
+        remote
+            .fetch(
+                &[format!("+refs/heads/{branch}:refs/heads/{branch}")],
+                Some(&mut opts),
+                None,
+            )
+            .map_err(git_err(self.name, format!("cannot fetch `{branch}`")))?;
+        Ok(remote.stats().received_objects())
+    }
+}
+
+/// The config file of a watched repository at exactly `sha` (the worker's read). `None`
+/// when the commit has no such file.
+pub async fn read_config(g: &GitSource, sha: &str) -> Result<Option<Vec<u8>>, JobError> {
+    let (dir, path, sha) = (g.git_dir.clone(), g.config_path.clone(), sha.to_owned());
+    let name = g.name.clone();
+    tokio::task::spawn_blocking(move || {
+        let repo = git2::Repository::open(&dir)
+            .map_err(|e| JobError::Retry(format!("{name}: cannot open: {}", e.message())))?;
+        let oid = git2::Oid::from_str(&sha)
+            .map_err(|_| JobError::Fail(format!("`{sha}` is not a commit id")))?;
+        if repo.find_commit(oid).is_err() {
+            return Err(JobError::Fail(format!(
+                "{name}: commit {sha} is not in the repository (history rewritten?)"
+            )));
+        }
+        read_blob(&repo, oid, &path)
+            .map_err(|e| JobError::Fail(format!("{name}: {path} at {sha}: {}", e.message())))
+    })
+    .await
+    .map_err(|e| JobError::Retry(e.to_string()))?
+}
+
+/// What a GitHub job would put in a commit status, in the log instead.
+pub fn log_outcome(g: &GitSource, sha: &str, context: &str, state: StatusState, text: &str) {
+    let source = g.name.as_str();
+    match state {
+        StatusState::Pending => {
+            tracing::info!(source, sha, check = context, "git watch: {text}")
+        }
+        StatusState::Success => {
+            tracing::info!(source, sha, check = context, "git watch: success: {text}")
+        }
+        StatusState::Failure | StatusState::Error => {
+            tracing::error!(source, sha, check = context, "git watch: failed: {text}")
+        }
+    }
+}
+
+/// Start one polling task per source. Sources are parsed first: a path that is not a
+/// repository or an unsupported URL stops the server from starting.
+pub fn spawn(
+    config: &WatchConfig,
+    queue: Arc<StoreQueue>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, WatchError> {
+    let watched = config
+        .sources
+        .iter()
+        .map(|s| parse_source(s, config.config_path.as_deref(), &config.cache_dir))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(watched
+        .into_iter()
+        .map(|w| {
+            let (queue, mut stop) = (queue.clone(), stop.clone());
+            let (interval, branch) = (config.interval, config.branch.clone());
+            tokio::spawn(async move {
+                let w = Arc::new(w);
+                tracing::info!(
+                    source = %w.source.name,
+                    config = %w.source.config_path,
+                    every = ?interval,
+                    "watching a git repository"
+                );
+                loop {
+                    round(&w, branch.as_deref(), &queue, interval).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                }
+            })
+        })
+        .collect())
+}
+
+/// One look at a source: queue its production head if production does not run it, and a
+/// drift check when the file's schedule is due.
+async fn round(w: &Arc<Watched>, branch: Option<&str>, queue: &Arc<StoreQueue>, every: Duration) {
+    let looked = {
+        let (w, branch) = (w.clone(), branch.map(str::to_owned));
+        tokio::task::spawn_blocking(move || look(&w, branch.as_deref())).await
+    };
+    let head = match looked {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, next_try = ?every, "git watch: cannot read the repository");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "git watch: the polling task failed");
+            return;
+        }
+    };
+    tracing::debug!(source = %w.source.name, branch = %head.branch, sha = %head.sha, received = head.received_objects, "git watch: looked");
+    let (q, w2) = (queue.clone(), w.clone());
+    let queued =
+        tokio::task::spawn_blocking(move || enqueue(&q, &w2.source, &head, chrono::Utc::now()))
+            .await;
+    match queued {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(source = %w.source.name, error = %e, "git watch: cannot queue")
+        }
+        Err(e) => tracing::error!(error = %e, "git watch: the queue task failed"),
+    }
+}
+
+/// Queue what a look found (blocking): the head if it is not what production runs, and a
+/// drift check when due.
+pub fn enqueue(
+    queue: &StoreQueue,
+    source: &GitSource,
+    head: &Head,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), String> {
+    let row = {
+        let store = queue.0.lock().unwrap_or_else(|e| e.into_inner());
+        store
+            .production_repositories()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|r| r.installation == WATCH_INSTALLATION && r.repo == source.name)
+    };
+    let reconciled = row.as_ref().and_then(|r| r.reconciled.clone());
+    if reconciled.as_deref() != Some(head.sha.as_str()) {
+        // Once per commit and production state: an invalid commit fails once, not every
+        // interval; returning to an older commit after a newer one ran is a new delivery.
+        let id = format!(
+            "watch:{}@{}:after:{}",
+            source.name,
+            head.sha,
+            reconciled.as_deref().unwrap_or("none")
+        );
+        let delivery = IncomingDelivery {
+            id,
+            event: "watch".into(),
+            intents: vec![Intent::Watched {
+                source: source.clone(),
+                branch: head.branch.clone(),
+                sha: head.sha.clone(),
+                drift: false,
+            }],
+            ignored: Vec::new(),
+        };
+        if let Recorded::New { .. } = queue.record(&delivery)? {
+            tracing::info!(source = %source.name, branch = %head.branch, sha = %head.sha, "git watch: new commit; reconcile queued");
+        }
+        return Ok(());
+    }
+    let Some(row) = row else { return Ok(()) };
+    let (Some(sha), Some(cron)) = (&row.reconciled, &row.drift_cron) else {
+        return Ok(());
+    };
+    let Some(due) = drift_due(cron, row.drift_checked_at, now) else {
+        return Ok(());
+    };
+    let intent = Intent::Watched {
+        source: source.clone(),
+        branch: row.branch.clone(),
+        sha: sha.clone(),
+        drift: true,
+    };
+    let (serial_repo, key) = intent.serial_key();
+    let json = serde_json::to_string(&intent).map_err(|e| e.to_string())?;
+    let id = format!("watch-drift:{}@{}:{}", source.name, sha, due.timestamp());
+    let mut store = queue.0.lock().unwrap_or_else(|e| e.into_inner());
+    store
+        .record_delivery(&id, "drift", "", &[(serial_repo, key, json)])
+        .map_err(|e| e.to_string())?;
+    store
+        .drift_checked(&source.name, now.timestamp_millis())
+        .map_err(|e| e.to_string())
+}
+
+/// When the drift cron came due since it was last looked at, or `None` if it has not (the
+/// same rule as `serve::drift_once`: one check however many times were missed).
+pub fn drift_due(
+    cron: &str,
+    checked_at_ms: Option<i64>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    use croner::parser::{CronParser, Seconds, Year};
+    let cron = CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .build()
+        .parse(cron)
+        .ok()?;
+    let from = checked_at_ms
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .unwrap_or(now);
+    let due = cron.find_next_occurrence(&from, false).ok()?;
+    (due <= now).then_some(due)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_credentials_stay_out_of_the_name_and_the_cache_path() {
+        let spec = SecretString::from("https://bot:s3cr%40t@git.example.com/team/app.git");
+        let w = parse_source(&spec, None, Path::new("cache")).unwrap();
+        assert_eq!(w.source.name, "https://git.example.com/team/app.git");
+        assert!(!w.source.git_dir.contains("s3cr"));
+        assert!(!w.source.git_dir.contains("bot"));
+        assert!(!format!("{w:?}").contains("s3cr"));
+        let Origin::Remote { user, password, .. } = &w.origin else {
+            panic!("a URL is remote")
+        };
+        assert_eq!(user.as_deref(), Some("bot"));
+        assert_eq!(password.as_ref().unwrap().expose_secret(), "s3cr@t");
+        // The same repository with other credentials shares the cache.
+        let other = parse_source(
+            &SecretString::from("https://git.example.com/team/app.git"),
+            None,
+            Path::new("cache"),
+        )
+        .unwrap();
+        assert_eq!(other.source.git_dir, w.source.git_dir);
+    }
+
+    #[test]
+    fn ssh_and_unknown_schemes_are_refused_clearly() {
+        for s in [
+            "ssh://git@example.com/a/b.git",
+            "git@example.com:a/b.git",
+            "ftp://example.com/a",
+        ] {
+            let e = parse_source(&SecretString::from(s), None, Path::new("c")).unwrap_err();
+            assert!(
+                e.to_string().contains("not supported") || e.to_string().contains("unsupported"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn github_urls_are_deployed_from_github() {
+        let w = parse_source(
+            &SecretString::from("https://x-access-token:t@github.com/acme/shop.git"),
+            None,
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(w.source.github.as_deref(), Some("acme/shop"));
+    }
+
+    #[test]
+    fn drift_is_due_once_after_the_schedule_passes() {
+        let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let checked = t("2026-01-01T10:00:30Z").timestamp_millis();
+        assert_eq!(
+            drift_due("*/15 * * * *", Some(checked), t("2026-01-01T10:10:00Z")),
+            None
+        );
+        assert_eq!(
+            drift_due("*/15 * * * *", Some(checked), t("2026-01-01T11:00:00Z")),
+            Some(t("2026-01-01T10:15:00Z"))
+        );
+        assert_eq!(
+            drift_due("not a cron", Some(checked), t("2026-01-01T11:00:00Z")),
+            None
+        );
+    }
+}
