@@ -47,6 +47,36 @@ const FAILED: u8 = 1;
 const NOT_EXECUTABLE: u8 = 126;
 const NOT_FOUND: u8 = 127;
 
+/// `telbase exec …` parsed on its own (see `cli::run`); help and errors read as they do
+/// through the full command tree.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "telbase exec",
+    version,
+    about = "Open the sealed values in the environment and exec a command with their plaintexts"
+)]
+struct ExecOnly {
+    #[command(flatten)]
+    args: ExecArgs,
+}
+
+/// Entry point for `telbase exec` from `main`: arguments after `exec` only.
+pub fn exec_main() -> ExitCode {
+    use clap::Parser as _;
+    let argv = std::iter::once(OsString::from("telbase exec")).chain(std::env::args_os().skip(2));
+    match ExecOnly::try_parse_from(argv) {
+        Ok(parsed) => exec_cmd(&parsed.args),
+        Err(e) => {
+            let _ = e.print();
+            if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
 pub fn exec_cmd(args: &ExecArgs) -> ExitCode {
     let prepared = match prepare(args) {
         Ok(p) => p,

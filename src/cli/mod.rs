@@ -93,6 +93,13 @@ pub enum OutputFormat {
 
 /// Entry point of the binary.
 pub fn run() -> ExitCode {
+    // `telbase exec` starts every process of a deployment, so its start-up cost is paid on
+    // each one (the secrets issue's speed target): it parses only its own arguments rather
+    // than building the whole command tree, and sets up no logging (it writes its few
+    // errors to standard error itself).
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("exec")) {
+        return exec::exec_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
