@@ -60,6 +60,7 @@ fn server_config(emu: &telbase::emulator::Handle, dir: &std::path::Path, pem: &s
         lease: Duration::from_secs(60),
         poll: None,
         drift_tick: None,
+        sweep: None,
     }
 }
 
