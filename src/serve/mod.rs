@@ -390,6 +390,9 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     pub queue: Arc<queue::StoreQueue>,
     pub metrics: Arc<Metrics>,
+    /// What the workers run jobs with (the sweep and tests use its GitHub client and
+    /// provider settings).
+    pub reconciler: Arc<worker::Reconciler>,
     shutdown: tokio::sync::watch::Sender<bool>,
     http: tokio::task::JoinHandle<()>,
     workers: Vec<tokio::task::JoinHandle<()>>,
@@ -533,6 +536,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         addr,
         queue,
         metrics,
+        reconciler,
         shutdown: tx,
         http,
         workers,
