@@ -216,3 +216,85 @@ impl RunRows for SqliteStore {
             .map_err(|e| self.err(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str, pr: Option<u64>, sha: &str, mode: &str, outcome: &str, at: i64) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            repo: "acme/notes".into(),
+            environment: pr.map_or("production".into(), |n| format!("preview-{n}")),
+            pull_request: pr,
+            sha: sha.into(),
+            branch: "feature".into(),
+            trigger: "pr".into(),
+            mode: mode.into(),
+            job_id: None,
+            started_at: at,
+            ended_at: Some(at + 5),
+            outcome: outcome.into(),
+            summary: "Applied".into(),
+            plan: "notes: planned changes".into(),
+            report: "[]".into(),
+            preview_ttl_seconds: Some(3600),
+        }
+    }
+
+    #[test]
+    fn held_previews_are_those_not_torn_down_since_and_old_runs_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        s.save_run(&run("p1", None, "a", "apply", "success", 10))
+            .unwrap();
+        s.save_run(&run("a1", Some(1), "b", "apply", "success", 20))
+            .unwrap();
+        s.save_run(&run("t1", Some(1), "b", "teardown", "success", 30))
+            .unwrap();
+        s.save_run(&run("a2", Some(2), "c", "apply", "success", 40))
+            .unwrap();
+        s.save_run(&run("t2", Some(2), "c", "teardown", "failure", 50))
+            .unwrap();
+        s.save_run(&run("a3", Some(3), "d", "apply", "running", 60))
+            .unwrap();
+        let held: Vec<String> = s
+            .held_previews()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            held,
+            ["t2", "a3"],
+            "a failed teardown still holds its preview"
+        );
+        assert!(s.has_preview_run("acme/notes", 1, "b").unwrap());
+        assert!(!s.has_preview_run("acme/notes", 1, "c").unwrap());
+        assert!(!s.has_preview_run("acme/notes", 2, "x").unwrap());
+
+        // Saving again updates the end and outcome, never the identity.
+        let mut done = run("a3", Some(3), "d", "apply", "success", 60);
+        done.summary = "Applied: 1 created".into();
+        done.repo = "other/repo".into();
+        s.save_run(&done).unwrap();
+        let got = s.run("a3").unwrap().unwrap();
+        assert_eq!(
+            (got.outcome.as_str(), got.repo.as_str()),
+            ("success", "acme/notes")
+        );
+        assert_eq!(got.summary, "Applied: 1 created");
+
+        let page: Vec<String> = s
+            .runs_of("acme/notes", 2, 1)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(page, ["t2", "a2"], "newest first, paginated");
+        assert_eq!(s.prune_runs(35).unwrap(), 3);
+        assert!(s.run("p1").unwrap().is_none());
+        assert_eq!(s.runs_of("acme/notes", 50, 0).unwrap().len(), 3);
+        assert_eq!(s.job_event(12345).unwrap(), None);
+    }
+}
