@@ -212,7 +212,8 @@ fn trigger(event: Option<&str>, mode: &str, preview: bool) -> &'static str {
     }
 }
 
-/// The routes of the run pages, with HSTS like every other answer.
+/// The routes of the run pages, with HSTS like every other answer. Links between pages are
+/// relative, so the pages work below a path prefix of a proxy (`https://host/telbase/runs/…`).
 pub fn router(log: Arc<dyn RunLog>) -> Router {
     Router::new()
         .route("/runs", get(list))
@@ -357,7 +358,7 @@ fn render_run(run: &RunRecord) -> String {
         (
             "Repository",
             format!(
-                "<a href=\"https://github.com/{0}\">{1}</a> · <a href=\"/runs?repo={2}\">all runs</a>",
+                "<a href=\"https://github.com/{0}\">{1}</a> · <a href=\"../runs?repo={2}\">all runs</a>",
                 esc(&run.repo),
                 esc(&run.repo),
                 esc(&enc(&run.repo))
@@ -486,7 +487,7 @@ async fn list(State(log): State<Arc<dyn RunLog>>, Query(q): Query<ListQuery>) ->
         out.push_str("<table><tr><th>Started</th><th>Environment</th><th>Commit</th><th>Trigger</th><th>Outcome</th><th>Summary</th></tr>");
         for r in &runs {
             out.push_str(&format!(
-                "<tr><td><a href=\"/runs/{}\">{}</a></td><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"runs/{}\">{}</a></td><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td></tr>",
                 esc(&r.id),
                 esc(&time(r.started_at)),
                 esc(&r.environment),
@@ -501,7 +502,7 @@ async fn list(State(log): State<Arc<dyn RunLog>>, Query(q): Query<ListQuery>) ->
     }
     let link = |p: usize, label: &str| {
         format!(
-            "<a href=\"/runs?repo={}&amp;page={p}\">{label}</a>",
+            "<a href=\"runs?repo={}&amp;page={p}\">{label}</a>",
             esc(&enc(&repo))
         )
     };
