@@ -147,7 +147,8 @@ async fn poll_pulls_as(
                         head_branch: p.head_branch.clone(),
                     };
                     let when = p.closed_at.unwrap_or_else(|| p.head_sha.clone());
-                    let id = format!("{event}:{repo}#{n}:closed@{when}");
+                    // The same id from the poll and the sweep: one teardown per closing.
+                    let id = format!("poll:{repo}#{n}:closed@{when}");
                     if queue_once(queue, id, event, intent).await? {
                         tracing::info!(
                             repo,
