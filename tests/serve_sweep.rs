@@ -363,3 +363,45 @@ async fn previews_follow_pull_requests_without_webhooks() {
     running.stop().await;
     emu.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_pull_requests_are_read_across_pages() {
+    let Some((pem, public)) = app_key() else {
+        return;
+    };
+    let emu = emu::start(Config::default()).await;
+    let pulls: Vec<Value> = (1..=230u64)
+        .map(|n| {
+            json!({"repo": "acme/notes", "number": n, "sha": format!("{n:040}"),
+                   "head_branch": format!("b{n}"), "state": if n % 10 == 0 { "closed" } else { "open" },
+                   "head_repo": if n == 7 { "mallory/notes" } else { "acme/notes" }})
+        })
+        .collect();
+    emu.github_seed(&json!({
+        "app_id": 42,
+        "app_public_key_der_b64": base64::engine::general_purpose::STANDARD.encode(public),
+        "installations": [{"id": 7, "account": "acme", "repos": ["acme/notes"]}],
+        "pulls": pulls,
+    }))
+    .unwrap();
+    let gh = telbase::github::app::GitHubApp::new(&telbase::github::app::AppConfig {
+        app_id: 42,
+        private_key: secrecy::SecretString::from(pem.clone()),
+        base_url: format!("{}/github", emu.url()),
+    })
+    .unwrap();
+    let open = gh.open_pulls(7, "acme/notes").await.unwrap();
+    assert_eq!(open.len(), 207, "three pages, closed ones left out");
+    let numbers: std::collections::BTreeSet<u64> = open.iter().map(|p| p.number).collect();
+    assert_eq!(numbers.len(), 207);
+    assert!(!numbers.contains(&10) && numbers.contains(&229));
+    let fork = open.iter().find(|p| p.number == 7).unwrap();
+    assert!(fork.from_fork);
+    assert!(open.iter().filter(|p| p.number != 7).all(|p| !p.from_fork));
+    assert_eq!(open[0].head_sha.len(), 40);
+    let closed = gh.pull(7, "acme/notes", 20).await.unwrap().unwrap();
+    assert_eq!(closed.state, "closed");
+    assert!(closed.closed_at.is_some());
+    assert_eq!(gh.pull(7, "acme/notes", 999).await.unwrap(), None);
+    emu.stop().await;
+}
