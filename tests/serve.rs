@@ -61,6 +61,7 @@ fn server_config(emu: &telbase::emulator::Handle, dir: &std::path::Path, pem: &s
         poll: None,
         drift_tick: None,
         watch: None,
+        sweep: None,
     }
 }
 

@@ -95,6 +95,7 @@ fn server_config(emu: &telbase::emulator::Handle, dir: &Path, sources: Vec<Strin
         lease: Duration::from_secs(60),
         poll: None,
         drift_tick: None,
+        sweep: None,
         watch: Some(WatchConfig {
             sources: sources.into_iter().map(SecretString::from).collect(),
             interval: INTERVAL,

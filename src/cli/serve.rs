@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// reconciled (catches webhooks GitHub failed to deliver); 0 turns polling off.
     #[arg(long, env = "TELBASE_POLL_SECONDS", default_value_t = 300)]
     pub poll_seconds: u64,
+    /// Seconds between preview sweeps (previews whose pull request closed, idle past their
+    /// TTL, or orphaned at a provider; run records past retention); 0 turns it off.
+    #[arg(long, env = "TELBASE_SWEEP_SECONDS", default_value_t = 900)]
+    pub sweep_seconds: u64,
     /// GitHub's API (GitHub Enterprise Server: https://HOST/api/v3).
     #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
     pub github_api_url: String,
@@ -101,6 +105,7 @@ fn config(args: &ServeArgs) -> anyhow::Result<ServeConfig> {
             .then(|| std::time::Duration::from_secs(args.poll_seconds)),
         // Cron schedules have minute resolution: looking twice a minute is enough.
         drift_tick: Some(std::time::Duration::from_secs(30)),
+        sweep: (args.sweep_seconds > 0).then(|| std::time::Duration::from_secs(args.sweep_seconds)),
         key_rotation: std::env::var_os("TELBASE_MASTER_KEY_FILE")
             .filter(|p| !p.is_empty() && args.key_rotation_days > 0)
             .map(|p| serve::KeyRotation {

@@ -42,6 +42,21 @@ pub(crate) struct State {
     pub(crate) redeliveries: Vec<String>,
     /// (repo, branch) → head commit.
     branches: BTreeMap<(String, String), String>,
+    /// (repo, number) → pull request (seeded; the polling fallback lists the open ones).
+    pulls: BTreeMap<(String, u64), Pull>,
+}
+
+struct Pull {
+    id: u64,
+    state: String,
+    head_sha: String,
+    head_branch: String,
+    /// The head repository's full name (another one for a fork).
+    head_repo: String,
+    base_branch: String,
+    title: String,
+    created_ms: u64,
+    closed_ms: Option<u64>,
 }
 
 struct Installation {
@@ -144,6 +159,49 @@ pub(crate) fn seed(s: &mut State, body: &Value) -> Result<Value, String> {
         let name = b["branch"].as_str().ok_or("branch name")?.to_owned();
         let sha = b["sha"].as_str().ok_or("branch sha")?.to_owned();
         s.branches.insert((repo, name), sha);
+    }
+    // `{"pulls": [{"repo", "number", "sha", "head_branch", "state": "open"|"closed",
+    // "head_repo"?, "title"?}]}`: a pull request seeded again (same repo and number) is
+    // updated, which is how tests close one without a webhook.
+    for p in body
+        .get("pulls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let repo = p["repo"].as_str().ok_or("pull repo")?.to_owned();
+        let number = p["number"].as_u64().ok_or("pull number")?;
+        let state = p["state"].as_str().unwrap_or("open").to_owned();
+        if state != "open" && state != "closed" {
+            return Err("pull state must be open or closed".into());
+        }
+        let id = s.id();
+        let now = now_ms();
+        let pull = s.pulls.entry((repo.clone(), number)).or_insert(Pull {
+            id,
+            state: String::new(),
+            head_sha: String::new(),
+            head_branch: String::new(),
+            head_repo: repo.clone(),
+            base_branch: "main".into(),
+            title: format!("Pull request {number}"),
+            created_ms: now,
+            closed_ms: None,
+        });
+        if let Some(sha) = p["sha"].as_str() {
+            pull.head_sha = sha.to_owned();
+        }
+        if let Some(b) = p["head_branch"].as_str() {
+            pull.head_branch = b.to_owned();
+        }
+        if let Some(r) = p["head_repo"].as_str() {
+            pull.head_repo = r.to_owned();
+        }
+        if let Some(t) = p["title"].as_str() {
+            pull.title = t.to_owned();
+        }
+        pull.closed_ms = (state == "closed").then_some(now);
+        pull.state = state;
     }
     if let Some(n) = body.get("rate_limit_remaining").and_then(Value::as_u64) {
         s.remaining = n;
@@ -383,6 +441,62 @@ pub(crate) fn route(
                 }),
             )
         }
+        ("GET", ["repos", owner, repo, "pulls"]) => {
+            let full = format!("{owner}/{repo}");
+            if !may_see(&full) {
+                return gh_error(404, "Not Found");
+            }
+            let state = q("state").unwrap_or("open");
+            if !matches!(state, "open" | "closed" | "all") {
+                return gh_error(422, "Validation Failed: state");
+            }
+            let per_page = q("per_page")
+                .and_then(|p| p.parse::<usize>().ok())
+                .unwrap_or(30)
+                .clamp(1, 100);
+            let page = q("page")
+                .and_then(|p| p.parse::<usize>().ok())
+                .unwrap_or(1)
+                .max(1);
+            let account = owner.to_string();
+            // Newest first, GitHub's default (sort=created, direction=desc).
+            let all: Vec<Value> = s
+                .pulls
+                .iter()
+                .rev()
+                .filter(|((r, _), p)| *r == full && (state == "all" || p.state == state))
+                .map(|((_, n), p)| pull_json(s, &full, *n, p, &account, false))
+                .collect();
+            let items: Vec<Value> = all
+                .iter()
+                .skip((page - 1) * per_page)
+                .take(per_page)
+                .cloned()
+                .collect();
+            let mut a = Answer::ok(200, Value::Array(items));
+            if page * per_page < all.len() {
+                a.headers.push((
+                    "link",
+                    format!(
+                        "<https://api.github.com/repos/{full}/pulls?state={state}&per_page={per_page}&page={}>; rel=\"next\"",
+                        page + 1
+                    ),
+                ));
+            }
+            a
+        }
+        ("GET", ["repos", owner, repo, "pulls", n]) => {
+            let full = format!("{owner}/{repo}");
+            let Some(p) = n
+                .parse::<u64>()
+                .ok()
+                .filter(|_| may_see(&full))
+                .and_then(|n| s.pulls.get(&(full.clone(), n)).map(|p| (n, p)))
+            else {
+                return gh_error(404, "Not Found");
+            };
+            Answer::ok(200, pull_json(s, &full, p.0, p.1, owner, true))
+        }
         ("POST", ["repos", owner, repo, "statuses", sha]) => {
             let full = format!("{owner}/{repo}");
             if !may_see(&full) {
@@ -507,6 +621,79 @@ fn user_json(login: &str, id: u64, kind: &str) -> Value {
            "organizations_url": format!("{api}/orgs"), "received_events_url": format!("{api}/received_events"),
            "repos_url": format!("{api}/repos"), "starred_url": format!("{api}/starred{{/owner}}{{/repo}}"),
            "subscriptions_url": format!("{api}/subscriptions")})
+}
+
+/// A pull request as GitHub lists it (`pull-request-simple`), or in full (`pull-request`).
+fn pull_json(s: &State, full: &str, n: u64, p: &Pull, account: &str, detail: bool) -> Value {
+    let api = format!("https://api.github.com/repos/{full}");
+    let html = format!("https://github.com/{full}/pull/{n}");
+    let link = |href: String| json!({"href": href});
+    let head_owner = p.head_repo.split('/').next().unwrap_or(account);
+    let side = |r: &str, branch: &str, sha: &str, who: &str| {
+        json!({"label": format!("{who}:{branch}"), "ref": branch, "sha": sha,
+               "user": user_json(who, 9, "Organization"), "repo": repo_json(s, r, who)})
+    };
+    let base_sha = s
+        .branches
+        .get(&(full.to_owned(), p.base_branch.clone()))
+        .cloned()
+        .unwrap_or_else(|| "0".repeat(40));
+    let mut v = json!({
+        "url": format!("{api}/pulls/{n}"), "id": p.id, "node_id": format!("PR_{}", p.id),
+        "html_url": html, "diff_url": format!("{html}.diff"), "patch_url": format!("{html}.patch"),
+        "issue_url": format!("{api}/issues/{n}"), "commits_url": format!("{api}/pulls/{n}/commits"),
+        "review_comments_url": format!("{api}/pulls/{n}/comments"),
+        "review_comment_url": format!("{api}/pulls/comments{{/number}}"),
+        "comments_url": format!("{api}/issues/{n}/comments"),
+        "statuses_url": format!("{api}/statuses/{}", p.head_sha),
+        "number": n, "state": p.state, "locked": false, "title": p.title,
+        "user": user_json("ada", 10, "User"), "body": null, "labels": [], "milestone": null,
+        "active_lock_reason": null, "created_at": rfc3339(p.created_ms),
+        "updated_at": rfc3339(p.closed_ms.unwrap_or(p.created_ms)),
+        "closed_at": p.closed_ms.map(rfc3339), "merged_at": null, "merge_commit_sha": null,
+        "assignee": null, "assignees": [], "requested_reviewers": [], "requested_teams": [],
+        "author_association": "MEMBER", "auto_merge": null, "draft": false,
+    });
+    // Set apart: one json! literal this size exceeds the macro recursion limit.
+    v["head"] = side(&p.head_repo, &p.head_branch, &p.head_sha, head_owner);
+    v["base"] = side(full, &p.base_branch, &base_sha, account);
+    let mut links = serde_json::Map::new();
+    for (k, href) in [
+        ("self", format!("{api}/pulls/{n}")),
+        ("html", html.clone()),
+        ("issue", format!("{api}/issues/{n}")),
+        ("comments", format!("{api}/issues/{n}/comments")),
+        ("review_comments", format!("{api}/pulls/{n}/comments")),
+        ("review_comment", format!("{api}/pulls/comments{{/number}}")),
+        ("commits", format!("{api}/pulls/{n}/commits")),
+        ("statuses", format!("{api}/statuses/{}", p.head_sha)),
+    ] {
+        links.insert(k.into(), link(href));
+    }
+    v["_links"] = Value::Object(links);
+    if detail {
+        for (k, x) in [
+            ("merged", json!(false)),
+            ("mergeable", Value::Null),
+            ("rebaseable", Value::Null),
+            ("mergeable_state", json!("unknown")),
+            ("merged_by", Value::Null),
+            ("comments", json!(0)),
+            ("review_comments", json!(0)),
+            ("maintainer_can_modify", json!(false)),
+            ("commits", json!(1)),
+            ("additions", json!(1)),
+            ("deletions", json!(0)),
+            ("changed_files", json!(1)),
+        ] {
+            v[k] = x;
+        }
+    }
+    v
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
 }
 
 fn bot_user() -> Value {

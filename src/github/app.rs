@@ -417,6 +417,52 @@ impl GitHubApp {
         Ok(())
     }
 
+    /// A repository's open pull requests (every page), for the polling fallback.
+    pub async fn open_pulls(
+        &self,
+        installation: u64,
+        repo: &str,
+    ) -> Result<Vec<PullRequest>, GitHubError> {
+        let c = self.installation(installation)?;
+        let what = format!("open pull requests of {repo}");
+        let mut out = Vec::new();
+        // At most 100 pages of 100: a bound, so a misbehaving server cannot loop us.
+        for page in 1..=100u32 {
+            let list: Vec<Value> = c
+                .get(
+                    format!("/repos/{repo}/pulls"),
+                    Some(&json!({"state": "open", "per_page": 100, "page": page})),
+                )
+                .await
+                .map_err(|e| map_err(&what, e))?;
+            let n = list.len();
+            out.extend(list.iter().filter_map(|v| PullRequest::from_json(v, repo)));
+            if n < 100 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One pull request, or `None` when it does not exist (or the App cannot see it).
+    pub async fn pull(
+        &self,
+        installation: u64,
+        repo: &str,
+        number: u64,
+    ) -> Result<Option<PullRequest>, GitHubError> {
+        let c = self.installation(installation)?;
+        let what = format!("pull request #{number} of {repo}");
+        let got: Result<Value, _> = c
+            .get(format!("/repos/{repo}/pulls/{number}"), None::<&()>)
+            .await;
+        match got.map_err(|e| map_err(&what, e)) {
+            Ok(v) => Ok(PullRequest::from_json(&v, repo)),
+            Err(GitHubError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The App's most recent webhook deliveries, newest first (the polling fallback finds
     /// deliveries that failed to reach the server and asks GitHub to redeliver them).
     pub async fn deliveries(&self, per_page: u8) -> Result<Vec<Delivery>, GitHubError> {
@@ -427,5 +473,32 @@ impl GitHubApp {
             )
             .await
             .map_err(|e| map_err("webhook deliveries", e))
+    }
+}
+
+/// What the polling fallback needs of a pull request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    pub number: u64,
+    /// `open` or `closed`.
+    pub state: String,
+    pub head_sha: String,
+    pub head_branch: String,
+    /// The head branch lives in another repository (a fork, or a deleted one): never
+    /// previewed, as with webhooks.
+    pub from_fork: bool,
+    pub closed_at: Option<String>,
+}
+
+impl PullRequest {
+    fn from_json(v: &Value, repo: &str) -> Option<PullRequest> {
+        Some(PullRequest {
+            number: v["number"].as_u64()?,
+            state: v["state"].as_str()?.to_owned(),
+            head_sha: v["head"]["sha"].as_str()?.to_owned(),
+            head_branch: v["head"]["ref"].as_str()?.to_owned(),
+            from_fork: v["head"]["repo"]["full_name"].as_str() != Some(repo),
+            closed_at: v["closed_at"].as_str().map(str::to_owned),
+        })
     }
 }

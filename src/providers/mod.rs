@@ -120,6 +120,20 @@ pub trait Provider: Send + Sync {
         scope: &'a Scope,
     ) -> BoxFuture<'a, Result<Vec<Observed>, ProviderError>>;
 
+    /// The pull-request numbers of `project`'s preview environments that have resources
+    /// here, read from the ownership markers (so only what Telbase made for this project is
+    /// named). The preview sweep tears each one whose pull request is not open down through
+    /// the planner. Providers whose markers do not name the environment in a listable way
+    /// (Turso's are hashes) report none; the other providers of the same preview are still
+    /// cleaned by that teardown.
+    fn preview_environments<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<u64>, ProviderError>> {
+        let _ = project;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Carry out one change. One idempotent attempt: run again after a crash, it finishes
     /// the work without creating a second copy. `desired` is the whole state, for clients
     /// that create several of their resources in one call (a Neon project with its

@@ -881,6 +881,35 @@ impl Provider for Neon {
         Box::pin(self.observe_all(scope))
     }
 
+    fn preview_environments<'a>(
+        &'a self,
+        project: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<u64>, ProviderError>> {
+        Box::pin(async move {
+            let scope = Scope {
+                project: project.to_owned(),
+                environment: Environment::Production,
+                git: None,
+            };
+            let mut out = std::collections::BTreeSet::new();
+            // Owned projects only (both marks), and of those only branches annotated with
+            // a preview environment.
+            for o in self.owned_projects(&scope).await? {
+                for b in &o.branches {
+                    if let Some(n) = b
+                        .pointer(&format!("/annotations/{NEON_ENVIRONMENT_ANNOTATION}"))
+                        .and_then(Value::as_str)
+                        .and_then(|l| l.strip_prefix("pr-"))
+                        .and_then(|n| n.parse::<u64>().ok())
+                    {
+                        out.insert(n);
+                    }
+                }
+            }
+            Ok(out.into_iter().collect())
+        })
+    }
+
     fn apply<'a>(
         &'a self,
         scope: &'a Scope,

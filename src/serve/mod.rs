@@ -10,6 +10,8 @@
 
 pub mod metrics;
 pub mod queue;
+pub mod runs;
+pub mod sweep;
 pub mod watch;
 pub mod worker;
 
@@ -327,6 +329,9 @@ pub struct ServeConfig {
     /// Git repositories to poll (`--watch`). With sources and no webhook secret the server
     /// runs without GitHub: the App is not used and every webhook is refused.
     pub watch: Option<watch::WatchConfig>,
+    /// How often the preview sweep runs (closed, expired and orphaned previews; old run
+    /// records); `None`: never.
+    pub sweep: Option<std::time::Duration>,
 }
 
 /// Scheduled master-key rotation: when the keyring file was last written (by a rotation or
@@ -391,6 +396,9 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     pub queue: Arc<queue::StoreQueue>,
     pub metrics: Arc<Metrics>,
+    /// What the workers run jobs with (the sweep and tests use its GitHub client and
+    /// provider settings).
+    pub reconciler: Arc<worker::Reconciler>,
     shutdown: tokio::sync::watch::Sender<bool>,
     http: tokio::task::JoinHandle<()>,
     workers: Vec<tokio::task::JoinHandle<()>>,
@@ -429,6 +437,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         metrics: metrics.clone(),
         concurrency: 8,
         public_url: config.public_url.clone(),
+        runs: Some(queue.clone()),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -447,7 +456,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         metrics: metrics.clone(),
         bad_signatures: BadSignatures::default(),
     });
-    let app = router(state);
+    let app = router(state).merge(runs::router(queue.clone()));
     let mut stop_http = rx.clone();
     let http = tokio::spawn(async move {
         let _ = axum::serve(
@@ -489,6 +498,23 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
                 }
                 if let Err(e) = poll_once(&queue, &github).await {
                     tracing::warn!(error = %e, "polling GitHub failed; trying again next time");
+                }
+            }
+        });
+    }
+    if let Some(every) = config.sweep {
+        let (queue, reconciler, mut stop) = (queue.clone(), reconciler.clone(), rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                match sweep::sweep_once(&queue, &reconciler, chrono::Utc::now()).await {
+                    Ok(r) => tracing::debug!(report = ?r, "preview sweep"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the preview sweep failed; it runs again next time")
+                    }
                 }
             }
         });
@@ -538,6 +564,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         addr,
         queue,
         metrics,
+        reconciler,
         shutdown: tx,
         http,
         workers,
@@ -607,7 +634,10 @@ pub async fn poll_once(
             queued += 1;
         }
     }
-    Ok(queued)
+    // Open pull requests too: previews for head commits that never had one, teardowns for
+    // previews whose pull request closed without a webhook.
+    let polled = sweep::poll_pulls(queue, github).await?;
+    Ok(queued + polled.report.previews + polled.report.closed)
 }
 
 /// Queue a drift check for every repository whose `reconcile.drift` cron has come due since

@@ -105,11 +105,17 @@ pub struct Reconciler {
     pub concurrency: usize,
     /// Link from commit statuses to the server's run pages, when it has a public URL.
     pub public_url: Option<String>,
+    /// Where run records go (the run pages); `None`: no records, statuses without links.
+    pub runs: Option<Arc<dyn super::runs::RunLog>>,
 }
 
 const CONFIG_FILE: &str = "telbase.yaml";
 
 const NO_CHANGES: &str = "No changes";
+
+/// A preview's idle time before the sweep removes it, when its file sets none (the
+/// documented default of `environments.preview.ttl`).
+pub const DEFAULT_PREVIEW_TTL: u64 = 7 * 86_400;
 
 /// What a job does in its environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +350,7 @@ impl Reconciler {
         }
     }
 
+    /// One environment at one commit, recorded as a run (see `super::runs`).
     async fn environment(
         &self,
         installation: u64,
@@ -358,7 +365,8 @@ impl Reconciler {
     }
 
     /// `environment`, with the config read from a watched git repository (`git`) instead
-    /// of GitHub; then no commit status is set and the outcome is logged instead.
+    /// of GitHub; then no commit status is set and the outcome is logged instead. Every
+    /// reconcile, from either source, is recorded as a run.
     #[allow(clippy::too_many_arguments)]
     async fn environment_at(
         &self,
@@ -369,6 +377,46 @@ impl Reconciler {
         sha: &str,
         environment: Environment,
         mode: Mode,
+    ) -> Result<Reached, JobError> {
+        let mode_name = match mode {
+            Mode::Apply => "apply",
+            Mode::Teardown => "teardown",
+            Mode::Drift => "drift",
+        };
+        let mut run =
+            super::runs::Draft::begin(self.runs.clone(), repo, branch, sha, environment, mode_name)
+                .await;
+        let result = self
+            .environment_body(
+                git,
+                installation,
+                repo,
+                branch,
+                sha,
+                environment,
+                mode,
+                &mut run,
+            )
+            .await;
+        match &result {
+            Ok(r) => run.finish("success", r.summary_ref()).await,
+            Err(JobError::Retry(e)) => run.finish("failure", e).await,
+            Err(JobError::Fail(e)) => run.finish("error", e).await,
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn environment_body(
+        &self,
+        git: Option<&super::watch::GitSource>,
+        installation: u64,
+        repo: &str,
+        branch: &str,
+        sha: &str,
+        environment: Environment,
+        mode: Mode,
+        run: &mut super::runs::Draft,
     ) -> Result<Reached, JobError> {
         let teardown = mode == Mode::Teardown;
         let read = match git {
@@ -382,6 +430,8 @@ impl Reconciler {
         let Some(bytes) = read? else {
             return Ok(Reached::Nothing(format!("no {CONFIG_FILE} at {sha}")));
         };
+        let target_url = run.target_url(self.public_url.as_deref());
+        let target_url = target_url.as_deref();
         let context = match (environment, mode) {
             (_, Mode::Drift) => "telbase/drift",
             (Environment::Production, _) => "telbase/production",
@@ -396,7 +446,7 @@ impl Reconciler {
                 state,
                 context,
                 description: &description,
-                target_url: self.public_url.as_deref(),
+                target_url,
             };
             // A status that cannot be set must not fail the reconcile itself.
             if let Err(e) = self.github.set_status(installation, repo, sha, &st).await {
@@ -409,6 +459,7 @@ impl Reconciler {
             Ok(t) => t,
             Err(_) => {
                 let msg = format!("{CONFIG_FILE} is not UTF-8");
+                run.save().await;
                 status(StatusState::Failure, msg.clone()).await;
                 return Err(JobError::Fail(msg));
             }
@@ -422,6 +473,7 @@ impl Reconciler {
                     .map(|d| format!("line {}: {}", d.pos.line, d.message))
                     .unwrap_or_else(|| "invalid".into());
                 let msg = format!("{CONFIG_FILE} is invalid: {first}");
+                run.save().await;
                 status(StatusState::Failure, msg.clone()).await;
                 return Err(JobError::Fail(msg));
             }
@@ -441,6 +493,16 @@ impl Reconciler {
             (Mode::Drift, "warn") => false,
             _ => true,
         };
+        if let Environment::Preview { .. } = environment {
+            run.record.preview_ttl_seconds = Some(
+                desired
+                    .reconcile
+                    .preview_ttl_seconds
+                    .unwrap_or(DEFAULT_PREVIEW_TTL),
+            );
+        }
+        // Saved before the first status links to it, so the link never leads nowhere.
+        run.save().await;
         if mode == Mode::Apply {
             status(StatusState::Pending, "Reconciling…".into()).await;
         }
@@ -505,7 +567,7 @@ impl Reconciler {
             Environment::Production => None,
         };
         let result = self
-            .plan_and_apply(desired, registry, scope, opener, apply)
+            .plan_and_apply(desired, registry, scope, opener, apply, run)
             .await;
         if let Some(pr) = pr {
             self.comment(installation, repo, pr, sha, teardown, &result)
@@ -615,11 +677,14 @@ impl Reconciler {
         scope: Scope,
         opener: Arc<dyn Opener>,
         apply: bool,
+        run: &mut super::runs::Draft,
     ) -> Result<(String, String), JobError> {
         let actual = apply::observe(&registry, &scope)
             .await
             .map_err(|e| JobError::Retry(format!("observing: {e}")))?;
         let plan = plan::plan(&desired, &actual);
+        // The run page shows the plan as `telbase plan` prints it: fingerprints, no values.
+        run.record.plan = plan::render_text(&plan);
         let markdown = plan::render_markdown(&plan, crate::plan::GITHUB_COMMENT_LIMIT - 1_000);
         if !plan.has_changes() {
             return Ok((NO_CHANGES.into(), markdown));
@@ -647,6 +712,7 @@ impl Reconciler {
             },
         )
         .await;
+        run.record.report = report_json(&report);
         let summary = format!(
             "{} created, {} updated, {} replaced, {} deleted",
             s.create, s.update, s.replace, s.delete
@@ -667,6 +733,24 @@ impl Reconciler {
     }
 }
 
+/// The executor's report for the run page, with resource keys as people read them
+/// (`vercel/project/notes-web`).
+fn report_json(report: &apply::Report) -> String {
+    let steps: Vec<serde_json::Value> = report
+        .steps
+        .iter()
+        .map(|st| {
+            let mut v = serde_json::to_value(st).unwrap_or_default();
+            v["key"] = st.key.to_string().into();
+            if let apply::Outcome::Skipped { because } = &st.outcome {
+                v["because"] = because.to_string().into();
+            }
+            v
+        })
+        .collect();
+    serde_json::to_string(&steps).unwrap_or_else(|_| "[]".into())
+}
+
 /// How far a job got: production of the repository matched to the commit, or something else
 /// (a preview, a branch that is not production, nothing to do), with the summary.
 enum Reached {
@@ -678,6 +762,12 @@ enum Reached {
 }
 
 impl Reached {
+    fn summary_ref(&self) -> &str {
+        match self {
+            Reached::ProductionWith(s, _) | Reached::Installed(s, _) | Reached::Nothing(s) => s,
+        }
+    }
+
     fn summary(self) -> String {
         match self {
             Reached::ProductionWith(s, _) | Reached::Installed(s, _) | Reached::Nothing(s) => s,
@@ -747,7 +837,9 @@ pub async fn work(
                 }
             })
         };
-        let result = reconciler.run(&job.intent).await;
+        let result = super::runs::JOB
+            .scope(job.id, reconciler.run(&job.intent))
+            .await;
         reconciler.observe_rate_limit(&job.intent).await;
         renew.abort();
         let jobs2 = jobs.clone();

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod runs;
 pub mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -239,4 +240,28 @@ pub trait SecretRows {
     /// still wrapped exactly as read (a concurrent `env set` or rotation wins, and its row
     /// is picked up again). Returns how many rows changed.
     fn rewrap(&mut self, rows: &[(WrappedRow, String, Vec<u8>)]) -> Result<usize, StoreError>;
+}
+
+/// The run records behind the server's run pages, the polling of open pull requests and the
+/// preview sweep. Implemented by [`SqliteStore`] in [`runs`], where every statement of it is.
+pub trait RunRows {
+    /// Insert the run, or update its end, outcome, summary, plan and report.
+    fn save_run(&mut self, run: &runs::RunRecord) -> Result<(), StoreError>;
+    /// One run by its id.
+    fn run(&mut self, id: &str) -> Result<Option<runs::RunRecord>, StoreError>;
+    /// A repository's runs, newest first.
+    fn runs_of(
+        &mut self,
+        repo: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<runs::RunRecord>, StoreError>;
+    /// Whether the preview of pull request `pr` was applied at `sha` (whatever the outcome).
+    fn has_preview_run(&mut self, repo: &str, pr: u64, sha: &str) -> Result<bool, StoreError>;
+    /// The newest run of every preview that was not torn down since.
+    fn held_previews(&mut self) -> Result<Vec<runs::RunRecord>, StoreError>;
+    /// The event of the delivery that queued job `job_id` (push, pull_request, poll, …).
+    fn job_event(&mut self, job_id: i64) -> Result<Option<String>, StoreError>;
+    /// Delete runs started before `before_ms` (unix ms); how many went.
+    fn prune_runs(&mut self, before_ms: i64) -> Result<usize, StoreError>;
 }

@@ -122,6 +122,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ALTER TABLE repositories ADD COLUMN drift_checked_at INTEGER;
     ",
     ),
+    (5, "run records", super::runs::MIGRATION),
 ];
 
 /// The newest schema version this Telbase knows.
@@ -131,8 +132,8 @@ pub fn latest_version() -> i64 {
 
 /// An open SQLite store.
 pub struct SqliteStore {
-    conn: Connection,
-    path: PathBuf,
+    pub(super) conn: Connection,
+    pub(super) path: PathBuf,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -205,7 +206,7 @@ impl SqliteStore {
             .map_err(|e| self.err(e))
     }
 
-    fn err(&self, source: rusqlite::Error) -> StoreError {
+    pub(super) fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.display().to_string(),
             error: source,

@@ -1,0 +1,300 @@
+//! Run records: one row per reconcile the server ran (production, a preview, a drift check,
+//! a teardown), kept for the run pages that commit statuses link to, for the polling of
+//! open pull requests (has this head commit had a preview?) and for the preview sweep
+//! (which previews does Telbase still hold, and since when?).
+//!
+//! Every statement of the feature is here, in plain SQL that PostgreSQL also runs (no
+//! SQLite-only functions; times are unix milliseconds in INTEGER/BIGINT columns), so a
+//! second backend implements [`super::RunRows`] by copying them. A row holds what a plan
+//! shows and nothing more: the rendered plan (secret values appear only as fingerprints),
+//! the per-resource report, the summary; never a value.
+
+use rusqlite::{OptionalExtension as _, params};
+
+use super::{RunRows, SqliteStore, StoreError};
+
+/// Migration 5 (appended to the SQLite list; the PostgreSQL one is the same text with
+/// BIGINT for the INTEGER time columns).
+pub const MIGRATION: &str = "
+    -- One row per reconcile. `id` is random (128 bits, base32): the run page's address,
+    -- which must not be guessable from another repository's. `pull_request` is set for
+    -- previews; `mode` is apply, teardown or drift; `outcome` is running, success,
+    -- failure (retried) or error (given up). Times are unix ms.
+    CREATE TABLE runs (
+        id                  TEXT PRIMARY KEY,
+        repo                TEXT NOT NULL,
+        environment         TEXT NOT NULL,
+        pull_request        INTEGER,
+        sha                 TEXT NOT NULL,
+        branch              TEXT NOT NULL,
+        trigger_kind        TEXT NOT NULL,
+        mode                TEXT NOT NULL,
+        job_id              INTEGER,
+        started_at          INTEGER NOT NULL,
+        ended_at            INTEGER,
+        outcome             TEXT NOT NULL,
+        summary             TEXT NOT NULL,
+        plan                TEXT NOT NULL,
+        report              TEXT NOT NULL,
+        preview_ttl_seconds INTEGER
+    );
+    CREATE INDEX runs_by_repo ON runs(repo, started_at);
+    CREATE INDEX runs_by_preview ON runs(repo, pull_request, started_at);
+    CREATE INDEX runs_by_age ON runs(started_at);
+";
+
+/// One run, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub repo: String,
+    /// `production` or `preview-N`.
+    pub environment: String,
+    pub pull_request: Option<u64>,
+    pub sha: String,
+    pub branch: String,
+    /// push, pr, poll, drift, install, teardown or sweep.
+    pub trigger: String,
+    /// apply, teardown or drift.
+    pub mode: String,
+    pub job_id: Option<i64>,
+    /// Unix ms.
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    /// running, success, failure (will be retried) or error (given up).
+    pub outcome: String,
+    pub summary: String,
+    /// The plan as `telbase plan` prints it (fingerprints, never values).
+    pub plan: String,
+    /// The executor's per-resource report, JSON (an array of steps).
+    pub report: String,
+    /// How long the preview may stay idle (from its file) before the sweep removes it.
+    pub preview_ttl_seconds: Option<u64>,
+}
+
+const COLUMNS: &str = "id, repo, environment, pull_request, sha, branch, trigger_kind, mode, \
+     job_id, started_at, ended_at, outcome, summary, plan, report, preview_ttl_seconds";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        id: r.get(0)?,
+        repo: r.get(1)?,
+        environment: r.get(2)?,
+        pull_request: r.get::<_, Option<i64>>(3)?.map(|n| n.max(0) as u64),
+        sha: r.get(4)?,
+        branch: r.get(5)?,
+        trigger: r.get(6)?,
+        mode: r.get(7)?,
+        job_id: r.get(8)?,
+        started_at: r.get(9)?,
+        ended_at: r.get(10)?,
+        outcome: r.get(11)?,
+        summary: r.get(12)?,
+        plan: r.get(13)?,
+        report: r.get(14)?,
+        preview_ttl_seconds: r.get::<_, Option<i64>>(15)?.map(|n| n.max(0) as u64),
+    })
+}
+
+fn opt_i64(n: Option<u64>) -> Option<i64> {
+    n.map(|n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+impl RunRows for SqliteStore {
+    fn save_run(&mut self, r: &RunRecord) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (id, repo, environment, pull_request, sha, branch, trigger_kind,
+                        mode, job_id, started_at, ended_at, outcome, summary, plan, report,
+                        preview_ttl_seconds)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                 ON CONFLICT (id) DO UPDATE SET ended_at = excluded.ended_at,
+                        outcome = excluded.outcome, summary = excluded.summary,
+                        plan = excluded.plan, report = excluded.report,
+                        preview_ttl_seconds = excluded.preview_ttl_seconds",
+                params![
+                    r.id,
+                    r.repo,
+                    r.environment,
+                    opt_i64(r.pull_request),
+                    r.sha,
+                    r.branch,
+                    r.trigger,
+                    r.mode,
+                    r.job_id,
+                    r.started_at,
+                    r.ended_at,
+                    r.outcome,
+                    r.summary,
+                    r.plan,
+                    r.report,
+                    opt_i64(r.preview_ttl_seconds),
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    fn run(&mut self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        self.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM runs WHERE id = ?1"),
+                [id],
+                row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn runs_of(
+        &mut self,
+        repo: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM runs WHERE repo = ?1
+                 ORDER BY started_at DESC, id DESC LIMIT ?2 OFFSET ?3"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![repo, limit as i64, offset as i64], row)
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    fn has_preview_run(&mut self, repo: &str, pr: u64, sha: &str) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs
+                    WHERE repo = ?1 AND pull_request = ?2 AND sha = ?3 AND mode = 'apply')",
+                params![repo, opt_i64(Some(pr)), sha],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    fn held_previews(&mut self) -> Result<Vec<RunRecord>, StoreError> {
+        // The newest run of each preview; held unless that run tore it down for good.
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM runs r
+                 WHERE r.pull_request IS NOT NULL
+                   AND r.started_at = (SELECT MAX(x.started_at) FROM runs x
+                                       WHERE x.repo = r.repo AND x.pull_request = r.pull_request)
+                   AND NOT (r.mode = 'teardown' AND r.outcome = 'success')
+                 ORDER BY r.repo, r.pull_request, r.id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = st.query_map([], row).map_err(|e| self.err(e))?;
+        let mut out: Vec<RunRecord> = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        // Two runs in the same millisecond: one row per preview is enough.
+        out.dedup_by(|a, b| a.repo == b.repo && a.pull_request == b.pull_request);
+        Ok(out)
+    }
+
+    fn job_event(&mut self, job_id: i64) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT d.event FROM jobs j JOIN deliveries d ON d.id = j.delivery_id
+                 WHERE j.id = ?1",
+                [job_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    fn prune_runs(&mut self, before_ms: i64) -> Result<usize, StoreError> {
+        self.conn
+            .execute("DELETE FROM runs WHERE started_at < ?1", [before_ms])
+            .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(id: &str, pr: Option<u64>, sha: &str, mode: &str, outcome: &str, at: i64) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            repo: "acme/notes".into(),
+            environment: pr.map_or("production".into(), |n| format!("preview-{n}")),
+            pull_request: pr,
+            sha: sha.into(),
+            branch: "feature".into(),
+            trigger: "pr".into(),
+            mode: mode.into(),
+            job_id: None,
+            started_at: at,
+            ended_at: Some(at + 5),
+            outcome: outcome.into(),
+            summary: "Applied".into(),
+            plan: "notes: planned changes".into(),
+            report: "[]".into(),
+            preview_ttl_seconds: Some(3600),
+        }
+    }
+
+    #[test]
+    fn held_previews_are_those_not_torn_down_since_and_old_runs_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        s.save_run(&run("p1", None, "a", "apply", "success", 10))
+            .unwrap();
+        s.save_run(&run("a1", Some(1), "b", "apply", "success", 20))
+            .unwrap();
+        s.save_run(&run("t1", Some(1), "b", "teardown", "success", 30))
+            .unwrap();
+        s.save_run(&run("a2", Some(2), "c", "apply", "success", 40))
+            .unwrap();
+        s.save_run(&run("t2", Some(2), "c", "teardown", "failure", 50))
+            .unwrap();
+        s.save_run(&run("a3", Some(3), "d", "apply", "running", 60))
+            .unwrap();
+        let held: Vec<String> = s
+            .held_previews()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            held,
+            ["t2", "a3"],
+            "a failed teardown still holds its preview"
+        );
+        assert!(s.has_preview_run("acme/notes", 1, "b").unwrap());
+        assert!(!s.has_preview_run("acme/notes", 1, "c").unwrap());
+        assert!(!s.has_preview_run("acme/notes", 2, "x").unwrap());
+
+        // Saving again updates the end and outcome, never the identity.
+        let mut done = run("a3", Some(3), "d", "apply", "success", 60);
+        done.summary = "Applied: 1 created".into();
+        done.repo = "other/repo".into();
+        s.save_run(&done).unwrap();
+        let got = s.run("a3").unwrap().unwrap();
+        assert_eq!(
+            (got.outcome.as_str(), got.repo.as_str()),
+            ("success", "acme/notes")
+        );
+        assert_eq!(got.summary, "Applied: 1 created");
+
+        let page: Vec<String> = s
+            .runs_of("acme/notes", 2, 1)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(page, ["t2", "a2"], "newest first, paginated");
+        assert_eq!(s.prune_runs(35).unwrap(), 3);
+        assert!(s.run("p1").unwrap().is_none());
+        assert_eq!(s.runs_of("acme/notes", 50, 0).unwrap().len(), 3);
+        assert_eq!(s.job_event(12345).unwrap(), None);
+    }
+}
