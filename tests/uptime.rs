@@ -440,3 +440,85 @@ async fn reconciles_feed_uptime_targets_provider_metrics_and_failure_notificatio
     assert!(v.get("url").is_none());
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_outage_fails_the_reconcile_with_a_notification_and_error_metrics() {
+    let Some((pem, public)) = app_key() else {
+        return;
+    };
+    let Some(template) = payload("push.create-default-branch.with-installation") else {
+        return;
+    };
+    // Every provider answers 5xx (the fake GitHub is not affected).
+    let emu = emu::start(Config {
+        faults: telbase::emulator::Faults {
+            rate_5xx: 1.0,
+            ..Default::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    emu.github_seed(&json!({
+        "app_id": 42,
+        "app_public_key_der_b64": base64::engine::general_purpose::STANDARD.encode(public),
+        "installations": [{"id": 7, "account": "acme", "repos": ["acme/notes"]}],
+        "commits": [
+            {"repo": "acme/notes", "sha": MAIN_SHA, "files": {"telbase.yaml": emu::quickstart("notes")}},
+        ],
+    }))
+    .unwrap();
+    let (hook, got) = receiver(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = serve::start_with(
+        server_config(
+            dir.path(),
+            pem,
+            format!("{}/github", emu.url()),
+            Some(emu.url()),
+        ),
+        EdgeConfig {
+            notify: Some(notify_config(hook)),
+            ..EdgeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    push(&client, &base, &template, "d-outage", MAIN_SHA).await;
+    let (headers, body) = until(60, "the reconcile_failed notification", || {
+        got.lock().unwrap().first().cloned()
+    })
+    .await;
+    let v = verify(&headers, &body);
+    assert_eq!(v["event"], "reconcile_failed");
+    // Retried with backoff, so not final.
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["commit"], MAIN_SHA);
+    assert!(
+        v["description"].as_str().unwrap().contains("observing"),
+        "{v}"
+    );
+    assert!(running.uptime.snapshot().is_empty(), "nothing was deployed");
+
+    let text = metrics(&base).await;
+    let failed = sample(
+        &text,
+        "telbase_provider_calls_total{provider=\"vercel\",method=\"read\",result=\"http_5xx\"}",
+    );
+    assert!(failed.unwrap_or(0.0) >= 2.0, "retried 5xx reads:\n{text}");
+    assert!(
+        sample(&text, "telbase_provider_errors_total{provider=\"vercel\"}").unwrap_or(0.0)
+            >= failed.unwrap(),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "telbase_provider_calls_total{provider=\"vercel\",method=\"read\",result=\"ok\"}"
+        ),
+        None,
+        "{text}"
+    );
+    running.stop().await;
+}
