@@ -103,6 +103,8 @@ pub struct AppState {
     pub inbox: Arc<dyn Inbox>,
     pub metrics: Arc<Metrics>,
     pub bad_signatures: BadSignatures,
+    /// Deployed URLs and their probe results, for pages that show them.
+    pub uptime: Arc<uptime::UptimeBoard>,
 }
 
 /// The router with every route and limit.
@@ -477,6 +479,7 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         inbox: queue.clone(),
         metrics: metrics.clone(),
         bad_signatures: BadSignatures::default(),
+        uptime: board.clone(),
     });
     let app = router(state);
     let mut stop_http = rx.clone();
