@@ -83,9 +83,10 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError>
     if chain.is_empty() {
         return Err(TlsError::NoCertificate(cert.display().to_string()));
     }
-    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
+    // The PEM parser's error can quote a line of the file: not for a key file.
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::BadKey {
         path: key.display().to_string(),
-        error: e.to_string(),
+        error: "expected a PEM PKCS#8, PKCS#1 (RSA) or SEC1 (EC) private key".into(),
     })?;
     let provider = provider();
     let signing = provider
