@@ -320,3 +320,59 @@ fn the_cli_wants_both_files_or_neither() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("both --tls-cert and --tls-key"), "{err}");
 }
+
+/// SIGHUP reloads at once, whatever the polling interval (here an hour). Unix only: the
+/// signal goes to this test process, which the server's handler catches.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_pair_at_once() {
+    use reqwest::tls::Version;
+    let Some((pem, _)) = app_key() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (Some((c1, k1)), Some((c2, k2))) = (
+        make_cert(dir.path(), "before"),
+        make_cert(dir.path(), "after"),
+    ) else {
+        return;
+    };
+    let live_cert = dir.path().join("live.crt");
+    let live_key = dir.path().join("live.key");
+    std::fs::copy(&c1, &live_cert).unwrap();
+    std::fs::copy(&k1, &live_key).unwrap();
+    let running = serve::start_with(
+        server_config(dir.path(), pem),
+        EdgeConfig {
+            tls: Some(TlsConfig {
+                cert: live_cert.clone(),
+                key: live_key.clone(),
+                reload_every: Duration::from_secs(3600),
+            }),
+            ..EdgeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("https://127.0.0.1:{}", running.addr.port());
+    let both: [&Path; 2] = [&c1, &c2];
+    std::fs::copy(&c2, &live_cert).unwrap();
+    std::fs::copy(&k2, &live_key).unwrap();
+    // Without the signal nothing changes (the next check is an hour away).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        served(&both, Version::TLS_1_3, &base).await.unwrap().0,
+        der(&c1)
+    );
+    let killed = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served(&both, Version::TLS_1_3, &base).await.unwrap().0 != der(&c2) {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload the pair");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    running.stop().await;
+}

@@ -198,13 +198,17 @@ impl Tls {
         Ok(())
     }
 
-    /// Watch the files (and SIGHUP) until `shutdown`.
+    /// Watch the files (and SIGHUP) until `shutdown`. The SIGHUP handler is in place when
+    /// this returns, so a SIGHUP sent after startup reloads rather than ending the process.
     pub fn watch(self: &Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let tls = self.clone();
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(
+                |e| tracing::warn!(error = %e, "SIGHUP cannot be watched; files are still checked"),
+            )
+            .ok();
         tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut hup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             loop {
                 #[cfg(unix)]
                 let hup_recv = async {
