@@ -14,7 +14,8 @@ use crate::serve::{self, ServeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Put a TLS proxy in front (see docs/serve.md).
+    /// Address to listen on. Serves HTTPS with --tls-cert and --tls-key; otherwise put a
+    /// TLS proxy in front (see docs/serve.md).
     #[arg(long, env = "TELBASE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Reconciles run at once by this process.
@@ -45,6 +46,56 @@ pub struct ServeArgs {
     /// Git repositories polled without GitHub (`--watch`, `--interval`, …).
     #[command(flatten)]
     pub watch: super::watch::WatchArgs,
+    /// PEM certificate chain to serve HTTPS with (with --tls-key); reloaded when it changes.
+    #[arg(long, env = "TELBASE_TLS_CERT_FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TELBASE_TLS_KEY_FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds between uptime probes of every deployed URL; 0 turns probing off.
+    #[arg(long, env = "TELBASE_UPTIME_SECONDS", default_value_t = 60)]
+    pub uptime_seconds: u64,
+    /// Where to POST signed notifications (app down, recovered, reconcile failed); the
+    /// signing secret comes from TELBASE_NOTIFY_SECRET_FILE or TELBASE_NOTIFY_SECRET.
+    #[arg(long, env = "TELBASE_NOTIFY_URL")]
+    pub notify_url: Option<String>,
+}
+
+/// TLS, uptime and notification settings.
+fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(serve::tls::TlsConfig {
+            cert: cert.clone(),
+            key: key.clone(),
+            reload_every: std::time::Duration::from_secs(5),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(anyhow!(
+                "give both --tls-cert and --tls-key (TELBASE_TLS_CERT_FILE and TELBASE_TLS_KEY_FILE), or neither to serve plain HTTP behind a TLS proxy"
+            ));
+        }
+    };
+    let notify = match args.notify_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let secret = secret_var("TELBASE_NOTIFY_SECRET")?.ok_or_else(|| {
+                anyhow!(
+                    "TELBASE_NOTIFY_URL is set: set TELBASE_NOTIFY_SECRET_FILE or TELBASE_NOTIFY_SECRET too, so receivers can verify notifications"
+                )
+            })?;
+            Some(serve::notify::NotifyConfig::new(url.to_owned(), secret))
+        }
+        None => None,
+    };
+    Ok(serve::EdgeConfig {
+        tls,
+        uptime: serve::uptime::UptimeConfig {
+            every: (args.uptime_seconds > 0)
+                .then(|| std::time::Duration::from_secs(args.uptime_seconds)),
+            ..serve::uptime::UptimeConfig::default()
+        },
+        notify,
+    })
 }
 
 /// A secret from `NAME_FILE` (a path) or `NAME` (the value); the file wins.
@@ -128,13 +179,16 @@ pub fn serve_cmd(args: &ServeArgs) -> ExitCode {
 }
 
 fn serve_inner(args: &ServeArgs) -> anyhow::Result<()> {
+    // The TLS pair first: its mistake is the one a user fixes on the same command line.
+    let edge = edge(args)?;
     let mut config = config(args)?;
+    let https = edge.tls.is_some();
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let _emulator = super::watch::emulator_if_needed(&mut config).await?;
-        let running = serve::start(config).await?;
+        let running = serve::start_with(config, edge).await?;
         // Through the log, so a collector reading JSON lines gets these as JSON too.
-        tracing::info!(address = %running.addr, "telbase serve listening");
+        tracing::info!(address = %running.addr, https, "telbase serve listening");
         shutdown_signal().await;
         tracing::info!("shutting down: finishing reconciles in progress");
         running.stop().await;

@@ -244,6 +244,8 @@ pub struct Http {
     pub config: HttpConfig,
     rng: Arc<Mutex<fastrand::Rng>>,
     in_flight: Arc<Mutex<BTreeMap<Provider, Arc<tokio::sync::Semaphore>>>>,
+    /// Told about every attempt (`/metrics` of `telbase serve`); none for the CLI.
+    observer: Option<Arc<dyn super::observe::CallObserver>>,
 }
 
 /// How a list endpoint hands out the next page.
@@ -301,7 +303,14 @@ impl Http {
             config,
             rng: Arc::new(Mutex::new(fastrand::Rng::new())),
             in_flight: Arc::new(Mutex::new(BTreeMap::new())),
+            observer: None,
         })
+    }
+
+    /// The same client, reporting each attempt to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn super::observe::CallObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     fn limiter(&self, provider: Provider) -> Arc<tokio::sync::Semaphore> {
@@ -327,8 +336,19 @@ impl Http {
             attempts += 1;
             // Held for the attempt only, not for the wait before a retry.
             let permit = self.limiter(ep.provider).acquire_owned().await;
+            let began = Instant::now();
             let outcome = self.attempt(ep, call).await;
             drop(permit);
+            if let Some(obs) = &self.observer {
+                use super::observe::{CallOutcome, MethodClass};
+                let result = CallOutcome::of(outcome.as_ref().map(|_| ()).map_err(|e| &e.1));
+                obs.call(
+                    ep.provider,
+                    MethodClass::of(&call.method),
+                    result,
+                    began.elapsed(),
+                );
+            }
             let err = match outcome {
                 Ok(r) => return Ok(r),
                 Err(e) => e,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod google;
 pub mod http;
 pub mod neon;
+pub mod observe;
 pub mod owner;
 pub mod retry;
 pub mod turso;

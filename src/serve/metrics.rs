@@ -1,7 +1,8 @@
 //! What `GET /metrics` reports, in the Prometheus text format: webhook deliveries by event
 //! and result, the reconcile queue's depth, reconcile durations, and GitHub's remaining rate
-//! limit. (Provider calls by provider need a hook in the HTTP layer; not yet.) One registry per server; handlers and
-//! workers hold the typed families and never format text themselves.
+//! limit, provider calls by provider, method class and outcome (with their latency, from the
+//! HTTP layer's observer hook), and the uptime probes' results. One registry per server;
+//! handlers and workers hold the typed families and never format text themselves.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,6 +27,33 @@ pub struct ReconcileLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderCallLabels {
+    pub provider: String,
+    /// `read` or `write`.
+    pub method: String,
+    /// `ok`, `rate_limited`, `http_4xx`, `http_5xx`, `transport_error`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UptimeLabels {
+    pub repository: String,
+    pub environment: String,
+    pub url: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// `up` (2xx/3xx), `http_error`, `timeout`, `error`.
+    pub result: String,
+}
+
 /// The server's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +61,12 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub reconcile_seconds: Family<ReconcileLabels, Histogram>,
     pub github_rate_limit_remaining: Gauge,
+    pub provider_calls: Family<ProviderCallLabels, Counter>,
+    pub provider_errors: Family<ProviderLabels, Counter>,
+    pub provider_call_seconds: Family<ProviderLabels, Histogram>,
+    pub uptime_up: Family<UptimeLabels, Gauge>,
+    pub uptime_probe_seconds: Histogram,
+    pub uptime_probes: Family<ProbeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,12 +105,57 @@ impl Metrics {
             "GitHub API requests left in the current window (last seen)",
             github_rate_limit_remaining.clone(),
         );
+        let provider_calls = Family::<ProviderCallLabels, Counter>::default();
+        registry.register(
+            "provider_calls",
+            "Provider API attempts, by provider, read or write, and result",
+            provider_calls.clone(),
+        );
+        let provider_errors = Family::<ProviderLabels, Counter>::default();
+        registry.register(
+            "provider_errors",
+            "Provider API attempts that did not end in a 2xx answer, by provider",
+            provider_errors.clone(),
+        );
+        let provider_call_seconds =
+            Family::<ProviderLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new([0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+            });
+        registry.register(
+            "provider_call_duration_seconds",
+            "Time of one provider API attempt, by provider",
+            provider_call_seconds.clone(),
+        );
+        let uptime_up = Family::<UptimeLabels, Gauge>::default();
+        registry.register(
+            "uptime_up",
+            "1 when the deployed URL answers (down after two failed probes in a row), else 0",
+            uptime_up.clone(),
+        );
+        let uptime_probe_seconds = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        registry.register(
+            "uptime_probe_duration_seconds",
+            "Time of one uptime probe",
+            uptime_probe_seconds.clone(),
+        );
+        let uptime_probes = Family::<ProbeLabels, Counter>::default();
+        registry.register(
+            "uptime_probes",
+            "Uptime probes, by result",
+            uptime_probes.clone(),
+        );
         Metrics {
             registry,
             deliveries,
             queue_depth,
             reconcile_seconds,
             github_rate_limit_remaining,
+            provider_calls,
+            provider_errors,
+            provider_call_seconds,
+            uptime_up,
+            uptime_probe_seconds,
+            uptime_probes,
         }
     }
 
@@ -99,11 +178,48 @@ impl Metrics {
             .inc();
     }
 
+    /// An observer for the providers' HTTP layer that counts into these metrics.
+    pub fn provider_observer(self: &std::sync::Arc<Self>) -> std::sync::Arc<ProviderCalls> {
+        std::sync::Arc::new(ProviderCalls(self.clone()))
+    }
+
     /// The text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Encoding into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Counts provider calls into [`Metrics`]: the HTTP layer's hook (labels are the provider's
+/// name and fixed outcome words only).
+pub struct ProviderCalls(std::sync::Arc<Metrics>);
+
+impl crate::providers::observe::CallObserver for ProviderCalls {
+    fn call(
+        &self,
+        provider: crate::model::Provider,
+        method: crate::providers::observe::MethodClass,
+        outcome: crate::providers::observe::CallOutcome,
+        took: std::time::Duration,
+    ) {
+        let m = &self.0;
+        m.provider_calls
+            .get_or_create(&ProviderCallLabels {
+                provider: provider.as_str().to_owned(),
+                method: method.as_str().to_owned(),
+                result: outcome.as_str().to_owned(),
+            })
+            .inc();
+        let p = ProviderLabels {
+            provider: provider.as_str().to_owned(),
+        };
+        if outcome.is_error() {
+            m.provider_errors.get_or_create(&p).inc();
+        }
+        m.provider_call_seconds
+            .get_or_create(&p)
+            .observe(took.as_secs_f64());
     }
 }

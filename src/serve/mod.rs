@@ -9,9 +9,12 @@
 //! only translate HTTP to calls on it, and blocking store calls moved off the async threads.
 
 pub mod metrics;
+pub mod notify;
 pub mod queue;
 pub mod runs;
 pub mod sweep;
+pub mod tls;
+pub mod uptime;
 pub mod watch;
 pub mod worker;
 
@@ -103,6 +106,8 @@ pub struct AppState {
     pub inbox: Arc<dyn Inbox>,
     pub metrics: Arc<Metrics>,
     pub bad_signatures: BadSignatures,
+    /// Deployed URLs and their probe results, for pages that show them.
+    pub uptime: Arc<uptime::UptimeBoard>,
 }
 
 /// The router with every route and limit.
@@ -334,6 +339,29 @@ pub struct ServeConfig {
     pub sweep: Option<std::time::Duration>,
 }
 
+/// The server's edge: TLS termination, uptime probes and the notification webhook
+/// (`serve::tls`, `serve::uptime`, `serve::notify`). The default is plain HTTP, no probes,
+/// no notifications.
+#[derive(Debug, Clone)]
+pub struct EdgeConfig {
+    pub tls: Option<tls::TlsConfig>,
+    pub uptime: uptime::UptimeConfig,
+    pub notify: Option<notify::NotifyConfig>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            tls: None,
+            uptime: uptime::UptimeConfig {
+                every: None,
+                ..uptime::UptimeConfig::default()
+            },
+            notify: None,
+        }
+    }
+}
+
 /// Scheduled master-key rotation: when the keyring file was last written (by a rotation or
 /// by hand) longer ago than `every`, the server runs the same resumable rotation as `telbase
 /// keys rotate --generate`.
@@ -389,6 +417,12 @@ pub enum ServeError {
     NoWebhookSecret,
     #[error("--watch: {0}")]
     Watch(#[from] watch::WatchError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("notifications: {0}")]
+    Notify(#[from] notify::NotifyError),
+    #[error("uptime probes: {0}")]
+    Uptime(String),
 }
 
 /// A running server.
@@ -399,19 +433,29 @@ pub struct Running {
     /// What the workers run jobs with (the sweep and tests use its GitHub client and
     /// provider settings).
     pub reconciler: Arc<worker::Reconciler>,
+    /// The deployed URLs and their probe results (for run pages).
+    pub uptime: Arc<uptime::UptimeBoard>,
+    /// The certificate in use when serving HTTPS.
+    pub tls: Option<Arc<tls::Tls>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     http: tokio::task::JoinHandle<()>,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Open the store, bind, and start the HTTP side and the workers.
+/// Open the store, bind, and start the HTTP side and the workers (plain HTTP, no probes).
 pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
+    start_with(config, EdgeConfig::default()).await
+}
+
+/// [`start`], with TLS, uptime probes and notifications as `edge` says.
+pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running, ServeError> {
     // Without a webhook secret no delivery can be verified: only a server that watches git
     // repositories may run so, and it then uses no GitHub App.
     let without_github = config.webhook_secrets.is_empty();
     if without_github && config.watch.is_none() {
         return Err(ServeError::NoWebhookSecret);
     }
+    let https = edge.tls.clone().map(tls::Tls::new).transpose()?;
     let store = crate::store::open(&config.store)?;
     let queue = Arc::new(queue::StoreQueue::new(store));
     let metrics = Arc::new(Metrics::new());
@@ -426,8 +470,16 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         Some(w) => watch::spawn(w, queue.clone(), watch_rx)?,
         None => Vec::new(),
     };
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let notifier = edge
+        .notify
+        .clone()
+        .map(|n| notify::Notifier::start(n, rx.clone()))
+        .transpose()?;
+    let board = Arc::new(uptime::UptimeBoard::new(metrics.clone(), notifier));
     let http = crate::providers::http::Http::new(config.http.clone())
-        .map_err(|e| ServeError::Http(e.to_string()))?;
+        .map_err(|e| ServeError::Http(e.to_string()))?
+        .with_observer(metrics.provider_observer());
     let reconciler = Arc::new(worker::Reconciler {
         github,
         credentials: config.credentials.clone(),
@@ -438,6 +490,7 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         concurrency: 8,
         public_url: config.public_url.clone(),
         runs: Some(queue.clone()),
+        observer: Some(board.clone()),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -449,25 +502,40 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         addr: config.listen,
         error,
     })?;
-    let (tx, rx) = tokio::sync::watch::channel(false);
     let state = Arc::new(AppState {
         webhook_secrets: config.webhook_secrets.clone(),
         inbox: queue.clone(),
         metrics: metrics.clone(),
         bad_signatures: BadSignatures::default(),
+        uptime: board.clone(),
     });
     let app = router(state).merge(runs::router(queue.clone()));
     let mut stop_http = rx.clone();
-    let http = tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = stop_http.wait_for(|s| *s).await;
-        })
-        .await;
-    });
+    let stopped = async move {
+        let _ = stop_http.wait_for(|s| *s).await;
+    };
+    let make = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let http = match &https {
+        None => tokio::spawn(async move {
+            let _ = axum::serve(listener, make)
+                .with_graceful_shutdown(stopped)
+                .await;
+        }),
+        Some(t) => {
+            use axum::serve::ListenerExt as _;
+            t.watch(rx.clone());
+            let listener = tls::TlsListener::new(listener, t, rx.clone())
+                .map_err(|error| ServeError::Listen { addr, error })?
+                // `tap_io` gives the listener axum's peer-address plumbing (ConnectInfo).
+                .tap_io(|_| {});
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, make)
+                    .with_graceful_shutdown(stopped)
+                    .await;
+            })
+        }
+    };
+    uptime::spawn(board.clone(), &edge.uptime, rx.clone()).map_err(ServeError::Uptime)?;
     if let Some(rotation) = config.key_rotation.clone() {
         let location = config.store.clone();
         let mut stop = rx.clone();
@@ -565,6 +633,8 @@ pub async fn start(config: ServeConfig) -> Result<Running, ServeError> {
         queue,
         metrics,
         reconciler,
+        uptime: board,
+        tls: https,
         shutdown: tx,
         http,
         workers,

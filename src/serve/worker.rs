@@ -107,6 +107,20 @@ pub struct Reconciler {
     pub public_url: Option<String>,
     /// Where run records go (the run pages); `None`: no records, statuses without links.
     pub runs: Option<Arc<dyn super::runs::RunLog>>,
+    /// Told about applied steps, torn-down previews and failed jobs (uptime targets and
+    /// notifications, `serve::uptime`).
+    pub observer: Option<Arc<dyn ReconcileObserver>>,
+}
+
+/// What the rest of the server learns from reconciles. Called on the worker's task: keep it
+/// quick and never blocking (queue slow work).
+pub trait ReconcileObserver: Send + Sync {
+    /// A step of an apply to `repository`'s `environment` finished.
+    fn step(&self, repository: &str, environment: Environment, step: &apply::StepReport);
+    /// A preview was torn down: everything it had is gone.
+    fn torn_down(&self, repository: &str, environment: Environment);
+    /// A job's attempt failed; `last_attempt` when it will not be tried again.
+    fn failed(&self, job: &Job, error: &JobError, last_attempt: bool);
 }
 
 const CONFIG_FILE: &str = "telbase.yaml";
@@ -573,6 +587,9 @@ impl Reconciler {
             self.comment(installation, repo, pr, sha, teardown, &result)
                 .await;
         }
+        if let (true, Ok(_), Some(obs)) = (teardown, &result, &self.observer) {
+            obs.torn_down(repo, environment);
+        }
         let env_label = match environment {
             Environment::Production => "production",
             Environment::Preview { .. } => "preview",
@@ -670,6 +687,18 @@ impl Reconciler {
         }
     }
 
+    /// Finished steps go to the observer, with the repository and environment they belong to.
+    fn step_observer(&self, scope: &Scope) -> Option<Arc<dyn Fn(apply::Event) + Send + Sync>> {
+        let obs = self.observer.clone()?;
+        let repo = scope.git.as_ref()?.repo.clone();
+        let env = scope.environment;
+        Some(Arc::new(move |e: apply::Event| {
+            if let apply::Event::Finished(step) = e {
+                obs.step(&repo, env, &step);
+            }
+        }))
+    }
+
     async fn plan_and_apply(
         &self,
         desired: crate::model::DesiredState,
@@ -699,6 +728,7 @@ impl Reconciler {
                 markdown,
             ));
         }
+        let on_event = self.step_observer(&scope);
         let report = apply::execute(
             Arc::new(plan),
             Arc::new(desired),
@@ -708,7 +738,7 @@ impl Reconciler {
             opener,
             apply::Options {
                 concurrency: self.concurrency,
-                on_event: None,
+                on_event,
             },
         )
         .await;
@@ -842,6 +872,11 @@ pub async fn work(
             .await;
         reconciler.observe_rate_limit(&job.intent).await;
         renew.abort();
+        if let (Err(e), Some(obs)) = (&result, &reconciler.observer) {
+            let last = matches!(e, JobError::Fail(_))
+                || job.attempts + 1 >= crate::store::sqlite::MAX_ATTEMPTS;
+            obs.failed(&job, e, last);
+        }
         let jobs2 = jobs.clone();
         let owner2 = owner.clone();
         let attempts = job.attempts;
