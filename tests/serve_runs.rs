@@ -14,7 +14,8 @@ use base64::Engine as _;
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use telbase::emulator::Config;
-use telbase::serve::{self, ServeConfig};
+use telbase::serve::{self, EdgeConfig, ServeConfig};
+use telbase::store::RunRows as _;
 
 use common::{app_key, emu};
 use serve_app::{post, push_main, server_config, settle};
@@ -81,13 +82,19 @@ async fn a_status_links_to_a_run_page_that_shows_the_plan_and_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let addr = serve_app::free_addr();
     let public_url = format!("http://{addr}");
-    let running = serve::start(ServeConfig {
-        listen: addr,
-        // A trailing slash is tolerated.
-        public_url: Some(format!("{public_url}/")),
-        opener: Arc::new(telbase::apply::AgeOpener(vec![id.clone()])),
-        ..server_config(&emu, dir.path(), pem)
-    })
+    let running = serve::start_with(
+        ServeConfig {
+            listen: addr,
+            // A trailing slash is tolerated.
+            public_url: Some(format!("{public_url}/")),
+            opener: Arc::new(telbase::apply::AgeOpener(vec![id.clone()])),
+            ..server_config(&emu, dir.path(), pem)
+        },
+        EdgeConfig {
+            run_list: true,
+            ..EdgeConfig::default()
+        },
+    )
     .await
     .unwrap();
     let base = format!("http://{}", running.addr);
@@ -322,16 +329,22 @@ async fn without_a_public_url_statuses_have_no_target_url() {
             .all(|s| s.get("target_url").is_none_or(Value::is_null)),
         "{statuses:?}"
     );
-    // The run is still recorded and listed.
+    // The run is still recorded, but not listed: the list is off unless asked for, since it
+    // hands out run ids to anyone who can reach the server.
+    let recorded = running
+        .queue
+        .0
+        .lock()
+        .unwrap()
+        .runs_of("acme/notes", 10, 0)
+        .unwrap();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
     let list = client
         .get(format!("{base}/runs?repo=acme/notes"))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
-    assert!(list.contains("href=\"runs/"), "{list}");
+    assert_eq!(list.status(), 404);
     running.stop().await;
     emu.stop().await;
 }

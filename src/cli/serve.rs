@@ -59,6 +59,10 @@ pub struct ServeArgs {
     /// signing secret comes from TELBASE_NOTIFY_SECRET_FILE or TELBASE_NOTIFY_SECRET.
     #[arg(long, env = "TELBASE_NOTIFY_URL")]
     pub notify_url: Option<String>,
+    /// Serve `GET /runs?repo=owner/name`, the list of a repository's runs. Off by default:
+    /// it hands run ids (the only key to a run page) to anyone who can reach the server.
+    #[arg(long, env = "TELBASE_RUN_LIST")]
+    pub run_list: bool,
 }
 
 /// TLS, uptime and notification settings.
@@ -95,6 +99,7 @@ fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
             ..serve::uptime::UptimeConfig::default()
         },
         notify,
+        run_list: args.run_list,
     })
 }
 

@@ -347,6 +347,9 @@ pub struct EdgeConfig {
     pub tls: Option<tls::TlsConfig>,
     pub uptime: uptime::UptimeConfig,
     pub notify: Option<notify::NotifyConfig>,
+    /// Serve `GET /runs?repo=…`, the list of a repository's runs. Off by default: the list
+    /// hands out run ids (the only key to a run page) to anyone who can reach the server.
+    pub run_list: bool,
 }
 
 impl Default for EdgeConfig {
@@ -358,6 +361,7 @@ impl Default for EdgeConfig {
                 ..uptime::UptimeConfig::default()
             },
             notify: None,
+            run_list: false,
         }
     }
 }
@@ -509,7 +513,7 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         bad_signatures: BadSignatures::default(),
         uptime: board.clone(),
     });
-    let app = router(state).merge(runs::router(queue.clone()));
+    let app = router(state).merge(runs::router(queue.clone(), edge.run_list));
     let mut stop_http = rx.clone();
     let stopped = async move {
         let _ = stop_http.wait_for(|s| *s).await;

@@ -214,10 +214,14 @@ fn trigger(event: Option<&str>, mode: &str, preview: bool) -> &'static str {
 
 /// The routes of the run pages, with HSTS like every other answer. Links between pages are
 /// relative, so the pages work below a path prefix of a proxy (`https://host/telbase/runs/…`).
-pub fn router(log: Arc<dyn RunLog>) -> Router {
-    Router::new()
-        .route("/runs", get(list))
-        .route("/runs/{id}", get(page))
+pub fn router(log: Arc<dyn RunLog>, with_list: bool) -> Router {
+    let routes = Router::new().route("/runs/{id}", get(page));
+    let routes = if with_list {
+        routes.route("/runs", get(list))
+    } else {
+        routes
+    };
+    routes
         .layer(axum::middleware::map_response(super::hsts))
         .with_state(log)
 }
