@@ -177,6 +177,10 @@ pub struct Exchange {
     pub request_body: Vec<u8>,
     pub status: u16,
     pub response_body: Option<Value>,
+    /// When the request arrived and when its answer was ready (latency included), so a
+    /// benchmark can find the chain of calls that had to wait for each other.
+    pub started: std::time::Instant,
+    pub finished: std::time::Instant,
 }
 
 /// A running emulator.
@@ -505,6 +509,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let started = std::time::Instant::now();
     let path = uri.path().to_owned();
     let query: Vec<(String, String)> = uri
         .query()
@@ -524,7 +529,7 @@ async fn handle(
     if let Some(rest) = path.strip_prefix("/github")
         && (rest.is_empty() || rest.starts_with('/'))
     {
-        return serve_github(&inner, &method, rest, &uri, query, &headers, &body).await;
+        return serve_github(&inner, &method, rest, &uri, query, &headers, &body, started).await;
     }
     let Some((provider, rest)) = classify(&path) else {
         return json_response(
@@ -619,6 +624,8 @@ async fn handle(
             request_body: body.to_vec(),
             status: answer.status,
             response_body: answer.body.clone(),
+            started,
+            finished: std::time::Instant::now(),
         });
     }
 
@@ -734,6 +741,7 @@ fn serve(
 /// GitHub's API: its own authentication (App JWT or installation token, not the shared
 /// emulator token) and its own clock (real time, because JWTs carry real timestamps).
 /// Latency applies; the other faults do not yet.
+#[allow(clippy::too_many_arguments)]
 async fn serve_github(
     inner: &Inner,
     method: &Method,
@@ -742,6 +750,7 @@ async fn serve_github(
     query: Vec<(String, String)>,
     headers: &HeaderMap,
     body: &[u8],
+    started: std::time::Instant,
 ) -> Response {
     let latency = inner.config.faults.latency;
     if !latency.is_zero() {
@@ -799,6 +808,8 @@ async fn serve_github(
             request_body: body.to_vec(),
             status: answer.status,
             response_body: answer.body.clone(),
+            started,
+            finished: std::time::Instant::now(),
         });
     }
     if let Some(rec) = &inner.record {
