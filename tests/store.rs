@@ -134,11 +134,21 @@ fn location_from_url_and_defaults() {
         Location::from_vars(vars(&[])),
         Err(StoreError::NoDefault)
     ));
-    let pg =
-        Location::from_vars(vars(&[("TELBASE_DATABASE_URL", "postgres://u@h/db")])).unwrap_err();
-    assert!(matches!(pg, StoreError::PostgresNotYet));
-    assert!(pg.to_string().contains("telbase serve"));
-    assert!(pg.to_string().contains("issue 6"));
+    let Location::Postgres(pg) = Location::from_vars(vars(&[
+        ("TELBASE_DATABASE_URL", "postgresql://u:secret@h:6000/db"),
+        ("TELBASE_DATABASE_POOL_SIZE", "3"),
+    ]))
+    .unwrap() else {
+        panic!("a PostgreSQL URL is a PostgreSQL location")
+    };
+    assert_eq!((pg.shown(), pg.pool_size), ("postgres h:6000/db", 3));
+    assert!(!format!("{pg:?}").contains("secret"));
+    let bad = Location::from_vars(vars(&[
+        ("TELBASE_DATABASE_URL", "postgres://u:secret@h/db"),
+        ("TELBASE_DATABASE_POOL_SIZE", "none"),
+    ]))
+    .unwrap_err();
+    assert!(matches!(bad, StoreError::PostgresUrl(_)), "{bad}");
     assert!(matches!(
         Location::parse("mysql://h/db"),
         Err(StoreError::BadUrl(_))
@@ -151,8 +161,13 @@ fn location_from_url_and_defaults() {
 
 #[test]
 fn put_value_keeps_the_newest_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    for t in common::pg::stores() {
+        eprintln!("backend: {}", t.name());
+        put_value_keeps_the_newest_version_on(t.open());
+    }
+}
+
+fn put_value_keeps_the_newest_version_on(mut s: store::Store) {
     let name = SecretName {
         project: "p".into(),
         environment: "production".into(),
@@ -1011,8 +1026,13 @@ fn writers_during_a_rotation_lose_nothing() {
 
 #[test]
 fn previews_read_the_preview_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    for t in common::pg::stores() {
+        eprintln!("backend: {}", t.name());
+        previews_read_the_preview_value_on(t.open());
+    }
+}
+
+fn previews_read_the_preview_value_on(mut store: store::Store) {
     let keys = envelope::Keyring::parse("k AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n", "test")
         .unwrap();
     let key = |env: &str| SecretName {
