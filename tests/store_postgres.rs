@@ -1,0 +1,258 @@
+//! The PostgreSQL store on its own: migrations under concurrent starts and a refused newer
+//! schema, errors that never show the URL's password, and the queue's rules under real
+//! concurrency (several stores, each with its own pool, as several replicas have): at most
+//! one running job per repository+environment, the newest commit wins, nothing claimed
+//! twice, and a dead worker's lease is taken over.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::pg::TestDb;
+use telbase::store::{self, JobEnd, PgUrl, PostgresStore, QueueRows as _, StoreError};
+
+fn open(db: &TestDb) -> PostgresStore {
+    PostgresStore::open(&PgUrl::parse(&db.url).unwrap()).unwrap()
+}
+
+#[test]
+fn replicas_starting_together_migrate_once() {
+    let Some(db) = TestDb::new() else { return };
+    let url = PgUrl::parse(&db.url).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PostgresStore::open(&url).map(|s| s.schema_version()))
+        })
+        .collect();
+    for t in threads {
+        let v = t.join().unwrap().unwrap().unwrap();
+        assert_eq!(v, store::postgres::latest_version());
+    }
+    // Each migration ran once: one row per version, and opening again changes nothing.
+    let s = open(&db);
+    assert_eq!(
+        s.schema_version().unwrap(),
+        store::postgres::latest_version()
+    );
+    db.sql(
+        "DO $$ BEGIN IF (SELECT COUNT(*) FROM schema_migrations) <> (SELECT COUNT(DISTINCT version) FROM schema_migrations) THEN RAISE EXCEPTION 'migrated twice'; END IF; END $$",
+    );
+}
+
+#[test]
+fn a_database_from_a_newer_telbase_is_refused() {
+    let Some(db) = TestDb::new() else { return };
+    drop(open(&db));
+    db.sql("INSERT INTO schema_migrations (version, name, applied_at) VALUES (999, 'future', 'x')");
+    let err = PostgresStore::open(&PgUrl::parse(&db.url).unwrap()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::NewerSchema { found: 999, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn connection_errors_name_the_database_but_never_the_password() {
+    let Some(db) = TestDb::new() else { return };
+    // The same server and database with a wrong password.
+    let (scheme_user, rest) = db.url.split_once('@').unwrap();
+    let user = scheme_user.rsplit_once(':').unwrap().0;
+    let wrong = format!("{user}:Wr0ng-Passw0rd-xyz@{rest}");
+    let err = PostgresStore::open(&PgUrl::parse(&wrong).unwrap()).unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains("Wr0ng-Passw0rd-xyz"), "{text}");
+    assert!(
+        text.contains("127.0.0.1") || text.contains("localhost"),
+        "{text}"
+    );
+    assert!(matches!(err, StoreError::Postgres { .. }), "{err:?}");
+    let debug = format!("{err:?} {:?}", PgUrl::parse(&wrong).unwrap());
+    assert!(!debug.contains("Wr0ng-Passw0rd-xyz"), "{debug}");
+}
+
+fn push(repo: &str, sha: &str) -> (String, String, String) {
+    (
+        repo.to_owned(),
+        "push:main".to_owned(),
+        format!(
+            r#"{{"kind":"push","installation":7,"repo":"{repo}","branch":"main","sha":"{sha}"}}"#
+        ),
+    )
+}
+
+/// Four "replicas" (each its own store and pool) with two workers each drain a queue of 10
+/// repositories × 6 pushes while more pushes arrive. No key ever has two jobs running, each
+/// repository ends at its newest commit, and no job runs twice.
+#[test]
+fn concurrent_replicas_keep_the_queue_rules() {
+    let Some(db) = TestDb::new() else { return };
+    let repos: Vec<String> = (0..10).map(|n| format!("acme/r{n}")).collect();
+    let mut s = open(&db);
+    for round in 0..3 {
+        for r in &repos {
+            s.record_delivery(
+                &format!("{r}-{round}"),
+                "push",
+                "",
+                &[push(r, &round.to_string())],
+            )
+            .unwrap();
+        }
+    }
+    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let ran: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
+    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let url = PgUrl::parse(&db.url).unwrap();
+    let mut threads = Vec::new();
+    for replica in 0..4 {
+        let store = PostgresStore::open(&url).unwrap();
+        for worker in 0..2 {
+            let mut store = store.clone();
+            let (running, ran, violations) = (running.clone(), ran.clone(), violations.clone());
+            let owner = format!("replica{replica}:w{worker}");
+            threads.push(std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut idle = 0;
+                while Instant::now() < deadline && idle < 40 {
+                    let Some(job) = store.claim_job(&owner, 30_000).unwrap() else {
+                        idle += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    idle = 0;
+                    let v: serde_json::Value = serde_json::from_str(&job.intent).unwrap();
+                    let repo = v["repo"].as_str().unwrap().to_owned();
+                    if !running.lock().unwrap().insert(repo.clone()) {
+                        violations
+                            .lock()
+                            .unwrap()
+                            .push(format!("{repo} ran twice at once"));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                    running.lock().unwrap().remove(&repo);
+                    ran.lock().unwrap().push((job.id, job.intent.clone()));
+                    store.end_job(job.id, &owner, JobEnd::Done("ok")).unwrap();
+                }
+            }));
+        }
+    }
+    // More pushes while the replicas work: each may supersede a queued one.
+    for round in 3..6 {
+        for r in &repos {
+            s.record_delivery(
+                &format!("{r}-{round}"),
+                "push",
+                "",
+                &[push(r, &round.to_string())],
+            )
+            .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(
+        violations.lock().unwrap().is_empty(),
+        "{:?}",
+        violations.lock().unwrap()
+    );
+    let ran = ran.lock().unwrap();
+    let ids: HashSet<i64> = ran.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids.len(), ran.len(), "a job ran twice: {ran:?}");
+    let jobs = s.jobs().unwrap();
+    assert_eq!(s.queue_depth().unwrap(), 0, "{jobs:?}");
+    assert_eq!(jobs.len(), 60);
+    // Every repository's newest push ran, and an older one never ran after a newer one.
+    let mut last: HashMap<String, u32> = HashMap::new();
+    for (_, intent) in ran.iter() {
+        let v: serde_json::Value = serde_json::from_str(intent).unwrap();
+        let repo = v["repo"].as_str().unwrap().to_owned();
+        let sha: u32 = v["sha"].as_str().unwrap().parse().unwrap();
+        if let Some(prev) = last.insert(repo.clone(), sha) {
+            assert!(sha > prev, "{repo}: commit {sha} ran after {prev}");
+        }
+    }
+    for r in &repos {
+        assert_eq!(
+            last.get(r),
+            Some(&5),
+            "{r} did not end at its newest commit"
+        );
+    }
+    let done = jobs.iter().filter(|j| j.state == "done").count();
+    let superseded = jobs.iter().filter(|j| j.state == "superseded").count();
+    assert_eq!(done, ran.len());
+    assert_eq!(done + superseded, 60, "{jobs:?}");
+}
+
+/// A worker that dies keeps its lease until it runs out; then another replica takes the
+/// job, and the dead one's late result is not recorded.
+#[test]
+fn an_expired_lease_passes_to_another_replica() {
+    let Some(db) = TestDb::new() else { return };
+    let (mut a, mut b) = (open(&db), open(&db));
+    a.record_delivery("d1", "push", "", &[push("acme/x", "1")])
+        .unwrap();
+    let job = a.claim_job("a", 300).unwrap().unwrap();
+    assert_eq!(b.claim_job("b", 60_000).unwrap(), None, "held by a");
+    std::thread::sleep(Duration::from_millis(400));
+    let again = b.claim_job("b", 60_000).unwrap().unwrap();
+    assert_eq!(again.id, job.id);
+    a.end_job(job.id, "a", JobEnd::Done("late")).unwrap();
+    b.end_job(job.id, "b", JobEnd::Done("b's run")).unwrap();
+    let row = b.jobs().unwrap().pop().unwrap();
+    assert_eq!(
+        (row.state.as_str(), row.summary.as_deref()),
+        ("done", Some("b's run"))
+    );
+}
+
+/// Leadership of the periodic tasks: one replica at a time, taken over when it resigns or
+/// its process ends.
+#[test]
+fn one_replica_leads_at_a_time() {
+    let Some(db) = TestDb::new() else { return };
+    let (a, b) = (open(&db), open(&db));
+    assert!(a.lead().unwrap());
+    assert!(a.lead().unwrap(), "still leading");
+    assert!(!b.lead().unwrap());
+    a.resign();
+    assert!(b.lead().unwrap());
+    assert!(!a.lead().unwrap());
+    drop(b);
+    // The dropped store's connections close; PostgreSQL frees its lock.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.lead().unwrap() {
+        assert!(Instant::now() < deadline, "leadership was not freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Many threads on one small pool: everyone gets a connection in turn.
+#[test]
+fn a_small_pool_serves_many_threads() {
+    let Some(db) = TestDb::new() else { return };
+    let mut url = PgUrl::parse(&db.url).unwrap();
+    url.pool_size = 2;
+    let s = PostgresStore::open(&url).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|n| {
+            let mut s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    s.record_delivery(&format!("t{n}-{i}"), "push", "", &[])
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut s = s;
+    assert!(s.has_delivery("t7-9").unwrap());
+}
