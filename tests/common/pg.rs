@@ -92,6 +92,11 @@ impl TestDb {
         Location::Postgres(PgUrl::parse(&self.url).unwrap())
     }
 
+    /// The rows of `sql` in this database, every value as text (`None` for NULL).
+    pub fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        rows_at(&self.url, sql)
+    }
+
     /// Runs one statement as the admin, in this database.
     pub fn sql(&self, sql: &str) {
         admin(&self.url, sql.to_owned()).unwrap();
@@ -140,4 +145,33 @@ pub fn stores() -> Vec<TestStore> {
     let mut out = vec![TestStore::Sqlite(tempfile::tempdir().unwrap())];
     out.extend(TestDb::new().map(TestStore::Postgres));
     out
+}
+
+/// The rows of `sql` at `url`, every value as text (`None` for NULL), on a thread and
+/// runtime of its own.
+pub fn rows_at(url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let task = tokio::spawn(conn);
+            let mut out = Vec::new();
+            for m in client.simple_query(&sql).await.unwrap() {
+                if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                    out.push((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect());
+                }
+            }
+            drop(client);
+            let _ = task.await;
+            out
+        })
+    })
+    .join()
+    .unwrap()
 }
