@@ -209,16 +209,43 @@ use telbase::store::SecretRows;
 
 const CONFIG: &str = "version: 1\nproject: notes\napps:\n  web:\n    framework: nextjs\n";
 
-/// A project directory with telbase.yaml, a database path and a keyring path.
+/// A project directory with telbase.yaml, a database path and a keyring path; its store is
+/// the SQLite file `db()` unless given a PostgreSQL database.
 struct Project {
     dir: tempfile::TempDir,
+    pg: Option<common::pg::TestDb>,
 }
 
 impl Project {
     fn new() -> Project {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("telbase.yaml"), CONFIG).unwrap();
-        Project { dir }
+        Project { dir, pg: None }
+    }
+    /// The same on each backend under test (SQLite, then PostgreSQL when available).
+    fn each() -> Vec<Project> {
+        common::pg::stores()
+            .into_iter()
+            .map(|t| {
+                let mut p = Project::new();
+                if let common::pg::TestStore::Postgres(db) = t {
+                    eprintln!("backend: postgres");
+                    p.pg = Some(db);
+                } else {
+                    eprintln!("backend: sqlite");
+                }
+                p
+            })
+            .collect()
+    }
+    fn url(&self) -> String {
+        match &self.pg {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite:{}", self.db().display()),
+        }
+    }
+    fn store(&self) -> store::Store {
+        store::open(&Location::parse(&self.url()).unwrap()).unwrap()
     }
     fn db(&self) -> PathBuf {
         self.dir.path().join("data/telbase.db")
@@ -230,10 +257,7 @@ impl Project {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_telbase"));
         cmd.args(args)
             .current_dir(self.dir.path())
-            .env(
-                "TELBASE_DATABASE_URL",
-                format!("sqlite:{}", self.db().display()),
-            )
+            .env("TELBASE_DATABASE_URL", self.url())
             .env("TELBASE_MASTER_KEY_FILE", self.keys())
             .env_remove("TELBASE_MASTER_KEY")
             .env_remove("RUST_LOG")
@@ -934,9 +958,14 @@ fn the_cli_applies_a_stored_variable_with_verbose_logs_and_leaks_it_nowhere() {
 
 #[test]
 fn writers_during_a_rotation_lose_nothing() {
+    for p in Project::each() {
+        writers_during_a_rotation_lose_nothing_in(p);
+    }
+}
+
+fn writers_during_a_rotation_lose_nothing_in(p: Project) {
     const EXISTING: usize = 300;
     const DURING: usize = 150;
-    let p = Project::new();
     p.ok(&["keys", "rotate", "--generate"], b"");
     // A long-running process that loaded the keyring file before the rotation: it follows
     // the file, so it wraps under the new key once that is written, and opens rows the
@@ -944,7 +973,7 @@ fn writers_during_a_rotation_lose_nothing() {
     let loaded = envelope::read_keyring_file(&p.keys()).unwrap();
     let original = loaded.current().unwrap().id.clone();
     let stale = Arc::new(envelope::KeyringFile::open(&p.keys()).unwrap());
-    let mut store = SqliteStore::open(&p.db()).unwrap();
+    let mut store = p.store();
     for i in 0..EXISTING {
         let n = p.name("production", &format!("OLD_{i}"));
         stored::set(&mut store, &loaded, &n, format!("old-{i}").as_bytes()).unwrap();
@@ -956,11 +985,10 @@ fn writers_during_a_rotation_lose_nothing() {
     // Writes go on for the whole rotation (and at least DURING of them).
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let db = p.db();
+        let mut store = p.store();
         let done = done.clone();
         let name = p.name("production", "X");
         std::thread::spawn(move || {
-            let mut store = SqliteStore::open(&db).unwrap();
             let mut written = Vec::new();
             let mut i = 0;
             while i < DURING || !done.load(std::sync::atomic::Ordering::SeqCst) {
@@ -1058,7 +1086,12 @@ fn previews_read_the_preview_value_on(mut store: store::Store) {
 
 #[test]
 fn keys_list_shows_status_and_usage_and_flags_missing_keys() {
-    let p = Project::new();
+    for p in Project::each() {
+        keys_list_shows_status_and_usage_and_flags_missing_keys_in(p);
+    }
+}
+
+fn keys_list_shows_status_and_usage_and_flags_missing_keys_in(p: Project) {
     p.ok(&["keys", "rotate", "--generate"], b"");
     p.ok(&["env", "set", "A"], b"a");
     p.ok(&["keys", "rotate", "--generate"], b"");
@@ -1077,7 +1110,7 @@ fn keys_list_shows_status_and_usage_and_flags_missing_keys() {
     // A value wrapped under a key the keyring does not have.
     let gone = envelope::Keyring::parse("gone AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n", "t")
         .unwrap();
-    let mut store = SqliteStore::open(&p.db()).unwrap();
+    let mut store = p.store();
     let n = p.name("production", "B");
     let v = store.reserve_version(&n).unwrap();
     let e = envelope::seal(&gone, &n, v, b"b").unwrap();
