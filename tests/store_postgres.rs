@@ -256,3 +256,62 @@ fn a_small_pool_serves_many_threads() {
     let mut s = s;
     assert!(s.has_delivery("t7-9").unwrap());
 }
+
+/// `telbase env` and `telbase keys` against a PostgreSQL `TELBASE_DATABASE_URL`: the value
+/// goes in, is listed masked, and no row of any table holds it (plain or hex).
+#[test]
+fn env_set_list_unset_through_the_binary_on_postgres() {
+    let Some(db) = TestDb::new() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("telbase.yaml"),
+        "version: 1\nproject: notes\napps:\n  web:\n    framework: nextjs\n",
+    )
+    .unwrap();
+    let run = |args: &[&str], stdin: &[u8]| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_telbase"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("TELBASE_DATABASE_URL", &db.url)
+            .env("TELBASE_MASTER_KEY_FILE", dir.path().join("master.keys"))
+            .env_remove("TELBASE_MASTER_KEY")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "telbase {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    const VALUE: &str = "sk_live_postgres_Zq81xW";
+    run(&["keys", "rotate", "--generate"], b"");
+    run(&["env", "set", "API_KEY"], VALUE.as_bytes());
+    let list = run(&["env", "list"], b"");
+    assert!(list.contains("API_KEY"), "{list}");
+    assert!(!list.contains(VALUE), "{list}");
+    let hex: String = VALUE.bytes().map(|b| format!("{b:02x}")).collect();
+    for table in ["secret_names", "secret_values", "fingerprint_keys"] {
+        let dump = db.rows(&format!("SELECT t::text FROM {table} t"));
+        assert!(!dump.is_empty(), "{table} is empty");
+        let text = format!("{dump:?}");
+        assert!(!text.contains(VALUE) && !text.contains(&hex), "{table}");
+    }
+    let mut s = open(&db);
+    let name = telbase::store::SecretName {
+        project: "notes".into(),
+        environment: "production".into(),
+        name: "API_KEY".into(),
+    };
+    use telbase::store::SecretRows as _;
+    assert_eq!(s.get_value(&name).unwrap().unwrap().value.version, 1);
+    run(&["env", "unset", "API_KEY"], b"");
+    assert!(s.get_value(&name).unwrap().is_none());
+}
