@@ -315,3 +315,25 @@ fn env_set_list_unset_through_the_binary_on_postgres() {
     run(&["env", "unset", "API_KEY"], b"");
     assert!(s.get_value(&name).unwrap().is_none());
 }
+
+/// TLS is verified, not merely attempted: asking for TLS on the local server, whose
+/// certificate no trusted root signed (Debian's self-signed one, or no TLS at all), fails
+/// with an error naming the database and not the password.
+#[test]
+fn tls_to_an_untrusted_certificate_is_refused() {
+    let Some(db) = TestDb::new() else { return };
+    let url = format!("{}?sslmode=require", db.url);
+    let err = PostgresStore::open(&PgUrl::parse(&url).unwrap()).unwrap_err();
+    let text = err.to_string();
+    eprintln!("{text}");
+    assert!(matches!(err, StoreError::Postgres { .. }), "{err:?}");
+    assert!(
+        text.contains("127.0.0.1") || text.contains("localhost"),
+        "{text}"
+    );
+    assert!(!text.contains("telbase-test"), "{text}");
+    assert!(
+        text.to_lowercase().contains("tls"),
+        "says it is about TLS: {text}"
+    );
+}

@@ -40,12 +40,15 @@ pub enum StoreError {
         "{database}: refusing to connect without TLS to a host that is not this machine; remove `sslmode=disable` (Telbase then requires TLS 1.2 or newer, verified against the public roots plus TELBASE_DATABASE_CA_FILE), or reach the database over loopback or a unix socket"
     )]
     PostgresNeedsTls { database: String },
-    #[error("{database}: {error}")]
+    #[error("{database}: {}", with_causes(error))]
     Postgres {
         database: String,
         error: tokio_postgres::Error,
     },
-    #[error("{database}: migration {version} ({name}) failed: {error}")]
+    #[error(
+        "{database}: migration {version} ({name}) failed: {}",
+        with_causes(error)
+    )]
     PostgresMigration {
         database: String,
         version: i64,
@@ -88,6 +91,23 @@ pub enum StoreError {
     },
     #[error("{path}: the store is damaged: {what}")]
     Corrupt { path: String, what: String },
+}
+
+/// An error and its causes, `: `-separated: tokio-postgres's own text leaves out why, e.g.
+/// "error performing TLS handshake" without the certificate problem. (Causes are I/O, TLS
+/// and server errors; none of them carries the URL.)
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl Location {
