@@ -337,3 +337,37 @@ fn tls_to_an_untrusted_certificate_is_refused() {
         "says it is about TLS: {text}"
     );
 }
+
+/// Two rotations of one PostgreSQL store from different machines (different keyring files,
+/// so the file lock beside each keyring cannot see the other): the store's own lock keeps
+/// the second out while the first holds it.
+#[test]
+fn a_rotation_on_another_machine_waits_for_the_store_lock() {
+    use telbase::store::SecretRows as _;
+    let Some(db) = TestDb::new() else { return };
+    let mut first = open(&db);
+    let held = first.rotation_lock().unwrap().expect("free at first");
+    let mut other = open(&db);
+    assert!(
+        other.rotation_lock().unwrap().is_none(),
+        "held by the first"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let err = telbase::secrets::stored::rotate_keyring(
+        &mut other,
+        &dir.path().join("master.keys"),
+        true,
+        10,
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("another `telbase keys rotate`"),
+        "{err}"
+    );
+    drop(held);
+    assert!(
+        other.rotation_lock().unwrap().is_some(),
+        "freed with the guard"
+    );
+}

@@ -239,6 +239,9 @@ impl SecretRows for Store {
     fn rewrap(&mut self, rows: &[(WrappedRow, String, Vec<u8>)]) -> Result<usize, StoreError> {
         both!(self, s => s.rewrap(rows))
     }
+    fn rotation_lock(&mut self) -> Result<Option<Box<dyn Send>>, StoreError> {
+        both!(self, s => s.rotation_lock())
+    }
 }
 
 impl QueueRows for Store {
@@ -446,4 +449,11 @@ pub trait SecretRows {
     /// still wrapped exactly as read (a concurrent `env set` or rotation wins, and its row
     /// is picked up again). Returns how many rows changed.
     fn rewrap(&mut self, rows: &[(WrappedRow, String, Vec<u8>)]) -> Result<usize, StoreError>;
+    /// Keeps every other key rotation of this store out while the returned guard lives;
+    /// `None` when another one holds it. The default holds nothing: an SQLite store is one
+    /// machine's file, and `rotate_keyring`'s lock beside the keyring file covers it. A
+    /// database that several machines reach (PostgreSQL) needs a lock of its own.
+    fn rotation_lock(&mut self) -> Result<Option<Box<dyn Send>>, StoreError> {
+        Ok(Some(Box::new(())))
+    }
 }

@@ -142,6 +142,7 @@ const POOL_WAIT: Duration = Duration::from_secs(30);
 const LOCK_MIGRATE: i32 = 0x7e1b_0001;
 const LOCK_JOB_KEY: i32 = 0x7e1b_0002;
 const LOCK_LEADER: i32 = 0x7e1b_0003;
+const LOCK_ROTATE: i32 = 0x7e1b_0004;
 
 /// A PostgreSQL URL, kept secret (it may hold a password), with what may be shown of it.
 #[derive(Clone)]
@@ -847,6 +848,17 @@ impl SecretRows for PostgresStore {
         }
         wait(tx.commit()).map_err(|e| self.err(e))?;
         Ok(changed)
+    }
+
+    /// A session advisory lock on a connection of its own, held by the guard: dropping it
+    /// (or the process dying) closes the connection, and PostgreSQL frees the lock.
+    fn rotation_lock(&mut self) -> Result<Option<Box<dyn Send>>, StoreError> {
+        let client = self.connect()?;
+        let got: bool =
+            wait(client.query_one("SELECT pg_try_advisory_lock($1, 0)", &[&LOCK_ROTATE]))
+                .map_err(|e| self.err(e))?
+                .get(0);
+        Ok(got.then(|| Box::new(client) as Box<dyn Send>))
     }
 }
 
