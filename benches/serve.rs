@@ -180,7 +180,11 @@ async fn latency(pem: &str, public: &[u8], runs: usize) {
             }
             println!(
                 "  +{:4.0} ms  (until the success status was recorded)",
-                success.finished.saturating_duration_since(last).as_secs_f64() * 1e3
+                success
+                    .finished
+                    .saturating_duration_since(last)
+                    .as_secs_f64()
+                    * 1e3
             );
         }
         walls.push(wall.as_secs_f64());

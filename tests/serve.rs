@@ -20,8 +20,8 @@ use telbase::emulator::Config;
 use telbase::github::webhook;
 use telbase::providers::Credentials;
 use telbase::serve::{self, ServeConfig};
-use telbase::store::Location;
-use telbase::store::sqlite::{JobEnd, MAX_ATTEMPTS, SqliteStore};
+use telbase::store::sqlite::SqliteStore;
+use telbase::store::{JobEnd, Location, MAX_ATTEMPTS, QueueRows as _};
 
 use common::{app_key, emu};
 
@@ -119,7 +119,7 @@ async fn post(
 async fn settle(running: &serve::Running) -> Vec<telbase::store::sqlite::JobRow> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let jobs = running.queue.0.lock().unwrap().jobs().unwrap();
+        let jobs = running.queue.with(|s| s.jobs()).unwrap();
         if jobs
             .iter()
             .all(|j| j.state != "queued" && j.state != "running")
@@ -453,15 +453,7 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(
-        running
-            .queue
-            .0
-            .lock()
-            .unwrap()
-            .has_delivery("d-garbage")
-            .unwrap()
-    );
+    assert!(running.queue.with(|s| s.has_delivery("d-garbage")).unwrap());
 
     // An address that keeps sending bad signatures is told to slow down (429) for the rest
     // of the window; a good signature from the same address (behind a proxy, every
@@ -494,10 +486,7 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
     assert!(
         !running
             .queue
-            .0
-            .lock()
-            .unwrap()
-            .has_delivery("d-brute-24")
+            .with(|s| s.has_delivery("d-brute-24"))
             .unwrap()
     );
 
@@ -505,11 +494,17 @@ async fn pushes_and_pull_requests_reconcile_through_the_app() {
     emu.stop().await;
 }
 
-/// The queue's rules, on the store itself.
+/// The queue's rules, on the store itself (SQLite and PostgreSQL).
 #[test]
 fn the_queue_deduplicates_supersedes_leases_and_gives_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = SqliteStore::open(&dir.path().join("q.db")).unwrap();
+    for t in common::pg::stores() {
+        eprintln!("backend: {}", t.name());
+        queue_rules_on(&t);
+    }
+}
+
+fn queue_rules_on(t: &common::pg::TestStore) {
+    let mut s = t.open();
     let job = |sha: &str| {
         (
             "acme/notes".to_owned(),
@@ -554,7 +549,7 @@ fn the_queue_deduplicates_supersedes_leases_and_gives_up() {
     let c = s.claim_job("w1", 60_000);
     assert!(c.unwrap().is_none());
     drop(s);
-    let mut s = SqliteStore::open(&dir.path().join("q.db")).unwrap();
+    let mut s = t.open();
     let running = s
         .jobs()
         .unwrap()
@@ -993,13 +988,7 @@ async fn installing_the_app_reconciles_each_repository_with_a_telbase_yaml() {
     assert!(summary.contains("acme/notes: Applied"), "{summary}");
     assert!(summary.contains("acme/empty: no telbase.yaml"), "{summary}");
     assert_eq!(emu.inventory()["vercel.projects"], 1);
-    let repos = running
-        .queue
-        .0
-        .lock()
-        .unwrap()
-        .production_repositories()
-        .unwrap();
+    let repos = running.queue.with(|s| s.production_repositories()).unwrap();
     assert_eq!(repos.len(), 1);
     assert_eq!(repos[0].reconciled.as_deref(), Some(MAIN_SHA));
     running.stop().await;

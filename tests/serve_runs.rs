@@ -15,7 +15,6 @@ use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use telbase::emulator::Config;
 use telbase::serve::{self, EdgeConfig, ServeConfig};
-use telbase::store::RunRows as _;
 
 use common::{app_key, emu};
 use serve_app::{post, push_main, server_config, settle};
@@ -333,10 +332,7 @@ async fn without_a_public_url_statuses_have_no_target_url() {
     // hands out run ids to anyone who can reach the server.
     let recorded = running
         .queue
-        .0
-        .lock()
-        .unwrap()
-        .runs_of("acme/notes", 10, 0)
+        .with(|s| s.runs_of("acme/notes", 10, 0))
         .unwrap();
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     let list = client

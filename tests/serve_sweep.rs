@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 use telbase::conformance::{ApiDescription, Exchange};
 use telbase::emulator::{Config, EMULATOR_TOKEN};
 use telbase::serve::{self, sweep};
-use telbase::store::RunRows as _;
 
 use common::{app_key, emu};
 use serve_app::{post, push_main, server_config, settle};
@@ -128,8 +127,7 @@ async fn previews_follow_pull_requests_without_webhooks() {
     assert!(with_preview["vercel.env"] > production["vercel.env"]);
     // The run says how it came about; the next poll sees the head previewed.
     {
-        let mut store = running.queue.0.lock().unwrap();
-        let held = store.held_previews().unwrap();
+        let held = running.queue.with(|s| s.held_previews()).unwrap();
         assert_eq!(held.len(), 1, "{held:?}");
         assert_eq!(held[0].pull_request, Some(5));
         assert_eq!(held[0].trigger, "poll");
@@ -159,10 +157,7 @@ async fn previews_follow_pull_requests_without_webhooks() {
     assert!(
         running
             .queue
-            .0
-            .lock()
-            .unwrap()
-            .held_previews()
+            .with(|s| s.held_previews())
             .unwrap()
             .is_empty()
     );

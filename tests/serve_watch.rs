@@ -125,7 +125,7 @@ async fn wait_converged(running: &serve::Running, url: &str, config: &str, sha: 
 }
 
 fn jobs(running: &serve::Running) -> Vec<telbase::store::sqlite::JobRow> {
-    running.queue.0.lock().unwrap().jobs().unwrap()
+    running.queue.with(|s| s.jobs()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,27 +703,26 @@ fn a_drift_check_is_queued_when_the_files_schedule_comes_due() {
     };
     // Production runs the head; the file asks for a check every 15 minutes.
     queue
-        .0
-        .lock()
-        .unwrap()
-        .record_reconciled(
-            "/srv/app",
-            watch::WATCH_INSTALLATION,
-            "main",
-            &sha,
-            "*/15 * * * *",
-        )
+        .with(|s| {
+            s.record_reconciled(
+                "/srv/app",
+                watch::WATCH_INSTALLATION,
+                "main",
+                &sha,
+                "*/15 * * * *",
+            )
+        })
         .unwrap();
     let now = chrono::Utc::now();
     watch::enqueue(&queue, &source, &head, now).unwrap();
     assert!(
-        queue.0.lock().unwrap().jobs().unwrap().is_empty(),
+        queue.with(|s| s.jobs()).unwrap().is_empty(),
         "nothing is due yet, and the head is what production runs"
     );
     let later = now + chrono::Duration::minutes(16);
     watch::enqueue(&queue, &source, &head, later).unwrap();
     watch::enqueue(&queue, &source, &head, later).unwrap();
-    let jobs = queue.0.lock().unwrap().jobs().unwrap();
+    let jobs = queue.with(|s| s.jobs()).unwrap();
     assert_eq!(jobs.len(), 1, "one check per due time: {jobs:?}");
     assert!(jobs[0].delivery_id.starts_with("watch-drift:/srv/app@"));
     // The GitHub side leaves watched repositories alone.

@@ -134,11 +134,21 @@ fn location_from_url_and_defaults() {
         Location::from_vars(vars(&[])),
         Err(StoreError::NoDefault)
     ));
-    let pg =
-        Location::from_vars(vars(&[("TELBASE_DATABASE_URL", "postgres://u@h/db")])).unwrap_err();
-    assert!(matches!(pg, StoreError::PostgresNotYet));
-    assert!(pg.to_string().contains("telbase serve"));
-    assert!(pg.to_string().contains("issue 6"));
+    let Location::Postgres(pg) = Location::from_vars(vars(&[
+        ("TELBASE_DATABASE_URL", "postgresql://u:secret@h:6000/db"),
+        ("TELBASE_DATABASE_POOL_SIZE", "3"),
+    ]))
+    .unwrap() else {
+        panic!("a PostgreSQL URL is a PostgreSQL location")
+    };
+    assert_eq!((pg.shown(), pg.pool_size), ("postgres h:6000/db", 3));
+    assert!(!format!("{pg:?}").contains("secret"));
+    let bad = Location::from_vars(vars(&[
+        ("TELBASE_DATABASE_URL", "postgres://u:secret@h/db"),
+        ("TELBASE_DATABASE_POOL_SIZE", "none"),
+    ]))
+    .unwrap_err();
+    assert!(matches!(bad, StoreError::PostgresUrl(_)), "{bad}");
     assert!(matches!(
         Location::parse("mysql://h/db"),
         Err(StoreError::BadUrl(_))
@@ -151,8 +161,13 @@ fn location_from_url_and_defaults() {
 
 #[test]
 fn put_value_keeps_the_newest_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    for t in common::pg::stores() {
+        eprintln!("backend: {}", t.name());
+        put_value_keeps_the_newest_version_on(t.open());
+    }
+}
+
+fn put_value_keeps_the_newest_version_on(mut s: store::Store) {
     let name = SecretName {
         project: "p".into(),
         environment: "production".into(),
@@ -194,16 +209,43 @@ use telbase::store::SecretRows;
 
 const CONFIG: &str = "version: 1\nproject: notes\napps:\n  web:\n    framework: nextjs\n";
 
-/// A project directory with telbase.yaml, a database path and a keyring path.
+/// A project directory with telbase.yaml, a database path and a keyring path; its store is
+/// the SQLite file `db()` unless given a PostgreSQL database.
 struct Project {
     dir: tempfile::TempDir,
+    pg: Option<common::pg::TestDb>,
 }
 
 impl Project {
     fn new() -> Project {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("telbase.yaml"), CONFIG).unwrap();
-        Project { dir }
+        Project { dir, pg: None }
+    }
+    /// The same on each backend under test (SQLite, then PostgreSQL when available).
+    fn each() -> Vec<Project> {
+        common::pg::stores()
+            .into_iter()
+            .map(|t| {
+                let mut p = Project::new();
+                if let common::pg::TestStore::Postgres(db) = t {
+                    eprintln!("backend: postgres");
+                    p.pg = Some(db);
+                } else {
+                    eprintln!("backend: sqlite");
+                }
+                p
+            })
+            .collect()
+    }
+    fn url(&self) -> String {
+        match &self.pg {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite:{}", self.db().display()),
+        }
+    }
+    fn store(&self) -> store::Store {
+        store::open(&Location::parse(&self.url()).unwrap()).unwrap()
     }
     fn db(&self) -> PathBuf {
         self.dir.path().join("data/telbase.db")
@@ -215,10 +257,7 @@ impl Project {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_telbase"));
         cmd.args(args)
             .current_dir(self.dir.path())
-            .env(
-                "TELBASE_DATABASE_URL",
-                format!("sqlite:{}", self.db().display()),
-            )
+            .env("TELBASE_DATABASE_URL", self.url())
             .env("TELBASE_MASTER_KEY_FILE", self.keys())
             .env_remove("TELBASE_MASTER_KEY")
             .env_remove("RUST_LOG")
@@ -919,9 +958,14 @@ fn the_cli_applies_a_stored_variable_with_verbose_logs_and_leaks_it_nowhere() {
 
 #[test]
 fn writers_during_a_rotation_lose_nothing() {
+    for p in Project::each() {
+        writers_during_a_rotation_lose_nothing_in(p);
+    }
+}
+
+fn writers_during_a_rotation_lose_nothing_in(p: Project) {
     const EXISTING: usize = 300;
     const DURING: usize = 150;
-    let p = Project::new();
     p.ok(&["keys", "rotate", "--generate"], b"");
     // A long-running process that loaded the keyring file before the rotation: it follows
     // the file, so it wraps under the new key once that is written, and opens rows the
@@ -929,7 +973,7 @@ fn writers_during_a_rotation_lose_nothing() {
     let loaded = envelope::read_keyring_file(&p.keys()).unwrap();
     let original = loaded.current().unwrap().id.clone();
     let stale = Arc::new(envelope::KeyringFile::open(&p.keys()).unwrap());
-    let mut store = SqliteStore::open(&p.db()).unwrap();
+    let mut store = p.store();
     for i in 0..EXISTING {
         let n = p.name("production", &format!("OLD_{i}"));
         stored::set(&mut store, &loaded, &n, format!("old-{i}").as_bytes()).unwrap();
@@ -941,11 +985,10 @@ fn writers_during_a_rotation_lose_nothing() {
     // Writes go on for the whole rotation (and at least DURING of them).
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let db = p.db();
+        let mut store = p.store();
         let done = done.clone();
         let name = p.name("production", "X");
         std::thread::spawn(move || {
-            let mut store = SqliteStore::open(&db).unwrap();
             let mut written = Vec::new();
             let mut i = 0;
             while i < DURING || !done.load(std::sync::atomic::Ordering::SeqCst) {
@@ -1011,8 +1054,13 @@ fn writers_during_a_rotation_lose_nothing() {
 
 #[test]
 fn previews_read_the_preview_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+    for t in common::pg::stores() {
+        eprintln!("backend: {}", t.name());
+        previews_read_the_preview_value_on(t.open());
+    }
+}
+
+fn previews_read_the_preview_value_on(mut store: store::Store) {
     let keys = envelope::Keyring::parse("k AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n", "test")
         .unwrap();
     let key = |env: &str| SecretName {
@@ -1038,7 +1086,12 @@ fn previews_read_the_preview_value() {
 
 #[test]
 fn keys_list_shows_status_and_usage_and_flags_missing_keys() {
-    let p = Project::new();
+    for p in Project::each() {
+        keys_list_shows_status_and_usage_and_flags_missing_keys_in(p);
+    }
+}
+
+fn keys_list_shows_status_and_usage_and_flags_missing_keys_in(p: Project) {
     p.ok(&["keys", "rotate", "--generate"], b"");
     p.ok(&["env", "set", "A"], b"a");
     p.ok(&["keys", "rotate", "--generate"], b"");
@@ -1057,7 +1110,7 @@ fn keys_list_shows_status_and_usage_and_flags_missing_keys() {
     // A value wrapped under a key the keyring does not have.
     let gone = envelope::Keyring::parse("gone AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n", "t")
         .unwrap();
-    let mut store = SqliteStore::open(&p.db()).unwrap();
+    let mut store = p.store();
     let n = p.name("production", "B");
     let v = store.reserve_version(&n).unwrap();
     let e = envelope::seal(&gone, &n, v, b"b").unwrap();
@@ -1078,4 +1131,89 @@ fn keys_list_shows_status_and_usage_and_flags_missing_keys() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains("MISSING"));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot be opened"));
+}
+
+/// The run records behind the run pages and the preview sweep, on both backends: saved and
+/// updated in place, listed newest first a page at a time, held previews (the newest run of
+/// each pull request unless it is a successful teardown), and pruning by age.
+#[test]
+fn run_records_behave_alike_on_both_backends() {
+    for t in common::pg::stores() {
+        eprintln!("backend: {}", t.name());
+        run_records_on(t.open());
+    }
+}
+
+fn run_records_on(mut s: store::Store) {
+    use store::RunRows as _;
+    use store::runs::RunRecord;
+    let run =
+        |id: &str, pr: Option<u64>, sha: &str, mode: &str, outcome: &str, at: i64| RunRecord {
+            id: id.into(),
+            repo: "acme/notes".into(),
+            environment: pr.map_or("production".into(), |n| format!("preview-{n}")),
+            pull_request: pr,
+            sha: sha.into(),
+            branch: "feature".into(),
+            trigger: "pr".into(),
+            mode: mode.into(),
+            job_id: None,
+            started_at: at,
+            ended_at: None,
+            outcome: outcome.into(),
+            summary: String::new(),
+            plan: String::new(),
+            report: "[]".into(),
+            preview_ttl_seconds: pr.map(|_| 3600),
+        };
+    s.save_run(&run("p1", None, "a", "apply", "running", 10))
+        .unwrap();
+    // The end of a run updates the same row.
+    let mut done = run("p1", None, "a", "apply", "success", 10);
+    done.ended_at = Some(15);
+    done.summary = "Applied 3 changes".into();
+    done.plan = "notes: 3 to create".into();
+    s.save_run(&done).unwrap();
+    assert_eq!(s.run("p1").unwrap(), Some(done.clone()));
+    assert_eq!(s.run("nope").unwrap(), None);
+
+    s.save_run(&run("a1", Some(1), "b", "apply", "success", 20))
+        .unwrap();
+    s.save_run(&run("t1", Some(1), "b", "teardown", "success", 30))
+        .unwrap();
+    s.save_run(&run("a2", Some(2), "c", "apply", "success", 40))
+        .unwrap();
+    s.save_run(&run("t2", Some(2), "c", "teardown", "failure", 50))
+        .unwrap();
+    s.save_run(&run("a3", Some(3), "d", "apply", "running", 60))
+        .unwrap();
+    let held: Vec<String> = s
+        .held_previews()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        held,
+        ["t2", "a3"],
+        "a failed teardown still holds its preview"
+    );
+    assert!(s.has_preview_run("acme/notes", 1, "b").unwrap());
+    assert!(!s.has_preview_run("acme/notes", 1, "c").unwrap());
+    assert!(!s.has_preview_run("other/repo", 1, "b").unwrap());
+
+    let page = |s: &mut store::Store, limit, offset| -> Vec<String> {
+        s.runs_of("acme/notes", limit, offset)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    assert_eq!(page(&mut s, 2, 0), ["a3", "t2"], "newest first");
+    assert_eq!(page(&mut s, 2, 2), ["a2", "t1"]);
+    assert_eq!(page(&mut s, 10, 5), ["p1"]);
+    assert_eq!(s.job_event(12345).unwrap(), None);
+
+    assert_eq!(s.prune_runs(35).unwrap(), 3, "p1, a1 and t1 are older");
+    assert_eq!(page(&mut s, 10, 0), ["a3", "t2", "a2"]);
 }

@@ -12,7 +12,7 @@ use anyhow::{Context as _, anyhow, bail};
 
 use crate::config;
 use crate::secrets::{self, envelope, stored};
-use crate::store::{self, SecretName, SecretRows as _, SqliteStore};
+use crate::store::{self, SecretName, SecretRows as _, Store};
 
 /// What `env list` shows instead of a value.
 pub const MASK: &str = "••••••••";
@@ -96,7 +96,7 @@ pub fn project_of(path: &Path) -> anyhow::Result<String> {
 }
 
 /// The store at `TELBASE_DATABASE_URL` (or the default file).
-pub fn open_store() -> anyhow::Result<SqliteStore> {
+pub fn open_store() -> anyhow::Result<Store> {
     let location = store::Location::from_env()?;
     Ok(store::open(&location)?)
 }

@@ -180,7 +180,7 @@ pub struct Session {
     pub http: Http,
     /// The store, open only when the config has `stored: true` variables (their keyed
     /// fingerprints are already read into `desired`; apply opens their values from it).
-    pub store: Option<crate::store::SqliteStore>,
+    pub store: Option<crate::store::Store>,
 }
 
 /// Load and check the config (diagnostics to stderr), pin the commit, set up clients.
@@ -338,7 +338,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// The opener for sealed values (`TELBASE_IDENTITY_FILE` when set) and, when the config has
 /// stored values, for those too (with the master keys from the environment).
-fn opener(store: Option<crate::store::SqliteStore>) -> anyhow::Result<Arc<dyn Opener>> {
+fn opener(store: Option<crate::store::Store>) -> anyhow::Result<Arc<dyn Opener>> {
     let age = age_only_opener()?;
     let Some(store) = store else {
         return Ok(age);

@@ -228,6 +228,10 @@ pub fn rotate_keyring(
     let _lock = crate::store::sqlite::FileLock::try_acquire(&lock_path)
         .map_err(StoredError::Store)?
         .ok_or_else(|| StoredError::RotationRunning(lock_path.display().to_string()))?;
+    // And the store's own lock: with PostgreSQL, a rotation on another machine.
+    let _store_lock = store
+        .rotation_lock()?
+        .ok_or_else(|| StoredError::RotationRunning("the store's rotation lock".into()))?;
     let mut keyring = if path.exists() {
         envelope::read_keyring_file(path)?
     } else if generate {

@@ -542,11 +542,20 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
     uptime::spawn(board.clone(), &edge.uptime, rx.clone()).map_err(ServeError::Uptime)?;
     if let Some(rotation) = config.key_rotation.clone() {
         let location = config.store.clone();
-        let mut stop = rx.clone();
+        let (queue, mut stop) = (queue.clone(), rx.clone());
         tokio::spawn(async move {
             loop {
                 let (r, l) = (rotation.clone(), location.clone());
-                match tokio::task::spawn_blocking(move || rotate_if_due(&r, &l)).await {
+                let leads = leads(&queue).await;
+                match tokio::task::spawn_blocking(move || {
+                    if leads {
+                        rotate_if_due(&r, &l)
+                    } else {
+                        Ok(false)
+                    }
+                })
+                .await
+                {
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "scheduled key rotation failed; it runs again at the next check")
                     }
@@ -567,6 +576,9 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.wait_for(|s| *s) => return,
+                }
+                if !leads(&queue).await {
+                    continue;
                 }
                 if let Err(e) = poll_once(&queue, &github).await {
                     tracing::warn!(error = %e, "polling GitHub failed; trying again next time");
@@ -598,6 +610,9 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.wait_for(|s| *s) => return,
+                }
+                if !leads(&queue).await {
+                    continue;
                 }
                 let q = queue.clone();
                 let now = chrono::Utc::now();
@@ -645,6 +660,20 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
     })
 }
 
+/// Whether this replica runs the periodic tasks now (see [`queue::StoreQueue::lead`]); a
+/// store that cannot say is taken as "not now": the tasks run again at the next tick.
+async fn leads(queue: &Arc<queue::StoreQueue>) -> bool {
+    let q = queue.clone();
+    match tokio::task::spawn_blocking(move || q.lead()).await {
+        Ok(Ok(leads)) => leads,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot tell whether this replica leads; skipping a periodic task");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
 /// One round of the polling fallback: for each repository whose production branch is known,
 /// queue a reconcile of the branch's head if it is not the commit last reconciled. The
 /// synthetic delivery id (`poll:REPO@SHA`) makes it happen once per commit, however many
@@ -655,17 +684,12 @@ pub async fn poll_once(
 ) -> Result<usize, String> {
     let repos = {
         let q = queue.clone();
-        tokio::task::spawn_blocking(move || {
-            q.0.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .production_repositories()
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())??
+        tokio::task::spawn_blocking(move || q.with(|s| s.production_repositories()))
+            .await
+            .map_err(|e| e.to_string())??
     };
     let mut queued = 0;
-    for crate::store::sqlite::ProductionRepo {
+    for crate::store::ProductionRepo {
         repo,
         installation,
         branch,
@@ -726,9 +750,8 @@ pub fn drift_once(
         .seconds(Seconds::Disallowed)
         .year(Year::Disallowed)
         .build();
-    let mut store = queue.0.lock().unwrap_or_else(|e| e.into_inner());
     let mut queued = 0;
-    for r in store.production_repositories().map_err(|e| e.to_string())? {
+    for r in queue.with(|s| s.production_repositories())? {
         let (Some(sha), Some(cron)) = (&r.reconciled, &r.drift_cron) else {
             continue;
         };
@@ -759,16 +782,13 @@ pub fn drift_once(
         let (serial_repo, key) = intent.serial_key();
         let json = serde_json::to_string(&intent).map_err(|e| e.to_string())?;
         let id = format!("drift:{}@{}:{}", r.repo, sha, due.timestamp());
-        if store
-            .record_delivery(&id, "drift", "", &[(serial_repo, key, json)])
-            .map_err(|e| e.to_string())?
+        if queue
+            .with(|s| s.record_delivery(&id, "drift", "", &[(serial_repo, key, json)]))?
             .is_some()
         {
             queued += 1;
         }
-        store
-            .drift_checked(&r.repo, now.timestamp_millis())
-            .map_err(|e| e.to_string())?;
+        queue.with(|s| s.drift_checked(&r.repo, now.timestamp_millis()))?;
     }
     Ok(queued)
 }
@@ -781,5 +801,7 @@ impl Running {
         for w in self.workers {
             let _ = w.await;
         }
+        let queue = self.queue.clone();
+        let _ = tokio::task::spawn_blocking(move || queue.resign()).await;
     }
 }

@@ -1,32 +1,64 @@
-//! The store as the server's inbox and queue: `Inbox` and `Jobs` over the SQLite store's
-//! delivery and job tables. One connection behind a mutex per server process; several
-//! processes (replicas on one host, or workers) share the file safely because every write
-//! is an IMMEDIATE transaction.
+//! The store as the server's inbox and queue: `Inbox` and `Jobs` over the store's delivery
+//! and job tables ([`QueueRows`]). SQLite: one connection behind a mutex per server process;
+//! several processes (replicas on one host, or workers) share the file safely because every
+//! write is an IMMEDIATE transaction. PostgreSQL: a pool shared without a mutex, so workers
+//! do not wait on each other, and replicas on several hosts share the queue.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::github::webhook::Intent;
-use crate::store::SqliteStore;
-use crate::store::sqlite::JobEnd;
+use crate::store::{JobEnd, PostgresStore, QueueRows, SqliteStore, Store, StoreError};
 
 use super::worker::{Job, Jobs};
 use super::{Inbox, IncomingDelivery, Recorded};
 
-/// The SQLite store, shared by the handlers and the workers of one process.
-pub struct StoreQueue(pub Mutex<SqliteStore>);
+/// The store, shared by the handlers and the workers of one process.
+pub struct StoreQueue(Backend);
+
+enum Backend {
+    Sqlite(Mutex<SqliteStore>),
+    /// Clones share one pool; each call takes a connection of its own.
+    Postgres(PostgresStore),
+}
 
 impl StoreQueue {
-    pub fn new(store: SqliteStore) -> Self {
-        StoreQueue(Mutex::new(store))
+    pub fn new(store: Store) -> Self {
+        StoreQueue(match store {
+            Store::Sqlite(s) => Backend::Sqlite(Mutex::new(s)),
+            Store::Postgres(p) => Backend::Postgres(p),
+        })
     }
 
-    fn with<T>(
+    /// Runs `f` on the store (blocking: call it from a blocking thread).
+    pub fn with<T>(
         &self,
-        f: impl FnOnce(&mut SqliteStore) -> Result<T, crate::store::StoreError>,
+        f: impl FnOnce(&mut dyn QueueRows) -> Result<T, StoreError>,
     ) -> Result<T, String> {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut s).map_err(|e| e.to_string())
+        match &self.0 {
+            Backend::Sqlite(m) => {
+                let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+                f(&mut *s).map_err(|e| e.to_string())
+            }
+            Backend::Postgres(p) => f(&mut p.clone()).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Whether this process runs the periodic tasks (polling, drift schedules, key
+    /// rotation). SQLite: always (its tasks are idempotent through their delivery ids, and
+    /// rotation has its own lock). PostgreSQL: only the replica holding the leader lock.
+    pub fn lead(&self) -> Result<bool, String> {
+        match &self.0 {
+            Backend::Sqlite(_) => Ok(true),
+            Backend::Postgres(p) => p.lead().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Gives leadership up (on shutdown), so another replica takes the periodic tasks at once.
+    pub fn resign(&self) {
+        if let Backend::Postgres(p) = &self.0 {
+            p.resign();
+        }
     }
 }
 

@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::model::Environment;
-use crate::store::RunRows as _;
 use crate::store::runs::RunRecord;
 
 use super::queue::StoreQueue;
@@ -44,20 +43,16 @@ pub trait RunLog: Send + Sync + 'static {
 
 impl RunLog for StoreQueue {
     fn save(&self, run: &RunRecord) -> Result<(), String> {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        s.save_run(run).map_err(|e| e.to_string())
+        self.with(|s| s.save_run(run))
     }
     fn get(&self, id: &str) -> Result<Option<RunRecord>, String> {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        s.run(id).map_err(|e| e.to_string())
+        self.with(|s| s.run(id))
     }
     fn list(&self, repo: &str, limit: usize, offset: usize) -> Result<Vec<RunRecord>, String> {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        s.runs_of(repo, limit, offset).map_err(|e| e.to_string())
+        self.with(|s| s.runs_of(repo, limit, offset))
     }
     fn job_event(&self, job: i64) -> Result<Option<String>, String> {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        s.job_event(job).map_err(|e| e.to_string())
+        self.with(|s| s.job_event(job))
     }
 }
 

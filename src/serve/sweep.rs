@@ -21,7 +21,6 @@ use std::sync::Arc;
 use crate::github::app::GitHubApp;
 use crate::github::webhook::Intent;
 use crate::model::Environment;
-use crate::store::RunRows as _;
 use crate::store::runs::RunRecord;
 use crate::store::sqlite::ProductionRepo;
 
@@ -54,17 +53,14 @@ pub struct Polled {
 
 async fn blocking<T: Send + 'static>(
     queue: &Arc<StoreQueue>,
-    f: impl FnOnce(&mut crate::store::SqliteStore) -> Result<T, crate::store::StoreError>
+    f: impl FnOnce(&mut dyn crate::store::QueueRows) -> Result<T, crate::store::StoreError>
     + Send
     + 'static,
 ) -> Result<T, String> {
     let q = queue.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut s = q.0.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut s).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    tokio::task::spawn_blocking(move || q.with(f))
+        .await
+        .map_err(|e| e.to_string())?
 }
 
 /// Queue `intent` under the synthetic delivery `id` unless that id was recorded before.

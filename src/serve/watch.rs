@@ -641,14 +641,10 @@ pub fn enqueue(
     head: &Head,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), String> {
-    let row = {
-        let store = queue.0.lock().unwrap_or_else(|e| e.into_inner());
-        store
-            .production_repositories()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|r| r.installation == WATCH_INSTALLATION && r.repo == source.name)
-    };
+    let row = queue
+        .with(|s| s.production_repositories())?
+        .into_iter()
+        .find(|r| r.installation == WATCH_INSTALLATION && r.repo == source.name);
     let reconciled = row.as_ref().and_then(|r| r.reconciled.clone());
     if reconciled.as_deref() != Some(head.sha.as_str()) {
         // Once per commit and production state: an invalid commit fails once, not every
@@ -691,13 +687,10 @@ pub fn enqueue(
     let (serial_repo, key) = intent.serial_key();
     let json = serde_json::to_string(&intent).map_err(|e| e.to_string())?;
     let id = format!("watch-drift:{}@{}:{}", source.name, sha, due.timestamp());
-    let mut store = queue.0.lock().unwrap_or_else(|e| e.into_inner());
-    store
-        .record_delivery(&id, "drift", "", &[(serial_repo, key, json)])
-        .map_err(|e| e.to_string())?;
-    store
-        .drift_checked(&source.name, now.timestamp_millis())
-        .map_err(|e| e.to_string())
+    queue.with(|s| {
+        s.record_delivery(&id, "drift", "", &[(serial_repo, key, json)])?;
+        s.drift_checked(&source.name, now.timestamp_millis())
+    })
 }
 
 /// When the drift cron came due since it was last looked at, or `None` if it has not (the

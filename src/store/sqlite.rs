@@ -895,6 +895,56 @@ impl SqliteStore {
     }
 }
 
+/// The queue's methods above, behind the backend-neutral trait.
+impl super::QueueRows for SqliteStore {
+    fn record_delivery(
+        &mut self,
+        id: &str,
+        event: &str,
+        ignored: &str,
+        jobs: &[(String, String, String)],
+    ) -> Result<Option<usize>, StoreError> {
+        SqliteStore::record_delivery(self, id, event, ignored, jobs)
+    }
+    fn queue_depth(&mut self) -> Result<u64, StoreError> {
+        SqliteStore::queue_depth(self)
+    }
+    fn claim_job(&mut self, owner: &str, lease_ms: i64) -> Result<Option<ClaimedJob>, StoreError> {
+        SqliteStore::claim_job(self, owner, lease_ms)
+    }
+    fn renew_job(&mut self, id: i64, owner: &str, lease_ms: i64) -> Result<bool, StoreError> {
+        SqliteStore::renew_job(self, id, owner, lease_ms)
+    }
+    fn end_job(&mut self, id: i64, owner: &str, outcome: JobEnd<'_>) -> Result<(), StoreError> {
+        SqliteStore::end_job(self, id, owner, outcome)
+    }
+    fn jobs(&mut self) -> Result<Vec<JobRow>, StoreError> {
+        SqliteStore::jobs(self)
+    }
+    fn remember_repository(&mut self, repo: &str, installation: u64) -> Result<(), StoreError> {
+        SqliteStore::remember_repository(self, repo, installation)
+    }
+    fn record_reconciled(
+        &mut self,
+        repo: &str,
+        installation: u64,
+        branch: &str,
+        sha: &str,
+        drift_cron: &str,
+    ) -> Result<(), StoreError> {
+        SqliteStore::record_reconciled(self, repo, installation, branch, sha, drift_cron)
+    }
+    fn production_repositories(&mut self) -> Result<Vec<ProductionRepo>, StoreError> {
+        SqliteStore::production_repositories(self)
+    }
+    fn has_delivery(&mut self, id: &str) -> Result<bool, StoreError> {
+        SqliteStore::has_delivery(self, id)
+    }
+    fn drift_checked(&mut self, repo: &str, at_ms: i64) -> Result<(), StoreError> {
+        SqliteStore::drift_checked(self, repo, at_ms)
+    }
+}
+
 /// How a job ended.
 #[derive(Debug, Clone, Copy)]
 pub enum JobEnd<'a> {

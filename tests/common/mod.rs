@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod emu;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

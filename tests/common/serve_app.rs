@@ -112,7 +112,7 @@ pub async fn post(
 pub async fn settle(running: &serve::Running) -> Vec<telbase::store::sqlite::JobRow> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let jobs = running.queue.0.lock().unwrap().jobs().unwrap();
+        let jobs = running.queue.with(|s| s.jobs()).unwrap();
         if jobs
             .iter()
             .all(|j| j.state != "queued" && j.state != "running")
