@@ -108,6 +108,10 @@ pub struct AppState {
     pub bad_signatures: BadSignatures,
     /// Deployed URLs and their probe results, for pages that show them.
     pub uptime: Arc<uptime::UptimeBoard>,
+    /// Wakes this process's idle workers when a delivery queues jobs, so a push is picked up
+    /// at once rather than at their next look at the queue (other replicas still look every
+    /// half second).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// The router with every route and limit.
@@ -237,6 +241,10 @@ async fn github_webhook(
     .await;
     match recorded {
         Ok((Ok(Recorded::New { jobs }), delivery)) => {
+            // One permit per job: a worker busy right now finds its permit when it is done.
+            for _ in 0..jobs {
+                app.wake.notify_one();
+            }
             app.metrics.delivery(&event, "accepted");
             tracing::info!(delivery = %delivery.id, event = %event, jobs, ignored = ?delivery.ignored, "delivery recorded");
             (
@@ -506,12 +514,14 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         addr: config.listen,
         error,
     })?;
+    let wake = Arc::new(tokio::sync::Notify::new());
     let state = Arc::new(AppState {
         webhook_secrets: config.webhook_secrets.clone(),
         inbox: queue.clone(),
         metrics: metrics.clone(),
         bad_signatures: BadSignatures::default(),
         uptime: board.clone(),
+        wake: wake.clone(),
     });
     let app = router(state).merge(runs::router(queue.clone(), edge.run_list));
     let mut stop_http = rx.clone();
@@ -635,6 +645,7 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
                 format!("{host}:{}:{n}", std::process::id()),
                 config.lease,
                 rx.clone(),
+                wake.clone(),
             ))
         })
         .collect();

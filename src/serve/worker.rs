@@ -818,7 +818,10 @@ pub async fn work(
     owner: String,
     lease: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    wake: Arc<tokio::sync::Notify>,
 ) {
+    // How often an idle worker looks at the queue by itself: for jobs queued by another
+    // replica, a poll or the sweep; this process's deliveries wake it at once.
     const IDLE: Duration = Duration::from_millis(500);
     loop {
         if *shutdown.borrow() {
@@ -834,6 +837,7 @@ pub async fn work(
             Ok(Ok(None)) => {
                 tokio::select! {
                     _ = tokio::time::sleep(IDLE) => {}
+                    _ = wake.notified() => {}
                     _ = shutdown.changed() => {}
                 }
                 continue;
