@@ -57,7 +57,8 @@ pub struct ServeArgs {
     pub uptime_seconds: u64,
     /// Where to POST signed notifications (app down, recovered, reconcile failed); the
     /// signing secret comes from TELBASE_NOTIFY_SECRET_FILE or TELBASE_NOTIFY_SECRET.
-    #[arg(long, env = "TELBASE_NOTIFY_URL")]
+    /// (Its value is never shown in help: chat webhook URLs hold their token.)
+    #[arg(long, env = "TELBASE_NOTIFY_URL", hide_env_values = true)]
     pub notify_url: Option<String>,
     /// Serve `GET /runs?repo=owner/name`, the list of a repository's runs. Off by default:
     /// it hands run ids (the only key to a run page) to anyone who can reach the server.

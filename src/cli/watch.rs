@@ -47,11 +47,12 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("`{s}` is not a duration like 60s, 5m or 1h"))?;
+    let too_long = || format!("`{s}` is too long");
     let d = match unit {
         "" | "s" => Duration::from_secs(n),
         "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+        "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(too_long)?),
+        "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_long)?),
         _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m or h)")),
     };
     if d < Duration::from_millis(100) {
@@ -171,5 +172,8 @@ mod tests {
         assert!(parse_interval("1d").is_err());
         assert!(parse_interval("soon").is_err());
         assert!(parse_interval("0s").is_err());
+        // Overflow is an error, not a panic or a wrapped value.
+        assert!(parse_interval("18446744073709551615h").is_err());
+        assert!(parse_interval("307445734561825861m").is_err());
     }
 }

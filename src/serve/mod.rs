@@ -289,10 +289,11 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
             )
                 .into_response()
         }
-        Ok(Err(e)) => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("store not ready: {e}"),
-        ),
+        Ok(Err(e)) => {
+            // Anyone may ask /readyz; the error names the database, so it goes to the log.
+            tracing::warn!(error = %e, "readiness: the store does not answer");
+            problem(StatusCode::SERVICE_UNAVAILABLE, "store not ready")
+        }
         Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "store not ready"),
     }
 }
@@ -429,6 +430,10 @@ pub enum ServeError {
     NoWebhookSecret,
     #[error("--watch: {0}")]
     Watch(#[from] watch::WatchError),
+    #[error(
+        "--watch with a PostgreSQL store: watched repositories are fetched into this server's own cache, which another replica cannot read. Watch from one server with an SQLite store, or use the GitHub App for several replicas"
+    )]
+    WatchWithReplicas,
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
     #[error("notifications: {0}")]
@@ -466,6 +471,9 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
     let without_github = config.webhook_secrets.is_empty();
     if without_github && config.watch.is_none() {
         return Err(ServeError::NoWebhookSecret);
+    }
+    if config.watch.is_some() && matches!(config.store, crate::store::Location::Postgres(_)) {
+        return Err(ServeError::WatchWithReplicas);
     }
     let https = edge.tls.clone().map(tls::Tls::new).transpose()?;
     let store = crate::store::open(&config.store)?;
@@ -603,6 +611,10 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
                 tokio::select! {
                     _ = tokio::time::sleep(every) => {}
                     _ = stop.wait_for(|s| *s) => return,
+                }
+                // One replica sweeps, as one polls.
+                if !leads(&queue).await {
+                    continue;
                 }
                 match sweep::sweep_once(&queue, &reconciler, chrono::Utc::now()).await {
                     Ok(r) => tracing::debug!(report = ?r, "preview sweep"),

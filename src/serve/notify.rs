@@ -36,10 +36,24 @@ pub struct NotifyConfig {
 impl std::fmt::Debug for NotifyConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NotifyConfig")
-            .field("url", &self.url)
+            // Chat webhooks (Slack, Discord) carry their token in the path: the host only.
+            .field("url", &shown_url(&self.url))
             .field("secret", &"[redacted]")
             .field("attempts", &self.attempts)
             .finish()
+    }
+}
+
+/// `scheme://host[:port]/…`: where a URL points, without the path or query that may hold a
+/// token.
+fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{}://{h}:{p}/…", u.scheme()),
+            (Some(h), None) => format!("{}://{h}/…", u.scheme()),
+            _ => "[unparsable URL]".into(),
+        },
+        Err(_) => "[unparsable URL]".into(),
     }
 }
 

@@ -347,7 +347,7 @@ fn title(run: &RunRecord) -> String {
         "{} {} at {} — Telbase",
         run.repo,
         run.environment,
-        &run.sha[..run.sha.len().min(7)]
+        run.sha.get(..7).unwrap_or(&run.sha)
     )
 }
 
@@ -490,7 +490,7 @@ async fn list(State(log): State<Arc<dyn RunLog>>, Query(q): Query<ListQuery>) ->
                 esc(&r.id),
                 esc(&time(r.started_at)),
                 esc(&r.environment),
-                esc(&r.sha[..r.sha.len().min(7)]),
+                esc(r.sha.get(..7).unwrap_or(&r.sha)),
                 esc(&r.trigger),
                 esc(&r.outcome),
                 esc(&r.outcome),

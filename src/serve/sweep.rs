@@ -249,7 +249,9 @@ pub async fn sweep_once(
                 sha: sha.clone(),
                 head_branch: r.branch.clone(),
             };
-            let id = format!("sweep:{}#{n}:orphan@{now_ms}", r.repo);
+            // Once per production commit: an orphan the planner will not remove is not queued
+            // again every round (and two replicas sweeping agree on the id).
+            let id = format!("sweep:{}#{n}:orphan@{sha}", r.repo);
             if queue_once(queue, id, "sweep", intent).await? {
                 tracing::info!(repo = %r.repo, pr = n, "orphaned preview resources; tearing them down");
                 report.orphans += 1;

@@ -184,6 +184,30 @@ fn parse_url(
         .map(|p| SecretString::from(percent_decode(p)));
     let _ = url.set_username("");
     let _ = url.set_password(None);
+    if url.query().is_some() || url.fragment().is_some() {
+        // A token in the query would be kept in the source's name (logs, jobs, run pages).
+        url.set_query(None);
+        url.set_fragment(None);
+        return Err(WatchError::Source {
+            spec: url.to_string(),
+            why: "a git URL with a query or fragment is not supported; give credentials as https://USER:TOKEN@HOST/…".into(),
+        });
+    }
+    // Credentials in the clear only where they cannot leave the machine (as with the
+    // PostgreSQL store's TLS rule).
+    let loopback = url.host_str().is_some_and(|h| {
+        h.eq_ignore_ascii_case("localhost")
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|a| a.is_loopback())
+    });
+    if url.scheme() == "http" && (user.is_some() || password.is_some()) && !loopback {
+        return Err(WatchError::Source {
+            spec: url.to_string(),
+            why: "credentials over http:// would travel in the clear; use https".into(),
+        });
+    }
     let name = url.to_string();
     let shallow = match url.scheme() {
         "https" | "http" | "git" => true,
@@ -511,6 +535,8 @@ impl Fetcher<'_> {
         let mut remote = self.remote()?;
         let mut opts = git2::FetchOptions::new();
         opts.remote_callbacks(self.callbacks());
+        // Never to another host: the credentials callback would hand the token to it.
+        opts.follow_redirects(git2::RemoteRedirect::None);
         opts.download_tags(git2::AutotagOption::None);
         if self.shallow {
             opts.depth(1);
@@ -739,6 +765,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(other.source.git_dir, w.source.git_dir);
+    }
+
+    #[test]
+    fn tokens_in_queries_and_credentials_over_http_are_refused_without_echoing_them() {
+        for s in [
+            "https://git.example.com/team/app.git?private_token=s3cret",
+            "https://git.example.com/team/app.git#s3cret",
+            "http://bot:s3cret@git.example.com/team/app.git",
+        ] {
+            let e = parse_source(&SecretString::from(s), None, Path::new("c")).unwrap_err();
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        // Without credentials, plain http stays possible (a server on a private network),
+        // and with them on loopback, where they never leave the machine.
+        assert!(
+            parse_source(
+                &SecretString::from("http://bot:pw@127.0.0.1:8080/team/app.git"),
+                None,
+                Path::new("c")
+            )
+            .is_ok()
+        );
+        assert!(
+            parse_source(
+                &SecretString::from("http://git.internal/team/app.git"),
+                None,
+                Path::new("c")
+            )
+            .is_ok()
+        );
     }
 
     #[test]

@@ -636,7 +636,12 @@ impl Reconciler {
             .store
             .as_ref()
             .ok_or("the file uses stored values, but the server has no store")?;
-        let mut store = crate::store::open(location).map_err(|e| e.to_string())?;
+        // The store's own error names the database (and its TLS or server details): fit for
+        // the server's log, not for a commit status, a run page or a notification.
+        let mut store = crate::store::open(location).map_err(|e| {
+            tracing::error!(error = %e, "the store of stored values cannot be opened");
+            "the server cannot open its store of stored values (see the server's log)".to_owned()
+        })?;
         crate::secrets::stored::read_fingerprints(desired, &mut store)?;
         let keys = crate::secrets::envelope::key_provider_from_vars(|k| std::env::var(k).ok())
             .map_err(|e| e.to_string());
@@ -658,7 +663,7 @@ impl Reconciler {
         teardown: bool,
         result: &Result<(String, String), JobError>,
     ) {
-        let short = &sha[..sha.len().min(7)];
+        let short = sha.get(..7).unwrap_or(sha);
         let body = match (teardown, result) {
             (true, Ok(_)) => {
                 format!("### Telbase preview\n\nThe preview was torn down (at {short}).")
@@ -688,10 +693,15 @@ impl Reconciler {
     }
 
     /// Finished steps go to the observer, with the repository and environment they belong to.
-    fn step_observer(&self, scope: &Scope) -> Option<Arc<dyn Fn(apply::Event) + Send + Sync>> {
+    /// Applied steps, reported under the job's repository (a watched repository's source
+    /// name when it is not on GitHub, so those never share an empty name).
+    fn step_observer(
+        &self,
+        repo: &str,
+        env: Environment,
+    ) -> Option<Arc<dyn Fn(apply::Event) + Send + Sync>> {
         let obs = self.observer.clone()?;
-        let repo = scope.git.as_ref()?.repo.clone();
-        let env = scope.environment;
+        let repo = repo.to_owned();
         Some(Arc::new(move |e: apply::Event| {
             if let apply::Event::Finished(step) = e {
                 obs.step(&repo, env, &step);
@@ -728,7 +738,7 @@ impl Reconciler {
                 markdown,
             ));
         }
-        let on_event = self.step_observer(&scope);
+        let on_event = self.step_observer(&run.record.repo, scope.environment);
         let report = apply::execute(
             Arc::new(plan),
             Arc::new(desired),

@@ -202,6 +202,20 @@ impl PgUrl {
     /// Parses a `postgres://` or `postgresql://` URL. Errors say what is wrong without
     /// repeating the URL.
     pub fn parse(url: &str) -> Result<PgUrl, StoreError> {
+        // tokio-postgres splits the credentials at the first `@`: with a second one (an
+        // unencoded `@` in the password) the rest of the password would be taken for the
+        // host and shown in every message that names the database.
+        let authority = url
+            .split_once("://")
+            .map_or(url, |(_, rest)| rest)
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("");
+        if authority.matches('@').count() > 1 {
+            return Err(StoreError::PostgresUrl(
+                "more than one `@` before the host: percent-encode `@` in the user or password as %40".into(),
+            ));
+        }
         let config: Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::PostgresUrl(e.to_string()))?;
@@ -747,7 +761,7 @@ impl SecretRows for PostgresStore {
             .query(
                 &format!(
                     "{SELECT_SECRET} WHERE n.project = $1 AND ($2::TEXT IS NULL OR n.environment = $2)
-                     ORDER BY n.environment, n.name"
+                     ORDER BY n.environment COLLATE \"C\", n.name COLLATE \"C\""
                 ),
                 &[&project, &environment],
             )?
@@ -798,7 +812,7 @@ impl SecretRows for PostgresStore {
                 "SELECT key_id, COUNT(*) FROM (
                      SELECT key_id FROM secret_values
                      UNION ALL SELECT key_id FROM fingerprint_keys
-                 ) AS k GROUP BY key_id ORDER BY key_id",
+                 ) AS k GROUP BY key_id ORDER BY key_id COLLATE \"C\"",
                 &[],
             )?
             .iter()
@@ -1152,7 +1166,7 @@ impl QueueRows for PostgresStore {
             .query(
                 "SELECT repo, installation, production_branch, reconciled_sha, drift_cron,
                         drift_checked_at
-                 FROM repositories WHERE production_branch IS NOT NULL ORDER BY repo",
+                 FROM repositories WHERE production_branch IS NOT NULL ORDER BY repo COLLATE \"C\"",
                 &[],
             )?
             .iter()
@@ -1266,7 +1280,7 @@ impl RunRows for PostgresStore {
             .query(
                 &format!(
                     "SELECT {RUN_COLUMNS} FROM runs WHERE repo = $1
-                     ORDER BY started_at DESC, id DESC LIMIT $2 OFFSET $3"
+                     ORDER BY started_at DESC, id COLLATE \"C\" DESC LIMIT $2 OFFSET $3"
                 ),
                 &[&repo, &limit, &offset],
             )?
@@ -1296,7 +1310,7 @@ impl RunRows for PostgresStore {
                                            WHERE x.repo = r.repo
                                              AND x.pull_request = r.pull_request)
                        AND NOT (r.mode = 'teardown' AND r.outcome = 'success')
-                     ORDER BY r.repo, r.pull_request, r.id"
+                     ORDER BY r.repo COLLATE \"C\", r.pull_request, r.id COLLATE \"C\""
                 ),
                 &[],
             )?
@@ -1332,6 +1346,15 @@ mod tests {
         for (pg, lite) in MIGRATIONS.iter().zip(super::super::sqlite::MIGRATIONS) {
             assert_eq!((pg.0, pg.1), (lite.0, lite.1), "same version, same meaning");
         }
+    }
+
+    #[test]
+    fn an_unencoded_at_in_the_password_is_refused_without_showing_it() {
+        let e = PgUrl::parse("postgres://app:p@ss@db.example.com/x").unwrap_err();
+        assert!(!e.to_string().contains("ss@db"), "{e}");
+        assert!(e.to_string().contains("%40"), "{e}");
+        let ok = PgUrl::parse("postgres://app:p%40ss@db.example.com/x").unwrap();
+        assert_eq!(ok.shown(), "postgres db.example.com:5432/x");
     }
 
     #[test]
