@@ -416,6 +416,29 @@ async fn a_path_that_is_not_a_repository_stops_the_start() {
     assert!(err.to_string().contains("not in a git repository"), "{err}");
 }
 
+/// Watching is refused where it cannot work or where a setting is missing: an App without
+/// its webhook secret is a mistake (not a wish to run without GitHub), and a PostgreSQL
+/// store means replicas whose workers cannot read this server's git cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watching_with_an_app_but_no_secret_or_with_postgres_is_refused() {
+    let emu = emu::start(Config::default()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    repo_with(&repo, &config_with_site("refused"));
+    let mut with_app = server_config(&emu, tmp.path(), vec![repo.to_string_lossy().into_owned()]);
+    with_app.app.app_id = 42;
+    let err = serve::start(with_app).await.err().expect("refused");
+    assert!(err.to_string().contains("webhook secret"), "{err}");
+
+    let mut on_pg = server_config(&emu, tmp.path(), vec![repo.to_string_lossy().into_owned()]);
+    on_pg.store =
+        telbase::store::Location::parse("postgres://u:pw@db.example.com/telbase").unwrap();
+    let err = serve::start(on_pg).await.err().expect("refused");
+    assert!(err.to_string().contains("PostgreSQL"), "{err}");
+    assert!(!err.to_string().contains("pw"), "{err}");
+    emu.stop().await;
+}
+
 /// Runs the real binary with a clean environment (no provider credentials, no GitHub)
 /// and returns it with its standard-error file.
 fn spawn_serve(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (std::process::Child, PathBuf) {

@@ -119,6 +119,9 @@ impl Drop for BuiltIn {
                 p.push(suffix);
                 let _ = std::fs::remove_file(p);
             }
+            if let Some(dir) = db.parent() {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
 }
@@ -131,7 +134,13 @@ impl Drop for BuiltIn {
 pub async fn emulator_if_needed(
     config: &mut crate::serve::ServeConfig,
 ) -> anyhow::Result<Option<BuiltIn>> {
-    if config.watch.is_none() || !no_provider_credentials(&config.credentials) {
+    // Only a server without GitHub: one that also serves the App reconciles real
+    // repositories, which must never land in an emulator because some credential (say,
+    // Google's from a metadata server) is not in the environment.
+    if config.watch.is_none()
+        || !config.webhook_secrets.is_empty()
+        || !no_provider_credentials(&config.credentials)
+    {
         return Ok(None);
     }
     let handle = crate::emulator::start(
@@ -140,9 +149,24 @@ pub async fn emulator_if_needed(
     )
     .await
     .context("cannot start the built-in emulator")?;
-    let store = std::env::var("TELBASE_DATABASE_URL")
-        .map_or(true, |v| v.is_empty())
-        .then(|| std::env::temp_dir().join(format!("telbase-watch-{}.db", std::process::id())));
+    let store = if std::env::var("TELBASE_DATABASE_URL").map_or(true, |v| v.is_empty()) {
+        // A fresh directory of our own (mode 0700, refused if the name exists), so nobody
+        // else can plant or read the throwaway store.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir =
+            std::env::temp_dir().join(format!("telbase-watch-{}-{nanos:09}", std::process::id()));
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Some(dir.join("telbase.db"))
+    } else {
+        None
+    };
     if let Some(db) = &store {
         config.store = crate::store::Location::Sqlite(db.clone());
     }

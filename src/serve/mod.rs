@@ -469,7 +469,9 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
     // Without a webhook secret no delivery can be verified: only a server that watches git
     // repositories may run so, and it then uses no GitHub App.
     let without_github = config.webhook_secrets.is_empty();
-    if without_github && config.watch.is_none() {
+    // An App configured without its webhook secret is a mistake, not a wish to run without
+    // GitHub (that is an App id of 0, as `--watch` without GITHUB_APP_ID sets it).
+    if without_github && (config.watch.is_none() || config.app.app_id != 0) {
         return Err(ServeError::NoWebhookSecret);
     }
     if config.watch.is_some() && matches!(config.store, crate::store::Location::Postgres(_)) {

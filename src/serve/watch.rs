@@ -453,14 +453,20 @@ fn read_blob(
         Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let Ok(blob) = entry.to_object(repo)?.into_blob() else {
+    if entry.kind() != Some(git2::ObjectType::Blob) {
         return Ok(None);
-    };
-    if blob.size() > MAX_FILE_BYTES {
+    }
+    // The size from the object's header first: a hostile repository's huge blob is never
+    // read into memory.
+    let (size, _) = repo.odb()?.read_header(entry.id())?;
+    if size > MAX_FILE_BYTES {
         return Err(git2::Error::from_str(&format!(
             "{path} is larger than {MAX_FILE_BYTES} bytes"
         )));
     }
+    let Ok(blob) = entry.to_object(repo)?.into_blob() else {
+        return Ok(None);
+    };
     Ok(Some(blob.content().to_vec()))
 }
 
