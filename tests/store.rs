@@ -1216,4 +1216,8 @@ fn run_records_on(mut s: store::Store) {
 
     assert_eq!(s.prune_runs(35).unwrap(), 3, "p1, a1 and t1 are older");
     assert_eq!(page(&mut s, 10, 0), ["a3", "t2", "a2"]);
+    // A preview still held keeps its newest run however old: the sweep finds it through it.
+    assert_eq!(s.prune_runs(55).unwrap(), 1, "a2 goes, t2 stays");
+    assert_eq!(page(&mut s, 10, 0), ["a3", "t2"]);
+    assert_eq!(s.held_previews().unwrap().len(), 2);
 }

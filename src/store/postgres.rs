@@ -1332,8 +1332,17 @@ impl RunRows for PostgresStore {
     }
 
     fn prune_runs(&mut self, before_ms: i64) -> Result<usize, StoreError> {
-        self.execute("DELETE FROM runs WHERE started_at < $1", &[&before_ms])
-            .map(|n| n as usize)
+        // Never the newest run of a preview still held (see the SQLite statement).
+        self.execute(
+            "DELETE FROM runs WHERE started_at < $1
+               AND NOT (pull_request IS NOT NULL
+                    AND started_at = (SELECT MAX(x.started_at) FROM runs x
+                                      WHERE x.repo = runs.repo
+                                        AND x.pull_request = runs.pull_request)
+                    AND NOT (mode = 'teardown' AND outcome = 'success'))",
+            &[&before_ms],
+        )
+        .map(|n| n as usize)
     }
 }
 

@@ -212,7 +212,17 @@ impl RunRows for SqliteStore {
 
     fn prune_runs(&mut self, before_ms: i64) -> Result<usize, StoreError> {
         self.conn
-            .execute("DELETE FROM runs WHERE started_at < ?1", [before_ms])
+            .execute(
+                // Never the newest run of a preview still held (a teardown that failed for
+                // good, a long TTL): the sweep finds previews through it.
+                "DELETE FROM runs WHERE started_at < ?1
+                   AND NOT (pull_request IS NOT NULL
+                        AND started_at = (SELECT MAX(x.started_at) FROM runs x
+                                          WHERE x.repo = runs.repo
+                                            AND x.pull_request = runs.pull_request)
+                        AND NOT (mode = 'teardown' AND outcome = 'success'))",
+                [before_ms],
+            )
             .map_err(|e| self.err(e))
     }
 }
