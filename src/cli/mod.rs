@@ -18,6 +18,7 @@ pub mod keys;
 pub mod reconcile;
 pub mod secrets;
 pub mod serve;
+pub mod serve_config;
 pub mod watch;
 
 use crate::config::{self, Code, Diagnostic, diag};
@@ -99,6 +100,14 @@ pub fn run() -> ExitCode {
     // errors to standard error itself).
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("exec")) {
         return exec::exec_main();
+    }
+    // `serve --config FILE`: the file's variables join the environment (by replacing this
+    // process) before anything reads either.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("serve"))
+        && let Err(e) = serve_config::apply_if_named()
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

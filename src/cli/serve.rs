@@ -14,6 +14,10 @@ use crate::serve::{self, ServeConfig};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    /// A file of settings: the same variables as the environment, one `NAME=value` a line
+    /// (systemd's EnvironmentFile format). Variables already in the environment win.
+    #[arg(long, env = "TELBASE_SERVE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to listen on. Serves HTTPS with --tls-cert and --tls-key; otherwise put a
     /// TLS proxy in front (see docs/serve.md).
     #[arg(long, env = "TELBASE_LISTEN", default_value = "127.0.0.1:8080")]
