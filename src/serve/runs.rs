@@ -352,26 +352,36 @@ fn title(run: &RunRecord) -> String {
 }
 
 fn render_run(run: &RunRecord) -> String {
-    let commit = format!("https://github.com/{}/commit/{}", run.repo, run.sha);
+    // Links to GitHub only for GitHub repositories: a watched repository's name is its URL
+    // or path (`serve --watch`), which github.com knows nothing about.
+    let on_github = valid_repo(&run.repo);
+    let repository = if on_github {
+        format!(
+            "<a href=\"https://github.com/{0}\">{0}</a> · <a href=\"../runs?repo={1}\">all runs</a>",
+            esc(&run.repo),
+            esc(&enc(&run.repo))
+        )
+    } else {
+        format!("<code>{}</code>", esc(&run.repo))
+    };
+    let commit = if on_github {
+        format!(
+            "<a href=\"{}\"><code>{}</code></a>",
+            esc(&format!(
+                "https://github.com/{}/commit/{}",
+                run.repo, run.sha
+            )),
+            esc(&run.sha)
+        )
+    } else {
+        format!("<code>{}</code>", esc(&run.sha))
+    };
     let mut rows = vec![
-        (
-            "Repository",
-            format!(
-                "<a href=\"https://github.com/{0}\">{1}</a> · <a href=\"../runs?repo={2}\">all runs</a>",
-                esc(&run.repo),
-                esc(&run.repo),
-                esc(&enc(&run.repo))
-            ),
-        ),
+        ("Repository", repository),
         ("Environment", esc(&run.environment)),
         (
             "Commit",
-            format!(
-                "<a href=\"{}\"><code>{}</code></a> on <code>{}</code>",
-                esc(&commit),
-                esc(&run.sha),
-                esc(&run.branch)
-            ),
+            format!("{commit} on <code>{}</code>", esc(&run.branch)),
         ),
         ("Trigger", esc(&run.trigger)),
         ("What", esc(&run.mode)),
