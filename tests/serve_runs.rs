@@ -173,6 +173,11 @@ async fn a_status_links_to_a_run_page_that_shows_the_plan_and_no_secret() {
         page.contains("Applied: 0 created, 1 updated"),
         "the run summary: {page}"
     );
+    // The deployed URL as the uptime probes see it (probing is off in this test, so its
+    // state is not known yet; tests/uptime.rs drives the probes).
+    assert!(page.contains("<h2>Uptime now</h2>"), "uptime: {page}");
+    assert!(page.contains(".vercel.app"), "the production URL: {page}");
+    assert!(page.contains("not known yet"), "{page}");
     assert!(
         page.contains("vercel/project/notes-web"),
         "the report: {page}"

@@ -533,7 +533,11 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         uptime: board.clone(),
         wake: wake.clone(),
     });
-    let app = router(state).merge(runs::router(queue.clone(), edge.run_list));
+    let app = router(state).merge(runs::router(
+        queue.clone(),
+        edge.run_list,
+        Some(board.clone()),
+    ));
     let mut stop_http = rx.clone();
     let stopped = async move {
         let _ = stop_http.wait_for(|s| *s).await;

@@ -209,7 +209,19 @@ fn trigger(event: Option<&str>, mode: &str, preview: bool) -> &'static str {
 
 /// The routes of the run pages, with HSTS like every other answer. Links between pages are
 /// relative, so the pages work below a path prefix of a proxy (`https://host/telbase/runs/…`).
-pub fn router(log: Arc<dyn RunLog>, with_list: bool) -> Router {
+/// What the pages read: the run records, and the uptime probes' results for the URLs of a
+/// run's repository and environment.
+#[derive(Clone)]
+struct Pages {
+    log: Arc<dyn RunLog>,
+    uptime: Option<Arc<super::uptime::UptimeBoard>>,
+}
+
+pub fn router(
+    log: Arc<dyn RunLog>,
+    with_list: bool,
+    uptime: Option<Arc<super::uptime::UptimeBoard>>,
+) -> Router {
     let routes = Router::new().route("/runs/{id}", get(page));
     let routes = if with_list {
         routes.route("/runs", get(list))
@@ -218,7 +230,7 @@ pub fn router(log: Arc<dyn RunLog>, with_list: bool) -> Router {
     };
     routes
         .layer(axum::middleware::map_response(super::hsts))
-        .with_state(log)
+        .with_state(Pages { log, uptime })
 }
 
 fn esc(s: &str) -> String {
@@ -310,7 +322,8 @@ fn time(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-async fn page(State(log): State<Arc<dyn RunLog>>, Path(id): Path<String>) -> Response {
+async fn page(State(pages): State<Pages>, Path(id): Path<String>) -> Response {
+    let log = pages.log.clone();
     let (id, json) = match id.strip_suffix(".json") {
         Some(i) => (i.to_owned(), true),
         None => (id, false),
@@ -339,7 +352,48 @@ async fn page(State(log): State<Arc<dyn RunLog>>, Path(id): Path<String>) -> Res
         v["report"] = report;
         return axum::Json(v).into_response();
     }
-    html(StatusCode::OK, &title(&run), &render_run(&run))
+    let mut body = render_run(&run);
+    if let Some(board) = &pages.uptime {
+        body.push_str(&render_uptime(&run, &board.snapshot()));
+    }
+    html(StatusCode::OK, &title(&run), &body)
+}
+
+/// The deployed URLs of the run's repository and environment as the probes see them now.
+fn render_uptime(run: &RunRecord, all: &[super::uptime::UrlStatus]) -> String {
+    let env = match run.pull_request {
+        Some(n) => format!("pr-{n}"),
+        None => "production".into(),
+    };
+    let mine: Vec<_> = all
+        .iter()
+        .filter(|u| u.repository == run.repo && u.environment == env)
+        .collect();
+    if mine.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "<h2>Uptime now</h2><table><tr><th>URL</th><th>State</th><th>Last check</th><th>Last answer</th></tr>",
+    );
+    for u in mine {
+        let state = match u.state {
+            super::uptime::State::Up => "up",
+            super::uptime::State::Down => "down",
+            super::uptime::State::Unknown => "not known yet",
+        };
+        out.push_str(&format!(
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&u.url),
+            state,
+            esc(&u
+                .last_check
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                .unwrap_or_else(|| "—".into())),
+            esc(u.last_result.as_deref().unwrap_or("—")),
+        ));
+    }
+    out.push_str("</table>");
+    out
 }
 
 fn title(run: &RunRecord) -> String {
@@ -460,7 +514,8 @@ struct ListQuery {
 
 const PAGE_SIZE: usize = 50;
 
-async fn list(State(log): State<Arc<dyn RunLog>>, Query(q): Query<ListQuery>) -> Response {
+async fn list(State(pages): State<Pages>, Query(q): Query<ListQuery>) -> Response {
+    let log = pages.log;
     let Some(repo) = q.repo.filter(|r| valid_repo(r)) else {
         return html(
             StatusCode::BAD_REQUEST,
@@ -531,6 +586,57 @@ async fn list(State(log): State<Arc<dyn RunLog>>, Query(q): Query<ListQuery>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uptime_shows_the_runs_own_urls_escaped() {
+        use super::super::uptime::{State as S, UrlStatus};
+        let run = RunRecord {
+            id: new_id(),
+            repo: "acme/notes".into(),
+            environment: "preview-7".into(),
+            pull_request: Some(7),
+            sha: "a".repeat(40),
+            branch: "feature".into(),
+            trigger: "pr".into(),
+            mode: "apply".into(),
+            job_id: None,
+            started_at: 0,
+            ended_at: None,
+            outcome: "success".into(),
+            summary: String::new(),
+            plan: String::new(),
+            report: "[]".into(),
+            preview_ttl_seconds: None,
+        };
+        let status = |env: &str, url: &str, state| UrlStatus {
+            repository: "acme/notes".into(),
+            environment: env.into(),
+            url: url.into(),
+            state,
+            last_check: None,
+            last_change: None,
+            failures: 0,
+            last_result: Some("HTTP <503>".into()),
+        };
+        let html = render_uptime(
+            &run,
+            &[
+                status("pr-7", "https://pr-7.example.com/?a=<b>", S::Down),
+                status("production", "https://example.com", S::Up),
+            ],
+        );
+        assert!(
+            html.contains("https://pr-7.example.com/?a=&lt;b&gt;"),
+            "{html}"
+        );
+        assert!(html.contains("<td>down</td>"), "{html}");
+        assert!(html.contains("HTTP &lt;503&gt;"), "{html}");
+        assert!(
+            !html.contains("https://example.com<"),
+            "production's URL is not the preview's: {html}"
+        );
+        assert_eq!(render_uptime(&run, &[]), "", "nothing to show, no section");
+    }
 
     #[test]
     fn ids_are_26_base32_characters_and_differ() {
