@@ -442,6 +442,9 @@ fn production_tip(
 }
 
 /// A file at a commit; `None` when the commit has no such file.
+/// The longest one fetch may take before it is cancelled (and tried again next interval).
+const FETCH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn read_blob(
     repo: &git2::Repository,
     commit: git2::Oid,
@@ -506,6 +509,13 @@ impl Fetcher<'_> {
                 )),
             }
         });
+        // A remote that trickles data must not hold this source's loop forever: the
+        // transfer is cancelled once it has run for FETCH_DEADLINE. (libgit2's own socket
+        // timeouts are set through `unsafe` functions, which this crate forbids; a stalled
+        // connect ends with the operating system's connect timeout.)
+        let deadline = std::time::Instant::now() + FETCH_DEADLINE;
+        cb.transfer_progress(move |_| std::time::Instant::now() < deadline);
+        cb.sideband_progress(move |_| std::time::Instant::now() < deadline);
         cb
     }
 
