@@ -20,8 +20,9 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/common/serve_app.rs"]
+mod serve_app;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -29,15 +30,13 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use telbase::emulator::{Config, Exchange, Faults};
 use telbase::github::webhook;
-use telbase::providers::Credentials;
-use telbase::serve::{self, ServeConfig};
-use telbase::store::Location;
+use telbase::serve;
 
 use common::emu;
+use serve_app::SECRET;
 
 const LATENCY: Duration = Duration::from_millis(20);
 const RUNS: usize = 5;
-const SECRET: &str = "bench-webhook-secret";
 const SHA: &str = "1111111111111111111111111111111111111111";
 const REPOS: usize = 1000;
 
@@ -70,14 +69,7 @@ fn seed(public: &[u8], repos: &[String]) -> Value {
 }
 
 fn push_body() -> Vec<u8> {
-    let p = common::root()
-        .join("../shared/provider-apis/github/webhooks/push.create-default-branch.with-installation.payload.json");
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).expect("push payload"))
-        .expect("payload JSON");
-    v["repository"]["full_name"] = "acme/notes".into();
-    v["installation"]["id"] = 7.into();
-    v["ref"] = "refs/heads/main".into();
-    v["after"] = SHA.into();
+    let mut v = serve_app::push_main(SHA).expect("GitHub's push payload in ../shared");
     v["deleted"] = false.into();
     serde_json::to_vec(&v).unwrap()
 }
@@ -121,7 +113,7 @@ async fn latency(pem: &str, public: &[u8], runs: usize) {
         emu.github_seed(&seed(public, &["acme/notes".into()]))
             .expect("seed");
         let dir = tempfile::tempdir().unwrap();
-        let running = serve::start(config(&emu, dir.path(), pem))
+        let running = serve::start(serve_app::server_config(&emu, dir.path(), pem))
             .await
             .expect("serve starts");
         let t0 = Instant::now();
@@ -203,33 +195,6 @@ async fn latency(pem: &str, public: &[u8], runs: usize) {
         i * 1e3,
         w / i
     );
-}
-
-fn config(emu: &telbase::emulator::Handle, dir: &std::path::Path, pem: &str) -> ServeConfig {
-    ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        store: Location::Sqlite(dir.join("telbase.db")),
-        app: telbase::github::app::AppConfig {
-            app_id: 42,
-            private_key: SecretString::from(pem.to_owned()),
-            base_url: format!("{}/github", emu.url()),
-        },
-        webhook_secrets: vec![SecretString::from(SECRET.to_owned())],
-        credentials: Credentials {
-            emulator: Some(emu.url()),
-            ..Credentials::default()
-        },
-        http: emu::http_config(),
-        opener: Arc::new(telbase::apply::NoIdentity),
-        workers: 2,
-        public_url: None,
-        key_rotation: None,
-        lease: Duration::from_secs(60),
-        poll: None,
-        drift_tick: None,
-        sweep: None,
-        watch: None,
-    }
 }
 
 /// Resident and peak resident size (kB) of `pid`.

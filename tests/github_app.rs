@@ -145,22 +145,7 @@ async fn the_app_talks_to_github_as_github_expects() {
             ApiDescription::from_file(&apis.join("github/github-openapi.subset.json")).unwrap();
         let mut violations = Vec::new();
         for x in &exchanges {
-            let ex = Exchange {
-                method: x.method.clone(),
-                path: x.path.clone(),
-                query: x
-                    .query
-                    .split('&')
-                    .filter(|p| !p.is_empty())
-                    .map(|p| {
-                        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                        (k.to_owned(), v.to_owned())
-                    })
-                    .collect(),
-                request_body: serde_json::from_slice(&x.request_body).ok(),
-                status: x.status,
-                response_body: x.response_body.clone(),
-            };
+            let ex = Exchange::from(x);
             for v in desc.check(&ex) {
                 violations.push(format!("{}: {}", v.operation, v.message));
             }

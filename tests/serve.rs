@@ -8,127 +8,31 @@
 //! are tested against the store directly.
 
 mod common;
+#[path = "common/serve_app.rs"]
+mod serve_app;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use telbase::apply::NoIdentity;
 use telbase::emulator::Config;
 use telbase::github::webhook;
-use telbase::providers::Credentials;
 use telbase::serve::{self, ServeConfig};
 use telbase::store::sqlite::SqliteStore;
 use telbase::store::{JobEnd, Location, MAX_ATTEMPTS, QueueRows as _};
 
 use common::{app_key, emu};
+use serve_app::post_signed as post;
+use serve_app::{SECRET, payload, retarget, server_config, settle};
 
 const MAIN_SHA: &str = "1111111111111111111111111111111111111111";
 const PR_SHA: &str = "2222222222222222222222222222222222222222";
-const SECRET: &str = "webhook-secret-for-tests";
-
 fn config_text() -> String {
     emu::quickstart("notes").replace(
         "    version: 17\n",
         "    version: 17\n    branch_per_preview: true\n",
     )
-}
-
-/// The server's settings for these tests: the emulator for GitHub and every provider, a
-/// fresh store in `dir`, two workers, no polling, drift or key rotation.
-fn server_config(emu: &telbase::emulator::Handle, dir: &std::path::Path, pem: &str) -> ServeConfig {
-    ServeConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        store: Location::Sqlite(dir.join("telbase.db")),
-        app: telbase::github::app::AppConfig {
-            app_id: 42,
-            private_key: SecretString::from(pem.to_owned()),
-            base_url: format!("{}/github", emu.url()),
-        },
-        webhook_secrets: vec![SecretString::from(SECRET.to_owned())],
-        credentials: Credentials {
-            emulator: Some(emu.url()),
-            ..Credentials::default()
-        },
-        http: emu::http_config(),
-        opener: Arc::new(NoIdentity),
-        workers: 2,
-        public_url: None,
-        key_rotation: None,
-        lease: Duration::from_secs(60),
-        poll: None,
-        drift_tick: None,
-        watch: None,
-        sweep: None,
-    }
-}
-
-fn payload(name: &str) -> Option<Value> {
-    let p = common::root()
-        .join("../shared/provider-apis/github/webhooks")
-        .join(format!("{name}.payload.json"));
-    if !p.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} missing: CI must provide ../shared",
-            p.display()
-        );
-        eprintln!("skipping: {} not found", p.display());
-        return None;
-    }
-    Some(serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
-}
-
-/// Point a real payload at the test repository and installation.
-fn retarget(mut v: Value) -> Value {
-    v["repository"]["full_name"] = "acme/notes".into();
-    v["repository"]["id"] = 500_000.into();
-    v["installation"]["id"] = 7.into();
-    if v.get("pull_request").is_some() {
-        v["pull_request"]["head"]["repo"]["id"] = 500_000.into();
-        v["pull_request"]["head"]["repo"]["full_name"] = "acme/notes".into();
-    }
-    v
-}
-
-async fn post(
-    client: &reqwest::Client,
-    base: &str,
-    event: &str,
-    delivery: &str,
-    body: &Value,
-    secret: &str,
-) -> reqwest::Response {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let sig = webhook::sign(&SecretString::from(secret.to_owned()), &bytes);
-    client
-        .post(format!("{base}/webhooks/github"))
-        .header("x-github-event", event)
-        .header("x-github-delivery", delivery)
-        .header("x-hub-signature-256", sig)
-        .header("content-type", "application/json")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap()
-}
-
-/// Wait until no job is queued or running.
-async fn settle(running: &serve::Running) -> Vec<telbase::store::sqlite::JobRow> {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let jobs = running.queue.with(|s| s.jobs()).unwrap();
-        if jobs
-            .iter()
-            .all(|j| j.state != "queued" && j.state != "running")
-        {
-            return jobs;
-        }
-        assert!(Instant::now() < deadline, "jobs did not finish: {jobs:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

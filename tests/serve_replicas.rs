@@ -6,6 +6,8 @@
 //! when it expires and production converges with nothing created twice.
 
 mod common;
+#[path = "common/serve_app.rs"]
+mod serve_app;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -20,25 +22,9 @@ use telbase::github::webhook;
 
 use common::pg::TestDb;
 use common::{app_key, emu};
+use serve_app::{SECRET, payload};
 
 const MAIN_SHA: &str = "1111111111111111111111111111111111111111";
-const SECRET: &str = "webhook-secret-for-tests";
-
-fn payload(name: &str) -> Option<Value> {
-    let p = common::root()
-        .join("../shared/provider-apis/github/webhooks")
-        .join(format!("{name}.payload.json"));
-    if !p.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} missing: CI must provide ../shared",
-            p.display()
-        );
-        eprintln!("skipping: {} not found", p.display());
-        return None;
-    }
-    Some(serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
-}
 
 /// A real push payload, pointed at `repo` (installation 7) and commit `sha` of `main`.
 fn push_to(push: &Value, repo: &str, sha: &str) -> Value {

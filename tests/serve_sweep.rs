@@ -322,22 +322,7 @@ async fn previews_follow_pull_requests_without_webhooks() {
             .filter(|x| x.provider == "github" && x.path.contains("/pulls"))
         {
             checked += 1;
-            let ex = Exchange {
-                method: x.method.clone(),
-                path: x.path.clone(),
-                query: x
-                    .query
-                    .split('&')
-                    .filter(|p| !p.is_empty())
-                    .map(|p| {
-                        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                        (k.to_owned(), v.to_owned())
-                    })
-                    .collect(),
-                request_body: serde_json::from_slice(&x.request_body).ok(),
-                status: x.status,
-                response_body: x.response_body.clone(),
-            };
+            let ex = Exchange::from(x);
             for v in desc.check(&ex) {
                 violations.push(format!(
                     "{} {}: {}: {}",

@@ -1201,6 +1201,15 @@ fn run_records_on(mut s: store::Store) {
     assert!(s.has_preview_run("acme/notes", 1, "b").unwrap());
     assert!(!s.has_preview_run("acme/notes", 1, "c").unwrap());
     assert!(!s.has_preview_run("other/repo", 1, "b").unwrap());
+    // Saving again updates the end and outcome, never the identity.
+    let mut moved = run("a3", Some(3), "d", "apply", "success", 60);
+    moved.repo = "other/repo".into();
+    s.save_run(&moved).unwrap();
+    let got = s.run("a3").unwrap().unwrap();
+    assert_eq!(
+        (got.outcome.as_str(), got.repo.as_str()),
+        ("success", "acme/notes")
+    );
 
     let page = |s: &mut store::Store, limit, offset| -> Vec<String> {
         s.runs_of("acme/notes", limit, offset)

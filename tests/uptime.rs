@@ -7,6 +7,8 @@
 //! calls per provider; a push of an invalid file sends `reconcile_failed`.
 
 mod common;
+#[path = "common/serve_app.rs"]
+mod serve_app;
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,7 @@ use telbase::serve::{self, EdgeConfig, ServeConfig};
 use telbase::store::Location;
 
 use common::{app_key, emu};
+use serve_app::payload;
 
 const NOTIFY_SECRET: &str = "notify-secret-for-tests";
 const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
@@ -291,22 +294,6 @@ async fn a_url_that_fails_twice_is_down_notified_signed_and_recovers() {
     assert!(running.uptime.snapshot().is_empty());
     assert!(!metrics(&base).await.contains("telbase_uptime_up{"));
     running.stop().await;
-}
-
-fn payload(name: &str) -> Option<Value> {
-    let p = common::root()
-        .join("../shared/provider-apis/github/webhooks")
-        .join(format!("{name}.payload.json"));
-    if !p.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} missing: CI must provide ../shared",
-            p.display()
-        );
-        eprintln!("skipping: {} not found", p.display());
-        return None;
-    }
-    Some(serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
 }
 
 async fn push(client: &reqwest::Client, base: &str, template: &Value, delivery: &str, sha: &str) {

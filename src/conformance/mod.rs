@@ -38,6 +38,29 @@ pub struct Exchange {
     pub response_body: Option<Value>,
 }
 
+impl From<&crate::emulator::Exchange> for Exchange {
+    /// A call the emulator captured, as the description checks it (query split into pairs,
+    /// the request body parsed when it is JSON).
+    fn from(x: &crate::emulator::Exchange) -> Self {
+        Exchange {
+            method: x.method.clone(),
+            path: x.path.clone(),
+            query: x
+                .query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (k.to_owned(), v.to_owned())
+                })
+                .collect(),
+            request_body: serde_json::from_slice(&x.request_body).ok(),
+            status: x.status,
+            response_body: x.response_body.clone(),
+        }
+    }
+}
+
 /// One departure from the description.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {

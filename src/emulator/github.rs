@@ -467,23 +467,11 @@ pub(crate) fn route(
                 .filter(|((r, _), p)| *r == full && (state == "all" || p.state == state))
                 .map(|((_, n), p)| pull_json(s, &full, *n, p, &account, false))
                 .collect();
-            let items: Vec<Value> = all
-                .iter()
-                .skip((page - 1) * per_page)
-                .take(per_page)
-                .cloned()
-                .collect();
-            let mut a = Answer::ok(200, Value::Array(items));
-            if page * per_page < all.len() {
-                a.headers.push((
-                    "link",
-                    format!(
-                        "<https://api.github.com/repos/{full}/pulls?state={state}&per_page={per_page}&page={}>; rel=\"next\"",
-                        page + 1
-                    ),
-                ));
-            }
-            a
+            page_of(all, page, per_page, |next| {
+                format!(
+                    "https://api.github.com/repos/{full}/pulls?state={state}&per_page={per_page}&page={next}"
+                )
+            })
         }
         ("GET", ["repos", owner, repo, "pulls", n]) => {
             let full = format!("{owner}/{repo}");
@@ -544,23 +532,11 @@ pub(crate) fn route(
                 .filter(|(r, i, _)| *r == full && *i == n)
                 .map(|(_, _, c)| c.clone())
                 .collect();
-            let items: Vec<Value> = all
-                .iter()
-                .skip((page - 1) * per_page)
-                .take(per_page)
-                .cloned()
-                .collect();
-            let mut a = Answer::ok(200, Value::Array(items));
-            if page * per_page < all.len() {
-                a.headers.push((
-                    "link",
-                    format!(
-                        "<https://api.github.com/repos/{full}/issues/{n}/comments?per_page={per_page}&page={}>; rel=\"next\"",
-                        page + 1
-                    ),
-                ));
-            }
-            a
+            page_of(all, page, per_page, |next| {
+                format!(
+                    "https://api.github.com/repos/{full}/issues/{n}/comments?per_page={per_page}&page={next}"
+                )
+            })
         }
         ("POST", ["repos", owner, repo, "issues", n, "comments"]) => {
             let full = format!("{owner}/{repo}");
@@ -624,6 +600,28 @@ fn user_json(login: &str, id: u64, kind: &str) -> Value {
 }
 
 /// A pull request as GitHub lists it (`pull-request-simple`), or in full (`pull-request`).
+/// One page (1-based) of `all`, with GitHub's `Link: <…>; rel="next"` header while more
+/// follow (`next` makes the URL of a page).
+fn page_of(
+    all: Vec<Value>,
+    page: usize,
+    per_page: usize,
+    next: impl Fn(usize) -> String,
+) -> Answer {
+    let more = page.saturating_mul(per_page) < all.len();
+    let items: Vec<Value> = all
+        .into_iter()
+        .skip((page - 1).saturating_mul(per_page))
+        .take(per_page)
+        .collect();
+    let mut a = Answer::ok(200, Value::Array(items));
+    if more {
+        a.headers
+            .push(("link", format!("<{}>; rel=\"next\"", next(page + 1))));
+    }
+    a
+}
+
 fn pull_json(s: &State, full: &str, n: u64, p: &Pull, account: &str, detail: bool) -> Value {
     let api = format!("https://api.github.com/repos/{full}");
     let html = format!("https://github.com/{full}/pull/{n}");

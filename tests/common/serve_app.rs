@@ -1,5 +1,5 @@
-//! Helpers for the `telbase serve` tests of run pages and the preview sweep (included with
-//! `#[path]` by those test files only): the server's settings against the emulator, real
+//! Helpers for the `telbase serve` tests (included with `#[path]` by those test files
+//! only): the server's settings against the emulator, real
 //! webhook payloads retargeted at the test repository, signing, and waiting for the queue.
 
 #![allow(dead_code)]
@@ -87,6 +87,7 @@ pub fn push_main(sha: &str) -> Option<Value> {
     Some(v)
 }
 
+/// Post `body` as GitHub does, signed with the tests' webhook secret.
 pub async fn post(
     client: &reqwest::Client,
     base: &str,
@@ -94,8 +95,20 @@ pub async fn post(
     delivery: &str,
     body: &Value,
 ) -> reqwest::Response {
+    post_signed(client, base, event, delivery, body, SECRET).await
+}
+
+/// [`post`], signed with `secret` (a forged or rotated one).
+pub async fn post_signed(
+    client: &reqwest::Client,
+    base: &str,
+    event: &str,
+    delivery: &str,
+    body: &Value,
+    secret: &str,
+) -> reqwest::Response {
     let bytes = serde_json::to_vec(body).unwrap();
-    let sig = webhook::sign(&SecretString::from(SECRET.to_owned()), &bytes);
+    let sig = webhook::sign(&SecretString::from(secret.to_owned()), &bytes);
     client
         .post(format!("{base}/webhooks/github"))
         .header("x-github-event", event)
