@@ -751,3 +751,50 @@ fn a_drift_check_is_queued_when_the_files_schedule_comes_due() {
     // The GitHub side leaves watched repositories alone.
     assert_eq!(telbase::serve::drift_once(&queue, later).unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_so_the_credentials_stay_with_their_host() {
+    use axum::http::{StatusCode, Uri};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // Any connection to the trap would mean git followed the redirect, taking the
+    // Authorization header with it.
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_addr = trap.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_conn, _)) = trap.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let app = axum::Router::new().fallback(move |uri: Uri| async move {
+        (
+            StatusCode::FOUND,
+            [("location", format!("http://{trap_addr}{uri}"))],
+            "moved",
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://deploy-bot:hunter2-not-logged@127.0.0.1:{port}/app");
+    let w = watch::parse_source(&SecretString::from(url), None, &tmp.path().join("cache")).unwrap();
+    let err = tokio::task::spawn_blocking(move || watch::look(&w, Some("main")))
+        .await
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed: {err}"
+    );
+    assert!(
+        err.contains(&format!("http://127.0.0.1:{port}/app")),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "{err}");
+}

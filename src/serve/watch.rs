@@ -1,15 +1,18 @@
 //! `telbase serve --watch PATH_OR_URL…`: GitOps without GitHub. This module owns watching
-//! git repositories with git2: each source is polled every interval; a new commit of its
+//! git repositories: each source is polled every interval; a new commit of its
 //! production branch is queued as an [`Intent::Watched`] job on the same durable queue the
 //! webhooks use, and the worker reads the config at exactly that commit from the
 //! repository's object database (no checkout, no working tree) through [`read_config`].
 //!
 //! A local path is read in place. A URL is fetched incrementally into a bare repository per
 //! URL under the cache directory (`TELBASE_CACHE_DIR`), named by a hash of the URL with its
-//! credentials stripped; shallow (depth 1) over the smart transports, since libgit2's local
-//! transport (`file://`) refuses shallow fetches. Credentials in a URL are handed to libgit2
-//! through a credentials callback, never as part of the URL, so they appear in no log,
-//! error, job, store row or path.
+//! credentials stripped: http, https and git:// through the `git` command, shallow (depth
+//! 1), isolated from the machine's git configuration and killed at a deadline (see
+//! [`Fetcher`] for why not libgit2's transports); `file://` through libgit2's local
+//! transport, which cannot fetch shallow and copies only missing objects. The object
+//! database is always read with libgit2. Credentials in a URL reach git as an HTTP header
+//! through its environment, never as part of the URL or its arguments, so they appear in no
+//! log, error, job, store row or path.
 //!
 //! Which branch is production: the file's `environments.production.branch`, read at the tip
 //! of `--branch` (else the repository's default branch: a remote's advertised HEAD, a local
@@ -162,7 +165,8 @@ pub fn parse_source(
     if raw.contains('@') && raw.contains(':') && !Path::new(raw).exists() {
         return Err(WatchError::Source {
             spec: "an ssh source".into(),
-            why: "ssh is not supported (Telbase's git is built without libssh2); use an https URL with a token".into(),
+            why: "ssh is not supported (Telbase holds no ssh keys); use an https URL with a token"
+                .into(),
         });
     }
     parse_local(raw, config_path)
@@ -216,7 +220,7 @@ fn parse_url(
         "ssh" => {
             return Err(WatchError::Source {
                 spec: name,
-                why: "ssh is not supported (Telbase's git is built without libssh2); use an https URL with a token".into(),
+                why: "ssh is not supported (Telbase holds no ssh keys); use an https URL with a token".into(),
             });
         }
         other => {
@@ -350,33 +354,33 @@ pub fn look(w: &Watched, branch: Option<&str>) -> Result<Head, WatchError> {
             shallow,
         } => {
             let dir = Path::new(&w.source.git_dir);
-            let repo = match git2::Repository::open_bare(dir) {
-                Ok(r) => r,
-                Err(_) => {
-                    if let Some(parent) = dir.parent() {
-                        create_private_dir(parent).map_err(|e| WatchError::Git {
-                            name: name.to_owned(),
-                            what: "cannot create the cache directory".into(),
-                            error: e.to_string(),
-                        })?;
-                    }
-                    git2::Repository::init_bare(dir)
-                        .map_err(git_err(name, "cannot create the cache repository"))?
+            if git2::Repository::open_bare(dir).is_err() {
+                if let Some(parent) = dir.parent() {
+                    create_private_dir(parent).map_err(|e| WatchError::Git {
+                        name: name.to_owned(),
+                        what: "cannot create the cache directory".into(),
+                        error: e.to_string(),
+                    })?;
                 }
-            };
+                git2::Repository::init_bare(dir)
+                    .map_err(git_err(name, "cannot create the cache repository"))?;
+            }
             let fetcher = Fetcher {
-                repo: &repo,
+                git_dir: dir,
                 name,
                 url,
                 user: user.as_deref(),
                 password: password.as_ref(),
                 shallow: *shallow,
+                local: url.starts_with("file://"),
             };
             let candidate = match branch {
                 Some(b) => b.to_owned(),
                 None => fetcher.default_branch()?,
             };
             let mut received = fetcher.fetch(&candidate)?;
+            let repo = git2::Repository::open_bare(dir)
+                .map_err(git_err(name, "cannot open the cache repository"))?;
             let (branch, sha) = production_tip(&repo, &w.source, &candidate, |b| {
                 received += fetcher.fetch(b)?;
                 Ok(())
@@ -473,70 +477,214 @@ fn read_blob(
     Ok(Some(blob.content().to_vec()))
 }
 
-/// Fetches into a cache repository, with the URL's credentials given through a callback.
+/// Fetches into a cache repository over the network through the `git` command, as Argo CD
+/// does, rather than through libgit2's transports: libgit2's HTTPS links the system OpenSSL
+/// into every Telbase process, and loading it costs `telbase exec` (which starts every
+/// process of a deployment) about as much again as opening fifty sealed values; and
+/// libgit2's socket timeouts are set through `unsafe` calls, which this crate forbids,
+/// while a child process can simply be killed at the deadline. `file://` sources stay on
+/// libgit2, which needs no TLS for them.
+///
+/// The child is isolated from the machine's git configuration (no system or global config,
+/// no credential helpers, no prompts, only the URL's own transport, no redirects), so what
+/// runs is exactly what this function says. The URL's credentials go to it as an HTTP
+/// `Authorization` header through `GIT_CONFIG_*` variables: never in its arguments (which
+/// other users can read in `/proc`), in the URL it prints in errors, or in the cache
+/// repository's config.
 struct Fetcher<'a> {
-    repo: &'a git2::Repository,
+    git_dir: &'a Path,
     name: &'a str,
     url: &'a str,
     user: Option<&'a str>,
     password: Option<&'a SecretString>,
     shallow: bool,
+    /// `file://`: libgit2's local transport (no network, no TLS).
+    local: bool,
 }
 
+/// If a transfer runs slower than this many bytes a second for `LOW_SPEED_SECONDS`, git gives
+/// up (a stalled connection fails in a minute rather than at the deadline).
+const LOW_SPEED_BYTES: &str = "1000";
+const LOW_SPEED_SECONDS: &str = "60";
+
+/// The most of git's error output kept for an error message.
+const MAX_GIT_STDERR: usize = 16 * 1024;
+
 impl Fetcher<'_> {
-    fn callbacks(&self) -> git2::RemoteCallbacks<'_> {
-        let mut cb = git2::RemoteCallbacks::new();
-        let mut asked = false;
-        let (user, password) = (self.user, self.password);
-        cb.credentials(move |_url, _from_url, allowed| {
-            // libgit2 asks again after a refusal; once is enough to know they are wrong.
-            if asked {
-                return Err(git2::Error::from_str(
-                    "authentication failed with the URL's credentials",
-                ));
-            }
-            asked = true;
-            match (user, password) {
-                (Some(u), Some(p)) if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) => {
-                    git2::Cred::userpass_plaintext(u, p.expose_secret())
-                }
-                // A token alone (`https://TOKEN@host/…`), as GitHub and GitLab accept it.
-                (Some(u), None) if allowed.contains(git2::CredentialType::USER_PASS_PLAINTEXT) => {
-                    git2::Cred::userpass_plaintext(u, "")
-                }
-                _ => Err(git2::Error::from_str(
-                    "the server asks for credentials; put them in the URL (https://USER:TOKEN@host/…)",
-                )),
-            }
-        });
-        // A remote that trickles data must not hold this source's loop forever: the
-        // transfer is cancelled once it has run for FETCH_DEADLINE. (libgit2's own socket
-        // timeouts are set through `unsafe` functions, which this crate forbids; a stalled
-        // connect ends with the operating system's connect timeout.)
-        let deadline = std::time::Instant::now() + FETCH_DEADLINE;
-        cb.transfer_progress(move |_| std::time::Instant::now() < deadline);
-        cb.sideband_progress(move |_| std::time::Instant::now() < deadline);
-        cb
+    /// `git` with the isolation described on [`Fetcher`].
+    fn git(&self) -> std::process::Command {
+        let mut c = std::process::Command::new("git");
+        let scheme = self.url.split("://").next().unwrap_or_default();
+        c.env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ASKPASS", "")
+            .env("SSH_ASKPASS", "")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("LC_ALL", "C")
+            .env_remove("GIT_DIR")
+            .env_remove("GIT_WORK_TREE")
+            .arg(format!("--git-dir={}", self.git_dir.display()))
+            .args(["-c", "credential.helper="])
+            .args(["-c", "protocol.allow=never"])
+            .args(["-c", &format!("protocol.{scheme}.allow=always")])
+            // Never to another host: the Authorization header would go with it.
+            .args(["-c", "http.followRedirects=false"])
+            .args(["-c", &format!("http.lowSpeedLimit={LOW_SPEED_BYTES}")])
+            .args(["-c", &format!("http.lowSpeedTime={LOW_SPEED_SECONDS}")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let basic = match (self.user, self.password) {
+            (Some(u), Some(p)) => Some(format!("{u}:{}", p.expose_secret())),
+            // A token alone (`https://TOKEN@host/…`), as GitHub and GitLab accept it.
+            (Some(u), None) => Some(format!("{u}:")),
+            _ => None,
+        };
+        if let Some(basic) = basic {
+            use base64::Engine as _;
+            let header = zeroize::Zeroizing::new(format!(
+                "Authorization: Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(basic.as_bytes())
+            ));
+            drop(zeroize::Zeroizing::new(basic));
+            c.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                .env("GIT_CONFIG_VALUE_0", header.as_str());
+        }
+        c
     }
 
-    fn remote(&self) -> Result<git2::Remote<'_>, WatchError> {
-        self.repo
-            .remote_anonymous(self.url)
-            .map_err(git_err(self.name, "bad remote"))
+    /// Run git until it ends or the deadline passes (then it is killed); its standard
+    /// output on success, its last error lines otherwise.
+    fn run(
+        &self,
+        mut cmd: std::process::Command,
+        what: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>), WatchError> {
+        let fail = |error: String| WatchError::Git {
+            name: self.name.to_owned(),
+            what: what.to_owned(),
+            error,
+        };
+        let mut child = cmd.spawn().map_err(|e| {
+            fail(if e.kind() == std::io::ErrorKind::NotFound {
+                "the `git` command is needed for http, https and git:// sources; install git".into()
+            } else {
+                format!("cannot run git: {e}")
+            })
+        })?;
+        // Both pipes are drained on their own threads, so a chatty child never blocks on a
+        // full pipe while we wait for it.
+        let drain = |r: Option<Box<dyn std::io::Read + Send>>, cap: usize| {
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                if let Some(mut r) = r {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = r.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        kept.extend_from_slice(&buf[..n]);
+                        if kept.len() > cap {
+                            kept.drain(..kept.len() - cap);
+                        }
+                    }
+                }
+                kept
+            })
+        };
+        use std::io::Read as _;
+        let out = drain(
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+            4 * 1024 * 1024,
+        );
+        let err = drain(
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn std::io::Read + Send>),
+            MAX_GIT_STDERR,
+        );
+        let deadline = std::time::Instant::now() + FETCH_DEADLINE;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(fail(format!("cannot wait for git: {e}"))),
+            }
+        };
+        let stdout = out.join().unwrap_or_default();
+        let stderr = err.join().unwrap_or_default();
+        match status {
+            None => Err(fail(format!(
+                "cancelled after {} s; tried again next interval",
+                FETCH_DEADLINE.as_secs()
+            ))),
+            Some(s) if s.success() => Ok((stdout, stderr)),
+            Some(s) => {
+                let text = String::from_utf8_lossy(&stderr);
+                // The last lines say why; progress lines (carriage returns) are noise.
+                let why: Vec<&str> = text
+                    .lines()
+                    .filter_map(|l| l.rsplit('\r').next())
+                    .map(str::trim)
+                    .filter(|l| {
+                        !l.is_empty() && !l.contains("objects:") && !l.starts_with("remote: Total")
+                    })
+                    .collect();
+                let why = why[why.len().saturating_sub(3)..].join("; ");
+                Err(fail(if why.is_empty() {
+                    format!("git exited with {s}")
+                } else {
+                    why
+                }))
+            }
+        }
     }
 
     /// The remote's advertised HEAD.
     fn default_branch(&self) -> Result<String, WatchError> {
-        let mut remote = self.remote()?;
-        remote
-            .connect_auth(git2::Direction::Fetch, Some(self.callbacks()), None)
-            .map_err(git_err(self.name, "cannot reach the repository"))?;
-        let head = remote.default_branch().map_err(git_err(
-            self.name,
-            "the repository has no default branch; pass --branch",
-        ))?;
-        let _ = remote.disconnect();
-        let head = head.as_str().unwrap_or_default().to_owned();
+        let head = if self.local {
+            let repo = git2::Repository::open_bare(self.git_dir)
+                .map_err(git_err(self.name, "cannot open the cache repository"))?;
+            let mut remote = repo
+                .remote_anonymous(self.url)
+                .map_err(git_err(self.name, "bad remote"))?;
+            remote
+                .connect(git2::Direction::Fetch)
+                .map_err(git_err(self.name, "cannot reach the repository"))?;
+            let head = remote.default_branch().map_err(git_err(
+                self.name,
+                "the repository has no default branch; pass --branch",
+            ))?;
+            let _ = remote.disconnect();
+            head.as_str().unwrap_or_default().to_owned()
+        } else {
+            let mut cmd = self.git();
+            cmd.args(["ls-remote", "--symref", "--", self.url, "HEAD"]);
+            let (out, _) = self.run(cmd, "cannot reach the repository")?;
+            // `ref: refs/heads/main<TAB>HEAD`, then the commit line.
+            String::from_utf8_lossy(&out)
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("ref: ")
+                        .and_then(|r| r.split('\t').next())
+                        .map(str::to_owned)
+                })
+                .ok_or_else(|| WatchError::Git {
+                    name: self.name.to_owned(),
+                    what: "the repository has no default branch; pass --branch".into(),
+                    error: "the server advertised no HEAD".into(),
+                })?
+        };
         head.strip_prefix("refs/heads/")
             .map(str::to_owned)
             .ok_or_else(|| WatchError::Git {
@@ -548,24 +696,65 @@ impl Fetcher<'_> {
 
     /// Fetch one branch; returns how many objects came.
     fn fetch(&self, branch: &str) -> Result<usize, WatchError> {
-        let mut remote = self.remote()?;
-        let mut opts = git2::FetchOptions::new();
-        opts.remote_callbacks(self.callbacks());
-        // Never to another host: the credentials callback would hand the token to it.
-        opts.follow_redirects(git2::RemoteRedirect::None);
-        opts.download_tags(git2::AutotagOption::None);
-        if self.shallow {
-            opts.depth(1);
+        if branch.starts_with('-')
+            || !git2::Reference::is_valid_name(&format!("refs/heads/{branch}"))
+        {
+            return Err(WatchError::Git {
+                name: self.name.to_owned(),
+                what: format!("branch `{branch}`"),
+                error: "not a valid branch name".into(),
+            });
         }
-        remote
-            .fetch(
-                &[format!("+refs/heads/{branch}:refs/heads/{branch}")],
-                Some(&mut opts),
-                None,
-            )
-            .map_err(git_err(self.name, format!("cannot fetch `{branch}`")))?;
-        Ok(remote.stats().received_objects())
+        let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+        if self.local {
+            let repo = git2::Repository::open_bare(self.git_dir)
+                .map_err(git_err(self.name, "cannot open the cache repository"))?;
+            let mut remote = repo
+                .remote_anonymous(self.url)
+                .map_err(git_err(self.name, "bad remote"))?;
+            let mut opts = git2::FetchOptions::new();
+            opts.download_tags(git2::AutotagOption::None);
+            remote
+                .fetch(&[refspec], Some(&mut opts), None)
+                .map_err(git_err(self.name, format!("cannot fetch `{branch}`")))?;
+            return Ok(remote.stats().received_objects());
+        }
+        let mut cmd = self.git();
+        cmd.args(["fetch", "--no-tags", "--no-write-fetch-head", "--progress"]);
+        if self.shallow {
+            cmd.arg("--depth=1");
+        }
+        cmd.args(["--", self.url, &refspec]);
+        let (_, progress) = self.run(cmd, &format!("cannot fetch `{branch}`"))?;
+        Ok(objects_received(&String::from_utf8_lossy(&progress)))
     }
+}
+
+/// How many objects a fetch brought, from git's progress on standard error: the server's
+/// "remote: Total N (delta …)" (sent on the smart transports), or the local "Receiving
+/// objects: 100% (N/N)" / "Unpacking objects: 100% (N/N)" (printed only for transfers
+/// slow enough to need progress); nothing when there was nothing to fetch. Only a number
+/// for logs and tests, so an unexpected spelling yields 0 rather than an error.
+fn objects_received(progress: &str) -> usize {
+    let number = |s: &str| {
+        s.trim_start()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+    };
+    progress
+        .split(['\r', '\n'])
+        .filter_map(|l| {
+            if let Some((_, rest)) = l.split_once("remote: Total ") {
+                return number(rest);
+            }
+            if !(l.contains("Receiving objects:") || l.contains("Unpacking objects:")) {
+                return None;
+            }
+            number(l.rsplit_once('(')?.1.split_once('/')?.1)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// The config file of a watched repository at exactly `sha` (the worker's read). `None`
@@ -810,6 +999,27 @@ mod tests {
                 Path::new("c")
             )
             .is_ok()
+        );
+    }
+
+    #[test]
+    fn objects_received_reads_what_git_prints() {
+        let small = "remote: Enumerating objects: 5, done.        \nremote: Counting objects:  20% (1/5)        \rremote: Counting objects: 100% (5/5), done.        \nremote: Total 3 (delta 1), reused 0 (delta 0), pack-reused 0 (from 0)        \nFrom git://127.0.0.1:1/app\n";
+        assert_eq!(objects_received(small), 3);
+        let big = "Receiving objects:  99% (290/292)\rremote: Total 292 (delta 21), reused 0 (delta 0)\nReceiving objects: 100% (292/292), 797.73 KiB | 9.97 MiB/s, done.\n";
+        assert_eq!(objects_received(big), 292);
+        assert_eq!(
+            objects_received("Unpacking objects: 100% (7/7), 1.2 KiB | 1 MiB/s, done.\n"),
+            7
+        );
+        assert_eq!(
+            objects_received(""),
+            0,
+            "an up-to-date fetch prints nothing"
+        );
+        assert_eq!(
+            objects_received("remote: Total x\nReceiving objects: (/)"),
+            0
         );
     }
 
