@@ -864,6 +864,44 @@ mod tests {
     }
 
     #[test]
+    fn keyless_variables_are_read_from_the_workflow() {
+        let c = vars(&[
+            (
+                "TELBASE_GOOGLE_WORKLOAD_IDENTITY_PROVIDER",
+                "projects/1/locations/global/workloadIdentityPools/gh/providers/repo",
+            ),
+            (
+                "TELBASE_GOOGLE_SERVICE_ACCOUNT",
+                "d@p.iam.gserviceaccount.com",
+            ),
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_URL",
+                "https://runner.example/idtoken?api-version=2.0",
+            ),
+            ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "request-token"),
+        ]);
+        let w = c.workload_identity.unwrap();
+        assert!(w.provider.ends_with("/providers/repo"));
+        assert_eq!(
+            w.service_account.as_deref(),
+            Some("d@p.iam.gserviceaccount.com")
+        );
+        assert!(
+            w.request_url
+                .unwrap()
+                .starts_with("https://runner.example/")
+        );
+        assert_eq!(w.request_token.unwrap().expose_secret(), "request-token");
+        assert_eq!(
+            c.federation.sts_token_url,
+            super::super::external::STS_TOKEN_URL
+        );
+        // The action passes an empty input as an empty variable: not keyless.
+        let c = vars(&[("TELBASE_GOOGLE_WORKLOAD_IDENTITY_PROVIDER", "")]);
+        assert!(c.workload_identity.is_none());
+    }
+
+    #[test]
     fn token_urls_must_be_https_or_loopback() {
         assert!(acceptable_token_url("https://oauth2.googleapis.com/token"));
         assert!(acceptable_token_url("http://127.0.0.1:8080/token"));
