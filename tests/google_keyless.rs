@@ -954,3 +954,38 @@ async fn the_emulated_sts_validates_requests_as_sts_does() {
     );
     emu.stop().await;
 }
+
+#[test]
+fn the_cli_explains_a_missing_id_token_permission_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("telbase.yaml"),
+        "version: 1\nproject: links\nenvironments:\n  production:\n    branch: main\napps:\n  api:\n    runtime: go\n    image: us-east1-docker.pkg.dev/links-prod/containers/api:v1\n    region: us-east1\n    port: 8080\n",
+    )
+    .unwrap();
+    // As a job without `id-token: write` runs: the action set the provider, the runner set
+    // no token request variables.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_telbase"))
+        .arg("plan")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("GITHUB_ACTIONS", "true")
+        .env("TELBASE_GOOGLE_WORKLOAD_IDENTITY_PROVIDER", PROVIDER)
+        .env("GOOGLE_CLOUD_PROJECT", "links-prod")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("permissions: id-token: write"),
+        "{stderr}"
+    );
+    assert!(
+        errors[0].contains("TELBASE_GOOGLE_WORKLOAD_IDENTITY_PROVIDER"),
+        "{stderr}"
+    );
+}

@@ -9,8 +9,9 @@
 //!    `ACTIONS_ID_TOKEN_REQUEST_TOKEN`, answer `{"value": jwt}`), or from an
 //!    `external_account` file's `credential_source` (`file` or `url`, `format` text or json);
 //! 2. the Security Token Service exchange (`POST https://sts.googleapis.com/v1/token`,
-//!    RFC 8693 token exchange, the JSON fields of sts.v1's `GoogleIdentityStsV1Exchange
-//!    TokenRequest`, as google-github-actions/auth sends them) for a federated access token;
+//!    RFC 8693 token exchange, as the JSON of sts.v1's
+//!    `GoogleIdentityStsV1ExchangeTokenRequest`, the way google-github-actions/auth sends it)
+//!    for a federated access token;
 //! 3. optionally, impersonation of a service account through IAM Credentials
 //!    (`POST https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/EMAIL:generateAccessToken`),
 //!    which needs `roles/iam.workloadIdentityUser` for the federated principal.
