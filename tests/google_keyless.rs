@@ -799,6 +799,11 @@ async fn keyless_exchanges_conform_to_the_sts_and_iam_credentials_discovery_docu
             .join("tests/provider-apis/gcp-iamcredentials/iamcredentials.v1.discovery.json"),
     )
     .unwrap();
+    for desc in [&sts, &iam] {
+        let report = desc.compile_all();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        assert!(report.compiled > 2);
+    }
     let mut violations = Vec::new();
     let mut excused = 0;
     let mut seen = std::collections::BTreeMap::<String, Vec<u16>>::new();
