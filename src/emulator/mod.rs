@@ -4,7 +4,9 @@
 //! checked against their published descriptions by the conformance test. Prefixes:
 //! `/vercel`, `/neon/api/v2`, `/turso`, `/cloudflare/client/v4`, `/cloud-run`,
 //! `/secret-manager`, `/cloud-sql` (see `prefix`), and GitHub's REST API under `/github`
-//! for the GitHub App (its own authentication; see `github`).
+//! for the GitHub App (its own authentication; see `github`). Keyless Google auth has
+//! `/actions-oidc` (the Actions runner's OIDC token service), `/sts` and `/iamcredentials`
+//! (see `keyless`); the tokens they issue work on the Google APIs here.
 //!
 //! It is stateful (what you create is there when you list), answers in small pages to
 //! exercise clients' pagination, checks the bearer token, and injects faults on request:
@@ -21,6 +23,7 @@ mod cloudflare;
 mod cloudsql;
 mod github;
 mod google;
+mod keyless;
 mod neon;
 mod turso;
 mod vercel;
@@ -43,6 +46,8 @@ use crate::model::Provider;
 /// The token the emulator accepts, and that clients send to it. Real tokens are never sent
 /// to the emulator.
 pub const EMULATOR_TOKEN: &str = "telbase-emulator-token";
+
+pub use keyless::{ACTIONS_REQUEST_TOKEN, GITHUB_ISSUER};
 
 /// Where each provider's API lives below the emulator's address.
 pub fn prefix(provider: Provider) -> &'static str {
@@ -112,6 +117,7 @@ pub(crate) struct World {
     pub(crate) google: google::State,
     pub(crate) cloudsql: cloudsql::State,
     pub(crate) github: github::State,
+    pub(crate) keyless: keyless::State,
     seq: u64,
 }
 
@@ -242,6 +248,17 @@ impl Handle {
             .lock()
             .map_err(|_| "state poisoned".to_owned())?;
         github::seed(&mut w.github, body)
+    }
+
+    /// Set the workflow the emulated OIDC tokens describe and the emulated pool's rules; same
+    /// body as `POST /_admin/keyless` (see `emulator::keyless`).
+    pub fn keyless(&self, body: &Value) -> Result<Value, String> {
+        let mut w = self
+            .inner
+            .world
+            .lock()
+            .map_err(|_| "state poisoned".to_owned())?;
+        keyless::seed(&mut w.keyless, body)
     }
 
     /// Stop listening and wait for the server to finish.
@@ -531,11 +548,15 @@ async fn handle(
     {
         return serve_github(&inner, &method, rest, &uri, query, &headers, &body, started).await;
     }
+    if let Some((api, rest)) = keyless::classify(&path) {
+        let rest = rest.to_owned();
+        return keyless::serve(&inner, api, &method, &rest, &uri, &headers, &body, started).await;
+    }
     let Some((provider, rest)) = classify(&path) else {
         return json_response(
             404,
             Some(
-                &json!({"error": {"code": "not_found", "message": format!("the emulator serves /vercel, /neon/api/v2, /turso, /cloudflare/client/v4, /cloud-run, /secret-manager and /cloud-sql, not {path}")}}),
+                &json!({"error": {"code": "not_found", "message": format!("the emulator serves /vercel, /neon/api/v2, /turso, /cloudflare/client/v4, /cloud-run, /secret-manager and /cloud-sql, not {path} (keyless Google auth: /actions-oidc, /sts, /iamcredentials)")}}),
             ),
             &[],
         );
@@ -706,7 +727,8 @@ fn serve(
                 "Missing authorization header",
             );
         }
-        Some(t) if t != EMULATOR_TOKEN => {
+        // Tokens the emulated STS and IAM Credentials issued work on the Google APIs.
+        Some(t) if t != EMULATOR_TOKEN && !keyless::accepts(inner, provider, t) => {
             return provider_error(provider, 403, "forbidden", "The token is not valid");
         }
         Some(_) => {}
@@ -947,7 +969,8 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `/_admin` routes: `GET /counters`, `GET /inventory`, `POST /drift`.
+/// `/_admin` routes: `GET /counters`, `GET /inventory`, `POST /drift`, `POST /github`,
+/// `POST /keyless`.
 fn admin(inner: &Inner, method: &Method, rest: &str, body: &[u8]) -> Response {
     match (method.as_str(), rest) {
         ("GET", "/counters") => {
@@ -972,6 +995,16 @@ fn admin(inner: &Inner, method: &Method, rest: &str, body: &[u8]) -> Response {
                 Err(e) => json_response(400, Some(&json!({"error": e})), &[]),
             }
         }
+        ("POST", "/keyless") => {
+            let Ok(v) = serde_json::from_slice::<Value>(body) else {
+                return json_response(400, Some(&json!({"error": "the body must be JSON"})), &[]);
+            };
+            let mut w = inner.world.lock().unwrap_or_else(|e| e.into_inner());
+            match keyless::seed(&mut w.keyless, &v) {
+                Ok(done) => json_response(200, Some(&done), &[]),
+                Err(e) => json_response(400, Some(&json!({"error": e})), &[]),
+            }
+        }
         ("POST", "/drift") => {
             let Ok(v) = serde_json::from_slice::<Value>(body) else {
                 return json_response(400, Some(&json!({"error": "the body must be JSON"})), &[]);
@@ -985,7 +1018,7 @@ fn admin(inner: &Inner, method: &Method, rest: &str, body: &[u8]) -> Response {
         _ => json_response(
             404,
             Some(
-                &json!({"error": "admin routes: GET /_admin/counters, GET /_admin/inventory, POST /_admin/drift, POST /_admin/github"}),
+                &json!({"error": "admin routes: GET /_admin/counters, GET /_admin/inventory, POST /_admin/drift, POST /_admin/github, POST /_admin/keyless"}),
             ),
             &[],
         ),

@@ -3,13 +3,21 @@
 //!
 //! 1. an access token in the environment (`GOOGLE_OAUTH_ACCESS_TOKEN`, then
 //!    `CLOUDSDK_AUTH_ACCESS_TOKEN`), used as is;
-//! 2. `GOOGLE_APPLICATION_CREDENTIALS` naming a JSON key file: a service-account key is
+//! 2. keyless auth in GitHub Actions: `TELBASE_GOOGLE_WORKLOAD_IDENTITY_PROVIDER` (and
+//!    optionally `TELBASE_GOOGLE_SERVICE_ACCOUNT`) exchanges the job's OIDC token through
+//!    workload identity federation (`external`). This Telbase-specific step comes before
+//!    Google's file-based ones on purpose: a variable set for Telbase in the workflow is the
+//!    more explicit choice, and wins over a `GOOGLE_APPLICATION_CREDENTIALS` left behind by
+//!    another step;
+//! 3. `GOOGLE_APPLICATION_CREDENTIALS` naming a JSON key file: a service-account key is
 //!    exchanged for a token by the OAuth2 JWT-bearer grant (an RS256 assertion signed here
-//!    with `ring`), an `authorized_user` file by the refresh-token grant;
-//! 3. gcloud's well-known file (`application_default_credentials.json` under
+//!    with `ring`), an `authorized_user` file by the refresh-token grant, an
+//!    `external_account` file (what google-github-actions/auth writes) by the STS token
+//!    exchange in `external`;
+//! 4. gcloud's well-known file (`application_default_credentials.json` under
 //!    `$CLOUDSDK_CONFIG` or `~/.config/gcloud`), written by
 //!    `gcloud auth application-default login`;
-//! 4. the metadata server when running on Google Cloud (`GCE_METADATA_HOST` overrides its
+//! 5. the metadata server when running on Google Cloud (`GCE_METADATA_HOST` overrides its
 //!    address). Off Google Cloud it is probed once with a short timeout, so a laptop without
 //!    credentials gets a clear error quickly rather than a long hang.
 //!
@@ -28,6 +36,7 @@ use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::external::{External, FederationEndpoints, WorkloadIdentityVars};
 use crate::model::Provider;
 use crate::providers::http::TokenSource;
 use crate::providers::{BoxFuture, ErrorKind, ProviderError, SetupError};
@@ -56,6 +65,12 @@ const ASSERTION_LIFETIME_SECS: i64 = 3600;
 pub struct AdcConfig {
     /// An access token from the environment, with the variable it came from.
     pub env_token: Option<(&'static str, SecretString)>,
+    /// Keyless auth from a GitHub Actions workflow (`TELBASE_GOOGLE_WORKLOAD_IDENTITY_PROVIDER`
+    /// and the runner's OIDC request variables).
+    pub workload_identity: Option<WorkloadIdentityVars>,
+    /// Where STS and IAM Credentials are for `workload_identity`: Google's, or the
+    /// emulator's in tests.
+    pub federation: FederationEndpoints,
     /// `GOOGLE_APPLICATION_CREDENTIALS`.
     pub credentials_file: Option<PathBuf>,
     /// gcloud's `application_default_credentials.json` (used only if it exists).
@@ -79,6 +94,7 @@ impl std::fmt::Debug for AdcConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdcConfig")
             .field("env_token", &self.env_token.as_ref().map(|(v, _)| v))
+            .field("workload_identity", &self.workload_identity)
             .field("credentials_file", &self.credentials_file)
             .field("well_known_file", &self.well_known_file)
             .field("quota_project", &self.quota_project)
@@ -92,6 +108,8 @@ impl Default for AdcConfig {
     fn default() -> Self {
         AdcConfig {
             env_token: None,
+            workload_identity: None,
+            federation: FederationEndpoints::default(),
             credentials_file: None,
             well_known_file: None,
             quota_project: None,
@@ -136,8 +154,16 @@ impl AdcConfig {
         ]
         .iter()
         .any(|k| var(k).is_some());
+        let workload_identity =
+            var("TELBASE_GOOGLE_WORKLOAD_IDENTITY_PROVIDER").map(|provider| WorkloadIdentityVars {
+                provider,
+                service_account: var("TELBASE_GOOGLE_SERVICE_ACCOUNT"),
+                request_url: var("ACTIONS_ID_TOKEN_REQUEST_URL"),
+                request_token: var("ACTIONS_ID_TOKEN_REQUEST_TOKEN").map(SecretString::from),
+            });
         AdcConfig {
             env_token,
+            workload_identity,
             credentials_file: var("GOOGLE_APPLICATION_CREDENTIALS").map(PathBuf::from),
             quota_project: var("GOOGLE_CLOUD_QUOTA_PROJECT"),
             well_known_file: gcloud_dir.map(|d| d.join("application_default_credentials.json")),
@@ -180,7 +206,12 @@ enum Source {
     Env(SecretString),
     ServiceAccount(ServiceAccount),
     AuthorizedUser(AuthorizedUser),
-    Metadata { host: String, probe: bool },
+    Metadata {
+        host: String,
+        probe: bool,
+    },
+    /// Workload identity federation (`external`).
+    External(External),
 }
 
 struct Cached {
@@ -310,6 +341,10 @@ impl Adc {
         let (source, source_name, project_id, file_quota) =
             if let Some((var, token)) = &config.env_token {
                 (Source::Env(token.clone()), (*var).to_owned(), None, None)
+            } else if let Some(vars) = &config.workload_identity {
+                let (ext, name, project, quota) =
+                    External::from_vars(vars, &config.federation).map_err(&invalid)?;
+                (Source::External(ext), name, project, quota)
             } else if let Some(path) = &config.credentials_file {
                 Self::from_file(path, "GOOGLE_APPLICATION_CREDENTIALS").map_err(&invalid)?
             } else if let Some(path) = config.well_known_file.as_ref().filter(|p| p.is_file()) {
@@ -440,8 +475,13 @@ impl Adc {
                     quota_project_id.filter(|p| !p.is_empty()),
                 ))
             }
+            Some("external_account") => {
+                let (ext, name, project, quota) =
+                    External::from_file(&text, origin, &shown.to_string())?;
+                Ok((Source::External(ext), name, project, quota))
+            }
             Some(other) => Err(bad(&format!(
-                "has type {other:?}; Telbase supports \"service_account\" and \"authorized_user\" files (for workload identity federation, exchange the token in CI and set GOOGLE_OAUTH_ACCESS_TOKEN)"
+                "has type {other:?}; Telbase supports \"service_account\", \"authorized_user\" and \"external_account\" files"
             ))),
             None => Err(bad(
                 "has no \"type\" field; is it a Google credentials file?",
@@ -552,6 +592,10 @@ impl Adc {
                 ]);
                 self.token_call(req, None).await
             }
+            Source::External(ext) => ext
+                .token(&self.client)
+                .await
+                .map_err(|f| self.fail(f.kind, f.status, f.message)),
             Source::Metadata { host, probe } => {
                 let url = format!("http://{host}{METADATA_TOKEN_PATH}");
                 let req = self
@@ -817,6 +861,44 @@ mod tests {
 
         assert!(vars(&[("K_SERVICE", "web")]).on_google_cloud);
         assert!(AdcConfig::from_vars(|_| None, true).on_google_cloud);
+    }
+
+    #[test]
+    fn keyless_variables_are_read_from_the_workflow() {
+        let c = vars(&[
+            (
+                "TELBASE_GOOGLE_WORKLOAD_IDENTITY_PROVIDER",
+                "projects/1/locations/global/workloadIdentityPools/gh/providers/repo",
+            ),
+            (
+                "TELBASE_GOOGLE_SERVICE_ACCOUNT",
+                "d@p.iam.gserviceaccount.com",
+            ),
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_URL",
+                "https://runner.example/idtoken?api-version=2.0",
+            ),
+            ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "request-token"),
+        ]);
+        let w = c.workload_identity.unwrap();
+        assert!(w.provider.ends_with("/providers/repo"));
+        assert_eq!(
+            w.service_account.as_deref(),
+            Some("d@p.iam.gserviceaccount.com")
+        );
+        assert!(
+            w.request_url
+                .unwrap()
+                .starts_with("https://runner.example/")
+        );
+        assert_eq!(w.request_token.unwrap().expose_secret(), "request-token");
+        assert_eq!(
+            c.federation.sts_token_url,
+            super::super::external::STS_TOKEN_URL
+        );
+        // The action passes an empty input as an empty variable: not keyless.
+        let c = vars(&[("TELBASE_GOOGLE_WORKLOAD_IDENTITY_PROVIDER", "")]);
+        assert!(c.workload_identity.is_none());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Google Cloud: Cloud Run (Admin API v2, domain mappings on v1), Secret Manager and Cloud
 //! SQL (Admin API v1), sharing Application Default Credentials (`auth`) and long-running
-//! operation handling.
+//! operation handling; keyless workload identity federation lives in `external`.
 //!
 //! Cloud Run lives in `cloudrun`, Secret Manager in `secretmanager`, Cloud SQL in
 //! `cloudsql`; labels, source annotations and operation polling they share in `ops`.
@@ -8,6 +8,7 @@
 pub mod auth;
 mod cloudrun;
 pub mod cloudsql;
+pub mod external;
 pub mod ops;
 mod secretmanager;
 
@@ -64,7 +65,7 @@ pub(crate) fn project(p: model::Provider, creds: &Credentials) -> Result<String,
             .map(str::to_owned)
             .ok_or(SetupError::Missing {
                 provider: p.as_str(),
-                vars: "GOOGLE_CLOUD_PROJECT (or a service-account key with project_id in GOOGLE_APPLICATION_CREDENTIALS)",
+                vars: "GOOGLE_CLOUD_PROJECT (or a service-account key with project_id in GOOGLE_APPLICATION_CREDENTIALS, or TELBASE_GOOGLE_SERVICE_ACCOUNT NAME@PROJECT_ID.iam.gserviceaccount.com)",
             }),
     }
 }
