@@ -311,6 +311,46 @@ fn validate_puts_each_problem_on_its_line_and_fails_the_step() {
 }
 
 #[test]
+fn a_broken_actions_environment_fails_with_one_line_and_still_sets_outputs() {
+    let mut g = Gha::new();
+    g.config(&quickstart());
+    g.set("GITHUB_EVENT_NAME", "pull_request");
+    g.set(
+        "GITHUB_EVENT_PATH",
+        g.path("missing.json").to_str().unwrap(),
+    );
+    let s = g.run(&["plan"]);
+    assert_eq!(s.code(), Some(1), "{}", s.all());
+    assert_eq!(s.stderr().lines().count(), 1, "{}", s.all());
+    assert!(
+        s.last_stderr_line()
+            .contains("cannot read the event payload"),
+        "{}",
+        s.all()
+    );
+    assert!(s.output("summary").starts_with("error: GITHUB_EVENT_PATH"));
+    assert_eq!(s.output("has-changes"), "false");
+
+    // A preview needs a pull request.
+    g.event("workflow_dispatch", &json!({"inputs": {}}));
+    let s = g.run(&["plan", "--environment", "preview"]);
+    assert_eq!(s.code(), Some(1), "{}", s.all());
+    assert!(
+        s.last_stderr_line()
+            .contains("--environment preview needs a pull_request"),
+        "{}",
+        s.all()
+    );
+    assert!(
+        s.commands()
+            .iter()
+            .any(|(n, _, d)| n == "error" && d.contains("needs a pull_request")),
+        "{}",
+        s.all()
+    );
+}
+
+#[test]
 fn an_unknown_command_lists_the_valid_ones() {
     let g = Gha::new();
     let s = g.run(&["deploy"]);
@@ -415,6 +455,30 @@ async fn a_pull_request_gets_its_preview_planned_and_one_comment_updated_in_plac
     assert!(body2.contains("commit `abcdef0`"), "{body2}");
     assert!(body2.contains("notes-v2"), "{body2}");
     assert_eq!(emu.inventory()["github/comment"], 1);
+
+    // A broken config: the step fails, and the comment says so instead of showing a stale
+    // plan.
+    g.config(
+        "version: 1\nproject: notes\napps:\n  web:\n    framework: nextjs\n    colour: blue\n",
+    );
+    let s = tokio::task::block_in_place(|| g.run(&["plan"]));
+    assert_eq!(s.code(), Some(1), "{}", s.all());
+    assert!(
+        s.commands()
+            .iter()
+            .any(|(n, p, _)| n == "error" && p.contains(&("line".to_owned(), "6".to_owned()))),
+        "{}",
+        s.all()
+    );
+    let failed = comments(&emu, 2).await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["id"], first[0]["id"]);
+    let text = failed[0]["body"].as_str().unwrap();
+    assert!(
+        text.contains("**Failed**: infra/telbase.yaml is invalid: "),
+        "{text}"
+    );
+    g.config(&preview_config("notes"));
 
     // Another config in the same repository keeps its own comment.
     std::fs::create_dir_all(g.path("work/other")).unwrap();

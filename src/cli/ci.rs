@@ -8,7 +8,7 @@
 //! `--fail-on-drift`), 2 usage (clap). Every failure ends with one line on stderr saying why.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +85,9 @@ struct Finish {
     summary: String,
     /// Why it failed (printed as the step's last line on stderr); `None`: success.
     failure: Option<String>,
+    /// The failure is already on the config's lines as annotations (an invalid config);
+    /// others get one `::error` annotation with the reason.
+    annotated: bool,
 }
 
 impl Finish {
@@ -104,6 +107,17 @@ impl Finish {
             plan_json: None,
             summary: summary.into(),
             failure: Some(reason.into()),
+            annotated: false,
+        }
+    }
+
+    fn done(has_changes: bool, plan_json: Option<PathBuf>, summary: String) -> Finish {
+        Finish {
+            has_changes,
+            plan_json,
+            summary,
+            failure: None,
+            annotated: false,
         }
     }
 }
@@ -132,6 +146,19 @@ pub fn ci_cmd(args: &CiArgs) -> ExitCode {
                         &e.to_string()
                     )
                 );
+            }
+            // The outputs still say what happened, when the runner's file is known.
+            if let Some(path) = std::env::var_os("GITHUB_OUTPUT").filter(|p| !p.is_empty()) {
+                let summary = format!("error: {}", diag::sanitize_to(&e.to_string(), 300));
+                let text = [
+                    ("has-changes", "false"),
+                    ("plan-json", ""),
+                    ("summary", &summary),
+                ]
+                .iter()
+                .filter_map(|(n, v)| files::heredoc(n, v).ok())
+                .collect::<String>();
+                let _ = files::append("GITHUB_OUTPUT", Path::new(&path), &text);
             }
             eprintln!("error: {e}");
             return ExitCode::from(1);
@@ -227,6 +254,14 @@ impl Step<'_> {
             }
         }
         if let Some(reason) = &f.failure {
+            if !f.annotated {
+                self.command(&annotation(
+                    Level::Error,
+                    &Place::default(),
+                    Some("telbase"),
+                    reason,
+                ));
+            }
             eprintln!("error: {reason}");
         }
         ExitCode::from(code)
@@ -234,12 +269,7 @@ impl Step<'_> {
 
     /// Append markdown to the job summary (stdout outside a runner).
     fn summary(&self, markdown: &str) {
-        let note = match self.env.run_url() {
-            Some(_) => {
-                "_Cut here: GitHub allows 1 MiB of job summary per step. The full plan is in the step's `plan-json` output file._"
-            }
-            None => "_Cut here: GitHub allows 1 MiB of job summary per step._",
-        };
+        let note = "_Cut here: GitHub allows 1 MiB of job summary per step. The full plan is in the step's `plan-json` output file._";
         match &self.env.summary_path {
             Some(p) => {
                 if let Err(e) = files::append_summary(p, markdown, note) {
@@ -271,7 +301,10 @@ impl Step<'_> {
                     Some("telbase"),
                     &d.message,
                 ));
-                return Err(Finish::failed("invalid: the config cannot be read", reason));
+                return Err(Finish {
+                    annotated: true,
+                    ..Finish::failed("invalid: the config cannot be read", reason)
+                });
             }
         };
         let checked = config::check_bytes_in(&bytes, config::dir_of(path));
@@ -309,15 +342,13 @@ impl Step<'_> {
         let line = report::validate_line(&diags);
         if checked.config.is_some() {
             println!("{}: {line}", diag::sanitize(&self.config));
-            Finish {
-                has_changes: false,
-                plan_json: None,
-                summary: line,
-                failure: None,
-            }
+            Finish::done(false, None, line)
         } else {
             let reason = format!("{} is {line} (annotated on the file)", self.config);
-            Finish::failed(line, reason)
+            Finish {
+                annotated: true,
+                ..Finish::failed(line, reason)
+            }
         }
     }
 
@@ -380,10 +411,13 @@ impl Step<'_> {
         let (checked, diags) = self.check()?;
         let Some(cfg) = checked.config else {
             let line = report::validate_line(&diags);
-            return Err(Finish::failed(
-                line.clone(),
-                format!("{} is {line} (annotated on the file)", self.config),
-            ));
+            return Err(Finish {
+                annotated: true,
+                ..Finish::failed(
+                    line.clone(),
+                    format!("{} is {line} (annotated on the file)", self.config),
+                )
+            });
         };
         let mut desired = config::lower::lower(&cfg, environment);
         let git = self.git();
@@ -558,15 +592,7 @@ impl Step<'_> {
             self.notice(Level::Notice, &skip);
             let md = format!("### {title}\n\nSkipped: {skip}.\n");
             self.summary(&(md.clone() + &ctx.footer(false)));
-            return Ok((
-                Finish {
-                    has_changes: false,
-                    plan_json: None,
-                    summary: format!("skipped: {skip}"),
-                    failure: None,
-                },
-                md,
-            ));
+            return Ok((Finish::done(false, None, format!("skipped: {skip}")), md));
         }
         let fail = |e: String| Finish::error(e);
         let rt = runtime().map_err(|e| fail(e.to_string()))?;
@@ -603,12 +629,11 @@ impl Step<'_> {
                     );
                     self.summary(&format!("{md}\n{summary_plan}"));
                     return Ok((
-                        Finish {
-                            has_changes: false,
-                            plan_json: Some(plan_json),
-                            summary: report::apply_line(&apply::Report::default()),
-                            failure: None,
-                        },
+                        Finish::done(
+                            false,
+                            Some(plan_json),
+                            report::apply_line(&apply::Report::default()),
+                        ),
                         format!(
                             "{}\n{comment_plan}",
                             report::apply_markdown(&s.desired.project, &apply::Report::default())
@@ -640,6 +665,7 @@ impl Step<'_> {
                         plan_json: Some(plan_json),
                         summary: line,
                         failure,
+                        annotated: false,
                     },
                     format!("{results}{}", folded(&comment_plan)),
                 ))
@@ -679,6 +705,7 @@ impl Step<'_> {
                         plan_json: Some(plan_json),
                         summary: line,
                         failure,
+                        annotated: false,
                     },
                     comment_plan,
                 ))
@@ -686,12 +713,7 @@ impl Step<'_> {
             _ => {
                 self.summary(&(summary_plan + &ctx.footer(false)));
                 Ok((
-                    Finish {
-                        has_changes: plan.has_changes(),
-                        plan_json: Some(plan_json),
-                        summary: line,
-                        failure: None,
-                    },
+                    Finish::done(plan.has_changes(), Some(plan_json), line),
                     comment_plan,
                 ))
             }
