@@ -480,6 +480,30 @@ async fn a_pull_request_gets_its_preview_planned_and_one_comment_updated_in_plac
     );
     g.config(&preview_config("notes"));
 
+    // Closing the pull request tears its preview down: its database branch goes, the
+    // production database stays; the same comment says so.
+    let branches = emu.inventory()["neon.branches"];
+    let mut closed = synced.clone();
+    closed["action"] = "closed".into();
+    closed["pull_request"]["state"] = "closed".into();
+    g.pull_request(&closed);
+    let s = tokio::task::block_in_place(|| g.run(&["apply"]));
+    assert_eq!(s.code(), Some(0), "{}", s.all());
+    assert!(s.output("summary").contains("1 deleted"), "{}", s.all());
+    assert_eq!(emu.inventory()["neon.branches"], branches - 1);
+    assert_eq!(emu.inventory()["neon.projects"], 1);
+    let torn = comments(&emu, 2).await;
+    assert_eq!(torn.len(), 1);
+    assert!(
+        torn[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("its preview was torn down"),
+        "{}",
+        torn[0]["body"]
+    );
+    g.pull_request(&synced);
+
     // Another config in the same repository keeps its own comment.
     std::fs::create_dir_all(g.path("work/other")).unwrap();
     std::fs::write(g.path("work/other/telbase.yaml"), preview_config("notes")).unwrap();

@@ -379,6 +379,16 @@ impl Step<'_> {
         }
     }
 
+    /// A closed pull request's preview is torn down, as the App tears it down: its plan
+    /// deletes what the preview owns (and its apply carries that out).
+    fn teardown(&self, environment: Environment) -> bool {
+        matches!(environment, Environment::Preview { .. })
+            && self
+                .env
+                .pull_request()
+                .is_some_and(|pr| pr.action.as_deref() == Some("closed"))
+    }
+
     /// The commit and branch to pin: the pull request's head for a pull-request event (not
     /// GITHUB_SHA, the merge commit GitHub makes for the run), the pushed commit for a push,
     /// GITHUB_SHA otherwise; outside Actions, the local repository's HEAD.
@@ -420,6 +430,7 @@ impl Step<'_> {
             });
         };
         let mut desired = config::lower::lower(&cfg, environment);
+
         let git = self.git();
         match &git {
             Some(g) if !g.repo.is_empty() => desired.pin_git(Some(&g.repo), &g.sha),
@@ -444,6 +455,11 @@ impl Step<'_> {
         let http = Http::new(HttpConfig::default()).map_err(|e| fail(e.to_string()))?;
         let registry =
             providers::registry_for(&desired, &creds, &http).map_err(|e| fail(e.to_string()))?;
+        // After the clients are made from the whole file: the teardown must observe (and
+        // delete at) every provider the preview used.
+        if self.teardown(environment) {
+            crate::serve::worker::teardown_state(&mut desired);
+        }
         let scope = Scope {
             project: desired.project.clone(),
             environment,
@@ -492,7 +508,15 @@ impl Step<'_> {
             config: &self.config,
             run_url: run_url.as_deref(),
         };
-        let title = format!("Telbase {verb} · {}", ctx.environment_name());
+        let title = format!(
+            "Telbase {verb} · {}{}",
+            ctx.environment_name(),
+            if self.teardown(environment) {
+                " (closed: tearing the preview down)"
+            } else {
+                ""
+            }
+        );
         let pr = self.env.pull_request().map(|p| p.number);
         let comment_wanted =
             command != CiCommand::Drift || self.args.comment == CommentMode::Always;
@@ -645,7 +669,12 @@ impl Step<'_> {
                     masker: self.masker.clone(),
                 });
                 let report = rt.block_on(reconcile::run_apply(&s, plan, actual, opener, 8, true));
-                let results = report::apply_markdown(&s.desired.project, &report);
+                let mut results = report::apply_markdown(&s.desired.project, &report);
+                if self.teardown(environment) {
+                    results.push_str(
+                        "\nThe pull request is closed: its preview was torn down (what it shares with production stays).\n",
+                    );
+                }
                 let folded = |p: &str| {
                     format!(
                         "\n<details><summary>The plan that was applied</summary>\n\n{p}\n</details>\n"
@@ -722,17 +751,11 @@ impl Step<'_> {
 
     /// Why this run must not apply, if so: production is applied only from its own branch
     /// (the config's `reconcile.production_branch`), never from a pull request's merge ref,
-    /// a tag or another branch; a deleted branch or a closed pull request has nothing to
-    /// apply.
+    /// a tag or another branch; a push that deleted its branch has nothing to apply.
     fn apply_refusal(&self, s: &Session) -> Option<String> {
         match (&self.env.event, s.desired.environment) {
             (Event::Push(p), _) if p.deleted => {
                 Some("the push deleted the branch; there is nothing to apply".into())
-            }
-            (Event::PullRequest(pr), Environment::Preview { .. })
-                if pr.action.as_deref() == Some("closed") =>
-            {
-                Some("the pull request is closed; its preview is not applied again".into())
             }
             (_, Environment::Production) if self.env.event_name.is_some() => {
                 let wanted = &s.desired.reconcile.production_branch;
