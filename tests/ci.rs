@@ -727,3 +727,74 @@ async fn a_plan_larger_than_a_comment_is_cut_there_and_whole_in_the_summary() {
     assert!(s.summary.len() > 65_536);
     emu.stop().await;
 }
+
+/// The plaintexts of the monorepo example's sealed values (its identity is published for
+/// the demo).
+fn monorepo_sealed() -> Vec<String> {
+    let dir = root().join("examples/monorepo");
+    let ids = telbase::secrets::parse_identities(
+        &std::fs::read_to_string(dir.join("demo-identity.txt")).unwrap(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.join("telbase.yaml")).unwrap();
+    let (begin, end) = (
+        "-----BEGIN AGE ENCRYPTED FILE-----",
+        "-----END AGE ENCRYPTED FILE-----",
+    );
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find(begin) {
+        let j = rest[i..].find(end).unwrap() + i + end.len();
+        let armor: Vec<&str> = rest[i..j].lines().map(str::trim).collect();
+        let plain = telbase::secrets::open(armor.join("\n").as_bytes(), &ids).unwrap();
+        out.push(String::from_utf8(plain.to_vec()).unwrap());
+        rest = &rest[j..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sealed_value_is_masked_before_anything_else_and_printed_nowhere_else() {
+    let secrets = monorepo_sealed();
+    assert!(!secrets.is_empty(), "the example has sealed values");
+    let emu = emu::start(Config::default()).await;
+    let mut g = Gha::new();
+    with_emulator(&mut g, &emu);
+    let src = root().join("examples/monorepo");
+    for f in ["telbase.yaml", ".telbase-recipients"] {
+        if src.join(f).exists() {
+            std::fs::copy(src.join(f), g.path("work/infra").join(f)).unwrap();
+        }
+    }
+    g.set(
+        "TELBASE_IDENTITY_FILE",
+        src.join("demo-identity.txt").to_str().unwrap(),
+    );
+    g.set("RUST_LOG", "trace");
+    g.push("main", MAIN);
+    let s = tokio::task::block_in_place(|| g.run(&["apply"]));
+    assert_eq!(s.code(), Some(0), "{}", s.all());
+    assert!(s.stderr().contains("TRACE") || s.stderr().contains("DEBUG"));
+    let stdout = s.stdout();
+    let outputs = format!("{:?}", s.outputs);
+    for secret in &secrets {
+        for line in secret.lines().filter(|l| !l.trim().is_empty()) {
+            let mask = format!("::add-mask::{}", line.replace('%', "%25"));
+            let at = stdout
+                .find(&mask)
+                .unwrap_or_else(|| panic!("a sealed value was not masked:\n{}", s.all()));
+            // Its mask is the only place it is printed, so nothing before the mask can have
+            // shown it either.
+            assert_eq!(stdout.matches(line).count(), 1, "printed outside its mask");
+            assert!(stdout.find(line).unwrap() >= at);
+            for (what, text) in [
+                ("stderr", s.stderr()),
+                ("the job summary", s.summary.clone()),
+                ("the outputs", outputs.clone()),
+            ] {
+                assert!(!text.contains(line), "a sealed value in {what}");
+            }
+        }
+    }
+    emu.stop().await;
+}
