@@ -625,9 +625,13 @@ impl Step<'_> {
             .map_err(|e| fail(format!("observing the providers: {e}")))?;
         let plan = plan::plan(&s.desired, &actual);
         {
+            // Folded in the log on a runner: the job summary is where people read the plan.
+            self.command("::group::Telbase plan");
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(plan::render_text(&plan).as_bytes());
             let _ = out.flush();
+            drop(out);
+            self.command("::endgroup::");
         }
         let plan_json = self.write_plan_json(&plan).map_err(fail)?;
         let line = report::plan_line(&plan);
