@@ -650,22 +650,17 @@ impl Step<'_> {
         match command {
             CiCommand::Apply => {
                 if !plan.has_changes() {
-                    let md = format!(
-                        "{}{}",
-                        report::apply_markdown(&s.desired.project, &apply::Report::default()),
-                        ctx.footer(false)
-                    );
-                    self.summary(&format!("{md}\n{summary_plan}"));
+                    // Nothing to apply; held-back changes, if any, are in the plan shown.
+                    let nothing =
+                        report::apply_markdown(&s.desired.project, &apply::Report::default());
+                    self.summary(&format!("{nothing}\n{summary_plan}{}", ctx.footer(false)));
                     return Ok((
                         Finish::done(
                             false,
                             Some(plan_json),
                             report::apply_line(&apply::Report::default()),
                         ),
-                        format!(
-                            "{}\n{comment_plan}",
-                            report::apply_markdown(&s.desired.project, &apply::Report::default())
-                        ),
+                        format!("{nothing}\n{comment_plan}"),
                     ));
                 }
                 let opener: Arc<dyn apply::Opener> = Arc::new(MaskingOpener {
