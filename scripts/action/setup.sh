@@ -16,15 +16,20 @@ fail() {
     exit 1
 }
 
+# one_of NAME VALUE ALLOWED...: fail unless VALUE is one of ALLOWED ("" allows empty).
 one_of() {
     local name=$1 value=$2
     shift 2
-    local v
+    local v list="" empty=""
     for v in "$@"; do
         [ "$value" = "$v" ] && return 0
+        if [ -z "$v" ]; then
+            empty=" (or empty)"
+        else
+            list="${list:+$list, }$v"
+        fi
     done
-    local IFS='|'
-    fail "unknown $name \"$value\": valid values are $*"
+    fail "unknown $name \"$value\": valid values are $list$empty"
 }
 
 # --- the inputs ----------------------------------------------------------------------
