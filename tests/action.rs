@@ -26,7 +26,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -475,10 +475,21 @@ fn hex(b: &[u8]) -> String {
 struct Release {
     files: Mutex<BTreeMap<String, Vec<u8>>>,
     requests: Mutex<Vec<String>>,
+    /// The paths asked for with the workflow token.
+    authorized: Mutex<Vec<String>>,
 }
 
-async fn serve_release(State(r): State<Arc<Release>>, uri: Uri) -> (StatusCode, Vec<u8>) {
+async fn serve_release(
+    State(r): State<Arc<Release>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> (StatusCode, Vec<u8>) {
     r.requests.lock().unwrap().push(uri.path().to_owned());
+    if headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {TOKEN}"))
+    {
+        r.authorized.lock().unwrap().push(uri.path().to_owned());
+    }
     match r.files.lock().unwrap().get(uri.path()) {
         Some(b) => (StatusCode::OK, b.clone()),
         None => (StatusCode::NOT_FOUND, b"Not Found".to_vec()),
@@ -486,10 +497,11 @@ async fn serve_release(State(r): State<Arc<Release>>, uri: Uri) -> (StatusCode, 
 }
 
 struct World {
-    rt: tokio::runtime::Runtime,
     emu: telbase::emulator::Handle,
     release: Arc<Release>,
     release_url: String,
+    /// Last: fields drop in order, and the servers' tasks live on this runtime.
+    rt: tokio::runtime::Runtime,
 }
 
 impl World {
@@ -543,10 +555,10 @@ impl World {
             .with_state(release.clone());
         rt.spawn(async move { axum::serve(listener, app).await });
         World {
-            rt,
             emu,
             release,
             release_url,
+            rt,
         }
     }
 
@@ -878,6 +890,12 @@ fn invalid_config_gives_annotations_and_a_failed_step() {
         "{:?}",
         world.requests()
     );
+    // Asked with the token (on curl's standard input, never in the log).
+    assert_eq!(
+        *world.release.authorized.lock().unwrap(),
+        [format!("/repos/{ACTION_REPO}/releases/latest")]
+    );
+    assert!(!out.log.contains(TOKEN));
     let annotation = out
         .log
         .lines()

@@ -67,12 +67,15 @@ elif [[ "$ref" =~ $semver ]]; then
 else
     [ -n "$repository" ] || fail "cannot tell which repository this action came from to find its latest release: set the version input"
     api=${GITHUB_API_URL:-https://api.github.com}
-    # ${auth[@]+…}: an empty array is "unbound" under set -u in macOS's bash 3.2.
-    auth=()
-    [ -n "${GITHUB_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $GITHUB_TOKEN")
-    body=$(curl -fsS --retry 3 --connect-timeout 10 -H 'Accept: application/vnd.github+json' \
-        ${auth[@]+"${auth[@]}"} "$api/repos/$repository/releases/latest") ||
-        fail "could not read the latest release of $repository from $api: set the version input"
+    # The token goes to curl on standard input (-K -), not in its arguments, which any
+    # process on the runner could read.
+    body=$(
+        if [ -n "${GITHUB_TOKEN:-}" ]; then
+            printf 'header = "Authorization: Bearer %s"\n' "$GITHUB_TOKEN"
+        fi |
+            curl -fsS --retry 3 --connect-timeout 10 -K - -H 'Accept: application/vnd.github+json' \
+                "$api/repos/$repository/releases/latest"
+    ) || fail "could not read the latest release of $repository from $api: set the version input"
     version=$(printf '%s' "$body" | sed -n 's/.*"tag_name"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' | head -n 1)
     [[ "$version" =~ $semver ]] || fail "the latest release of $repository has no tag like v1.2.3 (got \"$version\"): set the version input"
 fi
