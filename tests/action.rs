@@ -66,6 +66,8 @@ struct Outcome {
     summary: String,
     /// The `with:` of each `actions/cache` step, evaluated.
     cache: Vec<BTreeMap<String, String>>,
+    /// The environment each run step started with, by step.
+    envs: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 struct Ctx<'a> {
@@ -373,6 +375,7 @@ fn run_shell(
             .join(interpolate(w, ctx).unwrap_or_else(|e| panic!("{label} working-directory: {e}"))),
         None => job.workspace.clone(),
     };
+    out.envs.insert(label.to_owned(), env.clone());
     let o = Command::new("bash")
         .args(["--noprofile", "--norc", "-eo", "pipefail"])
         .arg(&script)
@@ -1103,7 +1106,20 @@ fn the_repository_and_tag_come_from_the_action_path_when_github_leaves_them_empt
     job.github.insert("action_ref".into(), String::new());
     job.github.insert("action_path".into(), action_path.clone());
     job.env.insert("GITHUB_ACTION_PATH".into(), action_path);
-    let out = run_action(&job, &[("command", "validate")]);
+    // And the keyless inputs reach telbase as the contract's variables.
+    let provider =
+        "projects/123456789/locations/global/workloadIdentityPools/github/providers/telbase";
+    let out = run_action(
+        &job,
+        &[
+            ("command", "validate"),
+            ("workload-identity-provider", provider),
+            (
+                "service-account",
+                "deployer@acme-prod.iam.gserviceaccount.com",
+            ),
+        ],
+    );
     assert!(out.failed.is_none(), "{:?}\n{}", out.failed, out.log);
     assert!(
         out.log
@@ -1112,6 +1128,16 @@ fn the_repository_and_tag_come_from_the_action_path_when_github_leaves_them_empt
         out.log
     );
     assert_eq!(out.outputs["exit-code"], "0");
+    let run_env = &out.envs["run"];
+    assert_eq!(
+        run_env["TELBASE_GOOGLE_WORKLOAD_IDENTITY_PROVIDER"],
+        provider
+    );
+    assert_eq!(
+        run_env["TELBASE_GOOGLE_SERVICE_ACCOUNT"],
+        "deployer@acme-prod.iam.gserviceaccount.com"
+    );
+    assert_eq!(run_env["GITHUB_TOKEN"], TOKEN);
 }
 
 // ---------------------------------------------------------------------------------------
