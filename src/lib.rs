@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod conformance;
 pub mod emulator;
+pub mod gha;
 pub mod github;
 pub mod model;
 pub mod plan;

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod ci;
 mod demo;
 pub mod env;
 mod exec;
@@ -59,6 +60,9 @@ pub enum Command {
     /// Master keys of the stored-secrets envelope: list, rotate.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// One step of a GitHub Actions workflow: validate, plan, apply or drift, reported as
+    /// annotations, job summary, outputs and one pull-request comment (see docs/ci.md).
+    Ci(ci::CiArgs),
     /// Run the GitHub App: webhooks in, reconciles from a durable queue (see docs/serve.md).
     Serve(serve::ServeArgs),
     /// Open the sealed values in the environment and exec a command with their plaintexts
@@ -138,6 +142,7 @@ pub fn run() -> ExitCode {
         Command::Env(cmd) => return env::env_cmd(&cmd),
         Command::Keys(cmd) => return keys::keys_cmd(&cmd),
         Command::Serve(args) => return serve::serve_cmd(&args),
+        Command::Ci(args) => return ci::ci_cmd(&args),
         Command::Exec(args) => return exec::exec_cmd(&args),
     };
     match result {

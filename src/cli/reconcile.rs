@@ -338,7 +338,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 /// The opener for sealed values (`TELBASE_IDENTITY_FILE` when set) and, when the config has
 /// stored values, for those too (with the master keys from the environment).
-fn opener(store: Option<crate::store::Store>) -> anyhow::Result<Arc<dyn Opener>> {
+pub(super) fn opener(store: Option<crate::store::Store>) -> anyhow::Result<Arc<dyn Opener>> {
     let age = age_only_opener()?;
     let Some(store) = store else {
         return Ok(age);

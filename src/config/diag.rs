@@ -382,13 +382,15 @@ pub fn render_github(file: &str, diags: &[Diagnostic]) -> String {
     out
 }
 
-fn escape_data(s: &str) -> String {
+/// Escape workflow-command data as the Actions runner unescapes it (`%`, CR, LF).
+pub fn escape_data(s: &str) -> String {
     s.replace('%', "%25")
         .replace('\r', "%0D")
         .replace('\n', "%0A")
 }
 
-fn escape_property(s: &str) -> String {
+/// Escape a workflow-command property: the data escapes, plus `:` and `,`.
+pub fn escape_property(s: &str) -> String {
     escape_data(s).replace(':', "%3A").replace(',', "%2C")
 }
 

@@ -9,6 +9,8 @@
 //! JWT (RS256, `iss` = the App id, at most 10 minutes long) whose signature is verified with
 //! the App's public key when one was registered; every other route takes an installation
 //! token this emulator issued, unexpired, for an installation that may see the repository.
+//! A workflow's GITHUB_TOKEN is such an installation token too, seeded directly
+//! (`workflow_tokens`), read-only when it stands for a fork's pull request.
 //! State is seeded through `POST /_admin/github` (or [`super::Handle::github_seed`]).
 
 use std::collections::BTreeMap;
@@ -29,6 +31,9 @@ pub(crate) struct State {
     installations: BTreeMap<u64, Installation>,
     /// Issued installation tokens: token → (installation, expiry in ms).
     tokens: BTreeMap<String, (u64, u64)>,
+    /// Tokens that may only read (what GitHub gives a workflow run of a fork's pull
+    /// request): their writes are refused with 403.
+    read_only: std::collections::BTreeSet<String>,
     /// (repo, sha) → path → content.
     files: BTreeMap<(String, String), BTreeMap<String, Vec<u8>>>,
     repo_ids: BTreeMap<String, u64>,
@@ -203,6 +208,30 @@ pub(crate) fn seed(s: &mut State, body: &Value) -> Result<Value, String> {
         pull.closed_ms = (state == "closed").then_some(now);
         pull.state = state;
     }
+    // `{"workflow_tokens": [{"token": "ghs_…", "installation": 1, "read_only": false}]}`:
+    // the runner's GITHUB_TOKEN, an installation token GitHub mints for each workflow run
+    // (an hour long); `read_only` as for a pull request from a fork.
+    for t in body
+        .get("workflow_tokens")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let token = t["token"].as_str().ok_or("workflow token")?.to_owned();
+        let inst = t["installation"]
+            .as_u64()
+            .ok_or("workflow token installation")?;
+        s.tokens
+            .insert(token.clone(), (inst, now_ms() + TOKEN_TTL_MS));
+        if t["read_only"].as_bool().unwrap_or(false) {
+            s.read_only.insert(token);
+        } else {
+            s.read_only.remove(&token);
+        }
+        if s.remaining == 0 {
+            s.remaining = 5_000;
+        }
+    }
     if let Some(n) = body.get("rate_limit_remaining").and_then(Value::as_u64) {
         s.remaining = n;
     }
@@ -311,6 +340,9 @@ pub(crate) fn route(
         return gh_error(403, "API rate limit exceeded for installation.");
     }
     s.remaining -= 1;
+    if method != "GET" && s.read_only.contains(token) {
+        return gh_error(403, "Resource not accessible by integration");
+    }
     let may_see = |repo: &str| {
         s.installations
             .get(&inst)

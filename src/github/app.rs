@@ -158,6 +158,9 @@ pub struct GitHubApp {
     /// Shared by `Arc`, never cloned: cloning an `Octocrab` copies its token cache instead
     /// of sharing it, so each clone would mint its own installation token.
     installations: Mutex<HashMap<u64, Arc<Octocrab>>>,
+    /// A client authenticated by a token given from outside (a workflow's GITHUB_TOKEN,
+    /// see [`GitHubApp::with_token`]): used for every installation-scoped call.
+    token_client: Option<Arc<Octocrab>>,
 }
 
 /// Largest file Telbase reads through the contents API (the config's own cap is smaller).
@@ -182,6 +185,7 @@ impl GitHubApp {
         Ok(GitHubApp {
             app,
             installations: Mutex::new(HashMap::new()),
+            token_client: None,
         })
     }
 
@@ -196,11 +200,39 @@ impl GitHubApp {
         Ok(GitHubApp {
             app,
             installations: Mutex::new(HashMap::new()),
+            token_client: None,
         })
+    }
+
+    /// A client that acts with a token it is given instead of an App's: a GitHub Actions
+    /// workflow's `GITHUB_TOKEN` (an installation token of the Actions App, minted by the
+    /// runner), for `telbase ci`'s pull-request comment. The installation arguments of the
+    /// calls are ignored; `/app` calls fail as GitHub fails them for such a token.
+    pub fn with_token(base_url: &str, token: SecretString) -> Result<Self, GitHubError> {
+        // octocrab puts the token into a header and panics on one a header cannot hold.
+        let t = token.expose_secret();
+        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(GitHubError::Config(
+                "the token is empty or has characters a token cannot have (spaces, line breaks)"
+                    .into(),
+            ));
+        }
+        let client = Octocrab::builder()
+            .base_uri(base_url)
+            .map_err(|e| GitHubError::Config(format!("base URL {base_url}: {e}")))?
+            .personal_token(token)
+            .build()
+            .map_err(|e| GitHubError::Config(e.to_string()))?;
+        let mut app = Self::without_app(base_url)?;
+        app.token_client = Some(Arc::new(client));
+        Ok(app)
     }
 
     /// The client of one installation; its token cache lives as long as this App.
     fn installation(&self, id: u64) -> Result<Arc<Octocrab>, GitHubError> {
+        if let Some(c) = &self.token_client {
+            return Ok(c.clone());
+        }
         let mut map = self.installations.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = map.get(&id) {
             return Ok(c.clone());

@@ -18,8 +18,8 @@ use serde_json::Value as J;
 use crate::model::{ActualState, DesiredState, Observed, Resource, ResourceKey, ResourceSpec};
 
 pub use render::{
-    GITHUB_COMMENT_LIMIT, PLAN_JSON_VERSION, render_json, render_markdown, render_text,
-    render_text_styled,
+    GITHUB_COMMENT_LIMIT, PLAN_JSON_VERSION, render_json, render_markdown, render_markdown_noting,
+    render_text, render_text_styled,
 };
 
 /// What the plan does to one resource.

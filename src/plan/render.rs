@@ -127,6 +127,12 @@ pub const GITHUB_COMMENT_LIMIT: usize = 65_536;
 /// in `<details>`, and never longer than `limit` characters; when resources must be left out,
 /// the comment says how many and where to see the full plan.
 pub fn render_markdown(plan: &Plan, limit: usize) -> String {
+    render_markdown_noting(plan, limit, "Run `telbase plan` for the full plan.")
+}
+
+/// `render_markdown`, with `full_plan_at` (markdown) ending the note on what was cut: where
+/// the reader finds the whole plan (`telbase ci` links the workflow run's job summary).
+pub fn render_markdown_noting(plan: &Plan, limit: usize, full_plan_at: &str) -> String {
     let mut head = String::new();
     let _ = writeln!(head, "### Telbase plan for `{}`\n", plan.project);
     if !plan.has_changes() && plan.held_back.is_empty() {
@@ -181,7 +187,7 @@ pub fn render_markdown(plan: &Plan, limit: usize) -> String {
         if out.chars().count() + b.chars().count() + 200 > limit {
             let _ = writeln!(
                 out,
-                "\n_{} more item{} not shown: the comment would exceed GitHub's size limit. Run `telbase plan` for the full plan._",
+                "\n_{} more item{} not shown: the comment would exceed GitHub's size limit. {full_plan_at}_",
                 total - i,
                 if total - i == 1 { "" } else { "s" }
             );
