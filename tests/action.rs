@@ -714,8 +714,17 @@ fn job(world: &World, event: &Event, config: &str, tmp: &Path) -> Option<Job> {
 fn config_with_preview() -> String {
     common::emu::quickstart("notes").replace(
         "environments:\n  production:\n    branch: main\n",
-        "environments:\n  production:\n    branch: main\n  preview:\n    ttl: 7d\n",
+        "environments:\n  production:\n    branch: main\n  preview:\n    access: public\n    ttl: 7d\n",
     )
+}
+
+/// N in the summary output "N to create, N to update, N to delete".
+fn created(summary: &str) -> u64 {
+    summary
+        .strip_suffix(" to delete")
+        .and_then(|s| s.split_once(" to create, "))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a plan summary: {summary:?}"))
 }
 
 fn installed_binary(job: &Job) -> PathBuf {
@@ -778,17 +787,25 @@ fn plan_on_a_pull_request_writes_outputs_summary_and_one_comment_across_two_runs
         let plan: Value =
             serde_json::from_slice(&std::fs::read(&plan_path).expect("plan-json file")).unwrap();
         assert_eq!(plan["format_version"], 1, "{plan}");
-        // The job summary has the plan.
-        assert!(out.summary.contains(summary.as_str()), "{}", out.summary);
+        assert_eq!(
+            plan["summary"]["create"].as_u64(),
+            Some(created(summary)),
+            "{plan}"
+        );
+        // The job summary has the plan: its counts and the resource.
+        let counts = format!("**{} to create, 0 to update", created(summary));
+        assert!(out.summary.contains(&counts), "{}", out.summary);
+        assert!(
+            out.summary.contains("`vercel/project/notes-web`"),
+            "{}",
+            out.summary
+        );
         // Exactly one comment, the same one, updated in place.
         let comments = world.comments();
         assert_eq!(comments.len(), 1, "round {round}: {comments:#?}");
         comment_ids.push(comments[0]["id"].clone());
         assert!(
-            comments[0]["body"]
-                .as_str()
-                .unwrap()
-                .contains(summary.as_str()),
+            comments[0]["body"].as_str().unwrap().contains(&counts),
             "{}",
             comments[0]["body"]
         );
@@ -812,12 +829,9 @@ fn plan_on_a_pull_request_writes_outputs_summary_and_one_comment_across_two_runs
 fn apply_on_push_then_drift_with_fail_on_drift() {
     let world = World::new();
     let tmp = tempfile::tempdir().unwrap();
-    let Some(job) = job(
-        &world,
-        &PUSH_EVENT,
-        &common::emu::quickstart("notes"),
-        tmp.path(),
-    ) else {
+    // GitHub's push payload is to `master`: production's branch, or apply would skip.
+    let config = common::emu::quickstart("notes").replace("branch: main", "branch: master");
+    let Some(job) = job(&world, &PUSH_EVENT, &config, tmp.path()) else {
         return;
     };
     let out = run_action(&job, &[("command", "apply")]);
@@ -902,7 +916,8 @@ fn invalid_config_gives_annotations_and_a_failed_step() {
     let annotation = out
         .log
         .lines()
-        .find(|l| l.starts_with("::error file=infra.yaml,line=7,"))
+        // Relative to the workspace, so it lands on the file in the pull request's diff.
+        .find(|l| l.starts_with("::error file=deploy/infra.yaml,line=7,"))
         .unwrap_or_else(|| panic!("no annotation at line 7:\n{}", out.log));
     assert!(annotation.contains("mian"), "{annotation}");
 }
@@ -1003,11 +1018,8 @@ fn without_a_token_the_summary_is_written_and_the_step_says_why_no_comment() {
     let out = run_action(&job, &[("command", "plan"), ("github-token", "")]);
     assert!(out.failed.is_none(), "{:?}\n{}", out.failed, out.log);
     assert_eq!(out.outputs["exit-code"], "0");
-    assert!(
-        out.summary.contains(&out.outputs["summary"]),
-        "{}",
-        out.summary
-    );
+    let counts = format!("**{} to create", created(&out.outputs["summary"]));
+    assert!(out.summary.contains(&counts), "{}", out.summary);
     assert!(world.comments().is_empty());
     let why = out
         .log
