@@ -1150,6 +1150,21 @@ fn the_repository_and_tag_come_from_the_action_path_when_github_leaves_them_empt
         "deployer@acme-prod.iam.gserviceaccount.com"
     );
     assert_eq!(run_env["GITHUB_TOKEN"], TOKEN);
+    assert_eq!(out.envs["install"]["TELBASE_REPOSITORY"], ACTION_REPO);
+
+    // `uses: ./` (the action checked out as the workspace itself): it is this repository.
+    std::os::unix::fs::symlink(
+        common::root().join("scripts"),
+        job.workspace.join("scripts"),
+    )
+    .unwrap();
+    let workspace = job.workspace.display().to_string();
+    job.github.insert("action_path".into(), workspace.clone());
+    job.env.insert("GITHUB_ACTION_PATH".into(), workspace);
+    let out = run_action(&job, &[("command", "validate"), ("version", "0.1.0")]);
+    assert!(out.failed.is_none(), "{:?}\n{}", out.failed, out.log);
+    assert_eq!(out.envs["install"]["TELBASE_REPOSITORY"], REPO);
+    assert_eq!(out.envs["install"]["TELBASE_VERSION"], VERSION);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -51,9 +51,14 @@ workdir=${INPUT_WORKING_DIRECTORY:-.}
 # …/_actions/OWNER/REPO/REF, so read them from GITHUB_ACTION_PATH when they are missing.
 repository=${ACTION_REPOSITORY:-}
 ref=${ACTION_REF:-}
-if [ -z "$repository" ] && [[ "${GITHUB_ACTION_PATH:-}" =~ /_actions/([^/]+)/([^/]+)/([^/]+)/?$ ]]; then
+action_path=${GITHUB_ACTION_PATH:-}
+action_path=${action_path//\\//} # Windows runners give backslashes
+if [ -z "$repository" ] && [[ "$action_path" =~ /_actions/([^/]+)/([^/]+)/([^/]+)/?$ ]]; then
     repository="${BASH_REMATCH[1]}/${BASH_REMATCH[2]}"
     ref=${ref:-${BASH_REMATCH[3]}}
+elif [ -z "$repository" ] && [ -n "${GITHUB_WORKSPACE:-}" ] && [ "$action_path" -ef "$GITHUB_WORKSPACE" ]; then
+    # `uses: ./`: the action is the repository being built.
+    repository=${GITHUB_REPOSITORY:-}
 fi
 
 semver='^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$'
