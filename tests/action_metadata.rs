@@ -394,3 +394,102 @@ fn the_release_builds_every_target_the_action_installs() {
     assert!(install.contains(r#"stem="telbase-$version-$target""#));
     assert!(install.contains(r#"asset="$stem.$ext""#));
 }
+
+/// The example workflows and the README's use the action as documented: only inputs that
+/// action.yml declares (actionlint cannot check a remote action's inputs), a valid command,
+/// one placeholder reference, and the least permissions: nothing at the top, `id-token:
+/// write` exactly in jobs that use keyless auth, `pull-requests: write` only where a plan
+/// can comment, and applies that never cancel one another.
+#[test]
+fn the_example_workflows_use_the_action_as_documented() {
+    let action = action_yml::read();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## GitHub Action\n")
+        .nth(1)
+        .expect("README has a GitHub Action section");
+    let readme_workflow = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .expect("a yaml block in the README's GitHub Action section");
+    let mut workflows = vec![("README.md".to_owned(), readme_workflow.to_owned())];
+    for name in ["plan-apply.yml", "drift.yml"] {
+        let p = format!("examples/workflows/{name}");
+        workflows.push((
+            p.clone(),
+            std::fs::read_to_string(root().join(&p)).expect(&p),
+        ));
+    }
+    let mut uses_seen = 0;
+    for (file, src) in &workflows {
+        let wf: serde_json::Value = serde_saphyr::from_str(src).expect(file);
+        assert_eq!(
+            wf["permissions"],
+            serde_json::json!({}),
+            "{file}: top-level permissions"
+        );
+        for (job_name, job) in wf["jobs"].as_object().expect("jobs") {
+            let at = format!("{file} job {job_name}");
+            let perms = job["permissions"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{at}: no permissions"));
+            let mut keyless = false;
+            let mut commands = Vec::new();
+            for step in job["steps"].as_array().expect("steps") {
+                let Some(uses) = step["uses"].as_str() else {
+                    continue;
+                };
+                if !uses.contains("/telbase@") {
+                    continue;
+                }
+                uses_seen += 1;
+                assert_eq!(uses, "telbase-dev/telbase@v1", "{at}");
+                let with = step["with"]
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{at}: no with"));
+                for key in with.keys() {
+                    assert!(
+                        action.inputs.contains_key(key),
+                        "{at}: `{key}` is not an input of action.yml"
+                    );
+                }
+                keyless |= with.contains_key("workload-identity-provider");
+                let command = with["command"].as_str().expect("command");
+                commands.push(command.to_owned());
+                assert!(
+                    ["validate", "plan", "apply", "drift"].contains(&command)
+                        || command.contains("${{"),
+                    "{at}: command {command}"
+                );
+            }
+            assert_eq!(
+                perms.get("contents").and_then(|v| v.as_str()),
+                Some("read"),
+                "{at}"
+            );
+            assert_eq!(
+                perms.get("id-token").and_then(|v| v.as_str()) == Some("write"),
+                keyless,
+                "{at}: id-token: write exactly where keyless auth is used"
+            );
+            if perms.contains_key("pull-requests") {
+                assert!(
+                    commands.iter().any(|c| c.contains("plan")),
+                    "{at}: pull-requests without a plan"
+                );
+            }
+            if commands.iter().any(|c| c.contains("apply")) {
+                assert_eq!(
+                    job["concurrency"]["cancel-in-progress"], false,
+                    "{at}: an apply may be cancelled"
+                );
+                assert!(
+                    job["concurrency"]["group"].is_string(),
+                    "{at}: no concurrency group"
+                );
+            }
+        }
+    }
+    assert!(uses_seen >= 4, "{uses_seen}");
+}
