@@ -311,6 +311,46 @@ fn validate_puts_each_problem_on_its_line_and_fails_the_step() {
 }
 
 #[test]
+fn a_broken_actions_environment_fails_with_one_line_and_still_sets_outputs() {
+    let mut g = Gha::new();
+    g.config(&quickstart());
+    g.set("GITHUB_EVENT_NAME", "pull_request");
+    g.set(
+        "GITHUB_EVENT_PATH",
+        g.path("missing.json").to_str().unwrap(),
+    );
+    let s = g.run(&["plan"]);
+    assert_eq!(s.code(), Some(1), "{}", s.all());
+    assert_eq!(s.stderr().lines().count(), 1, "{}", s.all());
+    assert!(
+        s.last_stderr_line()
+            .contains("cannot read the event payload"),
+        "{}",
+        s.all()
+    );
+    assert!(s.output("summary").starts_with("error: GITHUB_EVENT_PATH"));
+    assert_eq!(s.output("has-changes"), "false");
+
+    // A preview needs a pull request.
+    g.event("workflow_dispatch", &json!({"inputs": {}}));
+    let s = g.run(&["plan", "--environment", "preview"]);
+    assert_eq!(s.code(), Some(1), "{}", s.all());
+    assert!(
+        s.last_stderr_line()
+            .contains("--environment preview needs a pull_request"),
+        "{}",
+        s.all()
+    );
+    assert!(
+        s.commands()
+            .iter()
+            .any(|(n, _, d)| n == "error" && d.contains("needs a pull_request")),
+        "{}",
+        s.all()
+    );
+}
+
+#[test]
 fn an_unknown_command_lists_the_valid_ones() {
     let g = Gha::new();
     let s = g.run(&["deploy"]);
@@ -416,6 +456,54 @@ async fn a_pull_request_gets_its_preview_planned_and_one_comment_updated_in_plac
     assert!(body2.contains("notes-v2"), "{body2}");
     assert_eq!(emu.inventory()["github/comment"], 1);
 
+    // A broken config: the step fails, and the comment says so instead of showing a stale
+    // plan.
+    g.config(
+        "version: 1\nproject: notes\napps:\n  web:\n    framework: nextjs\n    colour: blue\n",
+    );
+    let s = tokio::task::block_in_place(|| g.run(&["plan"]));
+    assert_eq!(s.code(), Some(1), "{}", s.all());
+    assert!(
+        s.commands()
+            .iter()
+            .any(|(n, p, _)| n == "error" && p.contains(&("line".to_owned(), "6".to_owned()))),
+        "{}",
+        s.all()
+    );
+    let failed = comments(&emu, 2).await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["id"], first[0]["id"]);
+    let text = failed[0]["body"].as_str().unwrap();
+    assert!(
+        text.contains("**Failed**: infra/telbase.yaml is invalid: "),
+        "{text}"
+    );
+    g.config(&preview_config("notes"));
+
+    // Closing the pull request tears its preview down: its database branch goes, the
+    // production database stays; the same comment says so.
+    let branches = emu.inventory()["neon.branches"];
+    let mut closed = synced.clone();
+    closed["action"] = "closed".into();
+    closed["pull_request"]["state"] = "closed".into();
+    g.pull_request(&closed);
+    let s = tokio::task::block_in_place(|| g.run(&["apply"]));
+    assert_eq!(s.code(), Some(0), "{}", s.all());
+    assert!(s.output("summary").contains("1 deleted"), "{}", s.all());
+    assert_eq!(emu.inventory()["neon.branches"], branches - 1);
+    assert_eq!(emu.inventory()["neon.projects"], 1);
+    let torn = comments(&emu, 2).await;
+    assert_eq!(torn.len(), 1);
+    assert!(
+        torn[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains("its preview was torn down"),
+        "{}",
+        torn[0]["body"]
+    );
+    g.pull_request(&synced);
+
     // Another config in the same repository keeps its own comment.
     std::fs::create_dir_all(g.path("work/other")).unwrap();
     std::fs::write(g.path("work/other/telbase.yaml"), preview_config("notes")).unwrap();
@@ -503,7 +591,8 @@ async fn without_a_token_or_with_a_read_only_one_the_plan_still_reaches_the_summ
     g.unset("GITHUB_TOKEN");
     let s = tokio::task::block_in_place(|| g.run(&["plan", "--comment", "never"]));
     assert_eq!(s.code(), Some(0), "{}", s.all());
-    assert!(s.commands().is_empty(), "{}", s.all());
+    let names: Vec<String> = s.commands().into_iter().map(|c| c.0).collect();
+    assert_eq!(names, ["group", "endgroup"], "{}", s.all());
     emu.stop().await;
 }
 
@@ -637,5 +726,76 @@ async fn a_plan_larger_than_a_comment_is_cut_there_and_whole_in_the_summary() {
         assert!(s.summary.contains(&format!("VAR_{i:03}")), "VAR_{i:03}");
     }
     assert!(s.summary.len() > 65_536);
+    emu.stop().await;
+}
+
+/// The plaintexts of the monorepo example's sealed values (its identity is published for
+/// the demo).
+fn monorepo_sealed() -> Vec<String> {
+    let dir = root().join("examples/monorepo");
+    let ids = telbase::secrets::parse_identities(
+        &std::fs::read_to_string(dir.join("demo-identity.txt")).unwrap(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.join("telbase.yaml")).unwrap();
+    let (begin, end) = (
+        "-----BEGIN AGE ENCRYPTED FILE-----",
+        "-----END AGE ENCRYPTED FILE-----",
+    );
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find(begin) {
+        let j = rest[i..].find(end).unwrap() + i + end.len();
+        let armor: Vec<&str> = rest[i..j].lines().map(str::trim).collect();
+        let plain = telbase::secrets::open(armor.join("\n").as_bytes(), &ids).unwrap();
+        out.push(String::from_utf8(plain.to_vec()).unwrap());
+        rest = &rest[j..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sealed_value_is_masked_before_anything_else_and_printed_nowhere_else() {
+    let secrets = monorepo_sealed();
+    assert!(!secrets.is_empty(), "the example has sealed values");
+    let emu = emu::start(Config::default()).await;
+    let mut g = Gha::new();
+    with_emulator(&mut g, &emu);
+    let src = root().join("examples/monorepo");
+    for f in ["telbase.yaml", ".telbase-recipients"] {
+        if src.join(f).exists() {
+            std::fs::copy(src.join(f), g.path("work/infra").join(f)).unwrap();
+        }
+    }
+    g.set(
+        "TELBASE_IDENTITY_FILE",
+        src.join("demo-identity.txt").to_str().unwrap(),
+    );
+    g.set("RUST_LOG", "trace");
+    g.push("main", MAIN);
+    let s = tokio::task::block_in_place(|| g.run(&["apply"]));
+    assert_eq!(s.code(), Some(0), "{}", s.all());
+    assert!(s.stderr().contains("TRACE") || s.stderr().contains("DEBUG"));
+    let stdout = s.stdout();
+    let outputs = format!("{:?}", s.outputs);
+    for secret in &secrets {
+        for line in secret.lines().filter(|l| !l.trim().is_empty()) {
+            let mask = format!("::add-mask::{}", line.replace('%', "%25"));
+            let at = stdout
+                .find(&mask)
+                .unwrap_or_else(|| panic!("a sealed value was not masked:\n{}", s.all()));
+            // Its mask is the only place it is printed, so nothing before the mask can have
+            // shown it either.
+            assert_eq!(stdout.matches(line).count(), 1, "printed outside its mask");
+            assert!(stdout.find(line).unwrap() >= at);
+            for (what, text) in [
+                ("stderr", s.stderr()),
+                ("the job summary", s.summary.clone()),
+                ("the outputs", outputs.clone()),
+            ] {
+                assert!(!text.contains(line), "a sealed value in {what}");
+            }
+        }
+    }
     emu.stop().await;
 }

@@ -8,7 +8,7 @@
 //! `--fail-on-drift`), 2 usage (clap). Every failure ends with one line on stderr saying why.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +85,9 @@ struct Finish {
     summary: String,
     /// Why it failed (printed as the step's last line on stderr); `None`: success.
     failure: Option<String>,
+    /// The failure is already on the config's lines as annotations (an invalid config);
+    /// others get one `::error` annotation with the reason.
+    annotated: bool,
 }
 
 impl Finish {
@@ -104,6 +107,17 @@ impl Finish {
             plan_json: None,
             summary: summary.into(),
             failure: Some(reason.into()),
+            annotated: false,
+        }
+    }
+
+    fn done(has_changes: bool, plan_json: Option<PathBuf>, summary: String) -> Finish {
+        Finish {
+            has_changes,
+            plan_json,
+            summary,
+            failure: None,
+            annotated: false,
         }
     }
 }
@@ -132,6 +146,19 @@ pub fn ci_cmd(args: &CiArgs) -> ExitCode {
                         &e.to_string()
                     )
                 );
+            }
+            // The outputs still say what happened, when the runner's file is known.
+            if let Some(path) = std::env::var_os("GITHUB_OUTPUT").filter(|p| !p.is_empty()) {
+                let summary = format!("error: {}", diag::sanitize_to(&e.to_string(), 300));
+                let text = [
+                    ("has-changes", "false"),
+                    ("plan-json", ""),
+                    ("summary", &summary),
+                ]
+                .iter()
+                .filter_map(|(n, v)| files::heredoc(n, v).ok())
+                .collect::<String>();
+                let _ = files::append("GITHUB_OUTPUT", Path::new(&path), &text);
             }
             eprintln!("error: {e}");
             return ExitCode::from(1);
@@ -227,6 +254,14 @@ impl Step<'_> {
             }
         }
         if let Some(reason) = &f.failure {
+            if !f.annotated {
+                self.command(&annotation(
+                    Level::Error,
+                    &Place::default(),
+                    Some("telbase"),
+                    reason,
+                ));
+            }
             eprintln!("error: {reason}");
         }
         ExitCode::from(code)
@@ -234,12 +269,7 @@ impl Step<'_> {
 
     /// Append markdown to the job summary (stdout outside a runner).
     fn summary(&self, markdown: &str) {
-        let note = match self.env.run_url() {
-            Some(_) => {
-                "_Cut here: GitHub allows 1 MiB of job summary per step. The full plan is in the step's `plan-json` output file._"
-            }
-            None => "_Cut here: GitHub allows 1 MiB of job summary per step._",
-        };
+        let note = "_Cut here: GitHub allows 1 MiB of job summary per step. The full plan is in the step's `plan-json` output file._";
         match &self.env.summary_path {
             Some(p) => {
                 if let Err(e) = files::append_summary(p, markdown, note) {
@@ -271,7 +301,10 @@ impl Step<'_> {
                     Some("telbase"),
                     &d.message,
                 ));
-                return Err(Finish::failed("invalid: the config cannot be read", reason));
+                return Err(Finish {
+                    annotated: true,
+                    ..Finish::failed("invalid: the config cannot be read", reason)
+                });
             }
         };
         let checked = config::check_bytes_in(&bytes, config::dir_of(path));
@@ -309,15 +342,13 @@ impl Step<'_> {
         let line = report::validate_line(&diags);
         if checked.config.is_some() {
             println!("{}: {line}", diag::sanitize(&self.config));
-            Finish {
-                has_changes: false,
-                plan_json: None,
-                summary: line,
-                failure: None,
-            }
+            Finish::done(false, None, line)
         } else {
             let reason = format!("{} is {line} (annotated on the file)", self.config);
-            Finish::failed(line, reason)
+            Finish {
+                annotated: true,
+                ..Finish::failed(line, reason)
+            }
         }
     }
 
@@ -346,6 +377,16 @@ impl Step<'_> {
                     .unwrap_or("not set (not on GitHub Actions)")
             )),
         }
+    }
+
+    /// A closed pull request's preview is torn down, as the App tears it down: its plan
+    /// deletes what the preview owns (and its apply carries that out).
+    fn teardown(&self, environment: Environment) -> bool {
+        matches!(environment, Environment::Preview { .. })
+            && self
+                .env
+                .pull_request()
+                .is_some_and(|pr| pr.action.as_deref() == Some("closed"))
     }
 
     /// The commit and branch to pin: the pull request's head for a pull-request event (not
@@ -380,12 +421,16 @@ impl Step<'_> {
         let (checked, diags) = self.check()?;
         let Some(cfg) = checked.config else {
             let line = report::validate_line(&diags);
-            return Err(Finish::failed(
-                line.clone(),
-                format!("{} is {line} (annotated on the file)", self.config),
-            ));
+            return Err(Finish {
+                annotated: true,
+                ..Finish::failed(
+                    line.clone(),
+                    format!("{} is {line} (annotated on the file)", self.config),
+                )
+            });
         };
         let mut desired = config::lower::lower(&cfg, environment);
+
         let git = self.git();
         match &git {
             Some(g) if !g.repo.is_empty() => desired.pin_git(Some(&g.repo), &g.sha),
@@ -410,6 +455,11 @@ impl Step<'_> {
         let http = Http::new(HttpConfig::default()).map_err(|e| fail(e.to_string()))?;
         let registry =
             providers::registry_for(&desired, &creds, &http).map_err(|e| fail(e.to_string()))?;
+        // After the clients are made from the whole file: the teardown must observe (and
+        // delete at) every provider the preview used.
+        if self.teardown(environment) {
+            crate::serve::worker::teardown_state(&mut desired);
+        }
         let scope = Scope {
             project: desired.project.clone(),
             environment,
@@ -458,7 +508,15 @@ impl Step<'_> {
             config: &self.config,
             run_url: run_url.as_deref(),
         };
-        let title = format!("Telbase {verb} · {}", ctx.environment_name());
+        let title = format!(
+            "Telbase {verb} · {}{}",
+            ctx.environment_name(),
+            if self.teardown(environment) {
+                " (closed: tearing the preview down)"
+            } else {
+                ""
+            }
+        );
         let pr = self.env.pull_request().map(|p| p.number);
         let comment_wanted =
             command != CiCommand::Drift || self.args.comment == CommentMode::Always;
@@ -558,15 +616,7 @@ impl Step<'_> {
             self.notice(Level::Notice, &skip);
             let md = format!("### {title}\n\nSkipped: {skip}.\n");
             self.summary(&(md.clone() + &ctx.footer(false)));
-            return Ok((
-                Finish {
-                    has_changes: false,
-                    plan_json: None,
-                    summary: format!("skipped: {skip}"),
-                    failure: None,
-                },
-                md,
-            ));
+            return Ok((Finish::done(false, None, format!("skipped: {skip}")), md));
         }
         let fail = |e: String| Finish::error(e);
         let rt = runtime().map_err(|e| fail(e.to_string()))?;
@@ -575,9 +625,13 @@ impl Step<'_> {
             .map_err(|e| fail(format!("observing the providers: {e}")))?;
         let plan = plan::plan(&s.desired, &actual);
         {
+            // Folded in the log on a runner: the job summary is where people read the plan.
+            self.command("::group::Telbase plan");
             let mut out = std::io::stdout().lock();
             let _ = out.write_all(plan::render_text(&plan).as_bytes());
             let _ = out.flush();
+            drop(out);
+            self.command("::endgroup::");
         }
         let plan_json = self.write_plan_json(&plan).map_err(fail)?;
         let line = report::plan_line(&plan);
@@ -596,23 +650,17 @@ impl Step<'_> {
         match command {
             CiCommand::Apply => {
                 if !plan.has_changes() {
-                    let md = format!(
-                        "{}{}",
-                        report::apply_markdown(&s.desired.project, &apply::Report::default()),
-                        ctx.footer(false)
-                    );
-                    self.summary(&format!("{md}\n{summary_plan}"));
+                    // Nothing to apply; held-back changes, if any, are in the plan shown.
+                    let nothing =
+                        report::apply_markdown(&s.desired.project, &apply::Report::default());
+                    self.summary(&format!("{nothing}\n{summary_plan}{}", ctx.footer(false)));
                     return Ok((
-                        Finish {
-                            has_changes: false,
-                            plan_json: Some(plan_json),
-                            summary: report::apply_line(&apply::Report::default()),
-                            failure: None,
-                        },
-                        format!(
-                            "{}\n{comment_plan}",
-                            report::apply_markdown(&s.desired.project, &apply::Report::default())
+                        Finish::done(
+                            false,
+                            Some(plan_json),
+                            report::apply_line(&apply::Report::default()),
                         ),
+                        format!("{nothing}\n{comment_plan}"),
                     ));
                 }
                 let opener: Arc<dyn apply::Opener> = Arc::new(MaskingOpener {
@@ -620,7 +668,12 @@ impl Step<'_> {
                     masker: self.masker.clone(),
                 });
                 let report = rt.block_on(reconcile::run_apply(&s, plan, actual, opener, 8, true));
-                let results = report::apply_markdown(&s.desired.project, &report);
+                let mut results = report::apply_markdown(&s.desired.project, &report);
+                if self.teardown(environment) {
+                    results.push_str(
+                        "\nThe pull request is closed: its preview was torn down (what it shares with production stays).\n",
+                    );
+                }
                 let folded = |p: &str| {
                     format!(
                         "\n<details><summary>The plan that was applied</summary>\n\n{p}\n</details>\n"
@@ -640,6 +693,7 @@ impl Step<'_> {
                         plan_json: Some(plan_json),
                         summary: line,
                         failure,
+                        annotated: false,
                     },
                     format!("{results}{}", folded(&comment_plan)),
                 ))
@@ -679,6 +733,7 @@ impl Step<'_> {
                         plan_json: Some(plan_json),
                         summary: line,
                         failure,
+                        annotated: false,
                     },
                     comment_plan,
                 ))
@@ -686,12 +741,7 @@ impl Step<'_> {
             _ => {
                 self.summary(&(summary_plan + &ctx.footer(false)));
                 Ok((
-                    Finish {
-                        has_changes: plan.has_changes(),
-                        plan_json: Some(plan_json),
-                        summary: line,
-                        failure: None,
-                    },
+                    Finish::done(plan.has_changes(), Some(plan_json), line),
                     comment_plan,
                 ))
             }
@@ -700,17 +750,11 @@ impl Step<'_> {
 
     /// Why this run must not apply, if so: production is applied only from its own branch
     /// (the config's `reconcile.production_branch`), never from a pull request's merge ref,
-    /// a tag or another branch; a deleted branch or a closed pull request has nothing to
-    /// apply.
+    /// a tag or another branch; a push that deleted its branch has nothing to apply.
     fn apply_refusal(&self, s: &Session) -> Option<String> {
         match (&self.env.event, s.desired.environment) {
             (Event::Push(p), _) if p.deleted => {
                 Some("the push deleted the branch; there is nothing to apply".into())
-            }
-            (Event::PullRequest(pr), Environment::Preview { .. })
-                if pr.action.as_deref() == Some("closed") =>
-            {
-                Some("the pull request is closed; its preview is not applied again".into())
             }
             (_, Environment::Production) if self.env.event_name.is_some() => {
                 let wanted = &s.desired.reconcile.production_branch;

@@ -550,18 +550,7 @@ impl Reconciler {
             }
         };
         if teardown {
-            // Everything the preview owns goes; what it shares with production stays, with
-            // the preview's own part of it emptied (its branch-scoped Vercel env vars).
-            desired
-                .resources
-                .retain(|k, _| k.kind.shared_with_production());
-            for r in desired.resources.values_mut() {
-                r.depends_on.clear();
-                if let crate::model::ResourceSpec::VercelProject(p) = &mut r.spec {
-                    p.env.clear();
-                }
-            }
-            desired.reconcile.prune = true;
+            teardown_state(&mut desired);
         }
         let scope = Scope {
             project: desired.project.clone(),
@@ -771,6 +760,23 @@ impl Reconciler {
             Err(JobError::Retry(format!("apply failed at {failed}")))
         }
     }
+}
+
+/// Turn a preview's desired state into its teardown: everything the preview owns goes;
+/// what it shares with production stays, with the preview's own part of it emptied (its
+/// branch-scoped Vercel env vars). Planned with pruning on, so only what this preview owns
+/// is deleted. (`telbase ci apply` on a closed pull request does the same.)
+pub fn teardown_state(desired: &mut crate::model::DesiredState) {
+    desired
+        .resources
+        .retain(|k, _| k.kind.shared_with_production());
+    for r in desired.resources.values_mut() {
+        r.depends_on.clear();
+        if let crate::model::ResourceSpec::VercelProject(p) = &mut r.spec {
+            p.env.clear();
+        }
+    }
+    desired.reconcile.prune = true;
 }
 
 /// The executor's report for the run page, with resource keys as people read them
