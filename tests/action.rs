@@ -920,6 +920,24 @@ fn invalid_config_gives_annotations_and_a_failed_step() {
         .find(|l| l.starts_with("::error file=deploy/infra.yaml,line=7,"))
         .unwrap_or_else(|| panic!("no annotation at line 7:\n{}", out.log));
     assert!(annotation.contains("mian"), "{annotation}");
+    // The failed step ends on one line saying why, and the outputs are still set.
+    let last = out
+        .log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    assert_eq!(
+        last,
+        "error: deploy/infra.yaml is invalid: 1 error (annotated on the file)"
+    );
+    assert_eq!(out.outputs["summary"], "invalid: 1 error");
+    assert_eq!(out.outputs["has-changes"], "false");
+    assert!(
+        out.summary.contains("unknown database `mian`"),
+        "{}",
+        out.summary
+    );
 }
 
 #[test]
