@@ -26,7 +26,8 @@ fn seeds() -> Vec<Vec<u8>> {
             } else {
                 p
             };
-            if file.extension().is_some_and(|e| e == "yaml") {
+            // examples/ also holds non-project directories (examples/workflows).
+            if file.extension().is_some_and(|e| e == "yaml") && file.is_file() {
                 seeds.push(std::fs::read(file).unwrap());
             }
         }
