@@ -799,3 +799,144 @@ async fn every_sealed_value_is_masked_before_anything_else_and_printed_nowhere_e
     }
     emu.stop().await;
 }
+
+/// `pull_request_target` runs with the base branch's GITHUB_REF and this repository's
+/// secrets, so it is where a pull request's code could reach production: production is
+/// planned at the base commit and never applied from a pull-request event, and a fork's
+/// pull request is never deployed, not even as a preview.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_request_target_never_puts_unmerged_or_forked_code_anywhere() {
+    let Some(mut p) = payload("pull_request.opened") else {
+        return;
+    };
+    let base = p["pull_request"]["base"]["sha"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let emu = emu::start(Config::default()).await;
+    github(&emu).await;
+    let mut g = Gha::new();
+    with_emulator(&mut g, &emu);
+    g.config(&preview_config("notes"));
+    g.event("pull_request_target", &p);
+    // What GitHub sets for pull_request_target: the base branch and its commit.
+    g.set("GITHUB_REF", "refs/heads/main");
+    g.set("GITHUB_SHA", &base);
+
+    let s = tokio::task::block_in_place(|| {
+        g.run(&["plan", "--environment", "production", "--comment", "never"])
+    });
+    assert_eq!(s.code(), Some(0), "{}", s.all());
+    assert!(s.summary.contains(&base[..7]), "{}", s.summary);
+    assert!(!s.summary.contains(&HEAD[..7]), "{}", s.summary);
+
+    let s = tokio::task::block_in_place(|| {
+        g.run(&["apply", "--environment", "production", "--comment", "never"])
+    });
+    assert!(s.output("summary").starts_with("skipped: "), "{}", s.all());
+    assert!(
+        s.all().contains("never applied from a pull-request event"),
+        "{}",
+        s.all()
+    );
+    assert_eq!(emu.counters().writes, 0, "nothing was deployed");
+
+    // The same pull request from a fork: its preview is not deployed either.
+    p["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World".into();
+    g.event("pull_request_target", &p);
+    let s = tokio::task::block_in_place(|| g.run(&["apply", "--comment", "never"]));
+    assert!(s.output("summary").starts_with("skipped: "), "{}", s.all());
+    assert!(
+        s.all().contains("the fork `mallory/Hello-World`"),
+        "{}",
+        s.all()
+    );
+    assert_eq!(emu.counters().writes, 0, "nothing was deployed");
+
+    // From this repository, the preview's apply goes ahead (here it stops at Neon,
+    // because production, whose project the preview branches from, was never applied).
+    p["pull_request"]["head"]["repo"]["full_name"] = REPO.into();
+    g.event("pull_request_target", &p);
+    let s = tokio::task::block_in_place(|| g.run(&["apply", "--comment", "never"]));
+    assert!(!s.output("summary").starts_with("skipped: "), "{}", s.all());
+    assert!(
+        s.stdout().contains("neon/branch/notes-main/pr-2"),
+        "{}",
+        s.all()
+    );
+    emu.stop().await;
+}
+
+/// The marker is public, so a comment that merely contains it is not Telbase's: someone
+/// posting it first (on a busy pull request, past the first page of comments) must neither
+/// get the plan written into their comment nor stop Telbase from keeping its own one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_marker_is_not_taken_for_telbases_comment() {
+    let Some(p) = payload("pull_request.opened") else {
+        return;
+    };
+    let n = p["number"].as_u64().unwrap();
+    let emu = emu::start(Config::default()).await;
+    github(&emu).await;
+    let marker = telbase::gha::comment::marker("infra/telbase.yaml");
+    let spoof = format!("{marker}\n### Telbase plan\n\nNo changes. (not really)");
+    let mut planted = vec![
+        json!({"repo": REPO, "issue": n, "body": spoof, "login": "mallory",
+                                  "type": "User", "author_association": "CONTRIBUTOR"}),
+    ];
+    for i in 0..120 {
+        planted.push(
+            json!({"repo": REPO, "issue": n, "body": format!("lgtm {i}"),
+                            "login": "reviewer", "type": "User", "author_association": "MEMBER"}),
+        );
+    }
+    emu.github_seed(&json!({ "comments": planted })).unwrap();
+    let mut g = Gha::new();
+    with_emulator(&mut g, &emu);
+    g.set("GITHUB_TOKEN", TOKEN);
+    g.config(&preview_config("notes"));
+    g.pull_request(&p);
+    for round in 0..2 {
+        let s = tokio::task::block_in_place(|| g.run(&["plan"]));
+        assert_eq!(s.code(), Some(0), "round {round}: {}", s.all());
+    }
+    let all = comments_all(&emu, n).await;
+    assert_eq!(
+        all.len(),
+        122,
+        "the planted ones and exactly one of Telbase's"
+    );
+    assert_eq!(all[0]["body"].as_str(), Some(spoof.as_str()), "left alone");
+    let ours: Vec<&Value> = all.iter().filter(|c| c["user"]["type"] == "Bot").collect();
+    assert_eq!(ours.len(), 1, "one comment, updated in place");
+    let body = ours[0]["body"].as_str().unwrap();
+    assert!(body.starts_with(&marker), "{body}");
+    assert!(body.contains("to create"), "{body}");
+    emu.stop().await;
+}
+
+/// Every comment on pull request `n`, following GitHub's pages.
+async fn comments_all(emu: &Handle, n: u64) -> Vec<Value> {
+    let mut all = Vec::new();
+    for page in 1.. {
+        let v: Value = reqwest::Client::new()
+            .get(format!(
+                "{}/github/repos/{REPO}/issues/{n}/comments?per_page=100&page={page}",
+                emu.url()
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let batch = v.as_array().unwrap().clone();
+        let done = batch.len() < 100;
+        all.extend(batch);
+        if done {
+            break;
+        }
+    }
+    all
+}

@@ -389,12 +389,22 @@ impl Step<'_> {
                 .is_some_and(|pr| pr.action.as_deref() == Some("closed"))
     }
 
-    /// The commit and branch to pin: the pull request's head for a pull-request event (not
-    /// GITHUB_SHA, the merge commit GitHub makes for the run), the pushed commit for a push,
-    /// GITHUB_SHA otherwise; outside Actions, the local repository's HEAD.
-    fn git(&self) -> Option<GitRef> {
+    /// The commit and branch to pin: for a pull-request event, the pull request's head when
+    /// planning its preview (not GITHUB_SHA, the merge commit GitHub makes for the run) and
+    /// the base branch's commit when planning production (production never runs unmerged
+    /// code; on `pull_request_target` GITHUB_REF names the base branch, so pinning the head
+    /// there would put a pull request's code into production); the pushed commit for a
+    /// push; GITHUB_SHA otherwise; outside Actions, the local repository's HEAD.
+    fn git(&self, environment: Environment) -> Option<GitRef> {
         let repo = self.env.repository.clone();
         match (&self.env.event, repo) {
+            (Event::PullRequest(pr), Some(repo)) if environment == Environment::Production => {
+                Some(GitRef {
+                    repo,
+                    sha: pr.base_sha.clone(),
+                    branch: pr.base_ref.clone(),
+                })
+            }
             (Event::PullRequest(pr), Some(repo)) => Some(GitRef {
                 repo,
                 sha: pr.head_sha.clone(),
@@ -431,7 +441,7 @@ impl Step<'_> {
         };
         let mut desired = config::lower::lower(&cfg, environment);
 
-        let git = self.git();
+        let git = self.git(environment);
         match &git {
             Some(g) if !g.repo.is_empty() => desired.pin_git(Some(&g.repo), &g.sha),
             Some(g) => desired.pin_images(&g.sha),
@@ -501,7 +511,7 @@ impl Step<'_> {
             Err(e) => return Finish::error(e),
         };
         let run_url = self.env.run_url();
-        let git = self.git();
+        let git = self.git(environment);
         let ctx = Context {
             environment,
             sha: git.as_ref().map(|g| g.sha.as_str()),
@@ -749,19 +759,36 @@ impl Step<'_> {
     }
 
     /// Why this run must not apply, if so: production is applied only from its own branch
-    /// (the config's `reconcile.production_branch`), never from a pull request's merge ref,
+    /// (the config's `environments.production.branch`), never from a pull-request event,
     /// a tag or another branch; a push that deleted its branch has nothing to apply.
     fn apply_refusal(&self, s: &Session) -> Option<String> {
         match (&self.env.event, s.desired.environment) {
             (Event::Push(p), _) if p.deleted => {
                 Some("the push deleted the branch; there is nothing to apply".into())
             }
+            (Event::PullRequest(_), Environment::Production) => Some(format!(
+                "production is never applied from a pull-request event (its code is not merged); apply production on a push to `{}`",
+                s.desired.reconcile.production_branch
+            )),
+            // A fork's code with this repository's credentials is the classic
+            // `pull_request_target` attack: a preview of it is never deployed.
+            (Event::PullRequest(pr), _)
+                if pr.head_repo.is_none() || pr.head_repo != self.env.repository =>
+            {
+                Some(format!(
+                    "the pull request comes from {}, not this repository; Telbase does not deploy a fork's code with this repository's credentials",
+                    pr.head_repo
+                        .as_deref()
+                        .map(|r| format!("the fork `{}`", diag::sanitize(r)))
+                        .unwrap_or_else(|| "a deleted fork".into())
+                ))
+            }
             (_, Environment::Production) if self.env.event_name.is_some() => {
                 let wanted = &s.desired.reconcile.production_branch;
                 match self.env.branch() {
                     Some(b) if b == wanted => None,
                     Some(b) => Some(format!(
-                        "production is applied from its branch `{wanted}` (reconcile.production_branch), and this run is on `{}`",
+                        "production is applied from its branch `{wanted}` (environments.production.branch), and this run is on `{}`",
                         diag::sanitize(b)
                     )),
                     None => Some(format!(

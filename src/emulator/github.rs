@@ -232,6 +232,24 @@ pub(crate) fn seed(s: &mut State, body: &Value) -> Result<Value, String> {
             s.remaining = 5_000;
         }
     }
+    // `{"comments": [{"repo", "issue", "body", "login", "type", "author_association"}]}`:
+    // comments others wrote (people, other Apps), as a pull request collects them.
+    for c in body
+        .get("comments")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let repo = c["repo"].as_str().ok_or("comment repo")?.to_owned();
+        let issue = c["issue"].as_u64().ok_or("comment issue")?;
+        let id = s.id();
+        let now = now_ms();
+        let mut v = comment_json(&repo, issue, id, c["body"].as_str().unwrap_or(""), now, now);
+        let login = c["login"].as_str().unwrap_or("octocat");
+        v["user"] = user_json(login, 100 + id, c["type"].as_str().unwrap_or("User"));
+        v["author_association"] = c["author_association"].as_str().unwrap_or("NONE").into();
+        s.comments.insert(id, (repo, issue, v));
+    }
     if let Some(n) = body.get("rate_limit_remaining").and_then(Value::as_u64) {
         s.remaining = n;
     }

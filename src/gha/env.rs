@@ -39,6 +39,10 @@ pub struct PullRequestEvent {
     pub head_sha: String,
     pub head_ref: String,
     pub base_ref: String,
+    /// The base branch's commit when the event was made: what production runs while the
+    /// pull request is open (production plans on pull-request events pin this, never the
+    /// pull request's code).
+    pub base_sha: String,
     /// `owner/name` of the head repository (another one for a fork; absent when the fork was
     /// deleted).
     pub head_repo: Option<String>,
@@ -313,6 +317,7 @@ pub fn parse_event(name: &str, payload: &Value) -> Result<Event, EnvError> {
             head_sha: commit(&pr["head"]["sha"], "pull_request.head.sha")?,
             head_ref: text(&pr["head"]["ref"], "pull_request.head.ref")?,
             base_ref: text(&pr["base"]["ref"], "pull_request.base.ref")?,
+            base_sha: commit(&pr["base"]["sha"], "pull_request.base.sha")?,
             head_repo: pr["head"]["repo"]["full_name"].as_str().map(str::to_owned),
             action: payload["action"].as_str().map(str::to_owned),
         }));

@@ -118,6 +118,39 @@ pub struct Comment {
     #[serde(default)]
     pub body: Option<String>,
     pub html_url: String,
+    #[serde(default)]
+    pub user: Option<CommentAuthor>,
+    #[serde(default)]
+    pub author_association: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CommentAuthor {
+    pub login: String,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+}
+
+impl Comment {
+    /// Whether this is Telbase's comment carrying `marker`. The marker is public (anyone
+    /// can read and type it), so it counts only at the very start of the body and only in
+    /// a comment by an App (`Bot`: the App itself, or `github-actions[bot]` for the
+    /// workflow token; a person cannot post as one) or by someone with write access to
+    /// the repository (a personal access token's owner). Otherwise anyone could post the
+    /// marker first, have Telbase write its plan into their comment, and later edit that
+    /// into a fake plan.
+    pub fn is_ours(&self, marker: &str) -> bool {
+        let trusted = self.user.as_ref().is_some_and(|u| u.kind == "Bot")
+            || matches!(
+                self.author_association.as_deref(),
+                Some("OWNER" | "MEMBER" | "COLLABORATOR")
+            );
+        trusted
+            && self
+                .body
+                .as_deref()
+                .is_some_and(|b| b.trim_start().starts_with(marker))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -321,7 +354,8 @@ impl GitHubApp {
     }
 
     /// Keep exactly one comment carrying `marker` on a pull request: update it in place if
-    /// it exists, create it otherwise. Returns the comment's URL.
+    /// it exists (see [`Comment::is_ours`] for which comments count), create it otherwise.
+    /// Returns the comment's URL.
     pub async fn upsert_comment(
         &self,
         installation: u64,
@@ -342,10 +376,7 @@ impl GitHubApp {
                 .await
                 .map_err(|e| map_err(&what, e))?;
             let n = batch.len();
-            if let Some(found) = batch
-                .into_iter()
-                .find(|cm| cm.body.as_deref().is_some_and(|b| b.contains(marker)))
-            {
+            if let Some(found) = batch.into_iter().find(|cm| cm.is_ours(marker)) {
                 break Some(found);
             }
             if n < 100 || page >= 50 {
@@ -353,7 +384,8 @@ impl GitHubApp {
             }
             page += 1;
         };
-        let full = if body.contains(marker) {
+        // The marker leads the body: that is where `is_ours` looks for it.
+        let full = if body.trim_start().starts_with(marker) {
             body.to_owned()
         } else {
             format!("{marker}\n{body}")
