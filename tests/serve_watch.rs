@@ -798,3 +798,49 @@ async fn a_redirect_is_not_followed_so_the_credentials_stay_with_their_host() {
     );
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+/// The server's own environment does not reach git: here GIT_CONFIG_PARAMETERS would
+/// rewrite the watched URL to another host (taking the Authorization header along) and
+/// GIT_SSL_NO_VERIFY would turn TLS checks off, had git inherited them.
+#[test]
+fn git_sees_none_of_the_servers_git_variables() {
+    // The trap counts connections: one means git followed the rewrite.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trap_port = trap.local_addr().unwrap().port();
+    trap.set_nonblocking(true).unwrap();
+    // Nothing listens on the watched port: every round fails to connect.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tmp = tempfile::tempdir().unwrap();
+    let url = format!("http://deploy-bot:hunter2-not-logged@127.0.0.1:{closed}/app");
+    let rewrite =
+        format!("'url.http://127.0.0.1:{trap_port}/.insteadof'='http://127.0.0.1:{closed}/'");
+    let (mut child, log) = spawn_serve(
+        tmp.path(),
+        &[],
+        &[
+            ("TELBASE_WATCH", &url),
+            ("GIT_CONFIG_PARAMETERS", &rewrite),
+            ("GIT_SSL_NO_VERIFY", "1"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = wait_for_log(&mut child, &log, "cannot read the repository", 30);
+        if text.matches("cannot read the repository").count() >= 2 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "fewer than two rounds:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        trap.accept().is_err(),
+        "git followed the inherited rewrite:\n{text}"
+    );
+    assert!(text.contains(&format!("127.0.0.1:{closed}")), "{text}");
+}

@@ -507,6 +507,21 @@ struct Fetcher<'a> {
 const LOW_SPEED_BYTES: &str = "1000";
 const LOW_SPEED_SECONDS: &str = "60";
 
+/// The only variables of the server's environment a git child sees (see `Fetcher::git`).
+const PASSED_TO_GIT: &[&str] = &[
+    "PATH",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
+
 /// The most of git's error output kept for an error message.
 const MAX_GIT_STDERR: usize = 16 * 1024;
 
@@ -515,14 +530,23 @@ impl Fetcher<'_> {
     fn git(&self) -> std::process::Command {
         let mut c = std::process::Command::new("git");
         let scheme = self.url.split("://").next().unwrap_or_default();
+        // Nothing of the server's own environment reaches git but how to find programs,
+        // proxies and CA certificates: not its secrets, and none of the GIT_* variables
+        // that could turn TLS checks off (GIT_SSL_NO_VERIFY), rewrite the URL to another
+        // host with the header (GIT_CONFIG_PARAMETERS: url.*.insteadOf), run a command
+        // (GIT_PROXY_COMMAND) or trace the header to standard error (GIT_TRACE_CURL). No
+        // HOME either, so even a git older than 2.32 (which ignores GIT_CONFIG_GLOBAL)
+        // reads no ~/.gitconfig.
+        c.env_clear();
+        for var in PASSED_TO_GIT {
+            if let Some(v) = std::env::var_os(var) {
+                c.env(var, v);
+            }
+        }
         c.env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_ASKPASS", "")
-            .env("SSH_ASKPASS", "")
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("LC_ALL", "C")
-            .env_remove("GIT_DIR")
-            .env_remove("GIT_WORK_TREE")
             .arg(format!("--git-dir={}", self.git_dir.display()))
             .args(["-c", "credential.helper="])
             .args(["-c", "protocol.allow=never"])
@@ -534,6 +558,9 @@ impl Fetcher<'_> {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
+        // Its own process group, so a cancelled fetch takes git's helpers with it.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
         let basic = match (self.user, self.password) {
             (Some(u), Some(p)) => Some(format!("{u}:{}", p.expose_secret())),
             // A token alone (`https://TOKEN@host/…`), as GitHub and GitLab accept it.
@@ -611,25 +638,32 @@ impl Fetcher<'_> {
         let deadline = std::time::Instant::now() + FETCH_DEADLINE;
         let status = loop {
             match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
+                Ok(Some(status)) => break Ok(status),
                 Ok(None) if std::time::Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
+                    break Err(format!(
+                        "cancelled after {} s; tried again next interval",
+                        FETCH_DEADLINE.as_secs()
+                    ));
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(fail(format!("cannot wait for git: {e}"))),
+                Err(e) => break Err(format!("cannot wait for git: {e}")),
+            }
+        };
+        let status = match status {
+            Ok(s) => s,
+            Err(why) => {
+                // git's helpers (git-remote-https, index-pack) are in its process group
+                // and hold the pipes open: the whole group goes, and the drain threads
+                // are left to finish on their own rather than waited for.
+                kill_group(&mut child);
+                return Err(fail(why));
             }
         };
         let stdout = out.join().unwrap_or_default();
         let stderr = err.join().unwrap_or_default();
         match status {
-            None => Err(fail(format!(
-                "cancelled after {} s; tried again next interval",
-                FETCH_DEADLINE.as_secs()
-            ))),
-            Some(s) if s.success() => Ok((stdout, stderr)),
-            Some(s) => {
+            s if s.success() => Ok((stdout, stderr)),
+            s => {
                 let text = String::from_utf8_lossy(&stderr);
                 // The last lines say why; progress lines (carriage returns) are noise.
                 let why: Vec<&str> = text
@@ -728,6 +762,24 @@ impl Fetcher<'_> {
         let (_, progress) = self.run(cmd, &format!("cannot fetch `{branch}`"))?;
         Ok(objects_received(&String::from_utf8_lossy(&progress)))
     }
+}
+
+/// Kill a git child and everything it started. std signals only the child itself, and
+/// signalling a process group needs `libc::kill` (unsafe, which this crate forbids), so the
+/// group (led by the child: `process_group(0)`) is killed with the `kill` command; the
+/// child itself is killed and reaped either way.
+fn kill_group(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", child.id())])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// How many objects a fetch brought, from git's progress on standard error: the server's
