@@ -767,15 +767,17 @@ fn plan_on_a_pull_request_writes_outputs_summary_and_one_comment_across_two_runs
             out.cache[0]["key"],
             format!("telbase-{VERSION}-{}", target().1)
         );
-        assert_eq!(
-            out.cache[0]["path"],
-            installed_binary(&job)
-                .parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .display()
-                .to_string()
+        // Only the verified archive is cached, never the binary.
+        let archive_dir = installed_binary(&job)
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("archive");
+        assert_eq!(out.cache[0]["path"], archive_dir.display().to_string());
+        assert!(
+            archive_dir.join(asset_name()).is_file(),
+            "kept for the cache"
         );
         // The outputs.
         assert_eq!(out.outputs["exit-code"], "0");
@@ -991,6 +993,57 @@ fn a_tampered_checksum_fails_the_install_and_runs_nothing() {
         out.log
     );
     assert!(!installed_binary(&job).exists());
+}
+
+/// What a poisoned cache restores (anything that ran earlier in the repository's cache scope
+/// can write the key): an archive that is not the release's. It is checked against the
+/// release's SHA256SUMS like a download, discarded with a warning, and the real one is
+/// downloaded; the binary always comes from the archive just verified.
+#[test]
+fn a_poisoned_cache_entry_is_caught_and_replaced_by_the_release() {
+    let world = World::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(job) = job(&world, &PR_EVENT, &config_with_preview(), tmp.path()) else {
+        return;
+    };
+    let bin = installed_binary(&job);
+    let archive_dir = bin.parent().unwrap().parent().unwrap().join("archive");
+    std::fs::create_dir_all(&archive_dir).unwrap();
+    std::fs::write(archive_dir.join(asset_name()), b"not the release").unwrap();
+    // And a binary planted where the cache once put it: overwritten, never run.
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::write(&bin, "#!/bin/sh\necho planted; exit 0\n").unwrap();
+    let out = run_action(&job, &[("command", "plan"), ("comment", "never")]);
+    assert_eq!(out.failed, None, "{}", out.log);
+    let warning = out
+        .log
+        .lines()
+        .find(|l| l.starts_with("::warning ") && l.contains("does not match SHA256SUMS"))
+        .unwrap_or_else(|| panic!("no warning:\n{}", out.log));
+    assert!(warning.contains(&asset_name()), "{warning}");
+    assert!(
+        out.log.contains(&format!("verified {}", asset_name())),
+        "{}",
+        out.log
+    );
+    assert!(!out.log.contains("planted"), "{}", out.log);
+    assert_eq!(out.outputs["exit-code"], "0");
+    assert_ne!(
+        std::fs::read(archive_dir.join(asset_name())).unwrap(),
+        b"not the release",
+        "the cache now holds the release's archive"
+    );
+
+    // The next run takes the (now genuine) archive from the cache, verified again.
+    let again = run_action(&job, &[("command", "plan"), ("comment", "never")]);
+    assert_eq!(again.failed, None, "{}", again.log);
+    assert!(
+        again
+            .log
+            .contains(&format!("verified the cached {}", asset_name())),
+        "{}",
+        again.log
+    );
 }
 
 #[test]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Install step of the Telbase GitHub Action (action.yml), run on a cache miss: download the
-# release asset for this runner, verify it against the release's SHA256SUMS, and put the
-# binary in $TELBASE_DIR/bin.
+# Install step of the Telbase GitHub Action (action.yml), run on every run: take the release
+# archive for this runner from the cache ($TELBASE_DIR/archive) or download it, verify it
+# against the release's SHA256SUMS (downloaded fresh each time, so a poisoned cache entry is
+# caught), and extract the binary into $TELBASE_DIR/bin (never cached: it always comes from
+# the archive just verified).
 #
 # Environment (set by action.yml from the setup step's outputs):
 #   TELBASE_VERSION     release tag, e.g. v1.2.3
@@ -53,10 +55,22 @@ asset="$stem.$ext"
 work=$(mktemp -d "${RUNNER_TEMP:-${TMPDIR:-/tmp}}/telbase-install.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
+# Redirects (GitHub sends release downloads to its object store) may not step down from
+# https to http.
+protocols=(--proto '=https' --proto-redir '=https')
+[[ "$base" == http://* ]] && protocols=(--proto '=http' --proto-redir '=http')
+
 # GET url into file; prints the HTTP status (000 when the server could not be reached).
-# Retries transient failures; a 404 is an answer, not a failure.
+# Retries transient failures; a 404 is an answer, not a failure. A transfer cut short is
+# reported as such rather than later as a confusing checksum mismatch.
 fetch() {
-    curl -sS -L --retry 3 --retry-delay 2 --connect-timeout 15 -o "$2" -w '%{http_code}' "$1" || true
+    local status rc=0
+    status=$(curl -sS -L "${protocols[@]}" --retry 3 --retry-delay 2 --connect-timeout 15 \
+        -o "$2" -w '%{http_code}' "$1") || rc=$?
+    if [ "$rc" -ne 0 ] && [ "${status:-000}" = 200 ]; then
+        status="200 but cut short: curl exit $rc"
+    fi
+    printf '%s' "${status:-000}"
 }
 
 sha256_of() {
@@ -78,31 +92,57 @@ build_from_source() {
         fail "cargo install of telbase $version from $server/$repository failed"
 }
 
-downloaded=false
-if [[ "$target" == unsupported-* ]]; then
-    build_from_source "no release asset is built for this runner (${target#unsupported-})"
-else
-    status=$(fetch "$base/$version/$asset" "$work/$asset")
-    case "$status" in
-        200) downloaded=true ;;
-        404) build_from_source "no release asset $asset in $version" ;;
-        *) fail "downloading $base/$version/$asset failed (HTTP $status)" ;;
-    esac
-fi
-
-if [ "$downloaded" = true ]; then
+# expected_sum: the archive's line in a freshly downloaded SHA256SUMS.
+expected_sum() {
+    local status
     status=$(fetch "$base/$version/SHA256SUMS" "$work/SHA256SUMS")
     [ "$status" = 200 ] ||
         fail "downloading $base/$version/SHA256SUMS failed (HTTP $status): refusing to install an unverified binary"
     # Lines are "<hex>  <name>" (sha256sum's format; "*<name>" in binary mode).
     expected=$(awk -v name="$asset" '$2 == name || $2 == "*" name { print $1; exit }' "$work/SHA256SUMS")
     [ -n "$expected" ] || fail "SHA256SUMS of $version has no line for $asset: refusing to install an unverified binary"
-    actual=$(sha256_of "$work/$asset")
-    if [ "$actual" != "$expected" ]; then
-        fail "checksum mismatch for $asset: SHA256SUMS says $expected, the download is $actual; refusing to install it"
-    fi
-    echo "verified $asset (sha256 $actual)"
+}
 
+archive="$dir/archive/$asset"
+downloaded=false
+if [[ "$target" == unsupported-* ]]; then
+    build_from_source "no release asset is built for this runner (${target#unsupported-})"
+elif [ -f "$archive" ]; then
+    # From the cache: trusted only once it matches the release's checksum.
+    expected_sum
+    actual=$(sha256_of "$archive")
+    if [ "$actual" = "$expected" ]; then
+        echo "verified the cached $asset (sha256 $actual)"
+        cp "$archive" "$work/$asset"
+        downloaded=true
+    else
+        printf '::warning title=telbase install::the cached %s does not match SHA256SUMS of %s (sha256 %s); discarding it and downloading again\n' "$asset" "$version" "$actual"
+        rm -f "$archive"
+    fi
+fi
+
+if [ "$downloaded" = false ] && [[ "$target" != unsupported-* ]]; then
+    status=$(fetch "$base/$version/$asset" "$work/$asset")
+    case "$status" in
+        200) downloaded=true ;;
+        404) build_from_source "no release asset $asset in $version" ;;
+        *) fail "downloading $base/$version/$asset failed (HTTP $status)" ;;
+    esac
+    if [ "$downloaded" = true ]; then
+        expected_sum
+        actual=$(sha256_of "$work/$asset")
+        if [ "$actual" != "$expected" ]; then
+            fail "checksum mismatch for $asset: SHA256SUMS says $expected, the download is $actual; refusing to install it"
+        fi
+        echo "verified $asset (sha256 $actual)"
+        # Kept for the cache (action.yml caches only this directory).
+        mkdir -p "$dir/archive"
+        cp "$work/$asset" "$archive.partial"
+        mv -f "$archive.partial" "$archive"
+    fi
+fi
+
+if [ "$downloaded" = true ]; then
     mkdir -p "$work/x"
     if [ "$ext" = zip ]; then
         if command -v unzip >/dev/null 2>&1; then

@@ -16,10 +16,24 @@ for name in GITHUB_TOKEN TELBASE_GOOGLE_WORKLOAD_IDENTITY_PROVIDER TELBASE_GOOGL
     [ -n "${!name:-}" ] || unset "$name"
 done
 
-args=(ci "${TELBASE_COMMAND:?TELBASE_COMMAND is not set}" --config "${TELBASE_CONFIG:-telbase.yaml}"
-    --comment "${TELBASE_COMMENT:-auto}")
+# The comment input also takes the booleans the issue's first sketch used: true is `auto`
+# (on pull requests), false is `never`.
+comment=${TELBASE_COMMENT:-auto}
+case "$comment" in
+    true) comment=auto ;;
+    false) comment=never ;;
+esac
+# `--config=…` in one word: a path starting with `-` stays a path.
+args=(ci "${TELBASE_COMMAND:?TELBASE_COMMAND is not set}" "--config=${TELBASE_CONFIG:-telbase.yaml}"
+    "--comment=$comment")
 [ -n "${TELBASE_ENVIRONMENT:-}" ] && args+=(--environment "$TELBASE_ENVIRONMENT")
-[ "${TELBASE_FAIL_ON_DRIFT:-false}" = true ] && args+=(--fail-on-drift)
+if [ "${TELBASE_FAIL_ON_DRIFT:-false}" = true ]; then
+    if [ "$TELBASE_COMMAND" = drift ]; then
+        args+=(--fail-on-drift)
+    else
+        printf '::warning title=telbase::fail-on-drift applies to the drift command only; this step runs %s\n' "$TELBASE_COMMAND"
+    fi
+fi
 
 telbase "${args[@]}"
 code=$?

@@ -40,7 +40,7 @@ case "$command" in
     *) fail "unknown command \"$command\": valid commands are validate, plan, apply, drift" ;;
 esac
 one_of environment "${INPUT_ENVIRONMENT:-}" "" production preview
-one_of comment "${INPUT_COMMENT:-auto}" auto always never
+one_of comment "${INPUT_COMMENT:-auto}" auto always never true false
 one_of fail-on-drift "${INPUT_FAIL_ON_DRIFT:-false}" true false
 workdir=${INPUT_WORKING_DIRECTORY:-.}
 [ -d "$workdir" ] || fail "working-directory \"$workdir\" is not a directory (relative to the workspace)"
@@ -69,6 +69,26 @@ if [ -n "$version" ]; then
 elif [[ "$ref" =~ $semver ]]; then
     # `uses: …@v1.2.3`: the binary of the very same release as the action's scripts.
     version=$ref
+elif [[ "$ref" =~ ^v[0-9]+(\.[0-9]+)?$ ]]; then
+    # `uses: …@v1` or `@v1.2`, a moving major or minor tag: the newest stable release it
+    # covers, never a release of the next major (which `latest` could be).
+    [ -n "$repository" ] || fail "cannot tell which repository this action came from to find its releases: set the version input"
+    api=${GITHUB_API_URL:-https://api.github.com}
+    body=$(
+        if [ -n "${GITHUB_TOKEN:-}" ]; then
+            printf 'header = "Authorization: Bearer %s"\n' "$GITHUB_TOKEN"
+        fi |
+            curl -fsS --retry 3 --connect-timeout 10 -K - -H 'Accept: application/vnd.github+json' \
+                "$api/repos/$repository/releases?per_page=100"
+    ) || fail "could not list the releases of $repository from $api: set the version input"
+    # Stable tags only (no -rc suffix), sorted numerically field by field (BSD and GNU
+    # sort both do this; `sort -V` is GNU's).
+    version=$(printf '%s' "$body" | grep -o '"tag_name"[[:space:]]*:[[:space:]]*"[^"]*"' |
+        sed 's/.*"\([^"]*\)"$/\1/' | grep -E "^${ref//./\\.}\.[0-9]+(\.[0-9]+)?$" |
+        grep -E '^v[0-9]+\.[0-9]+\.[0-9]+$' | sed 's/^v//' |
+        sort -t. -k1,1n -k2,2n -k3,3n | tail -n 1) || true
+    [ -n "$version" ] || fail "no stable release of $repository matches $ref: set the version input"
+    version="v$version"
 else
     [ -n "$repository" ] || fail "cannot tell which repository this action came from to find its latest release: set the version input"
     api=${GITHUB_API_URL:-https://api.github.com}

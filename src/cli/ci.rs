@@ -73,7 +73,8 @@ pub struct CiArgs {
     /// With `drift`: fail the step (exit 1) when production drifted.
     #[arg(long)]
     pub fail_on_drift: bool,
-    /// Where plan.json goes. Default: $RUNNER_TEMP/telbase (a temporary directory elsewhere).
+    /// Where plan.json goes. Default: a fresh directory of its own under $RUNNER_TEMP/telbase
+    /// (the system temporary directory elsewhere).
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
 }
@@ -484,14 +485,28 @@ impl Step<'_> {
         })
     }
 
-    /// Where plan.json goes: --out-dir, $RUNNER_TEMP/telbase, or a temporary directory.
+    /// Where plan.json goes: --out-dir, else a directory of its own made for this step
+    /// under $RUNNER_TEMP/telbase (or the system's temporary directory): several steps of
+    /// one job (two configs, plan then apply) must not overwrite each other's plan while
+    /// their `plan-json` outputs still point at it. The directory is created exclusively
+    /// (an existing one, say planted in a shared /tmp, is never written into) and private.
     fn write_plan_json(&self, plan: &Plan) -> Result<PathBuf, String> {
-        let dir = match (&self.args.out_dir, &self.env.runner_temp) {
-            (Some(d), _) => d.clone(),
-            (None, Some(t)) => t.join("telbase"),
-            (None, None) => std::env::temp_dir().join(format!("telbase-ci-{}", std::process::id())),
+        let dir = match &self.args.out_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)
+                    .map_err(|e| format!("--out-dir {}: {e}", d.display()))?;
+                d.clone()
+            }
+            None => {
+                let parent = match &self.env.runner_temp {
+                    Some(t) => t.join("telbase"),
+                    None => std::env::temp_dir(),
+                };
+                std::fs::create_dir_all(&parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+                fresh_dir(&parent).map_err(|e| format!("{}: {e}", parent.display()))?
+            }
         };
-        std::fs::create_dir_all(&dir).map_err(|e| format!("--out-dir {}: {e}", dir.display()))?;
         let path = dir.join("plan.json");
         std::fs::write(&path, plan::render_json(plan))
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -804,6 +819,28 @@ impl Step<'_> {
             _ => None,
         }
     }
+}
+
+/// A new private directory under `parent` with a random name, created exclusively.
+fn fresh_dir(parent: &Path) -> std::io::Result<PathBuf> {
+    use ring::rand::SecureRandom as _;
+    let rng = ring::rand::SystemRandom::new();
+    for _ in 0..8 {
+        let mut r = [0u8; 8];
+        rng.fill(&mut r)
+            .map_err(|_| std::io::Error::other("no randomness"))?;
+        let name: String = r.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = parent.join(format!("telbase-plan-{name}"));
+        let mut b = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        match b.create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("cannot create a fresh directory"))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
