@@ -56,8 +56,12 @@ pub fn annotation(level: Level, place: &Place, title: Option<&str>, message: &st
     )
 }
 
-/// The `::add-mask::` lines for a secret value: one per non-blank line, since the runner
-/// masks each registered string as a whole and a multi-line value is printed line by line.
+/// The `::add-mask::` lines for a secret value. A one-line value is registered whole,
+/// whatever it is. A multi-line value is registered line by line, since the runner masks
+/// each registered string within a log line and a multi-line value is printed line by
+/// line; lines that carry no secret are left out, because a registered `{` or
+/// `-----BEGIN PRIVATE KEY-----` would be starred out of every later line of the log (JSON
+/// braces, PEM armour, anything under four characters or without a letter or digit).
 ///
 /// Printing `::add-mask::VALUE` is the one sanctioned way a step tells the runner about a
 /// value it learned at run time: the runner consumes the line (it is never echoed, even
@@ -65,12 +69,27 @@ pub fn annotation(level: Level, place: &Place, title: Option<&str>, message: &st
 /// line of the log. So the value appears only in this command, before anything else could
 /// print it, and nowhere else.
 pub fn add_mask_lines(value: &str) -> Vec<String> {
-    value
+    let lines: Vec<&str> = value
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .filter(|l| !l.trim().is_empty())
+        .collect();
+    if lines.len() == 1 {
+        return vec![format!("::add-mask::{}", escape_data(lines[0]))];
+    }
+    lines
+        .into_iter()
+        .filter(|l| carries_a_secret(l))
         .map(|l| format!("::add-mask::{}", escape_data(l)))
         .collect()
+}
+
+/// Whether one line of a multi-line secret is worth masking (see [`add_mask_lines`]).
+fn carries_a_secret(line: &str) -> bool {
+    let t = line.trim();
+    t.chars().count() >= 4
+        && !(t.starts_with("-----") && t.ends_with("-----"))
+        && t.chars().any(char::is_alphanumeric)
 }
 
 /// The inverse of the runner's escaping of command data, for tests that read our output
@@ -167,6 +186,18 @@ mod tests {
             vec!["::add-mask::line one", "::add-mask::line%25two"]
         );
         assert!(add_mask_lines("  \n").is_empty());
+        // One line is masked whole, however short; structure of a multi-line one is not.
+        assert_eq!(add_mask_lines("ab\n"), vec!["::add-mask::ab"]);
+        let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEF\n-----END PRIVATE KEY-----\n";
+        assert_eq!(
+            add_mask_lines(pem),
+            vec!["::add-mask::MIIEvQIBADANBgkqhkiG9w0BAQEF"]
+        );
+        let json = "{\n  \"key\": \"s3cr3t-value\"\n}";
+        assert_eq!(
+            add_mask_lines(json),
+            vec!["::add-mask::  \"key\": \"s3cr3t-value\""]
+        );
     }
 
     proptest::proptest! {
@@ -200,18 +231,30 @@ mod tests {
         /// A mask line is one command per line of the value, each reading back as that line.
         #[test]
         fn masks_round_trip(value in "(?s).{0,200}") {
-            let lines = add_mask_lines(&value);
-            let want: Vec<&str> = value
+            let masks = add_mask_lines(&value);
+            let lines: Vec<&str> = value
                 .split('\n')
                 .map(|l| l.strip_suffix('\r').unwrap_or(l))
                 .filter(|l| !l.trim().is_empty())
                 .collect();
-            proptest::prop_assert_eq!(lines.len(), want.len());
-            for (l, w) in lines.iter().zip(want) {
-                proptest::prop_assert!(!l.contains('\n'));
-                let (name, _, data) = parse_command(l).unwrap();
+            let mut seen = Vec::new();
+            for m in &masks {
+                // One command per line, read back by the runner as a line of the value.
+                proptest::prop_assert!(!m.contains('\n'));
+                let (name, _, data) = parse_command(m).unwrap();
                 proptest::prop_assert_eq!(name, "add-mask");
-                proptest::prop_assert_eq!(data, w);
+                proptest::prop_assert!(lines.contains(&data.as_str()), "{data:?}");
+                seen.push(data);
+            }
+            // Nothing that could be a secret is left unmasked: a lone line always, and
+            // every line with eight or more letters or digits but PEM armour.
+            for l in &lines {
+                let t = l.trim();
+                let armour = t.starts_with("-----") && t.ends_with("-----");
+                let strong = !armour && l.chars().filter(|c| c.is_alphanumeric()).count() >= 8;
+                if lines.len() == 1 || strong {
+                    proptest::prop_assert!(seen.iter().any(|s| s == l), "{l:?} unmasked");
+                }
             }
         }
     }

@@ -181,10 +181,13 @@ pub fn render_markdown_noting(plan: &Plan, limit: usize, full_plan_at: &str) -> 
         blocks.push(b);
     }
     let mut out = head;
+    // A running count: recounting `out` for every block made a large plan quadratic.
+    let mut used = out.chars().count();
     let total = blocks.len();
     for (i, b) in blocks.into_iter().enumerate() {
+        let len = b.chars().count();
         // Keep room for the note that says what was cut.
-        if out.chars().count() + b.chars().count() + 200 > limit {
+        if used + len + 200 > limit {
             let _ = writeln!(
                 out,
                 "\n_{} more item{} not shown: the comment would exceed GitHub's size limit. {full_plan_at}_",
@@ -193,6 +196,7 @@ pub fn render_markdown_noting(plan: &Plan, limit: usize, full_plan_at: &str) -> 
             );
             break;
         }
+        used += len;
         out.push_str(&b);
     }
     out
