@@ -105,6 +105,8 @@ fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
         },
         notify,
         run_list: args.run_list,
+        abuse: crate::abuse::AbuseConfig::from_vars(|k| std::env::var(k).ok())
+            .context("TELBASE_TRUSTED_PROXIES")?,
     })
 }
 
