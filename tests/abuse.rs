@@ -1035,6 +1035,22 @@ fn the_cli_lists_and_unlocks_addresses_and_accounts() {
     }
 }
 
+#[test]
+fn serve_refuses_a_bad_trusted_proxy_list() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_telbase"))
+        .args(["serve", "--trusted-proxies", "10.0.0.0/8, 10.0.0.0/33"])
+        .env_remove("TELBASE_SERVE_CONFIG")
+        .env_remove("TELBASE_TRUSTED_PROXIES")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--trusted-proxies") && err.contains("10.0.0.0/33"),
+        "{err}"
+    );
+}
+
 fn any_ip() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
         any::<[u8; 4]>().prop_map(IpAddr::from),
