@@ -467,11 +467,15 @@ impl Abuse {
 
     /// The client's address (see [`addr`]): `X-Forwarded-For` only from a trusted proxy.
     pub fn client_address(&self, peer: IpAddr, headers: &axum::http::HeaderMap) -> IpAddr {
-        let xff: Vec<&str> = headers
+        // Lossy, not `to_str`: a client that puts a non-ASCII byte in its own part of the
+        // header must not make the whole header (with the hop our proxy appended) unread,
+        // which would count it under the proxy's address.
+        let xff: Vec<String> = headers
             .get_all("x-forwarded-for")
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect();
+        let xff: Vec<&str> = xff.iter().map(String::as_str).collect();
         self.config.trusted_proxies.client(peer, &xff)
     }
 
@@ -856,6 +860,30 @@ mod tests {
         assert_eq!(Account::from_key("user:42"), Some(Account::user("42")));
         assert_eq!(Account::from_key("nokind"), None);
         assert_eq!(Account::from_key("user:a b"), None);
+    }
+
+    #[test]
+    fn a_client_cannot_hide_behind_its_proxy_with_a_non_ascii_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let db: Arc<dyn AbuseDb> = Arc::new(Mutex::new(
+            crate::store::open(&crate::store::Location::Sqlite(dir.path().join("t.db"))).unwrap(),
+        ));
+        let abuse = Abuse::new(
+            db,
+            AbuseConfig {
+                trusted_proxies: TrustedProxies::parse("10.0.0.0/8").unwrap(),
+                ..AbuseConfig::default()
+            },
+        );
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            axum::http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.7").unwrap(),
+        );
+        assert_eq!(
+            abuse.client_address("10.0.0.1".parse().unwrap(), &h),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
