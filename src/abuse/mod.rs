@@ -405,6 +405,8 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 /// operator's unlock reaches every replica within it.
 const REMEMBER_MS: i64 = 5_000;
 const REMEMBER_MAX: usize = 10_000;
+/// How long a (token or user, network) pair this process recorded is not written again.
+const SEEN_AGAIN_MS: i64 = 10 * 60_000;
 
 /// What a failure report did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,6 +425,9 @@ pub struct Abuse {
     metrics: Option<Arc<Metrics>>,
     /// Refusals this process remembers: key → (until, ask the store again at).
     remembered: Mutex<HashMap<String, (i64, i64)>>,
+    /// (owner, network) pairs this process recorded lately: a token's every request need
+    /// not write "seen again" to the store.
+    recently_seen: Mutex<HashMap<String, i64>>,
 }
 
 impl Abuse {
@@ -439,6 +444,7 @@ impl Abuse {
             notifier: None,
             metrics: None,
             remembered: Mutex::new(HashMap::new()),
+            recently_seen: Mutex::new(HashMap::new()),
         }
     }
 
@@ -651,7 +657,7 @@ impl Abuse {
         }
         let now = self.now();
         let key = address_key(address);
-        let seen = on(&*self.db, |rows| rows.seen(&token.key, &key, now))?;
+        let seen = self.seen(&token.key, &key, now)?;
         if seen.new && seen.known_elsewhere {
             self.anomaly(Anomaly::TokenNewAddress {
                 account: token.key.clone(),
@@ -675,7 +681,7 @@ impl Abuse {
         self.success_blocking(Realm::Api, user)?;
         let now = self.now();
         let network = network_key(address);
-        let seen = on(&*self.db, |rows| rows.seen(&user.key, &network, now))?;
+        let seen = self.seen(&user.key, &network, now)?;
         if seen.new && seen.known_elsewhere {
             self.anomaly(Anomaly::NewNetwork {
                 account: user.key.clone(),
@@ -684,6 +690,33 @@ impl Abuse {
             });
         }
         Ok(())
+    }
+
+    /// [`AbuseRows::seen`], skipped when this process recorded the pair in the last
+    /// [`SEEN_AGAIN_MS`] (it is then neither new nor worth a write).
+    fn seen(&self, owner: &str, network: &str, now: i64) -> Result<rows::Seen, AbuseError> {
+        let pair = format!("{owner}\n{network}");
+        {
+            let m = self.recently_seen.lock().unwrap_or_else(|e| e.into_inner());
+            if m.get(&pair)
+                .is_some_and(|at| now - at < SEEN_AGAIN_MS && now >= *at)
+            {
+                return Ok(rows::Seen {
+                    new: false,
+                    known_elsewhere: true,
+                });
+            }
+        }
+        let seen = on(&*self.db, |rows| rows.seen(owner, network, now))?;
+        let mut m = self.recently_seen.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= REMEMBER_MAX {
+            m.retain(|_, at| now - *at < SEEN_AGAIN_MS);
+            if m.len() >= REMEMBER_MAX {
+                m.clear();
+            }
+        }
+        m.insert(pair, now);
+        Ok(seen)
     }
 
     /// Report an anomaly: the sink, the notification webhook, the metrics.
