@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod abuse;
 pub mod apply;
 pub mod cli;
 pub mod config;

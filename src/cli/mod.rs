@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod abuse;
 mod ci;
 mod demo;
 pub mod env;
@@ -60,6 +61,9 @@ pub enum Command {
     /// Master keys of the stored-secrets envelope: list, rotate.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Brute-force counters and locks of `telbase serve`: list, unlock (see docs/abuse.md).
+    #[command(subcommand)]
+    Abuse(abuse::AbuseCommand),
     /// One step of a GitHub Actions workflow: validate, plan, apply or drift, reported as
     /// annotations, job summary, outputs and one pull-request comment (see docs/ci.md).
     Ci(ci::CiArgs),
@@ -141,6 +145,7 @@ pub fn run() -> ExitCode {
         Command::Secrets(cmd) => return secrets::secrets_cmd(&cmd),
         Command::Env(cmd) => return env::env_cmd(&cmd),
         Command::Keys(cmd) => return keys::keys_cmd(&cmd),
+        Command::Abuse(cmd) => return abuse::abuse_cmd(&cmd),
         Command::Serve(args) => return serve::serve_cmd(&args),
         Command::Ci(args) => return ci::ci_cmd(&args),
         Command::Exec(args) => return exec::exec_cmd(&args),

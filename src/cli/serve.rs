@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// it hands run ids (the only key to a run page) to anyone who can reach the server.
     #[arg(long, env = "TELBASE_RUN_LIST")]
     pub run_list: bool,
+    /// CIDR blocks of the proxies in front of the server (comma-separated): only from them
+    /// is `X-Forwarded-For` believed for counting failures and rate limits (docs/abuse.md).
+    #[arg(long, env = "TELBASE_TRUSTED_PROXIES", value_name = "CIDRS")]
+    pub trusted_proxies: Option<String>,
 }
 
 /// TLS, uptime and notification settings.
@@ -105,6 +109,12 @@ fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
         },
         notify,
         run_list: args.run_list,
+        abuse: crate::abuse::AbuseConfig::from_vars(|k| {
+            (k == "TELBASE_TRUSTED_PROXIES")
+                .then(|| args.trusted_proxies.clone())
+                .flatten()
+        })
+        .context("--trusted-proxies (TELBASE_TRUSTED_PROXIES)")?,
     })
 }
 

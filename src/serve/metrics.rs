@@ -54,6 +54,28 @@ pub struct ProbeLabels {
     pub result: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LockoutLabels {
+    /// `api` or `webhook`.
+    pub realm: String,
+    /// `address` or `account`.
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `api` or `webhook`.
+    pub realm: String,
+    /// `locked` or `rate_limited`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AnomalyLabels {
+    /// `new_network`, `failure_burst`, `token_new_address`.
+    pub kind: String,
+}
+
 /// The server's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -67,6 +89,11 @@ pub struct Metrics {
     pub uptime_up: Family<UptimeLabels, Gauge>,
     pub uptime_probe_seconds: Histogram,
     pub uptime_probes: Family<ProbeLabels, Counter>,
+    /// Locks started by repeated failures (`crate::abuse`).
+    pub abuse_lockouts: Family<LockoutLabels, Counter>,
+    /// Requests answered 429 (locked or over a rate limit).
+    pub abuse_refusals: Family<RefusalLabels, Counter>,
+    pub abuse_anomalies: Family<AnomalyLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -144,8 +171,29 @@ impl Metrics {
             "Uptime probes, by result",
             uptime_probes.clone(),
         );
+        let abuse_lockouts = Family::<LockoutLabels, Counter>::default();
+        registry.register(
+            "abuse_lockouts",
+            "Locks started after repeated failures, by realm and scope",
+            abuse_lockouts.clone(),
+        );
+        let abuse_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "abuse_refusals",
+            "Requests answered 429 Too Many Requests, by realm and reason",
+            abuse_refusals.clone(),
+        );
+        let abuse_anomalies = Family::<AnomalyLabels, Counter>::default();
+        registry.register(
+            "abuse_anomalies",
+            "Security anomalies flagged, by kind",
+            abuse_anomalies.clone(),
+        );
         Metrics {
             registry,
+            abuse_lockouts,
+            abuse_refusals,
+            abuse_anomalies,
             deliveries,
             queue_depth,
             reconcile_seconds,
@@ -174,6 +222,35 @@ impl Metrics {
             .get_or_create(&DeliveryLabels {
                 event: event.to_owned(),
                 result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A lock started (labels are fixed words from `crate::abuse`).
+    pub fn abuse_lockout(&self, realm: &str, scope: &str) {
+        self.abuse_lockouts
+            .get_or_create(&LockoutLabels {
+                realm: realm.to_owned(),
+                scope: scope.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A request answered 429.
+    pub fn abuse_refusal(&self, realm: &str, reason: &str) {
+        self.abuse_refusals
+            .get_or_create(&RefusalLabels {
+                realm: realm.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// An anomaly flagged.
+    pub fn abuse_anomaly(&self, kind: &str) {
+        self.abuse_anomalies
+            .get_or_create(&AnomalyLabels {
+                kind: kind.to_owned(),
             })
             .inc();
     }

@@ -66,52 +66,28 @@ pub trait Inbox: Send + Sync + 'static {
     fn record_failed(&self, id: &str, event: &str, error: &str) -> Result<(), String>;
 }
 
-/// Bad signatures counted per source address: after `MAX_BAD` in a window, further bad ones
-/// from it are answered 429 (slow down) until the window ends; good signatures are always
-/// accepted. Hand-written rather than `governor` because only failures may count: a rate
-/// limiter that every good delivery also consumed would throttle GitHub itself.
-#[derive(Default)]
-pub struct BadSignatures {
-    seen: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
-}
-
-impl BadSignatures {
-    const MAX_BAD: u32 = 20;
-    const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-
-    fn blocked(&self, ip: std::net::IpAddr) -> bool {
-        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.get(&ip)
-            .is_some_and(|(n, since)| *n >= Self::MAX_BAD && since.elapsed() < Self::WINDOW)
-    }
-
-    fn failed(&self, ip: std::net::IpAddr) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded: a flood from many addresses cannot grow the map without limit.
-        if seen.len() > 10_000 {
-            seen.retain(|_, (_, since)| since.elapsed() < Self::WINDOW);
-        }
-        let e = seen.entry(ip).or_insert((0, std::time::Instant::now()));
-        if e.1.elapsed() >= Self::WINDOW {
-            *e = (0, std::time::Instant::now());
-        }
-        e.0 += 1;
-    }
-}
-
 /// Everything the handlers share.
 pub struct AppState {
     /// The current webhook secret and, during a rotation, the previous one.
     pub webhook_secrets: Vec<SecretString>,
     pub inbox: Arc<dyn Inbox>,
     pub metrics: Arc<Metrics>,
-    pub bad_signatures: BadSignatures,
+    /// Failure counters, lockouts and rate limits (`crate::abuse`): bad signatures are
+    /// counted per source address in the store, shared by every replica.
+    pub abuse: Arc<crate::abuse::Abuse>,
     /// Deployed URLs and their probe results, for pages that show them.
     pub uptime: Arc<uptime::UptimeBoard>,
     /// Wakes this process's idle workers when a delivery queues jobs, so a push is picked up
     /// at once rather than at their next look at the queue (other replicas still look every
     /// half second).
     pub wake: Arc<tokio::sync::Notify>,
+}
+
+/// Lets API handlers on this state take [`crate::abuse::Guard`].
+impl crate::abuse::http::HasAbuse for Arc<AppState> {
+    fn abuse(&self) -> Arc<crate::abuse::Abuse> {
+        self.abuse.clone()
+    }
 }
 
 /// The router with every route and limit.
@@ -160,16 +136,17 @@ async fn github_webhook(
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let event = h("x-github-event").unwrap_or_default().to_owned();
     // The signature first: nothing about an unverified body is trusted or parsed. A valid
-    // signature is never refused, whatever else came from its address: behind a TLS proxy
-    // every delivery shares the proxy's address, and one attacker must not lock GitHub out.
+    // signature is never refused, whatever else came from its address (GitHub delivers
+    // every App's hooks from the same ranges: see `Abuse::webhook_failure`); bad ones are
+    // counted per address in the store, and a locked address gets 429.
     if let Err(e) = webhook::verify(&app.webhook_secrets, &body, h("x-hub-signature-256")) {
-        let throttled = app.bad_signatures.blocked(peer.ip());
-        app.bad_signatures.failed(peer.ip());
-        tracing::warn!(error = %e, peer = %peer.ip(), throttled, "webhook refused");
-        if throttled {
+        let address = app.abuse.client_address(peer.ip(), &headers);
+        let locked = app.abuse.webhook_failure(address).await;
+        tracing::warn!(error = %e, peer = %peer.ip(), %address, throttled = locked.is_some(), "webhook refused");
+        if let Some(wait) = locked {
             app.metrics.delivery(&event, "throttled");
-            return problem(
-                StatusCode::TOO_MANY_REQUESTS,
+            return crate::abuse::http::too_many(
+                wait,
                 "too many deliveries with bad signatures from this address; slow down",
             );
         }
@@ -359,6 +336,8 @@ pub struct EdgeConfig {
     /// Serve `GET /runs?repo=…`, the list of a repository's runs. Off by default: the list
     /// hands out run ids (the only key to a run page) to anyone who can reach the server.
     pub run_list: bool,
+    /// Trusted proxies, lockout rules, rate limits and the security-events sink.
+    pub abuse: crate::abuse::AbuseConfig,
 }
 
 impl Default for EdgeConfig {
@@ -371,6 +350,7 @@ impl Default for EdgeConfig {
             },
             notify: None,
             run_list: false,
+            abuse: crate::abuse::AbuseConfig::default(),
         }
     }
 }
@@ -454,6 +434,8 @@ pub struct Running {
     pub uptime: Arc<uptime::UptimeBoard>,
     /// The certificate in use when serving HTTPS.
     pub tls: Option<Arc<tls::Tls>>,
+    /// Failure counters, locks and rate limits, for the API routes' [`crate::abuse::Guard`].
+    pub abuse: Arc<crate::abuse::Abuse>,
     shutdown: tokio::sync::watch::Sender<bool>,
     http: tokio::task::JoinHandle<()>,
     workers: Vec<tokio::task::JoinHandle<()>>,
@@ -498,6 +480,14 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         .clone()
         .map(|n| notify::Notifier::start(n, rx.clone()))
         .transpose()?;
+    let abuse = Arc::new(
+        crate::abuse::Abuse::new(
+            queue.clone() as Arc<dyn crate::abuse::AbuseDb>,
+            edge.abuse.clone(),
+        )
+        .with_notifier(notifier.clone())
+        .with_metrics(metrics.clone()),
+    );
     let board = Arc::new(uptime::UptimeBoard::new(metrics.clone(), notifier));
     let http = crate::providers::http::Http::new(config.http.clone())
         .map_err(|e| ServeError::Http(e.to_string()))?
@@ -529,7 +519,7 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         webhook_secrets: config.webhook_secrets.clone(),
         inbox: queue.clone(),
         metrics: metrics.clone(),
-        bad_signatures: BadSignatures::default(),
+        abuse: abuse.clone(),
         uptime: board.clone(),
         wake: wake.clone(),
     });
@@ -631,6 +621,29 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
             }
         });
     }
+    {
+        // Failures past their window and forgotten locks go; one replica prunes.
+        let (queue, abuse, mut stop) = (queue.clone(), abuse.clone(), rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(300)) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                if !leads(&queue).await {
+                    continue;
+                }
+                let a = abuse.clone();
+                match tokio::task::spawn_blocking(move || a.prune_blocking()).await {
+                    Ok(Ok(p)) => tracing::debug!(pruned = ?p, "abuse counters pruned"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "abuse counters not pruned; trying again later")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the abuse prune task failed"),
+                }
+            }
+        });
+    }
     if let Some(every) = config.drift_tick {
         let (queue, mut stop) = (queue.clone(), rx.clone());
         tokio::spawn(async move {
@@ -683,6 +696,7 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         reconciler,
         uptime: board,
         tls: https,
+        abuse,
         shutdown: tx,
         http,
         workers,

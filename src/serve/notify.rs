@@ -1,5 +1,6 @@
 //! The notification webhook (`TELBASE_NOTIFY_URL`): a signed JSON POST when a deployed app
-//! goes down, when it recovers, and when a reconcile fails. Signed the way GitHub signs its
+//! goes down, when it recovers, when a reconcile fails, and when a security anomaly is
+//! flagged (`security_anomaly`, from `crate::abuse`). Signed the way GitHub signs its
 //! deliveries to us: `X-Telbase-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>`,
 //! with `X-Telbase-Event` and a unique `X-Telbase-Delivery`; the body carries a timestamp so
 //! a receiver can refuse replays. Bodies name the repository, environment, URL, status,
@@ -80,6 +81,8 @@ pub enum EventKind {
     Up,
     /// A reconcile attempt failed.
     ReconcileFailed,
+    /// A security anomaly (a new network, a burst of failures, a token from a new address).
+    SecurityAnomaly,
 }
 
 impl EventKind {
@@ -88,6 +91,7 @@ impl EventKind {
             EventKind::Down => "down",
             EventKind::Up => "up",
             EventKind::ReconcileFailed => "reconcile_failed",
+            EventKind::SecurityAnomaly => "security_anomaly",
         }
     }
 }
@@ -112,10 +116,58 @@ pub struct Notification {
     pub commit: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Envelope<'a> {
+/// The body of a `security_anomaly` notification: `event`, `anomaly` (its kind), the
+/// anomaly's fields (account, address, network, subject, failures, …) and a description.
+/// Account and token *ids* only, never a credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SecurityNotification {
+    pub event: EventKind,
+    pub description: String,
     #[serde(flatten)]
-    notification: &'a Notification,
+    pub anomaly: serde_json::Value,
+}
+
+impl SecurityNotification {
+    pub fn from_anomaly(a: &crate::abuse::Anomaly) -> Self {
+        SecurityNotification {
+            event: EventKind::SecurityAnomaly,
+            description: a.description(),
+            anomaly: serde_json::to_value(a).unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+/// What the sending task sends.
+#[derive(Debug, Clone)]
+enum Outgoing {
+    Deploy(Notification),
+    Security(SecurityNotification),
+}
+
+impl Outgoing {
+    fn event(&self) -> EventKind {
+        match self {
+            Outgoing::Deploy(n) => n.event,
+            Outgoing::Security(n) => n.event,
+        }
+    }
+    /// What the log names (a repository, or the anomaly's kind).
+    fn about(&self) -> &str {
+        match self {
+            Outgoing::Deploy(n) => &n.repository,
+            Outgoing::Security(n) => n
+                .anomaly
+                .get("anomaly")
+                .and_then(|v| v.as_str())
+                .unwrap_or("security"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, T: Serialize> {
+    #[serde(flatten)]
+    notification: &'a T,
     delivery: &'a str,
     /// RFC 3339, UTC.
     timestamp: String,
@@ -133,7 +185,7 @@ pub enum NotifyError {
 /// The handle callers use; cheap to clone.
 #[derive(Clone)]
 pub struct Notifier {
-    tx: tokio::sync::mpsc::Sender<Notification>,
+    tx: tokio::sync::mpsc::Sender<Outgoing>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -200,7 +252,7 @@ impl Notifier {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| NotifyError::Client(e.to_string()))?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Notification>(QUEUE);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Outgoing>(QUEUE);
         tokio::spawn(async move {
             loop {
                 let n = tokio::select! {
@@ -219,20 +271,39 @@ impl Notifier {
 
     /// Queue a notification; never waits.
     pub fn notify(&self, n: Notification) {
-        let event = n.event.as_str();
+        self.send(Outgoing::Deploy(n));
+    }
+
+    /// Queue a security notification; never waits.
+    pub fn notify_security(&self, n: SecurityNotification) {
+        self.send(Outgoing::Security(n));
+    }
+
+    fn send(&self, n: Outgoing) {
+        let event = n.event().as_str();
         if let Err(e) = self.tx.try_send(n) {
             tracing::error!(event, error = %e, "notification dropped: the queue is full or closed");
         }
     }
 }
 
-async fn deliver(client: &reqwest::Client, config: &NotifyConfig, n: &Notification) {
+async fn deliver(client: &reqwest::Client, config: &NotifyConfig, n: &Outgoing) {
     let delivery = delivery_id();
-    let body = match serde_json::to_vec(&Envelope {
-        notification: n,
-        delivery: &delivery,
-        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    }) {
+    let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let body = match n {
+        Outgoing::Deploy(n) => serde_json::to_vec(&Envelope {
+            notification: n,
+            delivery: &delivery,
+            timestamp,
+        }),
+        Outgoing::Security(n) => serde_json::to_vec(&Envelope {
+            notification: n,
+            delivery: &delivery,
+            timestamp,
+        }),
+    };
+    let (event, about) = (n.event(), n.about());
+    let body = match body {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a notification");
@@ -245,7 +316,7 @@ async fn deliver(client: &reqwest::Client, config: &NotifyConfig, n: &Notificati
         let sent = client
             .post(&config.url)
             .header("content-type", "application/json")
-            .header("x-telbase-event", n.event.as_str())
+            .header("x-telbase-event", event.as_str())
             .header("x-telbase-delivery", &delivery)
             .header("x-telbase-signature-256", &signature)
             .body(body.clone())
@@ -253,17 +324,17 @@ async fn deliver(client: &reqwest::Client, config: &NotifyConfig, n: &Notificati
             .await;
         let retry = match sent {
             Ok(r) if r.status().is_success() => {
-                tracing::info!(event = n.event.as_str(), delivery = %delivery, repository = %n.repository, "notification sent");
+                tracing::info!(event = event.as_str(), delivery = %delivery, about, "notification sent");
                 return;
             }
             Ok(r) => {
                 let s = r.status();
                 let retry = s.is_server_error() || s.as_u16() == 429 || s.as_u16() == 408;
-                tracing::warn!(event = n.event.as_str(), delivery = %delivery, status = s.as_u16(), attempt, "the notification receiver refused");
+                tracing::warn!(event = event.as_str(), delivery = %delivery, status = s.as_u16(), attempt, "the notification receiver refused");
                 retry
             }
             Err(e) => {
-                tracing::warn!(event = n.event.as_str(), delivery = %delivery, attempt, error = %e.without_url(), "cannot reach the notification receiver");
+                tracing::warn!(event = event.as_str(), delivery = %delivery, attempt, error = %e.without_url(), "cannot reach the notification receiver");
                 true
             }
         };
@@ -274,9 +345,9 @@ async fn deliver(client: &reqwest::Client, config: &NotifyConfig, n: &Notificati
         wait = wait.saturating_mul(2);
     }
     tracing::error!(
-        event = n.event.as_str(),
+        event = event.as_str(),
         delivery = %delivery,
-        repository = %n.repository,
+        about,
         "notification not delivered; giving up"
     );
 }

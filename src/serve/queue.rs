@@ -44,6 +44,18 @@ impl StoreQueue {
         }
     }
 
+    /// Runs `f` on the abuse counters of the same store (`crate::abuse`): SQLite under the
+    /// queue's mutex, PostgreSQL on its pool.
+    pub fn with_abuse(
+        &self,
+        f: &mut dyn FnMut(&mut dyn crate::abuse::AbuseRows) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match &self.0 {
+            Backend::Sqlite(m) => f(&mut *m.lock().unwrap_or_else(|e| e.into_inner())),
+            Backend::Postgres(p) => f(&mut p.clone()),
+        }
+    }
+
     /// Whether this process runs the periodic tasks (polling, drift schedules, key
     /// rotation). SQLite: always (its tasks are idempotent through their delivery ids, and
     /// rotation has its own lock). PostgreSQL: only the replica holding the leader lock.

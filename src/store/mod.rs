@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod abuse;
 pub mod postgres;
 pub mod runs;
 pub mod sqlite;

@@ -32,6 +32,8 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls};
 
+mod abuse;
+
 use super::runs::RunRecord;
 use super::sqlite::{ClaimedJob, JobEnd, JobRow, MAX_ATTEMPTS, ProductionRepo, now};
 use super::{
@@ -151,6 +153,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     CREATE INDEX runs_by_age ON runs(started_at);
     ",
     ),
+    (6, "abuse counters", super::abuse::PG_MIGRATION),
 ];
 
 /// The newest PostgreSQL schema version this Telbase knows.
