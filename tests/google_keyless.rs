@@ -555,6 +555,18 @@ async fn unsupported_credential_sources_are_refused_with_the_reason() {
     );
     let e = setup_error(external_file(dir.path(), &body));
     assert!(e.contains("service_account_impersonation_url"), "{e}");
+    // Nor to a look-alike host, which would receive the federated token.
+    for host in ["iamcredentials.googleapis.com.evil.example", "evil.example"] {
+        let mut body = with(json!({"file": "/tmp/t"}));
+        body["service_account_impersonation_url"] = json!(format!(
+            "https://{host}/v1/projects/-/serviceAccounts/a@b.iam.gserviceaccount.com:generateAccessToken"
+        ));
+        let e = setup_error(external_file(dir.path(), &body));
+        assert!(
+            e.contains("service_account_impersonation_url"),
+            "{host}: {e}"
+        );
+    }
     let e = setup_error(external_file(
         dir.path(),
         &with(json!({"file": "/tmp/t", "format": {"type": "json"}})),
