@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod apply;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod conformance;

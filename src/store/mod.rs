@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod audit;
 pub mod postgres;
 pub mod runs;
 pub mod sqlite;
