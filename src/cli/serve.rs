@@ -105,6 +105,8 @@ fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
         },
         notify,
         run_list: args.run_list,
+        audit: Some(crate::audit::AuditLog::from_env()?),
+        ..serve::EdgeConfig::default()
     })
 }
 
