@@ -1,0 +1,120 @@
+//! The audit log inside `telbase serve`: a webhook delivery with a bad signature is recorded as
+//! `auth.webhook_signature_failed` with the sender's address (a good one is not), the leader's
+//! scheduled prune applies the retention and records itself, and the chain still verifies.
+
+mod common;
+
+#[path = "common/serve_app.rs"]
+mod serve_app;
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::json;
+use telbase::audit::{Action, Actor, AuditEvent, AuditFilter, AuditKeys, AuditLog, Outcome};
+use telbase::serve::{self, EdgeConfig};
+
+use common::{app_key, emu};
+use serve_app::{post, post_signed, server_config};
+
+fn log() -> AuditLog {
+    AuditLog::new(AuditKeys::from_secret(&[3; 32]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signatures_are_recorded_and_the_leader_prunes() {
+    let Some((pem, _)) = app_key() else {
+        return;
+    };
+    let emu = emu::start(telbase::emulator::Config::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = server_config(&emu, dir.path(), pem);
+    // Old records for the retention to find.
+    {
+        let mut s = telbase::store::open(&config.store).unwrap();
+        for i in 0..3 {
+            log()
+                .record(
+                    &mut s,
+                    &AuditEvent::new(
+                        Actor::user("u1", "User 1"),
+                        Action::AUTH_LOGIN,
+                        Outcome::Success,
+                    )
+                    .at(Utc::now() - chrono::Duration::days(100 + i)),
+                )
+                .unwrap();
+        }
+    }
+    let location = config.store.clone();
+    let running = serve::start_with(
+        config,
+        EdgeConfig {
+            audit: Some(log()),
+            audit_prune_every: Some(Duration::from_millis(200)),
+            ..EdgeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+    let body = json!({"zen": "hello"});
+    let r = post_signed(&client, &base, "ping", "d-forged", &body, "not-the-secret").await;
+    assert_eq!(r.status(), 401);
+    // Signed right (its body is not a ping GitHub would send, so 400): not a signature failure.
+    let r = post(&client, &base, "ping", "d-good", &body).await;
+    assert_ne!(r.status(), 401);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let records = loop {
+        let records = tokio::task::spawn_blocking({
+            let location = location.clone();
+            move || {
+                let mut s = telbase::store::open(&location).unwrap();
+                AuditLog::list(&mut s, &AuditFilter::default()).unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let signature = records
+            .iter()
+            .any(|r| r.action == "auth.webhook_signature_failed");
+        let pruned = records.iter().any(|r| r.action == "admin.audit_pruned");
+        if signature && pruned {
+            break records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not recorded in time: {records:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let failed: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == "auth.webhook_signature_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "only the forged delivery: {failed:#?}");
+    let f = failed[0];
+    assert_eq!(f.source.as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        (f.actor_kind.as_str(), f.outcome.as_str()),
+        ("anonymous", "failure")
+    );
+    assert_eq!(
+        (f.target_type.as_deref(), f.target_id.as_deref()),
+        (Some("webhook"), Some("github"))
+    );
+    assert!(f.details.contains("\"event\":\"ping\""), "{}", f.details);
+    assert!(!f.details.contains("not-the-secret"), "{}", f.details);
+    // The three old logins went; the prune recorded itself; the rest verifies.
+    assert!(
+        !records.iter().any(|r| r.action == "auth.login"),
+        "{records:#?}"
+    );
+    running.stop().await;
+    let mut s = telbase::store::open(&location).unwrap();
+    let v = log().verify(&mut s).unwrap();
+    assert_eq!(v.finding, None);
+    assert!(v.checkpoints >= 1);
+}
