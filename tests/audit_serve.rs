@@ -118,3 +118,26 @@ async fn bad_signatures_are_recorded_and_the_leader_prunes() {
     assert_eq!(v.finding, None);
     assert!(v.checkpoints >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_must_be_audited_fails_without_a_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        telbase::store::open(&telbase::store::Location::Sqlite(dir.path().join("t.db"))).unwrap();
+    let queue = std::sync::Arc::new(serve::queue::StoreQueue::new(store));
+    let event = || {
+        AuditEvent::new(
+            Actor::user("u1", "User 1"),
+            Action::CONFIG_ENV_SET,
+            Outcome::Success,
+        )
+    };
+    let without = std::sync::Arc::new(serve::audit::ServerAudit {
+        log: AuditLog::without_key(),
+        queue: queue.clone(),
+    });
+    let resp = without.must_record(event()).await.unwrap_err();
+    assert_eq!(resp.status(), 503);
+    let with = std::sync::Arc::new(serve::audit::ServerAudit { log: log(), queue });
+    assert_eq!(with.must_record(event()).await.unwrap(), 1);
+}

@@ -33,6 +33,27 @@ impl ServerAudit {
             .map_err(|e| AuditError::Task(e.to_string()))?
     }
 
+    /// The must-write rule for a handler: record `event`, or the response to send instead of
+    /// carrying the request out (503, one JSON error shape, the cause only in the server's
+    /// log). Use it BEFORE the change is committed, or in the same unit of work:
+    /// `if let Err(resp) = app.audit.must_record(event).await { return resp; }`.
+    pub async fn must_record(
+        self: &Arc<Self>,
+        event: AuditEvent,
+    ) -> Result<u64, axum::response::Response> {
+        use axum::response::IntoResponse as _;
+        self.record_async(event).await.map_err(|e| {
+            tracing::error!(error = %e, "refusing a request: its audit record could not be written");
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({
+                    "error": "the audit log could not be written, so the request was not carried out; try again later"
+                })),
+            )
+                .into_response()
+        })
+    }
+
     /// Records an event about a request that is refused anyway (a bad signature): in the
     /// background, a failure only logged (failing an already refused request changes nothing).
     pub fn record_in_background(self: &Arc<Self>, event: AuditEvent) {
