@@ -518,6 +518,21 @@ pub fn verify(keys: &AuditKeys, rows: &mut dyn AuditRows) -> Result<Verification
     };
     out.head_seq = head.seq;
     if !head.is_genesis() && !head_ok(keys, &head) {
+        // Most often the wrong key is loaded: say so when the records name another one.
+        if let Some(first) = rows.audit_records(0, 1)?.first()
+            && first.key_id != keys.id()
+        {
+            out.finding = Some(found(
+                Some(first.seq),
+                FindingKind::WrongKey,
+                format!(
+                    "the records were sealed under audit key `{}`, but the loaded key is {}: load the key that sealed them (or a record was edited)",
+                    super::details::shown(&first.key_id),
+                    keys.id()
+                ),
+            ));
+            return Ok(out);
+        }
         out.finding = Some(found(
             None,
             FindingKind::HeadAltered,
