@@ -760,3 +760,39 @@ fn a_shared_postgres_pool_and_a_second_replica_make_one_chain() {
     let v = log().verify(&mut s).unwrap();
     assert_eq!((v.records, v.head_seq, v.finding), (80, 80, None));
 }
+
+/// `telbase audit verify` on a live server: appends (and a prune) while verifying are not
+/// findings.
+#[test]
+fn verifying_while_others_append_and_prune_finds_nothing() {
+    for ts in stores() {
+        let mut s = ts.open();
+        for i in 0..40 {
+            log().record(&mut s, &old_event(i, 200)).unwrap();
+        }
+        let location = ts.location();
+        let writer = std::thread::spawn(move || {
+            let mut s = telbase::store::open(&location).unwrap();
+            for i in 0..60 {
+                log().record(&mut s, &event(i)).unwrap();
+                if i == 30 {
+                    assert_eq!(log().prune(&mut s, Utc::now()).unwrap().pruned, 40);
+                }
+            }
+        });
+        let mut rounds = 0;
+        while !writer.is_finished() || rounds == 0 {
+            let v = log().verify(&mut s).unwrap();
+            assert_eq!(v.finding, None, "{}: round {rounds}", ts.name());
+            rounds += 1;
+        }
+        writer.join().unwrap();
+        let v = log().verify(&mut s).unwrap();
+        assert_eq!(
+            (v.finding, v.head_seq, v.records),
+            (None, 100, 60),
+            "{}",
+            ts.name()
+        );
+    }
+}

@@ -497,8 +497,36 @@ pub fn checkpoint(
 /// Records read per round trip while verifying.
 const BATCH: usize = 500;
 
+/// How often [`verify`] starts over when the log changed under it.
+const VERIFY_TRIES: usize = 3;
+
 /// Walks the head, the checkpoints and every record; the first problem, if any.
+///
+/// The walk is several reads, not one snapshot, and a live server keeps appending and may
+/// prune meanwhile: records appended after the head was read are followed by re-reading the
+/// head, and a finding made while a prune moved the head's checkpoint count is checked again
+/// from the start (a real finding stays; a prune in the middle of the walk does not count).
 pub fn verify(keys: &AuditKeys, rows: &mut dyn AuditRows) -> Result<Verification, AuditError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let before = rows.audit_head()?;
+        let v = verify_once(keys, rows)?;
+        if v.finding.is_none() || tries >= VERIFY_TRIES {
+            return Ok(v);
+        }
+        let after = rows.audit_head()?;
+        let pruned_meanwhile = match (&before, &after) {
+            (Some(b), Some(a)) => a.checkpoints != b.checkpoints,
+            _ => false,
+        };
+        if !pruned_meanwhile {
+            return Ok(v);
+        }
+    }
+}
+
+fn verify_once(keys: &AuditKeys, rows: &mut dyn AuditRows) -> Result<Verification, AuditError> {
     let mut out = Verification {
         key_id: keys.id().to_owned(),
         records: 0,
@@ -508,7 +536,7 @@ pub fn verify(keys: &AuditKeys, rows: &mut dyn AuditRows) -> Result<Verification
         finding: None,
     };
     let found = |seq: Option<i64>, kind: FindingKind, detail: String| Finding { seq, kind, detail };
-    let Some(head) = rows.audit_head()? else {
+    let Some(mut head) = rows.audit_head()? else {
         out.finding = Some(found(
             None,
             FindingKind::HeadAltered,
@@ -615,6 +643,17 @@ pub fn verify(keys: &AuditKeys, rows: &mut dyn AuditRows) -> Result<Verification
                 out.first_seq = r.seq;
             }
             out.records += 1;
+            if r.seq > head.seq {
+                // Appended since the head was read? Then a newer head covers it.
+                if let Some(newer) = rows.audit_head()?
+                    && newer.seq >= r.seq
+                    && newer.checkpoints == head.checkpoints
+                    && head_ok(keys, &newer)
+                {
+                    head = newer;
+                    out.head_seq = head.seq;
+                }
+            }
             if r.seq > head.seq {
                 out.finding = Some(found(
                     Some(r.seq),
