@@ -14,6 +14,7 @@
 
 pub mod abuse;
 pub mod apply;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod conformance;

@@ -102,8 +102,24 @@ fn unlock(args: &UnlockArgs) -> anyhow::Result<()> {
         _ => return Err(anyhow!("give --address or --account")),
     };
     let mut store = super::env::open_store()?;
-    // The audit log is connected by the server; here the event goes to the log.
-    let n = abuse::unlock(&mut store, &target, &LogEvents)?;
+    // An unlock is an access-control change: it goes into the security log when this
+    // machine has the audit key (as the server's does), else into this command's log.
+    let audit = crate::audit::AuditLog::from_env().context("the audit key")?;
+    let audit = audit.has_key().then_some(audit);
+    let collected = Collect(std::sync::Mutex::new(Vec::new()));
+    let sink: &dyn abuse::SecurityEvents = if audit.is_some() {
+        &collected
+    } else {
+        &LogEvents
+    };
+    let n = abuse::unlock(&mut store, &target, sink)?;
+    if let Some(log) = &audit {
+        let events = std::mem::take(&mut *collected.0.lock().unwrap_or_else(|e| e.into_inner()));
+        for e in events {
+            log.record(&mut store, &e)
+                .map_err(|e| anyhow!("unlocked, but the security log could not record it: {e}"))?;
+        }
+    }
     let (scope, key) = target.subject();
     if n == 0 {
         println!("no counter for {} {key}: nothing to unlock", scope.as_str());
@@ -111,4 +127,17 @@ fn unlock(args: &UnlockArgs) -> anyhow::Result<()> {
         println!("unlocked {} {key} ({n} counter(s))", scope.as_str());
     }
     Ok(())
+}
+
+/// Keeps the unlock's audit record until the store is free to write it (the unlock holds
+/// the store while it reports).
+struct Collect(std::sync::Mutex<Vec<crate::audit::AuditEvent>>);
+
+impl abuse::SecurityEvents for Collect {
+    fn record(&self, event: &abuse::SecurityEvent) -> Result<(), abuse::SecurityEventsError> {
+        let e = crate::serve::audit::from_abuse(event)
+            .map_err(|e| abuse::SecurityEventsError(e.to_string()))?;
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+        Ok(())
+    }
 }

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod abuse;
+pub mod audit;
 mod ci;
 mod demo;
 pub mod env;
@@ -72,6 +73,9 @@ pub enum Command {
     /// Open the sealed values in the environment and exec a command with their plaintexts
     /// (`telbase exec -- CMD ARGS…`; see docs/secrets.md).
     Exec(exec::ExecArgs),
+    /// The tamper-evident security log: verify, list, prune, keygen (see docs/audit.md).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +153,7 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => return serve::serve_cmd(&args),
         Command::Ci(args) => return ci::ci_cmd(&args),
         Command::Exec(args) => return exec::exec_cmd(&args),
+        Command::Audit(cmd) => return audit::audit_cmd(&cmd),
     };
     match result {
         Ok(code) => code,

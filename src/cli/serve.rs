@@ -115,6 +115,8 @@ fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
                 .flatten()
         })
         .context("--trusted-proxies (TELBASE_TRUSTED_PROXIES)")?,
+        audit: Some(crate::audit::AuditLog::from_env()?),
+        ..serve::EdgeConfig::default()
     })
 }
 

@@ -8,6 +8,7 @@
 //! The layout follows axum's and crates.io's: one `AppState` behind an `Arc`, handlers that
 //! only translate HTTP to calls on it, and blocking store calls moved off the async threads.
 
+pub mod audit;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
@@ -81,6 +82,8 @@ pub struct AppState {
     /// at once rather than at their next look at the queue (other replicas still look every
     /// half second).
     pub wake: Arc<tokio::sync::Notify>,
+    /// The security log (`crate::audit`): handlers record through it.
+    pub audit: Arc<audit::ServerAudit>,
 }
 
 /// Lets API handlers on this state take [`crate::abuse::Guard`].
@@ -118,6 +121,38 @@ fn problem(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({"error": message}))).into_response()
 }
 
+/// The audit event of a delivery refused for its signature. The event header is the
+/// sender's: kept only when it is a plain event name.
+fn webhook_signature_failed(
+    peer: std::net::IpAddr,
+    event: &str,
+    error: &dyn std::fmt::Display,
+) -> crate::audit::AuditEvent {
+    use crate::audit::{Action, Actor, AuditEvent, Details, Outcome};
+    let plain = !event.is_empty()
+        && event.len() <= 64
+        && event.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    AuditEvent::new(
+        Actor::anonymous("github-webhook-sender"),
+        Action::AUTH_WEBHOOK_SIGNATURE_FAILED,
+        Outcome::Failure,
+    )
+    .from(peer)
+    .on("webhook", "github")
+    .with(
+        Details::new()
+            .text(
+                "event",
+                if plain {
+                    event
+                } else {
+                    "(not a GitHub event name)"
+                },
+            )
+            .text("reason", error.to_string()),
+    )
+}
+
 /// GitHub's delivery ids are GUIDs; anything else is refused before it reaches the store.
 fn valid_delivery_id(id: &str) -> bool {
     !id.is_empty()
@@ -143,6 +178,12 @@ async fn github_webhook(
         let address = app.abuse.client_address(peer.ip(), &headers);
         let locked = app.abuse.webhook_failure(address).await;
         tracing::warn!(error = %e, peer = %peer.ip(), %address, throttled = locked.is_some(), "webhook refused");
+        if locked.is_none() {
+            // Refusals of a locked address are not recorded one by one (the lock itself is,
+            // as an anomaly): one attacker cannot turn a flood into as many audit writes.
+            app.audit
+                .record_in_background(webhook_signature_failed(address, &event, &e));
+        }
         if let Some(wait) = locked {
             app.metrics.delivery(&event, "throttled");
             return crate::abuse::http::too_many(
@@ -338,6 +379,11 @@ pub struct EdgeConfig {
     pub run_list: bool,
     /// Trusted proxies, lockout rules, rate limits and the security-events sink.
     pub abuse: crate::abuse::AbuseConfig,
+    /// The security log's keys and retention (`crate::audit::AuditLog::from_env`); `None`: a
+    /// log without a key, which records nothing and says so in the server's log.
+    pub audit: Option<crate::audit::AuditLog>,
+    /// How often the leader applies the audit retention (`None`: never; default daily).
+    pub audit_prune_every: Option<std::time::Duration>,
 }
 
 impl Default for EdgeConfig {
@@ -351,6 +397,8 @@ impl Default for EdgeConfig {
             notify: None,
             run_list: false,
             abuse: crate::abuse::AbuseConfig::default(),
+            audit: None,
+            audit_prune_every: Some(std::time::Duration::from_secs(24 * 60 * 60)),
         }
     }
 }
@@ -390,6 +438,25 @@ pub fn rotate_if_due(
         "master key rotated on schedule"
     );
     Ok(true)
+}
+
+/// Records a scheduled master-key rotation as an administrative action (the rotation has
+/// happened either way: a failure to record is logged).
+fn record_rotation(audit: &audit::ServerAudit, rotation: &KeyRotation) {
+    use crate::audit::{Action, Actor, AuditEvent, Outcome, SecurityEvents as _};
+    let current = crate::secrets::envelope::read_keyring_file(&rotation.keyring)
+        .ok()
+        .and_then(|k| k.current().map(|c| c.id.clone()))
+        .unwrap_or_else(|| "unknown".into());
+    let event = AuditEvent::new(
+        Actor::system("key-rotation"),
+        Action::ADMIN_KEY_ROTATED,
+        Outcome::Success,
+    )
+    .on("master_key", current);
+    if let Err(e) = audit.record(event) {
+        tracing::error!(error = %e, "the key rotation could not be written to the audit log");
+    }
 }
 
 /// Why the server could not start.
@@ -480,10 +547,24 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         .clone()
         .map(|n| notify::Notifier::start(n, rx.clone()))
         .transpose()?;
+    let audit_log = edge.audit.clone().unwrap_or_else(|| {
+        tracing::warn!("no audit key (TELBASE_AUDIT_KEY_FILE or TELBASE_AUDIT_KEY): security events are refused, not recorded unprotected; see docs/audit.md");
+        crate::audit::AuditLog::without_key()
+    });
+    let audit = Arc::new(audit::ServerAudit {
+        log: audit_log,
+        queue: queue.clone(),
+    });
+    // Abuse protection's anomalies and unlocks go into the audit log, unless a caller gave
+    // it another sink.
+    let mut abuse_config = edge.abuse.clone();
+    if abuse_config.events.is_none() {
+        abuse_config.events = Some(audit.clone() as Arc<dyn crate::abuse::SecurityEvents>);
+    }
     let abuse = Arc::new(
         crate::abuse::Abuse::new(
             queue.clone() as Arc<dyn crate::abuse::AbuseDb>,
-            edge.abuse.clone(),
+            abuse_config,
         )
         .with_notifier(notifier.clone())
         .with_metrics(metrics.clone()),
@@ -522,6 +603,7 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         abuse: abuse.clone(),
         uptime: board.clone(),
         wake: wake.clone(),
+        audit: audit.clone(),
     });
     let app = router(state).merge(runs::router(
         queue.clone(),
@@ -556,17 +638,18 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
     uptime::spawn(board.clone(), &edge.uptime, rx.clone()).map_err(ServeError::Uptime)?;
     if let Some(rotation) = config.key_rotation.clone() {
         let location = config.store.clone();
-        let (queue, mut stop) = (queue.clone(), rx.clone());
+        let (queue, mut stop, audit) = (queue.clone(), rx.clone(), audit.clone());
         tokio::spawn(async move {
             loop {
                 let (r, l) = (rotation.clone(), location.clone());
                 let leads = leads(&queue).await;
+                let audit = audit.clone();
                 match tokio::task::spawn_blocking(move || {
-                    if leads {
-                        rotate_if_due(&r, &l)
-                    } else {
-                        Ok(false)
+                    let rotated = leads && rotate_if_due(&r, &l)?;
+                    if rotated {
+                        record_rotation(&audit, &r);
                     }
+                    Ok::<bool, String>(rotated)
                 })
                 .await
                 {
@@ -579,6 +662,29 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
                 tokio::select! {
                     _ = tokio::time::sleep(rotation.check) => {}
                     _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
+    if let Some(every) = edge.audit_prune_every {
+        let (queue, audit, mut stop) = (queue.clone(), audit.clone(), rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                // One replica prunes (the prune itself is serialized by the chain head lock).
+                if audit.log.keys().is_err() || !leads(&queue).await {
+                    continue;
+                }
+                let a = audit.clone();
+                match tokio::task::spawn_blocking(move || a.prune_now(chrono::Utc::now())).await {
+                    Ok(Ok(r)) => tracing::info!(pruned = r.pruned, "audit retention applied"),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "the audit retention prune failed; it runs again next time")
+                    }
+                    Err(e) => tracing::error!(error = %e, "the audit retention task failed"),
                 }
             }
         });

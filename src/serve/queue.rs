@@ -56,6 +56,17 @@ impl StoreQueue {
         }
     }
 
+    /// Runs `f` on the store's audit rows (blocking: call it from a blocking thread).
+    pub fn with_audit<T>(
+        &self,
+        f: impl FnOnce(&mut dyn crate::audit::AuditRows) -> Result<T, crate::audit::AuditError>,
+    ) -> Result<T, crate::audit::AuditError> {
+        match &self.0 {
+            Backend::Sqlite(m) => f(&mut *m.lock().unwrap_or_else(|e| e.into_inner())),
+            Backend::Postgres(p) => f(&mut p.clone()),
+        }
+    }
+
     /// Whether this process runs the periodic tasks (polling, drift schedules, key
     /// rotation). SQLite: always (its tasks are idempotent through their delivery ids, and
     /// rotation has its own lock). PostgreSQL: only the replica holding the leader lock.

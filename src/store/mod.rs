@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod abuse;
+pub mod audit;
 pub mod postgres;
 pub mod runs;
 pub mod sqlite;

@@ -23,6 +23,8 @@
 //! number as SQLite's (BIGINT for integers, BYTEA for blobs, TEXT for RFC 3339 times, as the
 //! row types carry them), and implement its methods on [`PostgresStore`] below the queue.
 
+mod audit;
+
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
@@ -154,6 +156,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ",
     ),
     (6, "abuse counters", super::abuse::PG_MIGRATION),
+    (7, "audit log", super::audit::POSTGRES_MIGRATION),
 ];
 
 /// The newest PostgreSQL schema version this Telbase knows.

@@ -124,6 +124,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (5, "run records", super::runs::MIGRATION),
     (6, "abuse counters", super::abuse::MIGRATION),
+    (7, "audit log", super::audit::SQLITE_MIGRATION),
 ];
 
 /// The newest schema version this Telbase knows.
