@@ -16,6 +16,7 @@ pub mod apply;
 pub mod cli;
 pub mod config;
 pub mod conformance;
+pub mod control;
 pub mod emulator;
 pub mod gha;
 pub mod github;

@@ -68,6 +68,15 @@ pub enum Command {
     /// Open the sealed values in the environment and exec a command with their plaintexts
     /// (`telbase exec -- CMD ARGS…`; see docs/secrets.md).
     Exec(exec::ExecArgs),
+    /// Sign in to a Telbase server with the device flow (see docs/control-plane.md).
+    Login(crate::control::cli::LoginArgs),
+    /// Sign out: revoke the login on the server and delete it here.
+    Logout,
+    /// Who the stored login is, and their teams and roles.
+    Whoami,
+    /// Control-plane teams on the store: `team create NAME --owner EMAIL`.
+    #[command(subcommand)]
+    Team(crate::control::cli::TeamCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,6 +153,10 @@ pub fn run() -> ExitCode {
         Command::Serve(args) => return serve::serve_cmd(&args),
         Command::Ci(args) => return ci::ci_cmd(&args),
         Command::Exec(args) => return exec::exec_cmd(&args),
+        Command::Login(args) => crate::control::cli::login_cmd(&args),
+        Command::Logout => crate::control::cli::logout_cmd(),
+        Command::Whoami => crate::control::cli::whoami_cmd(),
+        Command::Team(cmd) => crate::control::cli::team_cmd(&cmd),
     };
     match result {
         Ok(code) => code,

@@ -68,6 +68,10 @@ pub struct ServeArgs {
     /// it hands run ids (the only key to a run page) to anyone who can reach the server.
     #[arg(long, env = "TELBASE_RUN_LIST")]
     pub run_list: bool,
+    /// Serve the control plane's `/api/v1` (teams, tokens, sessions, `telbase login`); its
+    /// key comes from TELBASE_CONTROL_KEY_FILE or TELBASE_CONTROL_KEY (docs/control-plane.md).
+    #[arg(long, env = "TELBASE_CONTROL_PLANE")]
+    pub control_plane: bool,
 }
 
 /// TLS, uptime and notification settings.
@@ -105,6 +109,13 @@ fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
         },
         notify,
         run_list: args.run_list,
+        control: if args.control_plane {
+            Some(serve::ControlConfig {
+                key: crate::control::secrets::ServerKey::from_vars(|k| std::env::var(k).ok())?,
+            })
+        } else {
+            None
+        },
     })
 }
 

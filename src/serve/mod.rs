@@ -359,6 +359,15 @@ pub struct EdgeConfig {
     /// Serve `GET /runs?repo=…`, the list of a repository's runs. Off by default: the list
     /// hands out run ids (the only key to a run page) to anyone who can reach the server.
     pub run_list: bool,
+    /// Mount the control plane's `/api/v1` (users, teams, tokens, sessions, device login;
+    /// see `crate::control`). Off by default.
+    pub control: Option<ControlConfig>,
+}
+
+/// The control plane's settings: the key its stored hashes are made with.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub key: crate::control::secrets::ServerKey,
 }
 
 impl Default for EdgeConfig {
@@ -371,6 +380,7 @@ impl Default for EdgeConfig {
             },
             notify: None,
             run_list: false,
+            control: None,
         }
     }
 }
@@ -538,6 +548,23 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         edge.run_list,
         Some(board.clone()),
     ));
+    let app = match &edge.control {
+        Some(c) => {
+            let public = config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            let secure = https.is_some() || public.starts_with("https://");
+            let state = crate::control::api::ControlState::new(
+                crate::store::open(&config.store)?,
+                c.key.clone(),
+                public,
+                secure,
+            );
+            app.merge(crate::control::api::router(Arc::new(state)))
+        }
+        None => app,
+    };
     let mut stop_http = rx.clone();
     let stopped = async move {
         let _ = stop_http.wait_for(|s| *s).await;

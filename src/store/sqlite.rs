@@ -123,6 +123,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ",
     ),
     (5, "run records", super::runs::MIGRATION),
+    (6, "control plane identity", crate::control::db::MIGRATION),
 ];
 
 /// The newest schema version this Telbase knows.
@@ -132,7 +133,7 @@ pub fn latest_version() -> i64 {
 
 /// An open SQLite store.
 pub struct SqliteStore {
-    pub(super) conn: Connection,
+    pub(crate) conn: Connection,
     pub(super) path: PathBuf,
 }
 
@@ -206,7 +207,7 @@ impl SqliteStore {
             .map_err(|e| self.err(e))
     }
 
-    pub(super) fn err(&self, source: rusqlite::Error) -> StoreError {
+    pub(crate) fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.display().to_string(),
             error: source,
