@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::model::{self, Refreshed};
+use super::openapi as doc;
 use super::roles::{self, Action, Role};
 use super::secrets::{self, Kind, ServerKey};
 use super::{SecurityEvent, SecurityEvents};
@@ -58,6 +59,7 @@ const fn r(method: &'static str, path: &'static str, action: Option<Action>) -> 
 /// Every `/api/v1` route. The router is checked against this list in a test, and the role
 /// matrix test enumerates it.
 pub const ROUTES: &[RouteSpec] = &[
+    r("GET", "/api/v1/openapi.json", None),
     r("POST", "/api/v1/oauth/device_authorization", None),
     r("POST", "/api/v1/oauth/token", None),
     r("POST", "/api/v1/oauth/revoke", None),
@@ -313,7 +315,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for OForm<T>
 }
 
 /// How a principal proved who they are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Via {
     /// A long-lived API token (by id) bound to a team.
@@ -544,6 +546,7 @@ pub async fn authorize(
 /// The `/api/v1` router.
 pub fn router(app: App) -> Router {
     Router::new()
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route(
             "/api/v1/oauth/device_authorization",
             post(device_authorization),
@@ -579,6 +582,10 @@ pub fn router(app: App) -> Router {
         .with_state(app)
 }
 
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], doc::json()).into_response()
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }
@@ -593,8 +600,8 @@ async fn no_store(mut resp: Response) -> Response {
 
 // ---- OAuth: device authorization (RFC 8628), token (RFC 6749), revocation (RFC 7009) ----
 
-#[derive(Deserialize)]
-struct DeviceRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct DeviceRequest {
     client_id: String,
     #[serde(default)]
     scope: Option<String>,
@@ -606,7 +613,8 @@ fn valid_client_id(c: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-async fn device_authorization(
+#[utoipa::path(post, path = "/api/v1/oauth/device_authorization", tag = "oauth", security(()), request_body(content = DeviceRequest, content_type = "application/x-www-form-urlencoded"), responses((status = 200, description = "Codes for the device login (RFC 8628 3.2)", body = crate::control::openapi::DeviceAuthorization), (status = 400, description = "OAuth error", body = crate::control::openapi::OAuthErrorBody)))]
+pub(crate) async fn device_authorization(
     State(app): State<App>,
     OForm(body): OForm<DeviceRequest>,
 ) -> Result<Response, OAuthError> {
@@ -625,22 +633,22 @@ async fn device_authorization(
     .await?;
     let verify = format!("{}/device", app.public_url);
     let user_code = user.expose_secret().to_owned();
-    let mut resp = axum::Json(json!({
-        "device_code": device.expose_secret(),
-        "user_code": user_code,
-        "verification_uri": verify,
-        "verification_uri_complete": format!("{verify}?user_code={user_code}"),
-        "expires_in": model::DEVICE_TTL_MS / 1000,
-        "interval": model::DEVICE_INTERVAL_S,
-    }))
+    let mut resp = axum::Json(doc::DeviceAuthorization {
+        device_code: device.expose_secret().to_owned(),
+        verification_uri_complete: format!("{verify}?user_code={user_code}"),
+        user_code,
+        verification_uri: verify,
+        expires_in: model::DEVICE_TTL_MS / 1000,
+        interval: model::DEVICE_INTERVAL_S,
+    })
     .into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }
 
-#[derive(Deserialize)]
-struct TokenRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct TokenRequest {
     grant_type: String,
     #[serde(default)]
     device_code: Option<String>,
@@ -653,19 +661,20 @@ struct TokenRequest {
 pub const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
 
 fn grant_response(g: &model::Grant) -> Response {
-    let mut resp = axum::Json(json!({
-        "access_token": g.access.expose_secret(),
-        "token_type": "Bearer",
-        "expires_in": g.expires_in,
-        "refresh_token": g.refresh.expose_secret(),
-    }))
+    let mut resp = axum::Json(doc::TokenAnswer {
+        access_token: g.access.expose_secret().to_owned(),
+        token_type: "Bearer".into(),
+        expires_in: g.expires_in,
+        refresh_token: g.refresh.expose_secret().to_owned(),
+    })
     .into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
-async fn token(
+#[utoipa::path(post, path = "/api/v1/oauth/token", tag = "oauth", security(()), request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"), responses((status = 200, description = "Tokens (RFC 6749 5.1)", body = crate::control::openapi::TokenAnswer), (status = 400, description = "OAuth error, e.g. authorization_pending or slow_down", body = crate::control::openapi::OAuthErrorBody)))]
+pub(crate) async fn token(
     State(app): State<App>,
     OForm(body): OForm<TokenRequest>,
 ) -> Result<Response, OAuthError> {
@@ -766,8 +775,8 @@ async fn token(
     }
 }
 
-#[derive(Deserialize)]
-struct RevokeRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct RevokeRequest {
     token: String,
     #[serde(default)]
     #[allow(dead_code)]
@@ -775,7 +784,8 @@ struct RevokeRequest {
 }
 
 /// RFC 7009: 200 whether or not the token was known (no oracle for token validity).
-async fn revoke(
+#[utoipa::path(post, path = "/api/v1/oauth/revoke", tag = "oauth", security(()), request_body(content = RevokeRequest, content_type = "application/x-www-form-urlencoded"), responses((status = 200, description = "Revoked, or was not a live token (RFC 7009)"), (status = 400, description = "OAuth error", body = crate::control::openapi::OAuthErrorBody)))]
+pub(crate) async fn revoke(
     State(app): State<App>,
     OForm(body): OForm<RevokeRequest>,
 ) -> Result<Response, OAuthError> {
@@ -802,8 +812,8 @@ async fn revoke(
     Ok(StatusCode::OK.into_response())
 }
 
-#[derive(Deserialize)]
-struct ApproveRequest {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct ApproveRequest {
     user_code: String,
     #[serde(default)]
     team: Option<String>,
@@ -817,7 +827,8 @@ fn yes() -> bool {
 
 /// The dashboard's approval of a device login. User codes have ~34.6 bits, so entry is
 /// limited: [`APPROVE_FAILURES`] wrong codes per user and per address per window.
-async fn approve(
+#[utoipa::path(post, path = "/api/v1/device/approve", tag = "device", request_body = ApproveRequest, responses((status = 200, description = "Approved or denied", body = crate::control::openapi::Approved), (status = 400, description = "Not a waiting code", body = crate::control::openapi::ErrorBody), (status = 404, description = "No such team of yours", body = crate::control::openapi::ErrorBody), (status = 429, description = "Too many wrong codes", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn approve(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
     Body(body): Body<ApproveRequest>,
@@ -901,30 +912,42 @@ async fn approve(
             outcome: "success",
         },
     )?;
-    Ok(axum::Json(json!({"approved": approve, "team": outcome})).into_response())
+    Ok(axum::Json(doc::Approved {
+        approved: approve,
+        team: outcome,
+    })
+    .into_response())
 }
 
 // ---- /me, tokens, sessions ----
 
-async fn me(
+#[utoipa::path(get, path = "/api/v1/me", tag = "identity", responses((status = 200, description = "Who you are", body = crate::control::openapi::Me), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn me(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
 ) -> Result<Response, ApiError> {
     let uid = p.user.id.clone();
     let teams = db(&app, move |s, _| model::memberships_of(s, &uid)).await?;
-    Ok(axum::Json(json!({
-        "user": p.user,
-        "teams": teams.iter().map(|(t, r)| json!({"name": t.name, "role": r})).collect::<Vec<_>>(),
-        "via": p.via,
-    }))
+    Ok(axum::Json(doc::Me {
+        user: p.user,
+        teams: teams
+            .into_iter()
+            .map(|(t, role)| doc::TeamRole { name: t.name, role })
+            .collect(),
+        via: p.via,
+    })
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// `next_cursor` of the previous page.
     #[serde(default)]
     cursor: Option<String>,
+    /// Items per page, 1 to 200 (default 50).
     #[serde(default)]
+    #[param(value_type = Option<u32>)]
     limit: Option<String>,
 }
 
@@ -953,15 +976,15 @@ impl Page {
     }
 }
 
-/// A page: `items`, and `next_cursor` when there may be more.
-fn page<T: Serialize>(items: Vec<T>, limit: i64, id: impl Fn(&T) -> String) -> Response {
-    let next = (items.len() as i64 == limit)
+/// The cursor of the page after `items`, when there may be more.
+fn next_cursor<T>(items: &[T], limit: i64, id: impl Fn(&T) -> String) -> Option<String> {
+    (items.len() as i64 == limit)
         .then(|| items.last().map(|l| secrets::encode_cursor(&id(l))))
-        .flatten();
-    axum::Json(json!({"items": items, "next_cursor": next})).into_response()
+        .flatten()
 }
 
-async fn list_tokens(
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", params(Page), responses((status = 200, description = "Your API tokens", body = crate::control::openapi::TokenPage), (status = 400, description = "Bad cursor or limit", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn list_tokens(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
     Query(q): Query<Page>,
@@ -969,12 +992,17 @@ async fn list_tokens(
     let (after, limit) = q.parse()?;
     let uid = p.user.id.clone();
     let rows = db(&app, move |s, _| model::tokens_of(s, &uid, &after, limit)).await?;
-    Ok(page(rows, limit, |t| t.id.clone()))
+    let next_cursor = next_cursor(&rows, limit, |t| t.id.clone());
+    Ok(axum::Json(doc::TokenPage {
+        items: rows,
+        next_cursor,
+    })
+    .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateToken {
+pub struct CreateToken {
     name: String,
     team: String,
     #[serde(default)]
@@ -983,7 +1011,8 @@ struct CreateToken {
     expires_in_days: Option<u32>,
 }
 
-async fn create_token(
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken, responses((status = 201, description = "Created; the secret is shown once", body = crate::control::openapi::CreatedToken), (status = 400, description = "Bad request", body = crate::control::openapi::ErrorBody), (status = 404, description = "No such team of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn create_token(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
     Body(body): Body<CreateToken>,
@@ -1045,12 +1074,16 @@ async fn create_token(
     )?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(json!({"token": out.0, "secret": out.1.expose_secret()})),
+        axum::Json(doc::CreatedToken {
+            secret: out.1.expose_secret().to_owned(),
+            token: out.0,
+        }),
     )
         .into_response())
 }
 
-async fn revoke_token(
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "Token id")), responses((status = 204, description = "Revoked"), (status = 404, description = "No such token of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn revoke_token(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
     Path(id): Path<String>,
@@ -1088,7 +1121,8 @@ async fn revoke_token(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list_sessions(
+#[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", params(Page), responses((status = 200, description = "Your live sessions", body = crate::control::openapi::SessionPage), (status = 400, description = "Bad cursor or limit", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn list_sessions(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
     Query(q): Query<Page>,
@@ -1100,10 +1134,16 @@ async fn list_sessions(
         model::sessions_of(s, &uid, now, &after, limit)
     })
     .await?;
-    Ok(page(rows, limit, |t| t.id.clone()))
+    let next_cursor = next_cursor(&rows, limit, |t| t.id.clone());
+    Ok(axum::Json(doc::SessionPage {
+        items: rows,
+        next_cursor,
+    })
+    .into_response())
 }
 
-async fn revoke_session(
+#[utoipa::path(delete, path = "/api/v1/sessions/{id}", tag = "sessions", params(("id" = String, Path, description = "Session id")), responses((status = 204, description = "Revoked"), (status = 404, description = "No such session of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn revoke_session(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
     Path(id): Path<String>,
@@ -1126,7 +1166,8 @@ async fn revoke_session(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn revoke_all(
+#[utoipa::path(post, path = "/api/v1/sessions/revoke-all", tag = "sessions", responses((status = 200, description = "Every session and CLI login revoked", body = crate::control::openapi::Revoked), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn revoke_all(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
 ) -> Result<Response, ApiError> {
@@ -1143,7 +1184,7 @@ async fn revoke_all(
             outcome: "success",
         },
     )?;
-    Ok(axum::Json(json!({"revoked": n})).into_response())
+    Ok(axum::Json(doc::Revoked { revoked: n }).into_response())
 }
 
 // ---- members ----
@@ -1155,7 +1196,8 @@ fn team_of(p: &Principal) -> Result<(model::Team, Role), ApiError> {
     }
 }
 
-async fn list_members(
+#[utoipa::path(get, path = "/api/v1/teams/{team}/members", tag = "members", params(("team" = String, Path, description = "Team name"), Page), responses((status = 200, description = "Members", body = crate::control::openapi::MemberPage), (status = 400, description = "Bad cursor or limit", body = crate::control::openapi::ErrorBody), (status = 404, description = "No such team of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn list_members(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
     Query(q): Query<Page>,
@@ -1163,12 +1205,17 @@ async fn list_members(
     let (after, limit) = q.parse()?;
     let (team, _) = team_of(&p)?;
     let rows = db(&app, move |s, _| model::members(s, &team.id, &after, limit)).await?;
-    Ok(page(rows, limit, |m| m.user.id.clone()))
+    let next_cursor = next_cursor(&rows, limit, |m| m.user.id.clone());
+    Ok(axum::Json(doc::MemberPage {
+        items: rows,
+        next_cursor,
+    })
+    .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Invite {
+pub struct Invite {
     email: String,
     role: Role,
     #[serde(default)]
@@ -1182,7 +1229,8 @@ fn valid_email(e: &str) -> bool {
         })
 }
 
-async fn invite_member(
+#[utoipa::path(post, path = "/api/v1/teams/{team}/members", tag = "members", params(("team" = String, Path, description = "Team name")), request_body = Invite, responses((status = 201, description = "Added", body = model::Member), (status = 400, description = "Bad request", body = crate::control::openapi::ErrorBody), (status = 404, description = "No such team of yours", body = crate::control::openapi::ErrorBody), (status = 409, description = "Already a member", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn invite_member(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
     Body(body): Body<Invite>,
@@ -1236,13 +1284,14 @@ async fn invite_member(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ChangeRole {
+pub struct ChangeRole {
     role: Role,
 }
 
-async fn change_role(
+#[utoipa::path(patch, path = "/api/v1/teams/{team}/members/{user}", tag = "members", params(("team" = String, Path, description = "Team name"), ("user" = String, Path, description = "User id")), request_body = ChangeRole, responses((status = 200, description = "Changed", body = crate::control::openapi::RoleChanged), (status = 404, description = "No such team or member", body = crate::control::openapi::ErrorBody), (status = 409, description = "The last Owner", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn change_role(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
     Path((_, user)): Path<(String, String)>,
@@ -1275,10 +1324,11 @@ async fn change_role(
             outcome: "success",
         },
     )?;
-    Ok(axum::Json(json!({"user": user, "role": role})).into_response())
+    Ok(axum::Json(doc::RoleChanged { user, role }).into_response())
 }
 
-async fn remove_member(
+#[utoipa::path(delete, path = "/api/v1/teams/{team}/members/{user}", tag = "members", params(("team" = String, Path, description = "Team name"), ("user" = String, Path, description = "User id")), responses((status = 204, description = "Removed"), (status = 404, description = "No such team or member", body = crate::control::openapi::ErrorBody), (status = 409, description = "The last Owner", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn remove_member(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
     Path((_, user)): Path<(String, String)>,

@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod db;
 pub mod model;
+pub mod openapi;
 pub mod roles;
 pub mod secrets;
 

@@ -23,27 +23,27 @@ pub const DEVICE_TTL_MS: i64 = 15 * 60 * 1000;
 /// The first polling interval (RFC 8628 3.2 default).
 pub const DEVICE_INTERVAL_S: i64 = 5;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
     pub email: String,
     pub display_name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Team {
     pub id: String,
     pub name: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Member {
     pub user: User,
     pub role: Role,
 }
 
 /// A bearer token's row (never its secret).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct TokenRow {
     pub id: String,
     pub kind: String,
@@ -60,7 +60,7 @@ pub struct TokenRow {
     pub revoked_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct SessionRow {
     pub id: String,
     pub user_id: String,
