@@ -1368,3 +1368,42 @@ pub(crate) async fn remove_member(
 pub fn method_of(spec: &RouteSpec) -> Method {
     Method::from_bytes(spec.method.as_bytes()).unwrap_or(Method::GET)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_cookies_are_locked_down() {
+        let secret = secrets::new_secret(Kind::Session);
+        let tls = session_cookie(&secret, true);
+        assert!(tls.starts_with("__Host-telbase_session=tlb_ses_"));
+        for attr in ["; Path=/", "; HttpOnly", "; SameSite=Lax", "; Secure"] {
+            assert!(tls.contains(attr), "{attr} missing: {tls}");
+        }
+        // No Domain: `__Host-` cookies must not have one, and browsers refuse them if they do.
+        assert!(!tls.contains("Domain"));
+        let plain = session_cookie(&secret, false);
+        assert!(plain.starts_with("telbase_session=") && !plain.contains("Secure"));
+        assert!(plain.contains("; HttpOnly") && plain.contains("; SameSite=Lax"));
+    }
+
+    #[test]
+    fn every_route_names_a_method_axum_knows() {
+        for r in ROUTES {
+            assert_eq!(method_of(r).as_str(), r.method);
+            assert!(r.path.starts_with("/api/v1/"));
+        }
+    }
+
+    #[test]
+    fn cookies_are_read_by_exact_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("x_telbase_session=a; telbase_session=b"),
+        );
+        assert_eq!(cookie(&h, "telbase_session"), Some("b"));
+        assert_eq!(cookie(&h, "__Host-telbase_session"), None);
+    }
+}

@@ -132,6 +132,49 @@ impl Modify for Security {
                     .build(),
             ),
         );
+        let errors = |desc: &str, oauth: bool| {
+            utoipa::openapi::ResponseBuilder::new()
+                .description(desc)
+                .content(
+                    "application/json",
+                    utoipa::openapi::ContentBuilder::new()
+                        .schema(Some(utoipa::openapi::Ref::from_schema_name(if oauth {
+                            "OAuthErrorBody"
+                        } else {
+                            "ErrorBody"
+                        })))
+                        .build(),
+                )
+                .build()
+        };
+        // What any operation may also answer: the store not answering (503), and for those
+        // with a body, a body too large (413), unreadable (400) or not JSON (415).
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let oauth = path.starts_with("/api/v1/oauth/");
+            for op in [
+                item.get.as_mut(),
+                item.post.as_mut(),
+                item.patch.as_mut(),
+                item.delete.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let r = &mut op.responses.responses;
+                let mut add = |code: &str, desc: &str| {
+                    r.entry(code.to_owned())
+                        .or_insert_with(|| errors(desc, oauth).into());
+                };
+                add("503", "The store did not answer; try again");
+                if op.request_body.is_some() {
+                    add("400", "Malformed body");
+                    add("413", "Body larger than 16 KiB");
+                    if !oauth {
+                        add("415", "Body is not JSON");
+                    }
+                }
+            }
+        }
         c.add_security_scheme(
             "session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
