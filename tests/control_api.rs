@@ -1139,3 +1139,92 @@ fn debug_output_never_shows_a_secret() {
     };
     assert!(!format!("{c:?}").contains("tlb_"));
 }
+
+/// Collects events; fails every record when `broken`.
+#[derive(Default)]
+struct Events {
+    seen: std::sync::Mutex<Vec<telbase::control::SecurityEvent>>,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl telbase::control::SecurityEvents for Events {
+    fn record(&self, e: &telbase::control::SecurityEvent) -> Result<(), String> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err("the audit log is down".into());
+        }
+        self.seen.lock().unwrap().push(e.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_events_are_recorded_without_secrets_and_required() {
+    let ts = TestStore::Sqlite(tempfile::tempdir().unwrap());
+    let key = ServerKey::generate();
+    let mut s = ts.open();
+    let w = world(&mut s, &key);
+    let events = Arc::new(Events::default());
+    let mut state = ControlState::new(ts.open(), key.clone(), "http://t".into(), false);
+    state.events = events.clone();
+    let app = api::router(Arc::new(state));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let srv = Server {
+        base: format!("http://{addr}"),
+        clock: Arc::new(AtomicI64::new(NOW)),
+        http: reqwest::Client::new(),
+    };
+    let (st, body) = srv
+        .call(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(&w.tokens["owner"]),
+            Some(json!({"name": "ci", "team": "acme"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    let (st, _) = srv
+        .call(Method::GET, "/api/v1/me", Some("tlb_pat_wrong"), None)
+        .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    {
+        let seen = events.seen.lock().unwrap();
+        let create = seen
+            .iter()
+            .find(|e| e.action == "token.create")
+            .expect("token.create recorded");
+        assert_eq!(create.actor.as_deref(), Some(w.users["owner"].as_str()));
+        assert_eq!(create.address, "127.0.0.1");
+        assert_eq!(create.target.as_deref(), body["token"]["id"].as_str());
+        assert!(
+            seen.iter()
+                .any(|e| e.action == "auth.failure" && e.outcome == "failure")
+        );
+        let all = format!("{seen:?}");
+        assert!(
+            !all.contains(&secret) && !all.contains(&w.tokens["owner"]),
+            "a secret in an event"
+        );
+    }
+    // The audit log cannot be written: the administrative request fails.
+    events.broken.store(true, Ordering::SeqCst);
+    let (st, e) = srv
+        .call(
+            Method::POST,
+            "/api/v1/sessions/revoke-all",
+            Some(&w.tokens["owner"]),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(e["error"]["code"], "audit_unavailable");
+}

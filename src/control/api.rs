@@ -626,6 +626,8 @@ pub(crate) async fn device_authorization(
         return Err(oauth("invalid_scope", "scope too long"));
     }
     let now = app.now();
+    // ABUSE hook: unauthenticated, so creations per address belong under the general
+    // limiter; expired authorizations are deleted on every creation meanwhile.
     let (client, sc) = (body.client_id.clone(), scope.clone());
     let (device, user) = db(&app, move |s, key| {
         model::create_device(s, key, &client, &sc, now)
@@ -676,9 +678,11 @@ fn grant_response(g: &model::Grant) -> Response {
 #[utoipa::path(post, path = "/api/v1/oauth/token", tag = "oauth", security(()), request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"), responses((status = 200, description = "Tokens (RFC 6749 5.1)", body = crate::control::openapi::TokenAnswer), (status = 400, description = "OAuth error, e.g. authorization_pending or slow_down", body = crate::control::openapi::OAuthErrorBody)))]
 pub(crate) async fn token(
     State(app): State<App>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     OForm(body): OForm<TokenRequest>,
 ) -> Result<Response, OAuthError> {
     let now = app.now();
+    let address = address_of(peer);
     match body.grant_type.as_str() {
         DEVICE_GRANT => {
             let code = body
@@ -736,7 +740,7 @@ pub(crate) async fn token(
             let _ = app.events.record(&SecurityEvent {
                 action: "auth.device_login",
                 actor: None,
-                address: String::new(),
+                address: address.clone(),
                 target: None,
                 outcome: "success",
             });
@@ -757,7 +761,7 @@ pub(crate) async fn token(
                     let _ = app.events.record(&SecurityEvent {
                         action: "auth.refresh_reuse",
                         actor: None,
-                        address: String::new(),
+                        address: address.clone(),
                         target: None,
                         outcome: "failure",
                     });
@@ -787,9 +791,11 @@ pub struct RevokeRequest {
 #[utoipa::path(post, path = "/api/v1/oauth/revoke", tag = "oauth", security(()), request_body(content = RevokeRequest, content_type = "application/x-www-form-urlencoded"), responses((status = 200, description = "Revoked, or was not a live token (RFC 7009)"), (status = 400, description = "OAuth error", body = crate::control::openapi::OAuthErrorBody)))]
 pub(crate) async fn revoke(
     State(app): State<App>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     OForm(body): OForm<RevokeRequest>,
 ) -> Result<Response, OAuthError> {
     let now = app.now();
+    let address = address_of(peer);
     let t = body.token;
     db(&app, move |s, key| {
         if secrets::well_formed(Kind::Refresh, &t) {
@@ -809,7 +815,21 @@ pub(crate) async fn revoke(
         Ok(())
     })
     .await?;
+    let _ = app.events.record(&SecurityEvent {
+        action: "auth.logout",
+        actor: None,
+        address,
+        target: None,
+        outcome: "success",
+    });
     Ok(StatusCode::OK.into_response())
+}
+
+fn address_of(
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> String {
+    peer.map(|p| p.0.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
