@@ -200,7 +200,7 @@ async fn role_matrix_on_every_route() {
                 }
             }
         }
-        assert_eq!(checked, 64, "every route × role × team case ran");
+        assert_eq!(checked, 72, "every route × role × team case ran");
         // An Admin invites Members and Viewers, not Owners.
         let (st, body) = srv
             .call(
@@ -266,6 +266,7 @@ async fn call_route(
         ("GET", "/api/v1/me")
         | ("GET", "/api/v1/tokens")
         | ("GET", "/api/v1/sessions")
+        | ("GET", "/api/v1/logins")
         | ("POST", "/api/v1/sessions/revoke-all") => {
             if !own {
                 return (None, Value::Null, false);
@@ -302,6 +303,15 @@ async fn call_route(
                 model::create_session(&mut s, key, &w.users[owner], "test", "127.0.0.1", NOW)
                     .unwrap();
             (format!("/api/v1/sessions/{}", row.id), None)
+        }
+        ("DELETE", "/api/v1/logins/{id}") => {
+            let owner = if own { who } else { "eve" };
+            let t = model::team_by_name(&mut s, if own { "acme" } else { "other" })
+                .unwrap()
+                .unwrap();
+            let family = telbase::control::secrets::new_id();
+            model::issue_grant(&mut s, key, &family, &w.users[owner], &t.id, "cli", NOW).unwrap();
+            (format!("/api/v1/logins/{family}"), None)
         }
         ("GET", "/api/v1/teams/{team}/members") => (format!("/api/v1/teams/{team}/members"), None),
         ("POST", "/api/v1/teams/{team}/members") => (
@@ -569,6 +579,72 @@ async fn device_flow_refresh_rotation_reuse_and_revocation() {
             StatusCode::OK,
             "RFC 7009: unknown tokens are not an error"
         );
+
+        // The dashboard lists the viewer's CLI logins and revokes one.
+        let (_, start) = srv
+            .form(
+                "/api/v1/oauth/device_authorization",
+                &[("client_id", "telbase-cli")],
+            )
+            .await;
+        let d5 = start["device_code"].as_str().unwrap().to_owned();
+        srv.call(
+            Method::POST,
+            "/api/v1/device/approve",
+            Some(&w.tokens["viewer"]),
+            Some(json!({"user_code": start["user_code"]})),
+        )
+        .await;
+        let (_, tok5) = srv
+            .form(
+                "/api/v1/oauth/token",
+                &[
+                    ("grant_type", api::DEVICE_GRANT),
+                    ("device_code", &d5),
+                    ("client_id", "telbase-cli"),
+                ],
+            )
+            .await;
+        let a5 = tok5["access_token"].as_str().unwrap().to_owned();
+        let (st, list) = srv
+            .call(
+                Method::GET,
+                "/api/v1/logins",
+                Some(&w.tokens["viewer"]),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{list}");
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(
+            items.len(),
+            1,
+            "only the live login (the logged-out one is gone): {list}"
+        );
+        assert_eq!(items[0]["team"], "acme");
+        let id = items[0]["id"].as_str().unwrap();
+        let (st, _) = srv.call(Method::GET, "/api/v1/me", Some(&a5), None).await;
+        assert_eq!(st, StatusCode::OK);
+        let (st, _) = srv
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/logins/{id}"),
+                Some(&w.tokens["member"]),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "someone else's login");
+        let (st, _) = srv
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/logins/{id}"),
+                Some(&w.tokens["viewer"]),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+        let (st, _) = srv.call(Method::GET, "/api/v1/me", Some(&a5), None).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
 
         // An unapproved code expires after 15 minutes.
         let (_, start) = srv

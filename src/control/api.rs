@@ -87,6 +87,12 @@ pub const ROUTES: &[RouteSpec] = &[
         "/api/v1/sessions/revoke-all",
         Some(Action::ManageOwnSessions),
     ),
+    r("GET", "/api/v1/logins", Some(Action::ManageOwnSessions)),
+    r(
+        "DELETE",
+        "/api/v1/logins/{id}",
+        Some(Action::ManageOwnSessions),
+    ),
     r(
         "GET",
         "/api/v1/teams/{team}/members",
@@ -560,6 +566,8 @@ pub fn router(app: App) -> Router {
         .route("/api/v1/sessions", get(list_sessions))
         .route("/api/v1/sessions/{id}", delete(revoke_session))
         .route("/api/v1/sessions/revoke-all", post(revoke_all))
+        .route("/api/v1/logins", get(list_logins))
+        .route("/api/v1/logins/{id}", delete(revoke_login))
         .route(
             "/api/v1/teams/{team}/members",
             get(list_members).post(invite_member),
@@ -1205,6 +1213,51 @@ pub(crate) async fn revoke_all(
         },
     )?;
     Ok(axum::Json(doc::Revoked { revoked: n }).into_response())
+}
+
+#[utoipa::path(get, path = "/api/v1/logins", tag = "sessions", params(Page), responses((status = 200, description = "Your live CLI logins", body = crate::control::openapi::LoginPage), (status = 400, description = "Bad cursor or limit", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn list_logins(
+    State(app): State<App>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Query(q): Query<Page>,
+) -> Result<Response, ApiError> {
+    let (after, limit) = q.parse()?;
+    let now = app.now();
+    let uid = p.user.id.clone();
+    let rows = db(&app, move |s, _| {
+        model::logins_of(s, &uid, now, &after, limit)
+    })
+    .await?;
+    let next_cursor = next_cursor(&rows, limit, |t| t.id.clone());
+    Ok(axum::Json(doc::LoginPage {
+        items: rows,
+        next_cursor,
+    })
+    .into_response())
+}
+
+#[utoipa::path(delete, path = "/api/v1/logins/{id}", tag = "sessions", params(("id" = String, Path, description = "Login id")), responses((status = 204, description = "Revoked: its access and refresh tokens stop working"), (status = 404, description = "No such login of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+pub(crate) async fn revoke_login(
+    State(app): State<App>,
+    axum::Extension(p): axum::Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let now = app.now();
+    let (uid, lid) = (p.user.id.clone(), id.clone());
+    if !db(&app, move |s, _| model::revoke_login(s, &uid, &lid, now)).await? {
+        return Err(ApiError::not_found("login"));
+    }
+    record(
+        &app,
+        SecurityEvent {
+            action: "login.revoke",
+            actor: Some(p.user.id.clone()),
+            address: p.address.clone(),
+            target: Some(id),
+            outcome: "success",
+        },
+    )?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 // ---- members ----

@@ -899,3 +899,62 @@ pub fn record_failure(
     }
     Ok(())
 }
+
+/// A live CLI login (one device grant), for the list the dashboard shows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct LoginRow {
+    /// The grant's id (its refresh-token family).
+    pub id: String,
+    pub team: String,
+    /// When the login was approved (unix ms).
+    pub created_at: i64,
+    /// When its tokens were last refreshed (unix ms).
+    pub refreshed_at: i64,
+}
+
+/// A user's live CLI logins, by id after `after`.
+pub fn logins_of(
+    db: &mut impl Db,
+    user_id: &str,
+    now: i64,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<LoginRow>, StoreError> {
+    Ok(db
+        .rows(
+            "SELECT r.family, t.name, r.created_at,
+                    (SELECT MIN(x.created_at) FROM cp_refresh_tokens x WHERE x.family = r.family)
+             FROM cp_refresh_tokens r JOIN cp_teams t ON t.id = r.team_id
+             WHERE r.user_id = $1 AND r.used_at IS NULL AND r.revoked_at IS NULL
+               AND r.expires_at > $2 AND r.family > $3
+             ORDER BY r.family LIMIT $4",
+            &[V::from(user_id), V::I(now), V::from(after), V::I(limit)],
+        )?
+        .iter()
+        .map(|r| LoginRow {
+            id: r[0].text(),
+            team: r[1].text(),
+            refreshed_at: r[2].int(),
+            created_at: r[3].i().unwrap_or_else(|| r[2].int()),
+        })
+        .collect())
+}
+
+/// Revokes one of `user_id`'s CLI logins; `false` if it is not theirs (or not live).
+pub fn revoke_login(
+    db: &mut impl Db,
+    user_id: &str,
+    id: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let theirs = db
+        .row(
+            "SELECT 1 FROM cp_refresh_tokens WHERE family = $1 AND user_id = $2 AND revoked_at IS NULL LIMIT 1",
+            &[V::from(id), V::from(user_id)],
+        )?
+        .is_some();
+    if theirs {
+        revoke_family(db, id, now)?;
+    }
+    Ok(theirs)
+}

@@ -9,7 +9,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::api;
-use super::model::{Member, SessionRow, TokenRow, User};
+use super::model::{LoginRow, Member, SessionRow, TokenRow, User};
 use super::roles::Role;
 
 /// The one error shape of every `/api/v1` route except the OAuth endpoints.
@@ -82,6 +82,12 @@ pub struct TokenPage {
 #[derive(Serialize, ToSchema)]
 pub struct SessionPage {
     pub items: Vec<SessionRow>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoginPage {
+    pub items: Vec<LoginRow>,
     pub next_cursor: Option<String>,
 }
 
@@ -204,6 +210,8 @@ impl Modify for Security {
         api::list_sessions,
         api::revoke_session,
         api::revoke_all,
+        api::list_logins,
+        api::revoke_login,
         api::list_members,
         api::invite_member,
         api::change_role,
