@@ -877,26 +877,21 @@ pub fn failures(
         .unwrap_or((0, now + window_ms)))
 }
 
-/// Counts one failure of `key`.
+/// Counts one failure of `key`: one statement, so replicas counting at once neither lose a
+/// count nor collide on the key.
 pub fn record_failure(
     db: &mut impl Db,
     key: &str,
     now: i64,
     window_ms: i64,
 ) -> Result<(), StoreError> {
-    let (n, _) = failures(db, key, now, window_ms)?;
-    if n == 0 {
-        db.exec("DELETE FROM cp_failures WHERE key = $1", &[V::from(key)])?;
-        db.exec(
-            "INSERT INTO cp_failures (key, window_start, count) VALUES ($1, $2, 1)",
-            &[V::from(key), V::I(now)],
-        )?;
-    } else {
-        db.exec(
-            "UPDATE cp_failures SET count = count + 1 WHERE key = $1",
-            &[V::from(key)],
-        )?;
-    }
+    db.exec(
+        "INSERT INTO cp_failures (key, window_start, count) VALUES ($1, $2, 1)
+         ON CONFLICT (key) DO UPDATE SET
+           count = CASE WHEN cp_failures.window_start > $3 THEN cp_failures.count + 1 ELSE 1 END,
+           window_start = CASE WHEN cp_failures.window_start > $3 THEN cp_failures.window_start ELSE $2 END",
+        &[V::from(key), V::I(now), V::I(now - window_ms)],
+    )?;
     Ok(())
 }
 
