@@ -1304,3 +1304,114 @@ async fn security_events_are_recorded_without_secrets_and_required() {
     assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(e["error"]["code"], "audit_unavailable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_bound_token_stays_in_its_team_and_under_its_cap() {
+    for ts in stores() {
+        let key = ServerKey::generate();
+        let mut s = ts.open();
+        let w = world(&mut s, &key);
+        // The acme Owner is also an Owner of `other`.
+        let other = model::team_by_name(&mut s, "other").unwrap().unwrap();
+        let acme = model::team_by_name(&mut s, "acme").unwrap().unwrap();
+        model::add_member(&mut s, &other.id, &w.users["owner"], Role::Owner, NOW).unwrap();
+        let mk = |s: &mut Store, team: &str, user: &str, cap: Role| {
+            model::create_token(
+                s,
+                &key,
+                &NewToken {
+                    kind: Kind::Api,
+                    team_id: team,
+                    user_id: user,
+                    name: "x",
+                    role_cap: cap,
+                    family: None,
+                    expires_at: None,
+                },
+                NOW,
+            )
+            .unwrap()
+        };
+        let (other_row, _) = mk(&mut s, &other.id, &w.users["owner"], Role::Owner);
+        let (_, capped) = mk(&mut s, &acme.id, &w.users["owner"], Role::Viewer);
+        let capped = capped.expose_secret().to_owned();
+        let (_, session) =
+            model::create_session(&mut s, &key, &w.users["owner"], "ua", "127.0.0.1", NOW).unwrap();
+        let srv = serve(ts.open(), key.clone()).await;
+        let acme_token = Some(w.tokens["owner"].as_str());
+        let (st, _) = srv
+            .call(Method::GET, "/api/v1/teams/other/members", acme_token, None)
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND, "{}", ts.name());
+        let (st, _) = srv
+            .call(
+                Method::POST,
+                "/api/v1/tokens",
+                acme_token,
+                Some(json!({"name": "x", "team": "other"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        let (_, code) = model::create_device(&mut s, &key, "telbase-cli", "", NOW).unwrap();
+        let (st, _) = srv
+            .call(
+                Method::POST,
+                "/api/v1/device/approve",
+                acme_token,
+                Some(json!({"user_code": code.expose_secret(), "team": "other"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        let (_, list) = srv
+            .call(Method::GET, "/api/v1/tokens", acme_token, None)
+            .await;
+        assert!(
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["team_id"] == acme.id.as_str()),
+            "{list}"
+        );
+        let (st, _) = srv
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/tokens/{}", other_row.id),
+                acme_token,
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        // A Viewer-capped token of an Owner cannot revoke a Member's token.
+        let (st, _) = srv
+            .call(
+                Method::DELETE,
+                &format!("/api/v1/tokens/{}", w.token_ids["member"]),
+                Some(&capped),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        let (st, _) = srv
+            .call(
+                Method::GET,
+                "/api/v1/teams/acme/members",
+                Some(&capped),
+                None,
+            )
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "capped at Viewer");
+        // The browser session is not bound: it works in both teams.
+        let r = srv
+            .http
+            .delete(format!("{}/api/v1/tokens/{}", srv.base, other_row.id))
+            .header(
+                "cookie",
+                format!("telbase_session={}", session.expose_secret()),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+}

@@ -901,8 +901,14 @@ pub(crate) async fn approve(
             return fail(s, "this code expired or was already used");
         }
         let team = match (&body.team, bound) {
-            (Some(name), _) => match model::team_by_name(s, name)? {
-                Some(t) if model::role_in(s, &t.id, &user_id)?.is_some() => t,
+            // A token bound to one team cannot approve a login for another.
+            (Some(name), bound) => match model::team_by_name(s, name)? {
+                Some(t)
+                    if model::role_in(s, &t.id, &user_id)?.is_some()
+                        && bound.as_ref().is_none_or(|b| *b == t.id) =>
+                {
+                    t
+                }
                 _ => return Ok(Err(ApiError::not_found("team"))),
             },
             (None, Some(b)) => match model::team(s, &b)? {
@@ -1019,7 +1025,12 @@ pub(crate) async fn list_tokens(
 ) -> Result<Response, ApiError> {
     let (after, limit) = q.parse()?;
     let uid = p.user.id.clone();
-    let rows = db(&app, move |s, _| model::tokens_of(s, &uid, &after, limit)).await?;
+    // A team-bound token sees its own team's tokens only.
+    let team = p.bound_team().unwrap_or_default().to_owned();
+    let rows = db(&app, move |s, _| {
+        model::tokens_of(s, &uid, &team, &after, limit)
+    })
+    .await?;
     let next_cursor = next_cursor(&rows, limit, |t| t.id.clone());
     Ok(axum::Json(doc::TokenPage {
         items: rows,
@@ -1119,13 +1130,20 @@ pub(crate) async fn revoke_token(
     let now = app.now();
     let uid = p.user.id.clone();
     let tid = id.clone();
+    let bound = p.bound_team().map(|b| (b.to_owned(), p.role));
     let done = db(&app, move |s, _| {
         let Some(t) = model::token(s, &tid)? else {
             return Ok(false);
         };
-        let allowed = t.user_id == uid
-            || model::role_in(s, &t.team_id, &uid)?
-                .is_some_and(|r| roles::allows(r, Action::ManageAllTokens));
+        // A team-bound token acts in its team only, with its capped role; a session with
+        // the user's role in the token's team.
+        let role = match &bound {
+            Some((team, _)) if *team != t.team_id => return Ok(false),
+            Some((_, role)) => *role,
+            None => model::role_in(s, &t.team_id, &uid)?,
+        };
+        let allowed =
+            t.user_id == uid || role.is_some_and(|r| roles::allows(r, Action::ManageAllTokens));
         if !allowed || t.kind != "api" {
             return Ok(false);
         }

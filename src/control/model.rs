@@ -425,10 +425,11 @@ pub fn use_token(
     Ok(Some(t))
 }
 
-/// A user's long-lived API tokens, by id after `after`.
+/// A user's long-lived API tokens (of `team_id` only, unless empty), by id after `after`.
 pub fn tokens_of(
     db: &mut impl Db,
     user_id: &str,
+    team_id: &str,
     after: &str,
     limit: i64,
 ) -> Result<Vec<TokenRow>, StoreError> {
@@ -436,9 +437,10 @@ pub fn tokens_of(
         .rows(
             &format!(
                 "SELECT {TOKEN_COLUMNS} FROM cp_tokens WHERE user_id = $1 AND kind = 'api' AND id > $2
+                   AND ($4 = '' OR team_id = $4)
                  ORDER BY id LIMIT $3"
             ),
-            &[V::from(user_id), V::from(after), V::I(limit)],
+            &[V::from(user_id), V::from(after), V::I(limit), V::from(team_id)],
         )?
         .iter()
         .map(|r| token_of(r))
