@@ -18,6 +18,7 @@ pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod conformance;
+pub mod control;
 pub mod emulator;
 pub mod gha;
 pub mod github;

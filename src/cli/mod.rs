@@ -76,6 +76,15 @@ pub enum Command {
     /// The tamper-evident security log: verify, list, prune, keygen (see docs/audit.md).
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Sign in to a Telbase server with the device flow (see docs/control-plane.md).
+    Login(crate::control::cli::LoginArgs),
+    /// Sign out: revoke the login on the server and delete it here.
+    Logout,
+    /// Who the stored login is, and their teams and roles.
+    Whoami,
+    /// Control-plane teams on the store: `team create NAME --owner EMAIL`.
+    #[command(subcommand)]
+    Team(crate::control::cli::TeamCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -154,6 +163,10 @@ pub fn run() -> ExitCode {
         Command::Ci(args) => return ci::ci_cmd(&args),
         Command::Exec(args) => return exec::exec_cmd(&args),
         Command::Audit(cmd) => return audit::audit_cmd(&cmd),
+        Command::Login(args) => crate::control::cli::login_cmd(&args),
+        Command::Logout => crate::control::cli::logout_cmd(),
+        Command::Whoami => crate::control::cli::whoami_cmd(),
+        Command::Team(cmd) => crate::control::cli::team_cmd(&cmd),
     };
     match result {
         Ok(code) => code,

@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// is `X-Forwarded-For` believed for counting failures and rate limits (docs/abuse.md).
     #[arg(long, env = "TELBASE_TRUSTED_PROXIES", value_name = "CIDRS")]
     pub trusted_proxies: Option<String>,
+    /// Serve the control plane's `/api/v1` (teams, tokens, sessions, `telbase login`); its
+    /// key comes from TELBASE_CONTROL_KEY_FILE or TELBASE_CONTROL_KEY (docs/control-plane.md).
+    #[arg(long, env = "TELBASE_CONTROL_PLANE")]
+    pub control_plane: bool,
 }
 
 /// TLS, uptime and notification settings.
@@ -100,6 +104,14 @@ fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
         }
         None => None,
     };
+    let audit = crate::audit::AuditLog::from_env()?;
+    // Every control-plane action must be recorded (the must-write rule), so without the
+    // audit key the API would refuse everything: say so at the start instead.
+    if args.control_plane && !audit.has_key() {
+        anyhow::bail!(
+            "--control-plane needs the security log's key: set TELBASE_AUDIT_KEY_FILE (make one with `telbase audit keygen --out FILE`); see docs/audit.md"
+        );
+    }
     Ok(serve::EdgeConfig {
         tls,
         uptime: serve::uptime::UptimeConfig {
@@ -115,7 +127,14 @@ fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
                 .flatten()
         })
         .context("--trusted-proxies (TELBASE_TRUSTED_PROXIES)")?,
-        audit: Some(crate::audit::AuditLog::from_env()?),
+        audit: Some(audit),
+        control: if args.control_plane {
+            Some(serve::ControlConfig {
+                key: crate::control::secrets::ServerKey::from_vars(|k| std::env::var(k).ok())?,
+            })
+        } else {
+            None
+        },
         ..serve::EdgeConfig::default()
     })
 }

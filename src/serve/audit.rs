@@ -197,3 +197,49 @@ pub fn from_abuse(event: &crate::abuse::SecurityEvent) -> Result<AuditEvent, Aud
         .with(Details::new().number("counters", i64::try_from(*counters).unwrap_or(i64::MAX))),
     })
 }
+
+/// The control plane's security events (sign-ins, device logins, tokens, sessions, members
+/// and roles) go into the audit log. The control plane answers 503 when this fails: the
+/// must-write rule.
+impl crate::control::SecurityEvents for ServerAudit {
+    fn record(&self, event: &crate::control::SecurityEvent) -> Result<(), String> {
+        let event = from_control(event).map_err(|e| e.to_string())?;
+        SecurityEvents::record(self, event)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// One control-plane event as an audit record. Its action names (`token.create`,
+/// `member.role_change`, `device.approve`…) are filed under the security page's categories:
+/// devices and sign-ins are authentication, tokens, sessions and logins access control,
+/// members and roles administration.
+pub fn from_control(event: &crate::control::SecurityEvent) -> Result<AuditEvent, AuditError> {
+    let (first, rest) = event.action.split_once('.').unwrap_or((event.action, ""));
+    let (name, target_kind) = match first {
+        "auth" => (event.action.to_owned(), "user"),
+        "device" => (format!("auth.device_{rest}"), "device_login"),
+        "token" => (format!("access.token_{rest}"), "token"),
+        "session" => (format!("access.session_{rest}"), "session"),
+        "login" => (format!("access.login_{rest}"), "login"),
+        "member" => (format!("admin.member_{rest}"), "user"),
+        _ => (format!("api.{}", event.action.replace('.', "_")), "object"),
+    };
+    let actor = match &event.actor {
+        Some(id) => Actor::user(id.clone(), id.clone()),
+        None => Actor::anonymous(""),
+    };
+    let outcome = match event.outcome {
+        "success" => Outcome::Success,
+        "failure" => Outcome::Failure,
+        _ => Outcome::Denied,
+    };
+    let mut e = AuditEvent::new(actor, Action::new(&name)?, outcome);
+    if let Some(t) = &event.target {
+        e = e.on(target_kind, t.clone());
+    }
+    if let Ok(ip) = event.address.parse::<std::net::IpAddr>() {
+        e = e.from(ip);
+    }
+    Ok(e)
+}

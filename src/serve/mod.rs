@@ -384,6 +384,15 @@ pub struct EdgeConfig {
     pub audit: Option<crate::audit::AuditLog>,
     /// How often the leader applies the audit retention (`None`: never; default daily).
     pub audit_prune_every: Option<std::time::Duration>,
+    /// Mount the control plane's `/api/v1` (users, teams, tokens, sessions, device login;
+    /// see `crate::control`). Off by default.
+    pub control: Option<ControlConfig>,
+}
+
+/// The control plane's settings: the key its stored hashes are made with.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub key: crate::control::secrets::ServerKey,
 }
 
 impl Default for EdgeConfig {
@@ -399,6 +408,7 @@ impl Default for EdgeConfig {
             abuse: crate::abuse::AbuseConfig::default(),
             audit: None,
             audit_prune_every: Some(std::time::Duration::from_secs(24 * 60 * 60)),
+            control: None,
         }
     }
 }
@@ -610,6 +620,26 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         edge.run_list,
         Some(board.clone()),
     ));
+    let app = match &edge.control {
+        Some(c) => {
+            let public = config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            let secure = https.is_some() || public.starts_with("https://");
+            let mut state = crate::control::api::ControlState::new(
+                crate::store::open(&config.store)?,
+                c.key.clone(),
+                public,
+                secure,
+            );
+            // Its security events go into the audit log (refused without an audit key, so
+            // the control plane answers 503 rather than act unrecorded).
+            state.events = audit.clone();
+            app.merge(crate::control::api::router(Arc::new(state)))
+        }
+        None => app,
+    };
     let mut stop_http = rx.clone();
     let stopped = async move {
         let _ = stop_http.wait_for(|s| *s).await;

@@ -157,6 +157,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (6, "abuse counters", super::abuse::PG_MIGRATION),
     (7, "audit log", super::audit::POSTGRES_MIGRATION),
+    (8, "control plane identity", crate::control::db::MIGRATION),
 ];
 
 /// The newest PostgreSQL schema version this Telbase knows.
@@ -369,7 +370,7 @@ impl Drop for Conn<'_> {
     }
 }
 
-type Params<'a> = [&'a (dyn ToSql + Sync)];
+pub(crate) type Params<'a> = [&'a (dyn ToSql + Sync)];
 
 impl PostgresStore {
     /// Connects to `url` (TLS as [`PgUrl`]'s rule says), and brings the schema up to date.
@@ -528,12 +529,12 @@ impl PostgresStore {
         }
     }
 
-    fn execute(&self, sql: &str, params: &Params<'_>) -> Result<u64, StoreError> {
+    pub(crate) fn execute(&self, sql: &str, params: &Params<'_>) -> Result<u64, StoreError> {
         let c = self.conn()?;
         wait(c.execute(sql, params)).map_err(|e| self.err(e))
     }
 
-    fn query(
+    pub(crate) fn query(
         &self,
         sql: &str,
         params: &Params<'_>,

@@ -125,6 +125,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "run records", super::runs::MIGRATION),
     (6, "abuse counters", super::abuse::MIGRATION),
     (7, "audit log", super::audit::SQLITE_MIGRATION),
+    (8, "control plane identity", crate::control::db::MIGRATION),
 ];
 
 /// The newest schema version this Telbase knows.
@@ -134,7 +135,7 @@ pub fn latest_version() -> i64 {
 
 /// An open SQLite store.
 pub struct SqliteStore {
-    pub(super) conn: Connection,
+    pub(crate) conn: Connection,
     pub(super) path: PathBuf,
 }
 
@@ -208,7 +209,7 @@ impl SqliteStore {
             .map_err(|e| self.err(e))
     }
 
-    pub(super) fn err(&self, source: rusqlite::Error) -> StoreError {
+    pub(crate) fn err(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Sqlite {
             path: self.path.display().to_string(),
             error: source,

@@ -1,0 +1,337 @@
+//! The CLI side of the control plane: `telbase login` (the RFC 8628 device flow against a
+//! server), `telbase logout`, `telbase whoami`, and the bootstrap `telbase team create NAME
+//! --owner EMAIL` (on the store directly: a fresh server has no one to sign in yet).
+//!
+//! Tokens are kept in a 0600 file, `credentials.json` under the config directory
+//! (`$XDG_CONFIG_HOME/telbase`, else `~/.config/telbase`, created 0700), never in the main
+//! config. Not the OS keyring: the `keyring` crate brings a D-Bus secret-service stack on
+//! Linux (and platform crates elsewhere) for a file the same user could read anyway on a
+//! headless machine; docs/control-plane.md says so. The access token lives an hour; an
+//! expired one is refreshed (and the refresh token rotated) before use.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+/// The client id the CLI presents.
+pub const CLIENT_ID: &str = "telbase-cli";
+
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// The Telbase server (default: the last one logged in to, or TELBASE_SERVER).
+    #[arg(long, env = "TELBASE_SERVER")]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TeamCommand {
+    /// Create a team with its first Owner (on the store: TELBASE_DATABASE_URL).
+    Create {
+        name: String,
+        #[arg(long)]
+        owner: String,
+    },
+}
+
+/// What `credentials.json` holds.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Credentials {
+    pub server: String,
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("server", &self.server)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `$XDG_CONFIG_HOME/telbase/credentials.json` or `~/.config/telbase/credentials.json`.
+pub fn credentials_path() -> anyhow::Result<PathBuf> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let dir = match (var("XDG_CONFIG_HOME"), var("HOME")) {
+        (Some(x), _) => PathBuf::from(x),
+        (None, Some(h)) => PathBuf::from(h).join(".config"),
+        _ => bail!("no config directory: set XDG_CONFIG_HOME or HOME"),
+    };
+    Ok(dir.join("telbase").join("credentials.json"))
+}
+
+pub fn load() -> anyhow::Result<Option<Credentials>> {
+    let path = credentials_path()?;
+    match std::fs::read_to_string(&path) {
+        Ok(t) => {
+            Ok(Some(serde_json::from_str(&t).with_context(|| {
+                format!("{}: unreadable", path.display())
+            })?))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow!("{}: {e}", path.display())),
+    }
+}
+
+/// Writes the credentials 0600 (a new file renamed over the old one).
+pub fn save(c: &Credentials) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let path = credentials_path()?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| anyhow!("no config directory"))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let tmp = dir.join(".credentials.json.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| tmp.display().to_string())?;
+    f.write_all(serde_json::to_string_pretty(c)?.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn forget() -> anyhow::Result<()> {
+    match std::fs::remove_file(credentials_path()?) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn http() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("telbase-cli/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    refresh_token: String,
+    expires_in: i64,
+}
+
+#[derive(Deserialize)]
+struct OAuthErr {
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+/// The device flow: asks for codes, shows them, polls with the interval (+5 s on
+/// `slow_down`) until approved, denied or expired. `show` prints what the person must do.
+pub async fn device_login(
+    client: &reqwest::Client,
+    server: &str,
+    show: impl Fn(&str, &str, &str),
+) -> anyhow::Result<Credentials> {
+    let server = server.trim_end_matches('/').to_owned();
+    let start: serde_json::Value = client
+        .post(format!("{server}/api/v1/oauth/device_authorization"))
+        .form(&[("client_id", CLIENT_ID), ("scope", "api")])
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {server}"))?
+        .error_for_status()?
+        .json()
+        .await?;
+    let field = |k: &str| {
+        start[k]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("the server's answer has no {k}"))
+    };
+    let device_code = field("device_code")?;
+    show(
+        &field("user_code")?,
+        &field("verification_uri")?,
+        &field("verification_uri_complete").unwrap_or_default(),
+    );
+    let mut interval = start["interval"].as_u64().unwrap_or(5).max(1);
+    let deadline = std::time::Instant::now()
+        + Duration::from_secs(start["expires_in"].as_u64().unwrap_or(900));
+    loop {
+        tokio::time::sleep(Duration::from_secs(interval)).await;
+        if std::time::Instant::now() > deadline {
+            bail!("the code expired before it was approved; run `telbase login` again");
+        }
+        let resp = client
+            .post(format!("{server}/api/v1/oauth/token"))
+            .form(&[
+                ("grant_type", super::api::DEVICE_GRANT),
+                ("device_code", device_code.as_str()),
+                ("client_id", CLIENT_ID),
+            ])
+            .send()
+            .await?;
+        if resp.status().is_success() {
+            let t: TokenAnswer = resp.json().await?;
+            return Ok(Credentials {
+                server,
+                access_token: t.access_token,
+                refresh_token: t.refresh_token,
+                expires_at: chrono::Utc::now().timestamp() + t.expires_in,
+            });
+        }
+        let e: OAuthErr = resp.json().await.context("the server's answer")?;
+        match e.error.as_str() {
+            "authorization_pending" => {}
+            // RFC 8628 3.5: add 5 seconds to this and every later interval.
+            "slow_down" => interval += 5,
+            "access_denied" => bail!("the login was denied"),
+            "expired_token" => bail!("the code expired; run `telbase login` again"),
+            _ => bail!("login failed: {}: {}", e.error, e.error_description),
+        }
+    }
+}
+
+/// Fresh credentials: refreshed (and saved) when the access token expired or is about to.
+pub async fn fresh(client: &reqwest::Client, mut c: Credentials) -> anyhow::Result<Credentials> {
+    if c.expires_at - 60 > chrono::Utc::now().timestamp() {
+        return Ok(c);
+    }
+    let resp = client
+        .post(format!("{}/api/v1/oauth/token", c.server))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", c.refresh_token.as_str()),
+        ])
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        let e: OAuthErr = resp.json().await.unwrap_or(OAuthErr {
+            error: "error".into(),
+            error_description: String::new(),
+        });
+        forget()?;
+        bail!(
+            "the login expired ({}); run `telbase login` again",
+            e.error_description
+        );
+    }
+    let t: TokenAnswer = resp.json().await?;
+    c.access_token = t.access_token;
+    c.refresh_token = t.refresh_token;
+    c.expires_at = chrono::Utc::now().timestamp() + t.expires_in;
+    save(&c)?;
+    Ok(c)
+}
+
+pub fn login_cmd(args: &LoginArgs) -> anyhow::Result<ExitCode> {
+    let server = match (&args.server, load().ok().flatten()) {
+        (Some(s), _) => s.clone(),
+        (None, Some(c)) => c.server,
+        (None, None) => {
+            bail!("which server? `telbase login --server https://…` (or TELBASE_SERVER)")
+        }
+    };
+    runtime()?.block_on(async {
+        let client = http()?;
+        let c = device_login(&client, &server, |code, uri, complete| {
+            eprintln!("To sign in, open {uri} and enter the code: {code}");
+            if !complete.is_empty() {
+                eprintln!("(or open {complete})");
+            }
+            eprintln!("Waiting for approval…");
+        })
+        .await?;
+        save(&c)?;
+        eprintln!("Logged in to {}.", c.server);
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn logout_cmd() -> anyhow::Result<ExitCode> {
+    let Some(c) = load()? else {
+        eprintln!("Not logged in.");
+        return Ok(ExitCode::SUCCESS);
+    };
+    runtime()?.block_on(async {
+        let client = http()?;
+        // Revoking the refresh token revokes the whole login (its access tokens too).
+        let r = client
+            .post(format!("{}/api/v1/oauth/revoke", c.server))
+            .form(&[("token", c.refresh_token.as_str())])
+            .send()
+            .await;
+        forget()?;
+        match r {
+            Ok(r) if r.status().is_success() => eprintln!("Logged out of {}.", c.server),
+            _ => eprintln!(
+                "Removed the local login; the server could not be told (it expires on its own, or revoke it from the dashboard)."
+            ),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn whoami_cmd() -> anyhow::Result<ExitCode> {
+    let c = load()?.ok_or_else(|| anyhow!("not logged in: run `telbase login`"))?;
+    runtime()?.block_on(async {
+        let client = http()?;
+        let c = fresh(&client, c).await?;
+        let me: serde_json::Value = client
+            .get(format!("{}/api/v1/me", c.server))
+            .bearer_auth(&c.access_token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        println!(
+            "{} <{}>",
+            me["user"]["display_name"].as_str().unwrap_or(""),
+            me["user"]["email"].as_str().unwrap_or("")
+        );
+        for t in me["teams"].as_array().into_iter().flatten() {
+            println!(
+                "  {} ({})",
+                t["name"].as_str().unwrap_or(""),
+                t["role"].as_str().unwrap_or("")
+            );
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn team_cmd(cmd: &TeamCommand) -> anyhow::Result<ExitCode> {
+    let TeamCommand::Create { name, owner } = cmd;
+    if !super::model::valid_team_name(name) {
+        bail!("team names are lowercase letters, digits and `-` (at most 64)");
+    }
+    let mut store = crate::store::open(&crate::store::Location::from_env()?)?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let team = super::model::create_team(&mut store, name, now)?
+        .ok_or_else(|| anyhow!("a team named {name} exists already"))?;
+    let user = super::model::create_user(&mut store, owner, owner, now)?;
+    super::model::add_member(
+        &mut store,
+        &team.id,
+        &user.id,
+        super::roles::Role::Owner,
+        now,
+    )?;
+    println!("Created team {} with {} as Owner.", team.name, user.email);
+    Ok(ExitCode::SUCCESS)
+}

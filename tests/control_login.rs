@@ -1,0 +1,268 @@
+//! `telbase login`, `whoami` and `logout` (the real binary) against `telbase serve` with the
+//! control plane on, end to end: the admin bootstrap `telbase team create`, the device
+//! flow approved through `/api/v1/device/approve`, the 0600 credentials file, an automatic
+//! refresh once the access token has expired, and a logout that revokes on the server.
+
+mod common;
+#[path = "common/serve_app.rs"]
+mod serve_app;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use telbase::control::model::{self, NewToken};
+use telbase::control::roles::Role;
+use telbase::control::secrets::{Kind, ServerKey};
+use telbase::serve::{self, ControlConfig, EdgeConfig};
+
+use common::{app_key, emu};
+use serve_app::server_config;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_login_against_telbase_serve() {
+    let Some((pem, _)) = app_key() else {
+        return;
+    };
+    let emu = emu::start(telbase::emulator::Config::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("telbase.db");
+    let key = ServerKey::generate();
+    let config = server_config(&emu, dir.path(), pem);
+    let running = serve::start_with(
+        config,
+        EdgeConfig {
+            control: Some(ControlConfig { key: key.clone() }),
+            audit: Some(audit_log()),
+            ..EdgeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.addr);
+    let bin = env!("CARGO_BIN_EXE_telbase");
+
+    // The bootstrap: a fresh server's first team and Owner, on the store.
+    let out = Command::new(bin)
+        .args(["team", "create", "acme", "--owner", "Ada@Example.com"])
+        .env("TELBASE_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = Command::new(bin)
+        .args(["team", "create", "acme", "--owner", "x@example.com"])
+        .env("TELBASE_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "a second team of the same name");
+
+    // The dashboard's stand-in: an API token of the Owner (sign-in comes with OIDC).
+    let approver = {
+        let mut s = telbase::store::open(&telbase::store::Location::Sqlite(db.clone())).unwrap();
+        let team = model::team_by_name(&mut s, "acme").unwrap().unwrap();
+        let user = model::user_by_email(&mut s, "ada@example.com")
+            .unwrap()
+            .unwrap();
+        let (_, secret) = model::create_token(
+            &mut s,
+            &key,
+            &NewToken {
+                kind: Kind::Api,
+                team_id: &team.id,
+                user_id: &user.id,
+                name: "dashboard",
+                role_cap: Role::Owner,
+                family: None,
+                expires_at: None,
+            },
+            chrono::Utc::now().timestamp_millis(),
+        )
+        .unwrap();
+        secret.expose_secret().to_owned()
+    };
+
+    let config_home = dir.path().join("config");
+    let mut login = Command::new(bin)
+        .args(["login", "--server", &base])
+        .env("XDG_CONFIG_HOME", &config_home)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read the code the person would type from what `login` shows.
+    let stderr = login.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut shown = Vec::new();
+    let code = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("login shows a code");
+        shown.push(line.clone());
+        if let Some(c) = line.split("enter the code: ").nth(1) {
+            break c.trim().to_owned();
+        }
+    };
+    assert!(shown[0].contains(&format!("{base}/device")), "{shown:?}");
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{base}/api/v1/device/approve"))
+        .bearer_auth(&approver)
+        .json(&json!({"user_code": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let status = tokio::task::spawn_blocking(move || login.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(rest.iter().any(|l| l.contains("Logged in")), "{rest:?}");
+
+    // The tokens are in a 0600 file, not the main config.
+    let file = config_home.join("telbase/credentials.json");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let creds: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let first_refresh = creds["refresh_token"].as_str().unwrap().to_owned();
+    assert!(
+        creds["access_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("tlb_at_")
+    );
+
+    let whoami = |home: &std::path::Path| {
+        Command::new(bin)
+            .arg("whoami")
+            .env("XDG_CONFIG_HOME", home)
+            .output()
+            .unwrap()
+    };
+    let out = whoami(&config_home);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("<ada@example.com>") && text.contains("acme (owner)"),
+        "{text}"
+    );
+
+    // Pretend the access token expired: whoami refreshes it and rotates the refresh token.
+    let mut expired = creds.clone();
+    expired["expires_at"] = 0.into();
+    std::fs::write(&file, expired.to_string()).unwrap();
+    let out = whoami(&config_home);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let creds2: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_ne!(creds2["refresh_token"].as_str().unwrap(), first_refresh);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Logout revokes on the server and deletes the file.
+    let access = creds2["access_token"].as_str().unwrap().to_owned();
+    let out = Command::new(bin)
+        .arg("logout")
+        .env("XDG_CONFIG_HOME", &config_home)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Logged out"));
+    assert!(!file.exists());
+    let r = http
+        .get(format!("{base}/api/v1/me"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let out = whoami(&config_home);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("telbase login"));
+    running.stop().await;
+
+    // Everything that happened is in the security log, in order, and the chain holds.
+    let mut store = telbase::store::open(&telbase::store::Location::Sqlite(db.clone())).unwrap();
+    let records =
+        telbase::audit::AuditLog::list(&mut store, &telbase::audit::AuditFilter::default())
+            .unwrap();
+    let actions: Vec<&str> = records.iter().rev().map(|r| r.action.as_str()).collect();
+    for wanted in ["auth.device_approve", "auth.device_login", "auth.logout"] {
+        assert!(actions.contains(&wanted), "{wanted} missing: {actions:?}");
+    }
+    let approve = records
+        .iter()
+        .find(|r| r.action == "auth.device_approve")
+        .unwrap();
+    assert_eq!(approve.source.as_deref(), Some("127.0.0.1"));
+    assert_eq!(approve.actor_kind.as_str(), "user");
+    assert_eq!(audit_log().verify(&mut store).unwrap().finding, None);
+}
+
+fn audit_log() -> telbase::audit::AuditLog {
+    telbase::audit::AuditLog::new(telbase::audit::AuditKeys::from_secret(&[9; 32]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_flag_there_is_no_api() {
+    let Some((pem, _)) = app_key() else {
+        return;
+    };
+    let emu = emu::start(telbase::emulator::Config::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let running = serve::start(server_config(&emu, dir.path(), pem))
+        .await
+        .unwrap();
+    let r = reqwest::get(format!("http://{}/api/v1/openapi.json", running.addr))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    running.stop().await;
+}
+
+/// Every control-plane action must be recorded, so a server asked for the control plane
+/// without the security log's key refuses to start, saying which key, rather than answer
+/// every request 503.
+#[test]
+fn the_control_plane_does_not_start_without_the_audit_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_telbase"))
+        .args(["serve", "--control-plane", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env(
+            "TELBASE_DATABASE_URL",
+            format!("sqlite:{}", dir.path().join("db").display()),
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TELBASE_AUDIT_KEY_FILE"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
