@@ -350,6 +350,17 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The security event of something this principal did successfully.
+    fn succeeded(&self, action: &'static str, target: Option<String>) -> SecurityEvent {
+        SecurityEvent {
+            action,
+            actor: Some(self.user.id.clone()),
+            address: self.address.clone(),
+            target,
+            outcome: "success",
+        }
+    }
+
     /// The team a token is bound to (sessions are not bound to one).
     pub fn bound_team(&self) -> Option<&str> {
         match &self.via {
@@ -1101,16 +1112,7 @@ pub(crate) async fn create_token(
         Ok(Ok((row, secret)))
     })
     .await??;
-    record(
-        &app,
-        SecurityEvent {
-            action: "token.create",
-            actor: Some(p.user.id.clone()),
-            address: p.address.clone(),
-            target: Some(out.0.id.clone()),
-            outcome: "success",
-        },
-    )?;
+    record(&app, p.succeeded("token.create", Some(out.0.id.clone())))?;
     Ok((
         StatusCode::CREATED,
         axum::Json(doc::CreatedToken {
@@ -1154,16 +1156,7 @@ pub(crate) async fn revoke_token(
     if !done {
         return Err(ApiError::not_found("token"));
     }
-    record(
-        &app,
-        SecurityEvent {
-            action: "token.revoke",
-            actor: Some(p.user.id.clone()),
-            address: p.address.clone(),
-            target: Some(id),
-            outcome: "success",
-        },
-    )?;
+    record(&app, p.succeeded("token.revoke", Some(id)))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1199,16 +1192,7 @@ pub(crate) async fn revoke_session(
     if !db(&app, move |s, _| model::revoke_session(s, &uid, &sid, now)).await? {
         return Err(ApiError::not_found("session"));
     }
-    record(
-        &app,
-        SecurityEvent {
-            action: "session.revoke",
-            actor: Some(p.user.id.clone()),
-            address: p.address.clone(),
-            target: Some(id),
-            outcome: "success",
-        },
-    )?;
+    record(&app, p.succeeded("session.revoke", Some(id)))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1222,13 +1206,7 @@ pub(crate) async fn revoke_all(
     let n = db(&app, move |s, _| model::revoke_all(s, &uid, now)).await?;
     record(
         &app,
-        SecurityEvent {
-            action: "session.revoke_all",
-            actor: Some(p.user.id.clone()),
-            address: p.address.clone(),
-            target: Some(p.user.id.clone()),
-            outcome: "success",
-        },
+        p.succeeded("session.revoke_all", Some(p.user.id.clone())),
     )?;
     Ok(axum::Json(doc::Revoked { revoked: n }).into_response())
 }
@@ -1265,16 +1243,7 @@ pub(crate) async fn revoke_login(
     if !db(&app, move |s, _| model::revoke_login(s, &uid, &lid, now)).await? {
         return Err(ApiError::not_found("login"));
     }
-    record(
-        &app,
-        SecurityEvent {
-            action: "login.revoke",
-            actor: Some(p.user.id.clone()),
-            address: p.address.clone(),
-            target: Some(id),
-            outcome: "success",
-        },
-    )?;
+    record(&app, p.succeeded("login.revoke", Some(id)))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1358,16 +1327,7 @@ pub(crate) async fn invite_member(
             "already a member",
         ));
     }
-    record(
-        &app,
-        SecurityEvent {
-            action: "member.invite",
-            actor: Some(p.user.id.clone()),
-            address: p.address.clone(),
-            target: Some(user.id.clone()),
-            outcome: "success",
-        },
-    )?;
+    record(&app, p.succeeded("member.invite", Some(user.id.clone())))?;
     Ok((
         StatusCode::CREATED,
         axum::Json(model::Member { user, role }),
@@ -1405,16 +1365,7 @@ pub(crate) async fn change_role(
         Ok(Ok(()))
     })
     .await??;
-    record(
-        &app,
-        SecurityEvent {
-            action: "member.role_change",
-            actor: Some(p.user.id.clone()),
-            address: p.address.clone(),
-            target: Some(user.clone()),
-            outcome: "success",
-        },
-    )?;
+    record(&app, p.succeeded("member.role_change", Some(user.clone())))?;
     Ok(axum::Json(doc::RoleChanged { user, role }).into_response())
 }
 
@@ -1442,16 +1393,7 @@ pub(crate) async fn remove_member(
         Ok(Ok(()))
     })
     .await??;
-    record(
-        &app,
-        SecurityEvent {
-            action: "member.remove",
-            actor: Some(p.user.id.clone()),
-            address: p.address.clone(),
-            target: Some(user),
-            outcome: "success",
-        },
-    )?;
+    record(&app, p.succeeded("member.remove", Some(user)))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
