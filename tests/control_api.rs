@@ -1401,6 +1401,54 @@ async fn a_team_bound_token_stays_in_its_team_and_under_its_cap() {
             )
             .await;
         assert_eq!(st, StatusCode::FORBIDDEN, "capped at Viewer");
+        // Nor can it mint a stronger token, explicitly or by default...
+        let (st, _) = srv
+            .call(
+                Method::POST,
+                "/api/v1/tokens",
+                Some(&capped),
+                Some(json!({"name": "up", "team": "acme", "role": "owner"})),
+            )
+            .await;
+        assert_eq!(
+            st,
+            StatusCode::FORBIDDEN,
+            "a capped token minted an Owner token"
+        );
+        let (st, made) = srv
+            .call(
+                Method::POST,
+                "/api/v1/tokens",
+                Some(&capped),
+                Some(json!({"name": "same", "team": "acme"})),
+            )
+            .await;
+        assert!(st.is_success(), "{made}");
+        let minted = made["secret"].as_str().unwrap().to_owned();
+        let (st, _) = srv
+            .call(
+                Method::GET,
+                "/api/v1/teams/acme/members",
+                Some(&minted),
+                None,
+            )
+            .await;
+        assert_eq!(
+            st,
+            StatusCode::FORBIDDEN,
+            "the new token is capped at Viewer too"
+        );
+        // ...nor approve a device login, which would get the Owner's full role.
+        let (_, code) = model::create_device(&mut s, &key, "telbase-cli", "", NOW).unwrap();
+        let (st, body) = srv
+            .call(
+                Method::POST,
+                "/api/v1/device/approve",
+                Some(&capped),
+                Some(json!({"user_code": code.expose_secret()})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
         // The browser session is not bound: it works in both teams.
         let r = srv
             .http

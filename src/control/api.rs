@@ -451,9 +451,10 @@ pub async fn authorize(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(|v| v.trim().to_owned());
-    let session = cookie(req.headers(), session_cookie_name(true))
-        .or_else(|| cookie(req.headers(), session_cookie_name(false)))
-        .map(str::to_owned);
+    // Only the name this server sets: with `Secure` cookies a plain `telbase_session`
+    // could be planted by a sibling subdomain or a plain-HTTP origin (login CSRF), which
+    // the `__Host-` prefix rules out.
+    let session = cookie(req.headers(), session_cookie_name(app.secure_cookies)).map(str::to_owned);
     let now = app.now();
     let addr = address.clone();
     let resolved = db(&app, move |s, key| {
@@ -876,6 +877,10 @@ pub(crate) async fn approve(
     let keys = [format!("user:{}", p.user.id), format!("addr:{}", p.address)];
     let user_id = p.user.id.clone();
     let bound = p.bound_team().map(str::to_owned);
+    // The login being approved gets the user's full role in the team, so a token capped
+    // below that cannot approve one (it would hand itself an escalation); the dashboard's
+    // session or an uncapped token can.
+    let acting = bound.as_ref().map(|_| p.role.unwrap_or(Role::Viewer));
     let approve = body.approve;
     let outcome = db(&app, move |s, key| {
         // ABUSE hook: this per-user and per-address counter is the user-code limiter until
@@ -937,6 +942,15 @@ pub(crate) async fn approve(
                 }
             },
         };
+        if let Some(a) = acting
+            && model::role_in(s, &team.id, &user_id)?.is_some_and(|full| !a.at_least(full))
+        {
+            return Ok(Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this token's role is capped below yours, and the login would get your full role: approve it signed in, or with an uncapped token",
+            )));
+        }
         if !model::device_decide(s, &d.id, approve, &user_id, &team.id)? {
             return fail(s, "this code expired or was already used");
         }
@@ -1075,13 +1089,19 @@ pub(crate) async fn create_token(
     }
     let now = app.now();
     let (uid, bound) = (p.user.id.clone(), p.bound_team().map(str::to_owned));
+    // A token acts with its capped role: what it creates is capped by that too, or a
+    // Viewer-capped (or stolen one-hour) token could mint a lasting Owner token.
+    let acting = bound.as_ref().map(|_| p.role.unwrap_or(Role::Viewer));
     let out = db(&app, move |s, key| {
         let Some(team) = model::team_by_name(s, &body.team)? else {
             return Ok(Err(ApiError::not_found("team")));
         };
-        let Some(mine) = model::role_in(s, &team.id, &uid)? else {
+        let Some(mut mine) = model::role_in(s, &team.id, &uid)? else {
             return Ok(Err(ApiError::not_found("team")));
         };
+        if let Some(a) = acting {
+            mine = mine.min(a);
+        }
         if bound.as_ref().is_some_and(|b| *b != team.id) {
             return Ok(Err(ApiError::not_found("team")));
         }
