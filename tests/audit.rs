@@ -637,10 +637,18 @@ fn the_cli_verifies_lists_and_prunes_with_exit_codes() {
         assert_eq!(out.status.code(), Some(1), "{stdout}");
         assert!(stdout.contains("seq 5: edited"), "{stdout}");
         assert_eq!(
-            telbase(&ts, &key, &["audit", "prune", "--older-than", "1d"])
+            telbase(&ts, &key, &["audit", "prune", "--older-than", "90d"])
                 .status
                 .code(),
             Some(1)
+        );
+        // Less than the promised 90 days is refused before anything is read.
+        let out = telbase(&ts, &key, &["audit", "prune", "--older-than", "89d"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("at least 90d"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
 
         // Could not run: no key, or a key file others can read.

@@ -389,6 +389,10 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// The shortest retention allowed: the security page promises security logs are kept 90
+/// days, so neither the setting nor `telbase audit prune --older-than` may go below it.
+pub const MIN_RETENTION_DAYS: u32 = 90;
+
 impl AuditLog {
     /// A log sealed with `keys`, default retention.
     pub fn new(keys: AuditKeys) -> AuditLog {
@@ -427,10 +431,12 @@ impl AuditLog {
                 v.trim()
                     .parse()
                     .ok()
-                    .filter(|d| *d > 0)
+                    .filter(|d| *d >= MIN_RETENTION_DAYS)
                     .ok_or_else(|| AuditError::BadKey {
                         at: "TELBASE_AUDIT_RETENTION_DAYS".into(),
-                        why: "must be a positive number of days".into(),
+                        why: format!(
+                            "must be a number of days, at least {MIN_RETENTION_DAYS} (the security page promises 90)"
+                        ),
                     })?
             }
         };

@@ -220,8 +220,11 @@ fn prune(args: &PruneArgs) -> anyhow::Result<ExitCode> {
     let age = args
         .older_than
         .unwrap_or_else(|| chrono::Duration::days(i64::from(log.retention_days())));
-    if age < chrono::Duration::days(1) {
-        bail!("--older-than must be at least 1d (the security page keeps security logs 90 days)");
+    if age < chrono::Duration::days(i64::from(crate::audit::MIN_RETENTION_DAYS)) {
+        bail!(
+            "--older-than must be at least {}d: the security page promises security logs are kept 90 days",
+            crate::audit::MIN_RETENTION_DAYS
+        );
     }
     let mut store = super::env::open_store()?;
     match log.prune_before(&mut store, Utc::now() - age) {
