@@ -266,3 +266,54 @@ fn the_control_plane_does_not_start_without_the_audit_key() {
     assert!(err.contains("TELBASE_AUDIT_KEY_FILE"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+/// Behind a trusted proxy, the control plane names the client (as abuse protection resolves
+/// `X-Forwarded-For`), not the proxy, in its security events; from an untrusted peer the
+/// header is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_events_name_the_client_behind_a_trusted_proxy() {
+    let Some((pem, _)) = app_key() else {
+        return;
+    };
+    let emu = emu::start(telbase::emulator::Config::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("telbase.db");
+    let config = server_config(&emu, dir.path(), pem);
+    let abuse = telbase::abuse::AbuseConfig::from_vars(|k| {
+        (k == "TELBASE_TRUSTED_PROXIES").then(|| "127.0.0.1/32".to_owned())
+    })
+    .unwrap();
+    let running = serve::start_with(
+        config,
+        EdgeConfig {
+            control: Some(ControlConfig {
+                key: ServerKey::generate(),
+            }),
+            audit: Some(audit_log()),
+            abuse,
+            ..EdgeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.addr);
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/v1/oauth/revoke"))
+        .header("x-forwarded-for", "198.51.100.23, 203.0.113.9")
+        .form(&[("token", "tlb_rt_not-a-live-token")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    running.stop().await;
+    let mut store = telbase::store::open(&telbase::store::Location::Sqlite(db)).unwrap();
+    let records =
+        telbase::audit::AuditLog::list(&mut store, &telbase::audit::AuditFilter::default())
+            .unwrap();
+    let logout = records
+        .iter()
+        .find(|r| r.action == "auth.logout")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    // The right-most hop the trusted proxy (127.0.0.1) appended.
+    assert_eq!(logout.source.as_deref(), Some("203.0.113.9"));
+}

@@ -208,8 +208,31 @@ fn credential_name(key: &str) -> bool {
         || key.split('_').any(|p| PARTS.contains(&p))
 }
 
-/// Why `s` looks like a credential, if it does.
+/// Why `s` looks like a credential, if it does: [`looks_like_credential`], or a long,
+/// high-entropy run of the token alphabet (for free-form details).
 pub fn looks_like_secret(s: &str) -> Option<&'static str> {
+    if let Some(why) = looks_like_credential(s) {
+        return Some(why);
+    }
+    let t = s.trim();
+    // Long runs of the token alphabet with high entropy: random keys and tokens. Commit
+    // SHAs and UUIDs (hex, at most 4 bits a character) and words joined by `-`/`_` stay
+    // below the threshold.
+    let token_alphabet = t
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'-' | b'.'));
+    if token_alphabet && t.len() >= 24 && entropy(t) > 4.2 {
+        return Some("it looks like a random key or token (long and high-entropy)");
+    }
+    None
+}
+
+/// Why `s` has the shape of a credential (a known token prefix, an Authorization header
+/// value, a PEM block, a URL with a password), if it does. Ids are checked with this and
+/// not with the entropy rule: Telbase's own ids (users, runs) are random by design, and a
+/// claimed id from outside that merely looks random must not make a security event
+/// unrecordable (which would turn a 401 into a 503).
+pub fn looks_like_credential(s: &str) -> Option<&'static str> {
     const PREFIXES: &[&str] = &[
         "ghp_",
         "gho_",
@@ -228,6 +251,7 @@ pub fn looks_like_secret(s: &str) -> Option<&'static str> {
         "tbt_",
         "tbs_",
         "tbr_",
+        "tlb_",
         "eyJ",
     ];
     let t = s.trim();
@@ -248,15 +272,6 @@ pub fn looks_like_secret(s: &str) -> Option<&'static str> {
             .is_some_and(|a| a.contains('@') && a.contains(':'))
     {
         return Some("it is a URL with a password");
-    }
-    // Long runs of the token alphabet with high entropy: random keys and tokens. Commit
-    // SHAs and UUIDs (hex, at most 4 bits a character) and words joined by `-`/`_` stay
-    // below the threshold.
-    let token_alphabet = t
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'_' | b'-' | b'.'));
-    if token_alphabet && t.len() >= 24 && entropy(t) > 4.2 {
-        return Some("it looks like a random key or token (long and high-entropy)");
     }
     None
 }
@@ -281,6 +296,21 @@ fn entropy(s: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_ids_are_not_credentials_but_tokens_are() {
+        // A user id as Telbase makes them (128 random bits in base32): high entropy, yet an
+        // id; the control plane's users have them, and refusing them made events flaky.
+        let id = "q7m2xk4vz9wj3hbt6ncr8ydp5e";
+        assert!(entropy(id) > 4.2, "the case the entropy rule would catch");
+        assert_eq!(looks_like_credential(id), None);
+        assert!(
+            looks_like_secret(id).is_some(),
+            "still refused as a detail value"
+        );
+        assert!(looks_like_credential("tlb_pat_q7m2xk4vz9wj3hbt6ncr8ydp5e").is_some());
+        assert!(looks_like_credential("Bearer abc.def").is_some());
+    }
 
     #[test]
     fn ordinary_details_pass() {

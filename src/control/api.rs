@@ -135,6 +135,10 @@ pub fn session_cookie(secret: &secrecy::SecretString, secure: bool) -> String {
     )
 }
 
+/// How the client's address is found from the peer and the request's headers.
+pub type ClientAddress =
+    Arc<dyn Fn(std::net::IpAddr, &HeaderMap) -> std::net::IpAddr + Send + Sync>;
+
 /// Everything the control plane's handlers share.
 pub struct ControlState {
     pub store: Mutex<Store>,
@@ -146,6 +150,10 @@ pub struct ControlState {
     pub public_url: String,
     /// Cookies are `Secure` and `__Host-` (the server speaks TLS, or sits behind a TLS proxy).
     pub secure_cookies: bool,
+    /// The client's address from the peer's and the request's headers: `telbase serve`
+    /// gives abuse protection's (`X-Forwarded-For` believed only from trusted proxies), so
+    /// limits and security events name the client, not the proxy. Default: the peer.
+    pub client_address: ClientAddress,
 }
 
 impl ControlState {
@@ -157,6 +165,7 @@ impl ControlState {
             clock: Arc::new(|| chrono::Utc::now().timestamp_millis()),
             public_url: public_url.trim_end_matches('/').to_owned(),
             secure_cookies,
+            client_address: Arc::new(|peer, _| peer),
         }
     }
 
@@ -398,10 +407,10 @@ fn record(app: &App, event: SecurityEvent) -> Result<(), ApiError> {
     })
 }
 
-fn peer(req: &Request) -> String {
+fn peer(app: &ControlState, req: &Request) -> String {
     req.extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
+        .map(|c| (app.client_address)(c.0.ip(), req.headers()).to_string())
         .unwrap_or_else(|| "unknown".into())
 }
 
@@ -436,7 +445,7 @@ pub async fn authorize(
     let Some(action) = spec.action else {
         return next.run(req).await;
     };
-    let address = peer(&req);
+    let address = peer(&app, &req);
     let team_name = params.ok().and_then(|p| {
         p.iter()
             .find(|(k, _)| *k == "team")
@@ -699,10 +708,11 @@ fn grant_response(g: &model::Grant) -> Response {
 pub(crate) async fn token(
     State(app): State<App>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
     OForm(body): OForm<TokenRequest>,
 ) -> Result<Response, OAuthError> {
     let now = app.now();
-    let address = address_of(peer);
+    let address = address_of(&app, peer, &headers);
     match body.grant_type.as_str() {
         DEVICE_GRANT => {
             let code = body
@@ -812,10 +822,11 @@ pub struct RevokeRequest {
 pub(crate) async fn revoke(
     State(app): State<App>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
     OForm(body): OForm<RevokeRequest>,
 ) -> Result<Response, OAuthError> {
     let now = app.now();
-    let address = address_of(peer);
+    let address = address_of(&app, peer, &headers);
     let t = body.token;
     db(&app, move |s, key| {
         if secrets::well_formed(Kind::Refresh, &t) {
@@ -846,9 +857,11 @@ pub(crate) async fn revoke(
 }
 
 fn address_of(
+    app: &ControlState,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: &HeaderMap,
 ) -> String {
-    peer.map(|p| p.0.0.ip().to_string())
+    peer.map(|p| (app.client_address)(p.0.0.ip(), headers).to_string())
         .unwrap_or_else(|| "unknown".into())
 }
 

@@ -636,6 +636,11 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
             // Its security events go into the audit log (refused without an audit key, so
             // the control plane answers 503 rather than act unrecorded).
             state.events = audit.clone();
+            // Behind a proxy, the client's address as abuse protection resolves it
+            // (`TELBASE_TRUSTED_PROXIES`), for the limits and the security log alike.
+            let resolver = abuse.clone();
+            state.client_address =
+                Arc::new(move |peer, headers| resolver.client_address(peer, headers));
             app.merge(crate::control::api::router(Arc::new(state)))
         }
         None => app,
