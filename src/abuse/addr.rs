@@ -96,6 +96,12 @@ impl Cidr {
         ip.is_ipv4() == self.network.is_ipv4() && mask(ip, self.prefix) == self.network
     }
 
+    /// The one address a full-length block (/32, /128) is, else `None`.
+    pub fn host(&self) -> Option<IpAddr> {
+        let bits = if self.network.is_ipv4() { 32 } else { 128 };
+        (self.prefix == bits).then_some(self.network)
+    }
+
     pub fn prefix(&self) -> u8 {
         self.prefix
     }

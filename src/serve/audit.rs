@@ -113,34 +113,28 @@ pub fn from_abuse(event: &crate::abuse::SecurityEvent) -> Result<AuditEvent, Aud
     use crate::abuse::{Anomaly, SecurityEvent};
     // Abuse protection names addresses as the block it counts (`203.0.113.7/32`, an IPv6
     // /64): a single address is the record's source, a wider block only a detail.
-    let address = |a: &str| {
-        let (ip, len) = a.split_once('/').unwrap_or((a, ""));
-        let ip = ip.parse::<std::net::IpAddr>().ok()?;
-        match (ip, len) {
-            (_, "") | (std::net::IpAddr::V4(_), "32") | (std::net::IpAddr::V6(_), "128") => {
-                Some(ip)
-            }
-            _ => None,
-        }
+    let at = |e: AuditEvent, a: &str| match crate::abuse::addr::Cidr::parse(a)
+        .ok()
+        .and_then(|c| c.host())
+    {
+        Some(ip) => e.from(ip),
+        None => e,
     };
     Ok(match event {
         SecurityEvent::Anomaly(Anomaly::NewNetwork {
             account,
             address: a,
             network,
-        }) => {
-            let e = AuditEvent::new(
+        }) => at(
+            AuditEvent::new(
                 Actor::system("abuse"),
                 Action::ANOMALY_NEW_NETWORK,
                 Outcome::Success,
             )
             .on("account", account.clone())
-            .with(Details::new().text("network", network.clone()));
-            match address(a) {
-                Some(ip) => e.from(ip),
-                None => e,
-            }
-        }
+            .with(Details::new().text("network", network.clone())),
+            a,
+        ),
         SecurityEvent::Anomaly(Anomaly::FailureBurst {
             realm,
             scope,
@@ -149,8 +143,8 @@ pub fn from_abuse(event: &crate::abuse::SecurityEvent) -> Result<AuditEvent, Aud
             kind,
             address: a,
             lock_seconds,
-        }) => {
-            let e = AuditEvent::new(
+        }) => at(
+            AuditEvent::new(
                 Actor::system("abuse"),
                 Action::ANOMALY_FAILURE_BURST,
                 Outcome::Denied,
@@ -163,27 +157,21 @@ pub fn from_abuse(event: &crate::abuse::SecurityEvent) -> Result<AuditEvent, Aud
                     .number("failures", *failures)
                     .number("lock_seconds", *lock_seconds)
                     .text("address_block", a.clone()),
-            );
-            match address(a) {
-                Some(ip) => e.from(ip),
-                None => e,
-            }
-        }
+            ),
+            a,
+        ),
         SecurityEvent::Anomaly(Anomaly::TokenNewAddress {
             account,
             address: a,
-        }) => {
-            let e = AuditEvent::new(
+        }) => at(
+            AuditEvent::new(
                 Actor::system("abuse"),
                 Action::ANOMALY_TOKEN_NEW_ADDRESS,
                 Outcome::Success,
             )
-            .on("account", account.clone());
-            match address(a) {
-                Some(ip) => e.from(ip),
-                None => e,
-            }
-        }
+            .on("account", account.clone()),
+            a,
+        ),
         SecurityEvent::Unlocked {
             scope,
             key,
