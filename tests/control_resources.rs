@@ -282,25 +282,15 @@ async fn projects_are_registered_once_and_invisible_to_other_teams() {
             );
             assert_eq!(e["error"]["code"], "bad_request", "{bad}");
         }
-        // Another team's project is exactly a missing one, on every project route.
-        for suffix in [
-            "",
-            "/environments",
-            "/runs",
-            "/runs/aaaaaaaaaaaaaaaaaaaaaaaaaa",
-            "/environments/production/env-vars",
-        ] {
-            let (st_other, other) = srv
-                .get(&format!("/api/v1/teams/acme/projects/site{suffix}"), owner)
-                .await;
-            let (st_none, none) = srv
-                .get(&format!("/api/v1/teams/acme/projects/nope{suffix}"), owner)
-                .await;
-            assert_eq!(st_other, StatusCode::NOT_FOUND, "{suffix}: {other}");
-            assert_eq!((st_other, &other), (st_none, &none), "{suffix}");
-            assert_eq!(other["error"]["message"], "project not found");
-        }
-        for (method, suffix, body) in [
+        // Another team's project is exactly a missing one, on every project route and for
+        // every role: a 404 where the role may act, the same 403 where it may not (the role
+        // is checked before anything is looked up, so neither answer tells them apart).
+        let routes = [
+            (Method::GET, "", None),
+            (Method::GET, "/environments", None),
+            (Method::GET, "/runs", None),
+            (Method::GET, "/runs/aaaaaaaaaaaaaaaaaaaaaaaaaa", None),
+            (Method::GET, "/environments/production/env-vars", None),
             (Method::DELETE, "", None),
             (
                 Method::PUT,
@@ -308,17 +298,37 @@ async fn projects_are_registered_once_and_invisible_to_other_teams() {
                 Some(json!({"value": "v"})),
             ),
             (Method::DELETE, "/environments/production/env-vars/X", None),
-        ] {
-            let (st, e) = srv
-                .call(
-                    method.clone(),
-                    &format!("/api/v1/teams/acme/projects/site{suffix}"),
-                    owner,
-                    body,
-                )
-                .await;
-            assert_eq!(st, StatusCode::NOT_FOUND, "{method} {suffix}: {e}");
+        ];
+        for who in ["owner", "admin", "member", "viewer"] {
+            for (method, suffix, body) in &routes {
+                let mut answers = Vec::new();
+                for project in ["site", "nope"] {
+                    answers.push(
+                        srv.call(
+                            method.clone(),
+                            &format!("/api/v1/teams/acme/projects/{project}{suffix}"),
+                            &w.tokens[who],
+                            body.clone(),
+                        )
+                        .await,
+                    );
+                }
+                let ctx = format!("{who} {method} {suffix}");
+                assert_eq!(answers[0], answers[1], "{ctx}");
+                let (st, e) = &answers[0];
+                assert!(
+                    *st == StatusCode::NOT_FOUND || *st == StatusCode::FORBIDDEN,
+                    "{ctx}: {st} {e}"
+                );
+                if *st == StatusCode::NOT_FOUND {
+                    assert_eq!(e["error"]["message"], "project not found", "{ctx}");
+                }
+            }
         }
+        // Undecodable path parameters: a 400 in the one shape.
+        let (st, e) = srv.get("/api/v1/teams/acme/projects/%FF/runs", owner).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{e}");
+        assert_eq!(e["error"]["code"], "bad_request");
         // Paging by name.
         for n in ["api", "docs", "zeta"] {
             let (st, _) = srv

@@ -309,10 +309,14 @@ fn run_after(decoded: &str) -> Result<(i64, String)> {
     let (at, id) = decoded
         .split_once('_')
         .ok_or(ResourceError::InvalidCursor)?;
+    // Exactly as `format!` wrote it: digits, no sign, no leading zero.
+    let canonical = !at.is_empty()
+        && at.bytes().all(|b| b.is_ascii_digit())
+        && (at == "0" || !at.starts_with('0'));
     let at = at
         .parse::<i64>()
         .ok()
-        .filter(|n| *n >= 0)
+        .filter(|_| canonical)
         .ok_or(ResourceError::InvalidCursor)?;
     if !crate::serve::runs::valid_id(id) {
         return Err(ResourceError::InvalidCursor);
@@ -798,6 +802,42 @@ mod tests {
             run_query(&t, None),
             Err(ResourceError::Invalid(_))
         ));
+    }
+
+    proptest::proptest! {
+        /// Cursors and filters come from clients: any text is refused or understood, never
+        /// a panic, and what is understood is exactly what this API hands out.
+        #[test]
+        fn outside_text_is_parsed_or_refused(
+            text in "\\PC{0,80}|[-+0-9]{0,4}_[a-z2-7]{26}",
+            at in 0i64..i64::MAX,
+        ) {
+            if let Ok((t, id)) = run_after(&text) {
+                proptest::prop_assert_eq!(format!("{t}_{id}"), text.clone());
+            }
+            let id = crate::serve::runs::new_id();
+            proptest::prop_assert_eq!(run_after(&format!("{at}_{id}")).unwrap(), (at, id));
+            if let Ok((exact, prefix)) = audit_action(&text) {
+                proptest::prop_assert!(!exact.contains('*') && !prefix.contains('*'));
+                proptest::prop_assert!(prefix.is_empty() || prefix.ends_with('.'));
+            }
+            let _ = time("since", Some(&text));
+            let _ = decode(Some(&text));
+        }
+
+        #[test]
+        fn names_match_the_config_pattern(name in "[a-z0-9A-Z_-]{0,42}") {
+            let re = regex::Regex::new(crate::config::file::PROJECT_PATTERN).unwrap();
+            proptest::prop_assert_eq!(projects::valid_name(&name), re.is_match(&name));
+        }
+
+        #[test]
+        fn accepted_config_paths_stay_inside(path in "[a-z./_-]{0,40}(\\.yaml)?") {
+            if projects::valid_config_path(&path) {
+                proptest::prop_assert!(!path.starts_with('/'));
+                proptest::prop_assert!(path.split('/').all(|s| s != ".." && s != "." && !s.is_empty()));
+            }
+        }
     }
 
     #[test]

@@ -87,6 +87,19 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Q<T
     }
 }
 
+/// Path parameters, with an undecodable one (`%FF`) answered in the one error shape.
+pub(crate) struct P<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for P<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| P(p.0))
+            .map_err(|e| ApiError::bad(e.body_text()))
+    }
+}
+
 /// Runs `f` with the store and turns both kinds of failure into the API's.
 async fn with_store<T: Send + 'static>(
     app: &App,
@@ -145,20 +158,20 @@ pub(crate) async fn create_project(
     Ok((StatusCode::CREATED, axum::Json(project)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/teams/{team}/projects/{project}", tag = "projects", params(("team" = String, Path, description = "Team name"), ("project" = String, Path, description = "Project name")), responses((status = 200, description = "The project", body = Project), (status = 404, description = "No such team or project of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/teams/{team}/projects/{project}", tag = "projects", params(("team" = String, Path, description = "Team name"), ("project" = String, Path, description = "Project name")), responses((status = 400, description = "An undecodable path parameter", body = crate::control::openapi::ErrorBody), (status = 200, description = "The project", body = Project), (status = 404, description = "No such team or project of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
 pub(crate) async fn get_project(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path((_, project)): Path<(String, String)>,
+    P((_, project)): P<(String, String)>,
 ) -> Result<Response, ApiError> {
     Ok(axum::Json(project_of(&app, &p, project).await?).into_response())
 }
 
-#[utoipa::path(delete, path = "/api/v1/teams/{team}/projects/{project}", tag = "projects", params(("team" = String, Path, description = "Team name"), ("project" = String, Path, description = "Project name")), responses((status = 204, description = "Unregistered; its stored env vars are deleted, its runs stay"), (status = 404, description = "No such team or project of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/teams/{team}/projects/{project}", tag = "projects", params(("team" = String, Path, description = "Team name"), ("project" = String, Path, description = "Project name")), responses((status = 400, description = "An undecodable path parameter", body = crate::control::openapi::ErrorBody), (status = 204, description = "Unregistered; its stored env vars are deleted, its runs stay"), (status = 404, description = "No such team or project of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
 pub(crate) async fn delete_project(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path((_, project)): Path<(String, String)>,
+    P((_, project)): P<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (team, _) = team_of(&p)?;
     let tid = team.id.clone();
@@ -173,11 +186,11 @@ pub(crate) async fn delete_project(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/teams/{team}/projects/{project}/environments", tag = "projects", params(("team" = String, Path, description = "Team name"), ("project" = String, Path, description = "Project name")), responses((status = 200, description = "Production and every preview seen in the runs, with the newest run and URLs", body = res::EnvironmentList), (status = 404, description = "No such team or project of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/teams/{team}/projects/{project}/environments", tag = "projects", params(("team" = String, Path, description = "Team name"), ("project" = String, Path, description = "Project name")), responses((status = 400, description = "An undecodable path parameter", body = crate::control::openapi::ErrorBody), (status = 200, description = "Production and every preview seen in the runs, with the newest run and URLs", body = res::EnvironmentList), (status = 404, description = "No such team or project of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
 pub(crate) async fn list_environments(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path((_, project)): Path<(String, String)>,
+    P((_, project)): P<(String, String)>,
 ) -> Result<Response, ApiError> {
     let project = project_of(&app, &p, project).await?;
     let list = with_store(&app, move |s| res::environments(s, &project)).await?;
@@ -188,7 +201,7 @@ pub(crate) async fn list_environments(
 pub(crate) async fn list_runs(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path((_, project)): Path<(String, String)>,
+    P((_, project)): P<(String, String)>,
     Q(q): Q<Page>,
     Q(filter): Q<RunFilter>,
 ) -> Result<Response, ApiError> {
@@ -201,22 +214,22 @@ pub(crate) async fn list_runs(
     Ok(axum::Json(page).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/teams/{team}/projects/{project}/runs/{run}", tag = "runs", params(("team" = String, Path, description = "Team name"), ("project" = String, Path, description = "Project name"), ("run" = String, Path, description = "Run id")), responses((status = 200, description = "The run: status, plan and per-resource report", body = res::RunDetail), (status = 404, description = "No such team, project or run of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/teams/{team}/projects/{project}/runs/{run}", tag = "runs", params(("team" = String, Path, description = "Team name"), ("project" = String, Path, description = "Project name"), ("run" = String, Path, description = "Run id")), responses((status = 400, description = "An undecodable path parameter", body = crate::control::openapi::ErrorBody), (status = 200, description = "The run: status, plan and per-resource report", body = res::RunDetail), (status = 404, description = "No such team, project or run of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
 pub(crate) async fn get_run(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path((_, project, run)): Path<(String, String, String)>,
+    P((_, project, run)): P<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let project = project_of(&app, &p, project).await?;
     let detail = with_store(&app, move |s| res::run(s, &project, &run)).await?;
     Ok(axum::Json(detail).into_response())
 }
 
-#[utoipa::path(get, path = "/api/v1/teams/{team}/projects/{project}/environments/{environment}/env-vars", tag = "env vars", params(("team" = String, Path, description = "Team name"), ("project" = String, Path, description = "Project name"), ("environment" = String, Path, description = "`production` or `preview` (every preview shares one set)")), responses((status = 200, description = "Names, versions and fingerprints; values masked", body = res::EnvVarList), (status = 404, description = "No such team, project or environment of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/teams/{team}/projects/{project}/environments/{environment}/env-vars", tag = "env vars", params(("team" = String, Path, description = "Team name"), ("project" = String, Path, description = "Project name"), ("environment" = String, Path, description = "`production` or `preview` (every preview shares one set)")), responses((status = 400, description = "An undecodable path parameter", body = crate::control::openapi::ErrorBody), (status = 200, description = "Names, versions and fingerprints; values masked", body = res::EnvVarList), (status = 404, description = "No such team, project or environment of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
 pub(crate) async fn list_env_vars(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path((_, project, environment)): Path<(String, String, String)>,
+    P((_, project, environment)): P<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let project = project_of(&app, &p, project).await?;
     let list = with_store(&app, move |s| res::env_vars(s, &project, &environment)).await?;
@@ -302,7 +315,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for SecretBo
 pub(crate) async fn set_env_var(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path((_, project, environment, name)): Path<(String, String, String, String)>,
+    P((_, project, environment, name)): P<(String, String, String, String)>,
     SecretBody(body): SecretBody<SetEnvVar>,
 ) -> Result<Response, ApiError> {
     let (team, _) = team_of(&p)?;
@@ -332,7 +345,7 @@ pub(crate) async fn set_env_var(
 pub(crate) async fn unset_env_var(
     State(app): State<App>,
     axum::Extension(p): axum::Extension<Principal>,
-    Path((_, project, environment, name)): Path<(String, String, String, String)>,
+    P((_, project, environment, name)): P<(String, String, String, String)>,
 ) -> Result<Response, ApiError> {
     let (team, _) = team_of(&p)?;
     let project = project_of(&app, &p, project).await?;
