@@ -32,6 +32,8 @@ use super::secrets::{self, Kind, ServerKey};
 use super::{SecurityEvent, SecurityEvents};
 use crate::store::{Store, StoreError};
 
+pub(crate) mod rest;
+
 /// Request bodies larger than this are refused (413) before they are parsed.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// User-code entries that fail, per user and per address, before entry is refused for the
@@ -113,6 +115,62 @@ pub const ROUTES: &[RouteSpec] = &[
         "/api/v1/teams/{team}/members/{user}",
         Some(Action::RemoveMembers),
     ),
+    // Projects, environments, runs, env vars and the audit log (handlers in `rest`).
+    r(
+        "GET",
+        "/api/v1/teams/{team}/projects",
+        Some(Action::ViewProject),
+    ),
+    r(
+        "POST",
+        "/api/v1/teams/{team}/projects",
+        Some(Action::ManageProjects),
+    ),
+    r(
+        "GET",
+        "/api/v1/teams/{team}/projects/{project}",
+        Some(Action::ViewProject),
+    ),
+    r(
+        "DELETE",
+        "/api/v1/teams/{team}/projects/{project}",
+        Some(Action::ManageProjects),
+    ),
+    r(
+        "GET",
+        "/api/v1/teams/{team}/projects/{project}/environments",
+        Some(Action::ViewProject),
+    ),
+    r(
+        "GET",
+        "/api/v1/teams/{team}/projects/{project}/runs",
+        Some(Action::ViewRuns),
+    ),
+    r(
+        "GET",
+        "/api/v1/teams/{team}/projects/{project}/runs/{run}",
+        Some(Action::ViewRuns),
+    ),
+    r(
+        "GET",
+        "/api/v1/teams/{team}/projects/{project}/environments/{environment}/env-vars",
+        Some(Action::ViewEnvVars),
+    ),
+    r(
+        "PUT",
+        "/api/v1/teams/{team}/projects/{project}/environments/{environment}/env-vars/{name}",
+        Some(Action::ManageEnvVars),
+    ),
+    r(
+        "DELETE",
+        "/api/v1/teams/{team}/projects/{project}/environments/{environment}/env-vars/{name}",
+        Some(Action::ManageEnvVars),
+    ),
+    r(
+        "GET",
+        "/api/v1/teams/{team}/audit-events",
+        Some(Action::ViewAuditLog),
+    ),
 ];
 
 /// The session cookie's name: `__Host-` (bound to this host, Secure, path /) over TLS.
@@ -154,7 +212,15 @@ pub struct ControlState {
     /// gives abuse protection's (`X-Forwarded-For` believed only from trusted proxies), so
     /// limits and security events name the client, not the proxy. Default: the peer.
     pub client_address: ClientAddress,
+    /// The master keys env var values are sealed with, loaded when a value is set (so a
+    /// keyring file rotated meanwhile is read afresh). Default: `TELBASE_MASTER_KEY_FILE` /
+    /// `TELBASE_MASTER_KEY`, as the worker reads them; `Err` says why there are none.
+    pub master_keys: MasterKeys,
 }
+
+/// Loads the envelope store's master keys (see [`ControlState::master_keys`]).
+pub type MasterKeys =
+    Arc<dyn Fn() -> Result<Box<dyn crate::secrets::envelope::KeyProvider>, String> + Send + Sync>;
 
 impl ControlState {
     pub fn new(store: Store, key: ServerKey, public_url: String, secure_cookies: bool) -> Self {
@@ -166,6 +232,10 @@ impl ControlState {
             public_url: public_url.trim_end_matches('/').to_owned(),
             secure_cookies,
             client_address: Arc::new(|peer, _| peer),
+            master_keys: Arc::new(|| {
+                crate::secrets::envelope::key_provider_from_vars(|k| std::env::var(k).ok())
+                    .map_err(|e| e.to_string())
+            }),
         }
     }
 
@@ -597,6 +667,7 @@ pub fn router(app: App) -> Router {
             "/api/v1/teams/{team}/members/{user}",
             patch(change_role).delete(remove_member),
         )
+        .merge(rest::routes())
         .route("/api/v1/{*rest}", axum::routing::any(not_found))
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -11,6 +11,8 @@ pub mod cli;
 pub mod db;
 pub mod model;
 pub mod openapi;
+pub mod projects;
+pub mod resources;
 pub mod roles;
 pub mod secrets;
 

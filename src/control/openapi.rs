@@ -160,6 +160,7 @@ impl Modify for Security {
             for op in [
                 item.get.as_mut(),
                 item.post.as_mut(),
+                item.put.as_mut(),
                 item.patch.as_mut(),
                 item.delete.as_mut(),
             ]
@@ -195,7 +196,7 @@ impl Modify for Security {
 #[openapi(
     info(
         title = "Telbase control plane",
-        description = "Users, teams and roles, API tokens, sessions and the device login. See docs/control-plane.md.",
+        description = "Users, teams and roles, API tokens, sessions, the device login; projects, environments, runs, env vars and the audit log. See docs/control-plane.md.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     paths(
@@ -216,6 +217,17 @@ impl Modify for Security {
         api::invite_member,
         api::change_role,
         api::remove_member,
+        api::rest::list_projects,
+        api::rest::create_project,
+        api::rest::get_project,
+        api::rest::delete_project,
+        api::rest::list_environments,
+        api::rest::list_runs,
+        api::rest::get_run,
+        api::rest::list_env_vars,
+        api::rest::set_env_var,
+        api::rest::unset_env_var,
+        api::rest::list_audit_events,
     ),
     modifiers(&Security),
     security(("bearer" = []), ("session" = []))

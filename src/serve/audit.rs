@@ -211,6 +211,10 @@ pub fn from_control(event: &crate::control::SecurityEvent) -> Result<AuditEvent,
         "session" => (format!("access.session_{rest}"), "session"),
         "login" => (format!("access.login_{rest}"), "login"),
         "member" => (format!("admin.member_{rest}"), "user"),
+        // Projects and env vars are configuration changes; their targets start with the
+        // team's id (`TEAM_ID/PROJECT[/ENVIRONMENT/NAME]`), which scopes a team's audit log.
+        "project" => (format!("config.project_{rest}"), "project"),
+        "env" => (format!("config.env_{rest}"), "env_var"),
         _ => (format!("api.{}", event.action.replace('.', "_")), "object"),
     };
     let actor = match &event.actor {
