@@ -158,6 +158,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "abuse counters", super::abuse::PG_MIGRATION),
     (7, "audit log", super::audit::POSTGRES_MIGRATION),
     (8, "control plane identity", crate::control::db::MIGRATION),
+    (9, "dashboard sign-in flows", crate::web::oidc::MIGRATION),
 ];
 
 /// The newest PostgreSQL schema version this Telbase knows.

@@ -126,6 +126,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "abuse counters", super::abuse::MIGRATION),
     (7, "audit log", super::audit::SQLITE_MIGRATION),
     (8, "control plane identity", crate::control::db::MIGRATION),
+    (9, "dashboard sign-in flows", crate::web::oidc::MIGRATION),
 ];
 
 /// The newest schema version this Telbase knows.

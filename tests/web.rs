@@ -1,0 +1,326 @@
+//! The dashboard over plain HTTP (no browser): sign-in through the fake Google, Microsoft
+//! and GitHub, the refusals (unknown email, replayed or foreign state, an IdP's denial),
+//! the security headers, CSRF (missing token, another session's token, another origin),
+//! session rotation and revocation, and a Viewer's forged forms. tests/browser.rs drives
+//! the same pages in headless Chromium.
+
+#[path = "common/dashboard.rs"]
+mod dashboard;
+
+use dashboard::{Agent, input_value, sign_in, start};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_sign_in_makes_a_session_and_records_it() {
+    let app = start().await;
+    let mut a = Agent::new();
+    let page = sign_in(&app, &mut a, "google", "Ada@Example.com").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("ada@example.com"), "{}", page.body);
+    assert!(a.jar.contains_key("telbase_session"));
+    // The binding cookie is gone once used.
+    assert!(!a.jar.contains_key("telbase_signin"));
+    assert!(app.events.actions().contains(&"auth.login"));
+    // Headers: no script, no framing, no caching, no referrer.
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    assert!(!csp.contains("script-src"));
+    assert_eq!(page.headers["x-frame-options"], "DENY");
+    assert_eq!(page.headers["cache-control"], "no-store");
+    assert_eq!(page.headers["referrer-policy"], "no-referrer");
+    // The session works on the API too (the same cookie, the same Principal).
+    let me = a.get(&format!("{}/api/v1/me", app.base)).await;
+    assert_eq!(me.status, 200, "{}", me.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_and_microsoft_sign_in() {
+    let app = start().await;
+    let mut g = Agent::new();
+    let page = sign_in(&app, &mut g, "github", "max@example.com").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("max@example.com"));
+    let mut m = Agent::new();
+    let page = sign_in(&app, &mut m, "microsoft", "vic@example.com").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("vic@example.com"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_emails_and_replays_are_refused() {
+    let app = start().await;
+    let mut a = Agent::new();
+    let page = sign_in(&app, &mut a, "google", "mallory@example.com").await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("no Telbase account"), "{}", page.body);
+    assert!(!a.jar.contains_key("telbase_session"));
+    assert!(app.events.actions().contains(&"auth.failure"));
+
+    // A callback replayed (same state and binding cookie) after it was used.
+    let mut b = Agent::new();
+    let start_ = b.get(&format!("{}/auth/google/start", app.base)).await;
+    let consent = b.get(start_.location.as_ref().unwrap()).await;
+    let mut form = Vec::new();
+    for k in [
+        "client_id",
+        "redirect_uri",
+        "state",
+        "nonce",
+        "code_challenge",
+        "provider",
+    ] {
+        form.push((k, input_value(&consent.body, k).unwrap()));
+    }
+    form.push(("email", "ada@example.com".into()));
+    form.push(("verified", "true".into()));
+    form.push(("decision", "allow".into()));
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let back = b.post(&format!("{}/consent", app.idp_base), &pairs).await;
+    let callback = back.location.clone().unwrap();
+    let binding = b.jar.clone();
+    let ok = b.get(&callback).await;
+    assert_eq!(ok.status, 303, "{}", ok.body);
+    b.jar = binding.clone();
+    let again = b.get(&callback).await;
+    assert_eq!(again.status, 400, "{}", again.body);
+    assert!(again.body.contains("already used"));
+
+    // Another browser (no binding cookie) cannot finish someone else's sign-in.
+    let mut c = Agent::new();
+    let foreign = c.get(&callback).await;
+    assert_eq!(foreign.status, 400);
+
+    // The IdP's "deny" comes back as an error and is refused.
+    let mut d = Agent::new();
+    let s = d.get(&format!("{}/auth/github/start", app.base)).await;
+    let consent = d.get(s.location.as_ref().unwrap()).await;
+    let mut form = Vec::new();
+    for k in [
+        "client_id",
+        "redirect_uri",
+        "state",
+        "code_challenge",
+        "provider",
+    ] {
+        form.push((k, input_value(&consent.body, k).unwrap()));
+    }
+    form.push(("decision", "deny".into()));
+    let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let back = d.post(&format!("{}/consent", app.idp_base), &pairs).await;
+    let page = d.get(back.location.as_ref().unwrap()).await;
+    assert_eq!(page.status, 401, "{}", page.body);
+    assert!(page.body.contains("access_denied"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unverified_emails_are_refused() {
+    let app = start().await;
+    for provider in ["google", "github", "microsoft"] {
+        let mut a = Agent::new();
+        let s = a.get(&format!("{}/auth/{provider}/start", app.base)).await;
+        let consent = a.get(s.location.as_ref().unwrap()).await;
+        let mut form = Vec::new();
+        for k in [
+            "client_id",
+            "redirect_uri",
+            "state",
+            "nonce",
+            "code_challenge",
+            "provider",
+        ] {
+            if let Some(v) = input_value(&consent.body, k) {
+                form.push((k, v));
+            }
+        }
+        form.push(("email", "ada@example.com".into()));
+        form.push(("tenant", "t1".into()));
+        form.push(("decision", "allow".into()));
+        let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let back = a.post(&format!("{}/consent", app.idp_base), &pairs).await;
+        let page = a.get(back.location.as_ref().unwrap()).await;
+        assert_eq!(page.status, 401, "{provider}: {}", page.body);
+        assert!(!a.jar.contains_key("telbase_session"), "{provider}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csrf_rotation_and_revocation() {
+    let app = start().await;
+    let mut a = Agent::new();
+    sign_in(&app, &mut a, "google", "ada@example.com").await;
+    let page = a.get(&format!("{}/tokens", app.base)).await;
+    let csrf = input_value(&page.body, "csrf").unwrap();
+    // No token, a wrong token, another origin: 403 and an audit record each.
+    let no = a
+        .post(
+            &format!("{}/tokens", app.base),
+            &[("name", "x"), ("team", "acme")],
+        )
+        .await;
+    assert_eq!(no.status, 403);
+    let wrong = a
+        .post(
+            &format!("{}/tokens", app.base),
+            &[("name", "x"), ("team", "acme"), ("csrf", "0000")],
+        )
+        .await;
+    assert_eq!(wrong.status, 403);
+    a.origin = Some("http://evil.example".into());
+    let cross = a
+        .post(
+            &format!("{}/tokens", app.base),
+            &[("name", "x"), ("team", "acme"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(cross.status, 403);
+    let refused = app
+        .events
+        .actions()
+        .iter()
+        .filter(|a| **a == "auth.csrf_rejected")
+        .count();
+    assert_eq!(refused, 3);
+
+    // A good form creates the token, shows it once, and rotates the session.
+    a.origin = Some(app.base.clone());
+    let before = a.jar["telbase_session"].clone();
+    let made = a
+        .post(
+            &format!("{}/tokens", app.base),
+            &[
+                ("name", "ci"),
+                ("team", "acme"),
+                ("role", "viewer"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    assert!(made.body.contains("tlb_"), "the secret is shown once");
+    let after = a.jar["telbase_session"].clone();
+    assert_ne!(before, after, "rotated");
+    let mut old = Agent::new();
+    old.jar.insert("telbase_session".into(), before);
+    let dead = old.get(&format!("{}/sessions", app.base)).await;
+    assert_eq!(dead.status, 303, "the old session is dead at once");
+    // The old CSRF token died with the old session.
+    let stale = a
+        .post(
+            &format!("{}/tokens", app.base),
+            &[("name", "y"), ("team", "acme"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(stale.status, 403);
+
+    // Revoke-all from a second browser signs the first out at once.
+    let mut b = Agent::new();
+    sign_in(&app, &mut b, "github", "ada@example.com").await;
+    b.origin = Some(app.base.clone());
+    let page = b.get(&format!("{}/sessions", app.base)).await;
+    let csrf_b = input_value(&page.body, "csrf").unwrap();
+    let r = b
+        .post(
+            &format!("{}/sessions/revoke-all", app.base),
+            &[("csrf", &csrf_b)],
+        )
+        .await;
+    assert_eq!(r.status, 303);
+    let out = a.get(&format!("{}/tokens", app.base)).await;
+    assert_eq!(out.status, 303);
+    assert!(out.location.unwrap().starts_with("/signin"));
+    let still = b.get(&format!("{}/sessions", app.base)).await;
+    assert_eq!(
+        still.status, 200,
+        "the browser that asked keeps a new session"
+    );
+
+    // Sign-out revokes on the server.
+    let csrf_b = input_value(&still.body, "csrf").unwrap();
+    let cookie = b.jar["telbase_session"].clone();
+    b.post(&format!("{}/auth/logout", app.base), &[("csrf", &csrf_b)])
+        .await;
+    let mut replay = Agent::new();
+    replay.jar.insert("telbase_session".into(), cookie);
+    assert_eq!(
+        replay.get(&format!("{}/sessions", app.base)).await.status,
+        303
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_sees_no_forms_and_forged_ones_are_refused() {
+    let app = start().await;
+    let mut v = Agent::new();
+    sign_in(&app, &mut v, "google", "vic@example.com").await;
+    v.origin = Some(app.base.clone());
+    // A Viewer does not see the member list at all (roles::allows: ViewMembers is Member+).
+    let members = v.get(&format!("{}/teams/acme/members", app.base)).await;
+    assert_eq!(members.status, 403);
+    let audit = v.get(&format!("{}/teams/acme/audit", app.base)).await;
+    assert_eq!(audit.status, 403);
+    let other = v.get(&format!("{}/teams/nope/members", app.base)).await;
+    assert_eq!(other.status, 404);
+    let page = v.get(&format!("{}/sessions", app.base)).await;
+    let csrf = input_value(&page.body, "csrf").unwrap();
+    // Forged forms with a valid CSRF token: the server asks roles::allows anyway.
+    let invite = v
+        .post(
+            &format!("{}/teams/acme/members", app.base),
+            &[
+                ("email", "eve@example.com"),
+                ("role", "owner"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(invite.status, 403, "{}", invite.body);
+    let role = v
+        .post(
+            &format!("{}/teams/acme/members/x/role", app.base),
+            &[("role", "owner"), ("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(role.status, 403);
+    let token = v
+        .post(
+            &format!("{}/tokens", app.base),
+            &[
+                ("name", "x"),
+                ("team", "acme"),
+                ("role", "owner"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(token.status, 403, "a token above the Viewer's role");
+
+    // The Owner sees the change forms; a Member sees the list without them.
+    let mut o = Agent::new();
+    sign_in(&app, &mut o, "google", "ada@example.com").await;
+    let page = o.get(&format!("{}/teams/acme/members", app.base)).await;
+    assert!(page.body.contains("/role\"") && page.body.contains("id=\"invite\""));
+    let mut m = Agent::new();
+    sign_in(&app, &mut m, "google", "max@example.com").await;
+    let page = m.get(&format!("{}/teams/acme/members", app.base)).await;
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("<form method=\"post\" action=\"/teams"));
+    assert!(!page.body.contains("id=\"invite\""));
+    // The Owner's audit page renders.
+    let audit = o.get(&format!("{}/teams/acme/audit", app.base)).await;
+    assert_eq!(audit.status, 200, "{}", audit.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_redirects_and_unknown_providers() {
+    let app = start().await;
+    let mut a = Agent::new();
+    assert_eq!(
+        a.get(&format!("{}/auth/okta/start", app.base)).await.status,
+        404
+    );
+    let p = a.get(&format!("{}/sessions", app.base)).await;
+    assert_eq!(p.location.as_deref(), Some("/signin?next=%2Fsessions"));
+    let s = a
+        .get(&format!("{}/signin?next=//evil.example/x", app.base))
+        .await;
+    assert!(s.body.contains("next=%2F\""), "{}", s.body);
+}
