@@ -192,6 +192,22 @@ impl Browser {
         )
         .await;
     }
+    /// The page source once it contains `text` (a click's navigation may still be
+    /// under way when the click returns); panics with the page after 10 s.
+    async fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let src = self.source().await;
+            if src.contains(text) {
+                return src;
+            }
+            if Instant::now() > deadline {
+                panic!("{text:?} never appeared: {src}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn quit(self) {
         let _ = self.http.delete(&self.base).send().await;
     }
@@ -202,8 +218,8 @@ impl Browser {
         self.click(&format!("#signin-{provider}")).await;
         self.type_in("#email", email).await;
         self.click("#allow").await;
-        let src = self.source().await;
-        assert!(src.contains(email), "not signed in as {email}: {src}");
+        self.wait_for(&format!("Signed in as <strong>{email}"))
+            .await;
     }
 }
 
@@ -255,7 +271,7 @@ async fn dashboard_in_headless_chromium() {
     let code_in_page = owner.source().await;
     assert!(code_in_page.contains(auth["user_code"].as_str().unwrap()));
     owner.click("#approve").await;
-    assert!(owner.source().await.contains("Approved"));
+    owner.wait_for("Approved: the CLI is signed in").await;
     // RFC 8628's interval between polls, then the token.
     tokio::time::sleep(
         Duration::from_secs(5).saturating_sub(first_poll.elapsed()) + Duration::from_millis(200),
@@ -280,6 +296,7 @@ async fn dashboard_in_headless_chromium() {
         "both sessions listed"
     );
     owner2.click("#revoke-all").await;
+    owner2.wait_for("<h1>Sessions</h1>").await;
     owner.go(&format!("{}/sessions", app.base)).await;
     assert!(
         owner.url().await.contains("/signin"),
@@ -327,8 +344,7 @@ async fn dashboard_in_headless_chromium() {
     });
     owner2.go(&evil_url).await;
     owner2.click("#go").await;
-    let refused = owner2.source().await;
-    assert!(refused.contains("This form was refused"), "{refused}");
+    owner2.wait_for("This form was refused").await;
     owner2.go(&format!("{}/sessions", app.base)).await;
     assert!(owner2.url().await.ends_with("/sessions"), "still signed in");
     assert!(app.events.actions().contains(&"auth.csrf_rejected"));

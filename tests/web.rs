@@ -26,7 +26,7 @@ async fn google_sign_in_makes_a_session_and_records_it() {
     assert!(!csp.contains("script-src"));
     assert_eq!(page.headers["x-frame-options"], "DENY");
     assert_eq!(page.headers["cache-control"], "no-store");
-    assert_eq!(page.headers["referrer-policy"], "no-referrer");
+    assert_eq!(page.headers["referrer-policy"], "same-origin");
     // The session works on the API too (the same cookie, the same Principal).
     let me = a.get(&format!("{}/api/v1/me", app.base)).await;
     assert_eq!(me.status, 200, "{}", me.body);

@@ -218,7 +218,10 @@ async fn security_headers(mut resp: Response) -> Response {
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     );
     set(h, "x-frame-options", "DENY");
-    set(h, "referrer-policy", "no-referrer");
+    // `same-origin`, not `no-referrer`: with `no-referrer` Chromium sends `Origin: null` on
+    // same-origin form posts, which the CSRF origin check must refuse. Other sites still
+    // get no referrer (callback URLs carry codes).
+    set(h, "referrer-policy", "same-origin");
     set(h, "x-content-type-options", "nosniff");
     set(h, "cross-origin-opener-policy", "same-origin");
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

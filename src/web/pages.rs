@@ -394,12 +394,22 @@ pub async fn device(v: Viewer, Query(q): Query<HashMap<String, String>>) -> Resp
     let code = q
         .get("user_code")
         .and_then(|c| secrets::parse_user_code(c))
+        .map(|c| display_code(&c))
         .unwrap_or_default();
     html_page(layout(
         Some(&v.nav()),
         "Approve a CLI login",
         device_form(&v, &code, None),
     ))
+}
+
+/// `BCDFGHJK` as the CLI shows it: `BCDF-GHJK`.
+fn display_code(c: &str) -> String {
+    if c.len() == 8 {
+        format!("{}-{}", &c[..4], &c[4..])
+    } else {
+        c.to_owned()
+    }
 }
 
 fn device_form(v: &Viewer, code: &str, message: Option<Markup>) -> Markup {
@@ -493,7 +503,9 @@ pub async fn device_post(
                 "Approve a CLI login",
                 device_form(
                     &v,
-                    &secrets::parse_user_code(&entered).unwrap_or_default(),
+                    &secrets::parse_user_code(&entered)
+                        .map(|c| display_code(&c))
+                        .unwrap_or_default(),
                     Some(msg),
                 ),
             ));
