@@ -277,14 +277,21 @@ fn refuse(msg: &str) -> Response {
     (StatusCode::BAD_REQUEST, format!("fake IdP: {msg}")).into_response()
 }
 
-fn check_authorize(idp: &Idp, q: &HashMap<String, String>) -> Result<(), Response> {
+/// `Some(answer)` when the request is refused.
+fn check_authorize(idp: &Idp, q: &HashMap<String, String>) -> Option<Response> {
+    check(idp, q).err().map(|b| *b)
+}
+
+fn check(idp: &Idp, q: &HashMap<String, String>) -> Result<(), Box<Response>> {
     let client = q
         .get("client_id")
         .and_then(|c| idp.client(c))
-        .ok_or_else(|| refuse("unknown client_id"))?;
+        .ok_or_else(|| Box::new(refuse("unknown client_id")))?;
     let redirect = q.get("redirect_uri").cloned().unwrap_or_default();
     if !client.redirect_uris.contains(&redirect) {
-        return Err(refuse("redirect_uri is not registered for this client"));
+        return Err(Box::new(refuse(
+            "redirect_uri is not registered for this client",
+        )));
     }
     let back = |e: &str| {
         let state = q
@@ -294,12 +301,12 @@ fn check_authorize(idp: &Idp, q: &HashMap<String, String>) -> Result<(), Respons
         Redirect::to(&format!("{redirect}?error={e}&state={state}")).into_response()
     };
     if q.get("response_type").map(String::as_str) != Some("code") {
-        return Err(back("unsupported_response_type"));
+        return Err(Box::new(back("unsupported_response_type")));
     }
     if q.get("code_challenge_method").map(String::as_str) != Some("S256")
         || q.get("code_challenge").is_none_or(|c| c.len() != 43)
     {
-        return Err(back("invalid_request"));
+        return Err(Box::new(back("invalid_request")));
     }
     Ok(())
 }
@@ -340,10 +347,7 @@ fn consent_page(idp: &Idp, provider: &'static str, q: &HashMap<String, String>) 
 }
 
 async fn authorize_google(State(idp): St, Query(q): Query<HashMap<String, String>>) -> Response {
-    match check_authorize(&idp, &q) {
-        Ok(()) => consent_page(&idp, "google", &q),
-        Err(r) => r,
-    }
+    check_authorize(&idp, &q).unwrap_or_else(|| consent_page(&idp, "google", &q))
 }
 
 async fn authorize_microsoft(
@@ -351,10 +355,7 @@ async fn authorize_microsoft(
     Path(_tenant): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    match check_authorize(&idp, &q) {
-        Ok(()) => consent_page(&idp, "microsoft", &q),
-        Err(r) => r,
-    }
+    check_authorize(&idp, &q).unwrap_or_else(|| consent_page(&idp, "microsoft", &q))
 }
 
 async fn authorize_github(
@@ -363,10 +364,7 @@ async fn authorize_github(
 ) -> Response {
     // GitHub's authorize takes no `response_type`; it is a code flow regardless.
     q.insert("response_type".into(), "code".into());
-    match check_authorize(&idp, &q) {
-        Ok(()) => consent_page(&idp, "github", &q),
-        Err(r) => r,
-    }
+    check_authorize(&idp, &q).unwrap_or_else(|| consent_page(&idp, "github", &q))
 }
 
 /// The consent form's answer: a code (or `access_denied`) back to the client.
