@@ -7,7 +7,46 @@
 #[path = "common/dashboard.rs"]
 mod dashboard;
 
+#[path = "common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
 use dashboard::{Agent, input_value, sign_in, start};
+
+/// Sign-in, rotation and revoke-all on SQLite and PostgreSQL (migration 9's
+/// `cp_oidc_flows` and its single-use UPDATE on both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_on_every_store() {
+    for ts in pg::stores() {
+        let app = dashboard::start_on(ts.open(), tempfile::tempdir().unwrap()).await;
+        let mut a = Agent::new();
+        let page = sign_in(&app, &mut a, "google", "ada@example.com").await;
+        assert_eq!(page.status, 200, "{}: {}", ts.name(), page.body);
+        let mut b = Agent::new();
+        let page = sign_in(&app, &mut b, "github", "ada@example.com").await;
+        assert_eq!(page.status, 200, "{}", ts.name());
+        b.origin = Some(app.base.clone());
+        let p = b.get(&format!("{}/sessions", app.base)).await;
+        let csrf = input_value(&p.body, "csrf").unwrap();
+        b.post(
+            &format!("{}/sessions/revoke-all", app.base),
+            &[("csrf", &csrf)],
+        )
+        .await;
+        assert_eq!(
+            a.get(&format!("{}/sessions", app.base)).await.status,
+            303,
+            "{}",
+            ts.name()
+        );
+        assert_eq!(
+            b.get(&format!("{}/sessions", app.base)).await.status,
+            200,
+            "{}",
+            ts.name()
+        );
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn google_sign_in_makes_a_session_and_records_it() {

@@ -49,7 +49,12 @@ pub const CLIENT_SECRET: &str = "telbase-test-secret";
 pub async fn start() -> App {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("telbase.db");
-    let mut store = telbase::store::open(&telbase::store::Location::Sqlite(db.clone())).unwrap();
+    let store = telbase::store::open(&telbase::store::Location::Sqlite(db.clone())).unwrap();
+    start_on(store, dir).await
+}
+
+/// The same on a given store (`dir` is kept for as long as the app).
+pub async fn start_on(mut store: telbase::store::Store, dir: tempfile::TempDir) -> App {
     let now = chrono::Utc::now().timestamp_millis();
     let team = model::create_team(&mut store, "acme", now)
         .unwrap()
