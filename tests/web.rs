@@ -363,3 +363,25 @@ async fn open_redirects_and_unknown_providers() {
         .await;
     assert!(s.body.contains("next=%2F\""), "{}", s.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_sign_ins_lock_the_address() {
+    let app = start().await;
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        let mut a = Agent::new();
+        let page = sign_in(&app, &mut a, "google", "mallory@example.com").await;
+        statuses.push(page.status);
+        if page.status == 429 {
+            assert!(page.headers.contains_key("retry-after"));
+            assert!(page.body.contains("Too many failed sign-ins"));
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(statuses[..statuses.len() - 1].iter().all(|s| *s == 403));
+    // While locked, even a good sign-in is refused before its answer is looked at.
+    let mut ada = Agent::new();
+    let page = sign_in(&app, &mut ada, "google", "ada@example.com").await;
+    assert_eq!(page.status, 429);
+}

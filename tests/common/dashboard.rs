@@ -110,8 +110,17 @@ pub async fn start_on(mut store: telbase::store::Store, dir: tempfile::TempDir) 
     let mut control = ControlState::new(store, key.clone(), base.clone(), false);
     control.events = events.clone();
     let control = Arc::new(control);
-    let app = api::router(control.clone())
-        .merge(web::router(Arc::new(Web::new(control.clone(), providers))));
+    // Abuse protection on a store of its own (its tables only), as `telbase serve` wires it.
+    let abuse_store = telbase::store::open(&telbase::store::Location::Sqlite(
+        dir.path().join("abuse.db"),
+    ))
+    .unwrap();
+    let mut web = Web::new(control.clone(), providers);
+    web.abuse = Some(Arc::new(telbase::abuse::Abuse::new(
+        Arc::new(Mutex::new(abuse_store)),
+        telbase::abuse::AbuseConfig::default(),
+    )));
+    let app = api::router(control.clone()).merge(web::router(Arc::new(web)));
     tokio::spawn(async move {
         let _ = axum::serve(
             listener,
