@@ -188,7 +188,8 @@ impl Idp {
         format!("{input}.{}", b64(&sig))
     }
 
-    fn jwks(&self) -> Value {
+    /// The JWKS that publishes the signing key.
+    pub fn jwks(&self) -> Value {
         let k = self.signer();
         json!({"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": k.kid, "n": k.n, "e": k.e}]})
     }

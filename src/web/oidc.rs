@@ -931,6 +931,78 @@ mod tests {
         assert!(!format!("{:?}", p.0[0]).contains("\"s\""));
     }
 
+    #[test]
+    fn signatures_are_checked_against_the_issuer_keys() {
+        let idp = crate::emulator::idp::Idp::new("http://idp");
+        let other = crate::emulator::idp::Idp::new("http://idp");
+        let claims = json!({"sub": "s", "aud": "c"});
+        let token = idp.sign(&claims);
+        let keys: Jwks = serde_json::from_value(idp.jwks()).unwrap();
+        let wrong: Jwks = serde_json::from_value(other.jwks()).unwrap();
+        assert!(Jwt::parse(&token).unwrap().verify_signature(&keys).is_ok());
+        // Another issuer's key (even under the same kid) does not verify it.
+        let mut same_kid = wrong.clone();
+        same_kid.keys[0].kid = keys.keys[0].kid.clone();
+        assert_eq!(
+            Jwt::parse(&token).unwrap().verify_signature(&same_kid),
+            Err(SignInError::BadToken("the signature does not verify"))
+        );
+        assert!(
+            Jwt::parse(&token)
+                .unwrap()
+                .verify_signature(&wrong)
+                .is_err()
+        );
+        // Changed claims under the original signature.
+        let (h, rest) = token.split_once('.').unwrap();
+        let (_, sig) = rest.split_once('.').unwrap();
+        let forged = format!(
+            "{h}.{}.{sig}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(json!({"sub": "admin", "aud": "c"}).to_string())
+        );
+        assert!(
+            Jwt::parse(&forged)
+                .unwrap()
+                .verify_signature(&keys)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn microsoft_needs_its_tenant_issuer_and_a_verified_domain() {
+        let p = Provider {
+            kind: ProviderKind::Microsoft,
+            client_id: "c".into(),
+            client_secret: SecretString::from("s".to_owned()),
+            issuer: "https://login.example/organizations/v2.0".into(),
+            api_base: String::new(),
+            tenants: vec!["t1".into()],
+        };
+        let d = Discovery {
+            issuer: "https://login.example/{tenantid}/v2.0".into(),
+            authorization_endpoint: String::new(),
+            token_endpoint: String::new(),
+            jwks_uri: String::new(),
+        };
+        let ok = json!({"sub": "s", "tid": "t1", "iss": "https://login.example/t1/v2.0", "email": "A@x.io", "xms_edov": true});
+        let id = identity_from_claims(&p, &d, &ok).unwrap();
+        assert_eq!((id.subject.as_str(), id.email.as_str()), ("t1/s", "a@x.io"));
+        let mut other_iss = ok.clone();
+        other_iss["iss"] = json!("https://login.example/t2/v2.0");
+        assert!(identity_from_claims(&p, &d, &other_iss).is_err());
+        let mut other_tenant = ok.clone();
+        other_tenant["tid"] = json!("t2");
+        other_tenant["iss"] = json!("https://login.example/t2/v2.0");
+        assert!(identity_from_claims(&p, &d, &other_tenant).is_err());
+        let mut unverified = ok.clone();
+        unverified.as_object_mut().unwrap().remove("xms_edov");
+        assert!(matches!(
+            identity_from_claims(&p, &d, &unverified),
+            Err(SignInError::Unverified(_))
+        ));
+    }
+
     proptest::proptest! {
         #[test]
         fn jwt_parsing_never_panics(s in ".{0,300}") {
