@@ -385,3 +385,86 @@ async fn repeated_failed_sign_ins_lock_the_address() {
     let page = sign_in(&app, &mut ada, "google", "ada@example.com").await;
     assert_eq!(page.status, 429);
 }
+
+/// `telbase emulator` serves the fake IdP under `/idp`, with issuers naming that prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_serves_the_fake_idp() {
+    let emu = telbase::emulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        telbase::emulator::Config::default(),
+    )
+    .await
+    .unwrap();
+    let base = emu.url();
+    let http = reqwest::Client::new();
+    let get = |u: String| {
+        let http = http.clone();
+        async move {
+            http.get(u)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let g = get(format!(
+        "{base}/idp/google/.well-known/openid-configuration"
+    ))
+    .await;
+    assert_eq!(g["issuer"], format!("{base}/idp/google"));
+    let keys = get(g["jwks_uri"].as_str().unwrap().to_owned()).await;
+    assert_eq!(keys["keys"][0]["kty"], "RSA");
+    assert_eq!(keys["keys"][0]["alg"], "RS256");
+    let m = get(format!(
+        "{base}/idp/microsoft/organizations/v2.0/.well-known/openid-configuration"
+    ))
+    .await;
+    assert_eq!(
+        m["issuer"],
+        format!("{base}/idp/microsoft/{{tenantid}}/v2.0")
+    );
+    // An unknown client is shown an error, never redirected (RFC 6749 4.1.2.1).
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!(
+            "{base}/idp/github/login/oauth/authorize?client_id=nope&redirect_uri=https://evil.example/"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // The GitHub API wants a token, in GitHub's error shape.
+    let r = http
+        .get(format!("{base}/idp/github/api/user"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .post(format!("{base}/idp/_admin/clients"))
+        .body(r#"{"id": "c1", "secret": "s1", "redirect_uris": ["http://127.0.0.1:1/cb"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let consent = http
+        .get(format!(
+            "{base}/idp/google/o/oauth2/v2/auth?client_id=c1&redirect_uri=http://127.0.0.1:1/cb&response_type=code&state=x&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(consent.status(), 200);
+    assert!(
+        consent
+            .text()
+            .await
+            .unwrap()
+            .contains("Fake google sign-in")
+    );
+    emu.stop().await;
+}

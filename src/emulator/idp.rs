@@ -230,6 +230,7 @@ pub fn router(idp: Arc<Idp>) -> Router {
         .route("/github/api/user", get(github_user))
         .route("/github/api/user/emails", get(github_emails))
         .route("/consent", post(consent))
+        .route("/_admin/clients", post(admin_client))
         .with_state(idp)
 }
 
@@ -670,6 +671,31 @@ async fn github_emails(State(idp): St, headers: HeaderMap) -> Response {
         {"email": format!("{}+noreply@users.noreply.github.com", p.subject), "primary": false, "verified": true, "visibility": null},
     ]))
     .into_response()
+}
+
+/// `POST /_admin/clients` `{"id", "secret", "redirect_uris": [...]}`: registers a client
+/// (for `telbase emulator` used by hand; tests call [`Idp::register`]).
+async fn admin_client(State(idp): St, body: axum::body::Bytes) -> Response {
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return refuse("the body is not JSON"),
+    };
+    let (Some(id), Some(secret), Some(uris)) = (
+        v["id"].as_str(),
+        v["secret"].as_str(),
+        v["redirect_uris"].as_array(),
+    ) else {
+        return refuse("expected {\"id\", \"secret\", \"redirect_uris\": [...]}");
+    };
+    idp.register(Client {
+        id: id.to_owned(),
+        secret: secret.to_owned(),
+        redirect_uris: uris
+            .iter()
+            .filter_map(|u| u.as_str().map(str::to_owned))
+            .collect(),
+    });
+    (StatusCode::CREATED, axum::Json(json!({"id": id}))).into_response()
 }
 
 /// Serves a fake IdP on `listener` until the task is dropped; returns its base URL.
