@@ -249,6 +249,16 @@ async fn csrf_rotation_and_revocation() {
         )
         .await;
     assert_eq!(stale.status, 403);
+    // The page rendered after the rotation carries the new session's token, which works.
+    let fresh = input_value(&made.body, "csrf").unwrap();
+    assert_ne!(fresh, csrf);
+    let again = a
+        .post(
+            &format!("{}/tokens", app.base),
+            &[("name", "ci2"), ("team", "acme"), ("csrf", &fresh)],
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
 
     // Revoke-all from a second browser signs the first out at once.
     let mut b = Agent::new();
@@ -467,4 +477,63 @@ async fn the_emulator_serves_the_fake_idp() {
             .contains("Fake google sign-in")
     );
     emu.stop().await;
+}
+
+/// The team's audit page: its members' records only, filtered by action, paged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_page_shows_the_teams_records() {
+    let app = start().await;
+    let (ada, outsider) = {
+        let mut s = app.control.store.lock().unwrap();
+        let ada = telbase::control::model::user_by_email(&mut *s, "ada@example.com")
+            .unwrap()
+            .unwrap();
+        let now = chrono::Utc::now().timestamp_millis();
+        let out =
+            telbase::control::model::create_user(&mut *s, "out@else.org", "out", now).unwrap();
+        let log = telbase::audit::AuditLog::new(telbase::audit::AuditKeys::from_secret(&[3; 32]));
+        let mut write = |actor: &str, action: &'static str| {
+            let e = telbase::serve::audit::from_control(&telbase::control::SecurityEvent {
+                action,
+                actor: Some(actor.to_owned()),
+                address: "192.0.2.7".into(),
+                target: None,
+                outcome: "success",
+            })
+            .unwrap();
+            log.record(&mut *s, &e).unwrap();
+        };
+        for _ in 0..60 {
+            write(&ada.id, "token.create");
+        }
+        write(&ada.id, "auth.login");
+        write(&out.id, "auth.logout");
+        (ada, out)
+    };
+    let mut a = Agent::new();
+    sign_in(&app, &mut a, "google", "ada@example.com").await;
+    let page = a.get(&format!("{}/teams/acme/audit", app.base)).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains(&ada.id));
+    assert!(!page.body.contains(&outsider.id), "another team's person");
+    assert!(
+        page.body.contains("id=\"older\""),
+        "60+ records: a next page"
+    );
+    let only = a
+        .get(&format!("{}/teams/acme/audit?action=auth.*", app.base))
+        .await;
+    assert!(only.body.contains("auth.login"));
+    assert!(!only.body.contains("access.token_create"));
+    let bad = a
+        .get(&format!("{}/teams/acme/audit?before=x", app.base))
+        .await;
+    assert_eq!(bad.status, 400);
+    let bad = a
+        .get(&format!(
+            "{}/teams/acme/audit?action=%3Cscript%3E",
+            app.base
+        ))
+        .await;
+    assert_eq!(bad.status, 400);
 }

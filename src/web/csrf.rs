@@ -114,6 +114,34 @@ mod tests {
     }
 
     #[test]
+    fn every_action_the_dashboard_records_is_a_valid_audit_action() {
+        for action in [
+            "auth.login",
+            "auth.logout",
+            "auth.failure",
+            "auth.csrf_rejected",
+            "device.approve",
+            "device.deny",
+            "session.revoke",
+            "session.revoke_all",
+            "token.create",
+            "token.revoke",
+            "member.invite",
+            "member.role_change",
+            "member.remove",
+        ] {
+            let e = crate::control::SecurityEvent {
+                action,
+                actor: Some("u".into()),
+                address: "127.0.0.1".into(),
+                target: Some("t".into()),
+                outcome: "failure",
+            };
+            assert!(crate::serve::audit::from_control(&e).is_ok(), "{action}");
+        }
+    }
+
+    #[test]
     fn the_field_escapes() {
         let m = field("a\"><script>").into_string();
         assert!(!m.contains("<script>"), "{m}");

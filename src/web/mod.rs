@@ -455,8 +455,9 @@ impl Viewer {
 /// Ends `old` and starts a new session for the same person (a new secret; the old one is
 /// dead at once): after sign-in and every sensitive action, so a session id seen before
 /// the action (a shared machine, a fixated cookie) is worth nothing after it. The
-/// `Set-Cookie` value of the new session.
-pub async fn rotate(web: &Arc<Web>, v: &Viewer) -> Result<String, Page> {
+/// `Set-Cookie` value of the new session; `v` is updated to it (its CSRF token too), so a
+/// page rendered after the action carries working forms.
+pub async fn rotate(web: &Arc<Web>, v: &mut Viewer) -> Result<String, Page> {
     let (uid, old, ua, addr, now) = (
         v.user.id.clone(),
         v.session.id.clone(),
@@ -464,12 +465,13 @@ pub async fn rotate(web: &Arc<Web>, v: &Viewer) -> Result<String, Page> {
         v.address.clone(),
         web.now(),
     );
-    let secret = db(web, move |s, key| {
+    let (row, secret) = db(web, move |s, key| {
         model::revoke_session(s, &uid, &old, now)?;
-        let (_, secret) = model::create_session(s, key, &uid, &ua, &addr, now)?;
-        Ok(secret)
+        model::create_session(s, key, &uid, &ua, &addr, now)
     })
     .await?;
+    v.csrf = csrf::token(web.key(), &row.id);
+    v.session = row;
     Ok(session_cookie(&secret, web.control.secure_cookies))
 }
 

@@ -521,7 +521,8 @@ pub async fn device_post(
         },
         Some(team.name.clone()),
     ))?;
-    let cookie = rotate(&web, &v).await?;
+    let mut v = v;
+    let cookie = rotate(&web, &mut v).await?;
     let body = html! {
         h1 { "Approve a CLI login" }
         @if approve {
@@ -539,7 +540,12 @@ pub async fn device_post(
 
 // ---- sessions ----
 
-pub async fn sessions(State(web): St, v: Viewer) -> Result<Response, Page> {
+pub async fn sessions(
+    State(web): St,
+    v: Viewer,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, Page> {
+    let revoked_all = q.get("revoked").is_some_and(|r| r == "all");
     let (uid, now) = (v.user.id.clone(), web.now());
     let (rows, logins) = db(&web, move |s, _| {
         Ok((
@@ -550,6 +556,9 @@ pub async fn sessions(State(web): St, v: Viewer) -> Result<Response, Page> {
     .await?;
     let body = html! {
         h1 { "Sessions" }
+        @if revoked_all {
+            p #revoked { "Every other session and CLI login was signed out." }
+        }
         table #sessions {
             tr { th { "Signed in" } th { "Last seen" } th { "Address" } th { "Browser" } th {} }
             @for s in &rows {
@@ -619,7 +628,7 @@ pub async fn sessions_revoke_all(
     .await?;
     web.record(v.event("session.revoke_all", Some(v.user.id.clone())))?;
     Ok(redirect_with_cookie(
-        "/sessions",
+        "/sessions?revoked=all",
         &session_cookie(&secret, web.control.secure_cookies),
     ))
 }
@@ -742,21 +751,11 @@ pub async fn token_create(
     })
     .await?;
     web.record(v.event("token.create", Some(row.id.clone())))?;
-    let cookie = rotate(&web, &v).await?;
     // The page is rendered with the rotated session's CSRF token, so its forms still work.
-    let mut v2 = v;
-    let new_id = cookie
-        .split_once('=')
-        .and_then(|(_, rest)| rest.split(';').next())
-        .map(str::to_owned)
-        .unwrap_or_default();
-    let sess = db(&web, move |s, key| model::use_session(s, key, &new_id, now)).await?;
-    if let Some(sess) = sess {
-        v2.csrf = csrf::token(web.key(), &sess.id);
-        v2.session = sess;
-    }
-    let body = tokens_body(&web, &v2, Some(&secret)).await?;
-    let mut r = html_page(layout(Some(&v2.nav()), "API tokens", body));
+    let mut v = v;
+    let cookie = rotate(&web, &mut v).await?;
+    let body = tokens_body(&web, &v, Some(&secret)).await?;
+    let mut r = html_page(layout(Some(&v.nav()), "API tokens", body));
     if let Ok(h) = HeaderValue::from_str(&cookie) {
         r.headers_mut().append(header::SET_COOKIE, h);
     }
@@ -927,7 +926,8 @@ pub async fn member_role(
     })
     .await??;
     web.record(v.event("member.role_change", Some(user)))?;
-    let cookie = rotate(&web, &v).await?;
+    let mut v = v;
+    let cookie = rotate(&web, &mut v).await?;
     Ok(redirect_with_cookie(
         &format!("/teams/{}/members", team.name),
         &cookie,
