@@ -721,7 +721,11 @@ fn identity_from_claims(p: &Provider, d: &Discovery, c: &Value) -> Result<Identi
             format!("{tid}/{sub}")
         }
         _ => {
-            if s("iss") != Some(p.issuer.as_str()) && s("iss") != Some(d.issuer.as_str()) {
+            // Google documents `iss` as `https://accounts.google.com` or, in older tokens,
+            // `accounts.google.com`: the configured issuer with or without its scheme.
+            let iss = s("iss").unwrap_or_default();
+            let bare = d.issuer.strip_prefix("https://").unwrap_or(&d.issuer);
+            if iss != p.issuer && iss != d.issuer && iss != bare {
                 return Err(SignInError::BadToken("iss is not the provider"));
             }
             if !truthy(c.get("email_verified")) {
@@ -1001,6 +1005,33 @@ mod tests {
             identity_from_claims(&p, &d, &unverified),
             Err(SignInError::Unverified(_))
         ));
+    }
+
+    #[test]
+    fn google_issuer_with_or_without_scheme() {
+        let p = Provider {
+            kind: ProviderKind::Google,
+            client_id: "c".into(),
+            client_secret: SecretString::from("s".to_owned()),
+            issuer: "https://accounts.google.com".into(),
+            api_base: String::new(),
+            tenants: vec![],
+        };
+        let d = Discovery {
+            issuer: "https://accounts.google.com".into(),
+            authorization_endpoint: String::new(),
+            token_endpoint: String::new(),
+            jwks_uri: String::new(),
+        };
+        let mut c = json!({"sub": "1", "iss": "https://accounts.google.com", "email": "a@b.co", "email_verified": true});
+        assert!(identity_from_claims(&p, &d, &c).is_ok());
+        c["iss"] = json!("accounts.google.com");
+        assert!(identity_from_claims(&p, &d, &c).is_ok());
+        c["iss"] = json!("https://evil.example");
+        assert!(identity_from_claims(&p, &d, &c).is_err());
+        c["iss"] = json!("https://accounts.google.com");
+        c["email_verified"] = json!("false");
+        assert!(identity_from_claims(&p, &d, &c).is_err());
     }
 
     proptest::proptest! {
