@@ -537,3 +537,47 @@ async fn the_audit_page_shows_the_teams_records() {
         .await;
     assert_eq!(bad.status, 400);
 }
+
+/// Wrong user codes on `/device` count against the same limit as the API's approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_device_codes_are_limited() {
+    let app = start().await;
+    let mut a = Agent::new();
+    sign_in(&app, &mut a, "google", "max@example.com").await;
+    a.origin = Some(app.base.clone());
+    let page = a
+        .get(&format!("{}/device?user_code=bcdf-ghjk", app.base))
+        .await;
+    assert!(page.body.contains("value=\"BCDF-GHJK\""), "{}", page.body);
+    let csrf = input_value(&page.body, "csrf").unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..11 {
+        let r = a
+            .post(
+                &format!("{}/device", app.base),
+                &[
+                    ("user_code", "BCDF-GHJK"),
+                    ("team", "acme"),
+                    ("decision", "approve"),
+                    ("csrf", &csrf),
+                ],
+            )
+            .await;
+        statuses.push(r.status);
+    }
+    assert!(statuses[..10].iter().all(|s| *s == 400), "{statuses:?}");
+    assert_eq!(statuses[10], 429);
+    // Another team's name is a 404, as in the API.
+    let r = a
+        .post(
+            &format!("{}/device", app.base),
+            &[
+                ("user_code", "x"),
+                ("team", "other"),
+                ("decision", "approve"),
+                ("csrf", &csrf),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 404);
+}

@@ -445,12 +445,7 @@ pub async fn device_post(
         _ => return Err(Page::bad("Choose Approve or Deny.")),
     };
     let team_name = form.get("team").cloned().unwrap_or_default();
-    let team = v
-        .teams
-        .iter()
-        .find(|(t, _)| t.name == team_name)
-        .map(|(t, _)| t.clone())
-        .ok_or_else(Page::not_found)?;
+    let (team, _) = v.in_team(&team_name, Action::ApproveDevice)?;
     let entered = form.get("user_code").cloned().unwrap_or_default();
     let now = web.now();
     // The same counters as `POST /api/v1/device/approve`: one limit on guessing codes,
