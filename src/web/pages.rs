@@ -1080,3 +1080,52 @@ pub async fn audit(
     };
     Ok(html_page(layout(Some(&v.nav()), "Audit log", body)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_paths_stay_on_this_site() {
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "",
+            "x",
+        ] {
+            assert_eq!(local_path(Some(&bad.to_owned())), "/", "{bad}");
+        }
+        assert_eq!(
+            local_path(Some(&"/device?user_code=X".to_owned())),
+            "/device?user_code=X"
+        );
+        assert_eq!(local_path(None), "/");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_return_path_is_local(s in ".{0,80}") {
+            let p = local_path(Some(&s));
+            proptest::prop_assert!(p.starts_with('/'));
+            proptest::prop_assert!(!p.starts_with("//") && !p.starts_with("/\\"));
+            proptest::prop_assert!(!p.chars().any(char::is_control));
+        }
+
+        #[test]
+        fn form_encoding_round_trips(s in ".{0,80}") {
+            let e = oidc::form_encode(&s);
+            proptest::prop_assert!(e.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
+            let back: Vec<(String, String)> =
+                serde_urlencoded_pairs(&format!("k={e}"));
+            proptest::prop_assert_eq!(&back[0].1, &s);
+        }
+    }
+
+    /// Decodes `application/x-www-form-urlencoded` with axum's own parser.
+    fn serde_urlencoded_pairs(q: &str) -> Vec<(String, String)> {
+        let uri: axum::http::Uri = format!("/?{q}").parse().unwrap();
+        let Query(v): Query<Vec<(String, String)>> = Query::try_from_uri(&uri).unwrap();
+        v
+    }
+}
