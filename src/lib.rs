@@ -28,3 +28,4 @@ pub mod providers;
 pub mod secrets;
 pub mod serve;
 pub mod store;
+pub mod web;

@@ -135,6 +135,11 @@ fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
         } else {
             None
         },
+        signin: if args.control_plane {
+            crate::web::oidc::Providers::from_vars(|k| std::env::var(k).ok())?
+        } else {
+            crate::web::oidc::Providers::default()
+        },
         ..serve::EdgeConfig::default()
     })
 }

@@ -23,6 +23,7 @@ mod cloudflare;
 mod cloudsql;
 mod github;
 mod google;
+pub mod idp;
 mod keyless;
 mod neon;
 mod turso;
@@ -319,9 +320,14 @@ pub async fn start(addr: SocketAddr, config: Config) -> Result<Handle, StartErro
         record,
         captured: Mutex::new(Vec::new()),
     });
+    // The fake identity provider for the dashboard's sign-in (`/idp/google`, …).
     let app = axum::Router::new()
         .fallback(handle)
-        .with_state(inner.clone());
+        .with_state(inner.clone())
+        .nest(
+            "/idp",
+            idp::router(idp::Idp::new(&format!("http://{local}/idp"))),
+        );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app)

@@ -387,6 +387,8 @@ pub struct EdgeConfig {
     /// Mount the control plane's `/api/v1` (users, teams, tokens, sessions, device login;
     /// see `crate::control`). Off by default.
     pub control: Option<ControlConfig>,
+    /// The dashboard's sign-in providers (`crate::web::oidc`), used when `control` is on.
+    pub signin: crate::web::oidc::Providers,
 }
 
 /// The control plane's settings: the key its stored hashes are made with.
@@ -409,6 +411,7 @@ impl Default for EdgeConfig {
             audit: None,
             audit_prune_every: Some(std::time::Duration::from_secs(24 * 60 * 60)),
             control: None,
+            signin: crate::web::oidc::Providers::default(),
         }
     }
 }
@@ -641,7 +644,12 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
             let resolver = abuse.clone();
             state.client_address =
                 Arc::new(move |peer, headers| resolver.client_address(peer, headers));
-            app.merge(crate::control::api::router(Arc::new(state)))
+            let state = Arc::new(state);
+            // The dashboard (sign-in, identity pages) on the same state, outside /api/v1.
+            let mut web = crate::web::Web::new(state.clone(), edge.signin.clone());
+            web.abuse = Some(abuse.clone());
+            app.merge(crate::control::api::router(state))
+                .merge(crate::web::router(Arc::new(web)))
         }
         None => app,
     };

@@ -159,6 +159,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "audit log", super::audit::POSTGRES_MIGRATION),
     (8, "control plane identity", crate::control::db::MIGRATION),
     (9, "control plane projects", crate::control::projects::MIGRATION),
+    (10, "dashboard sign-in flows", crate::web::oidc::MIGRATION),
 ];
 
 /// The newest PostgreSQL schema version this Telbase knows.
