@@ -487,6 +487,20 @@ impl AuditLog {
         Ok(u64::try_from(written.seq).unwrap_or(0))
     }
 
+    /// Records `event` through `append`, which appends the sealed record inside a transaction
+    /// the caller holds (`store::tx::Tx::append_audit`), so the record commits with the change
+    /// made in the same transaction, or neither does.
+    pub fn record_with(
+        &self,
+        append: &mut dyn FnMut(&mut SealRecord<'_>) -> Result<AuditRecord, AuditError>,
+        event: &AuditEvent,
+    ) -> Result<u64, AuditError> {
+        let keys = self.keys()?;
+        let record = chain::unsealed(event)?;
+        let written = append(&mut |head| chain::seal(keys, record.clone(), head))?;
+        Ok(u64::try_from(written.seq).unwrap_or(0))
+    }
+
     /// Walks the whole chain (and the checkpoints) and reports the first problem.
     pub fn verify(&self, rows: &mut dyn AuditRows) -> Result<Verification, AuditError> {
         chain::verify(self.keys()?, rows)

@@ -30,10 +30,12 @@ use super::openapi as doc;
 use super::roles::{self, Action, Role};
 use super::secrets::{self, Kind, ServerKey};
 use super::{SecurityEvent, SecurityEvents};
+use crate::abuse::{Abuse, Account, FailureKind, Realm};
+use crate::store::tx::{Tx, TxError};
 use crate::store::{Store, StoreError};
 
 /// Request bodies larger than this are refused (413) before they are parsed.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// User-code entries that fail, per user and per address, before entry is refused for the
 /// rest of the window.
 pub const APPROVE_FAILURES: i64 = 10;
@@ -154,6 +156,11 @@ pub struct ControlState {
     /// gives abuse protection's (`X-Forwarded-For` believed only from trusted proxies), so
     /// limits and security events name the client, not the proxy. Default: the peer.
     pub client_address: ClientAddress,
+    /// Failure counters, lockouts and rate limits (`crate::abuse`, in the store, shared by
+    /// replicas): bad tokens and sessions per address, a token bucket per token, a rate per
+    /// address on the OAuth endpoints and on user-code entry. `telbase serve` sets it;
+    /// `None` (the default) checks nothing.
+    pub abuse: Option<Arc<Abuse>>,
 }
 
 impl ControlState {
@@ -166,6 +173,7 @@ impl ControlState {
             public_url: public_url.trim_end_matches('/').to_owned(),
             secure_cookies,
             client_address: Arc::new(|peer, _| peer),
+            abuse: None,
         }
     }
 
@@ -174,7 +182,8 @@ impl ControlState {
     }
 }
 
-type App = Arc<ControlState>;
+/// The shared state handlers take.
+pub type App = Arc<ControlState>;
 
 /// An error in the one JSON shape.
 #[derive(Debug)]
@@ -203,6 +212,16 @@ impl ApiError {
     }
     fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    /// 429 for a locked address or account (the same answer whatever the credentials).
+    pub fn locked(wait: u64) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed attempts from this address; try again later",
+        );
+        e.retry_after = Some(i64::try_from(wait).unwrap_or(i64::MAX));
+        e
     }
     fn unauthorized() -> ApiError {
         ApiError::new(
@@ -396,7 +415,70 @@ async fn db<T: Send + 'static>(
     })?
 }
 
-fn record(app: &App, event: SecurityEvent) -> Result<(), ApiError> {
+/// Runs an audited change and its audit record in ONE store transaction: `change` runs on
+/// the transaction (every `model::` function takes it, as it takes a [`Store`]); when it
+/// answers `Ok(Ok(v))`, `event(&v)` is recorded in the audit log inside the same
+/// transaction, and both commit together. A failed audit write rolls the change back and
+/// answers 503 `audit_unavailable`, so a change is never done without its record (nor a
+/// record written for a change that did not happen). `Ok(Err(e))` from `change` (a refusal:
+/// not found, conflict...) rolls back and answers `e`, recording nothing; record a failure
+/// with [`record`] if it needs one.
+///
+/// Use this for every request that changes something the audit log must show:
+///
+/// ```ignore
+/// let row = db_audited(
+///     &app,
+///     move |tx, key| Ok(Ok(model::create_thing(tx, key, &args, now)?)),
+///     move |row| p.succeeded("thing.create", Some(row.id.clone())),
+/// )
+/// .await?;
+/// ```
+pub async fn db_audited<T: Send + 'static>(
+    app: &App,
+    change: impl FnOnce(&mut Tx<'_>, &ServerKey) -> Result<Result<T, ApiError>, StoreError>
+    + Send
+    + 'static,
+    event: impl FnOnce(&T) -> SecurityEvent + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = app.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut s = app.store.lock().unwrap_or_else(|e| e.into_inner());
+        let (key, events) = (&app.key, app.events.clone());
+        s.transaction(|tx| {
+            let v = change(tx, key)?.map_err(TxError::Abort)?;
+            let ev = event(&v);
+            events
+                .record_in(tx, &ev)
+                .map_err(|e| TxError::Abort(audit_failed(&ev, &e)))?;
+            Ok(v)
+        })
+    })
+    .await;
+    match out {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(TxError::Abort(e))) => Err(e),
+        Ok(Err(TxError::Store(e))) => Err(e.into()),
+        Err(e) => Err(StoreError::Corrupt {
+            path: "control plane".into(),
+            what: format!("a store task failed: {e}"),
+        }
+        .into()),
+    }
+}
+
+fn audit_failed(event: &SecurityEvent, e: &str) -> ApiError {
+    tracing::error!(error = %e, action = event.action, "cannot record a security event");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        "the audit log cannot be written; the request was not carried out",
+    )
+}
+
+/// Records an event that has no change to go with (a failure, a refusal) on its own; a
+/// change and its event go through [`db_audited`] instead.
+pub fn record(app: &App, event: SecurityEvent) -> Result<(), ApiError> {
     app.events.record(&event).map_err(|e| {
         tracing::error!(error = %e, action = event.action, "cannot record a security event");
         ApiError::new(
@@ -407,11 +489,10 @@ fn record(app: &App, event: SecurityEvent) -> Result<(), ApiError> {
     })
 }
 
-fn peer(app: &ControlState, req: &Request) -> String {
+fn peer_ip(app: &ControlState, req: &Request) -> Option<std::net::IpAddr> {
     req.extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| (app.client_address)(c.0.ip(), req.headers()).to_string())
-        .unwrap_or_else(|| "unknown".into())
+        .map(|c| (app.client_address)(c.0.ip(), req.headers()))
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -433,19 +514,73 @@ pub async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let Some(path) = matched.map(|m| m.as_str().to_owned()) else {
-        return next.run(req).await;
-    };
-    let Some(spec) = ROUTES
+    // Deny by default: only what ROUTES lists gets through. A path it does not list is a
+    // 404 and a method it does not list on a known path a 405 naming the allowed ones, both
+    // in the one error shape (axum would otherwise answer HEAD through the GET handler,
+    // which has no principal, and unknown paths in plain text).
+    let path = matched.map(|m| m.as_str().to_owned()).unwrap_or_default();
+    let known: Vec<&RouteSpec> = ROUTES.iter().filter(|s| s.path == path).collect();
+    if known.is_empty() {
+        return ApiError::not_found("route").into_response();
+    }
+    let Some(spec) = known
         .iter()
-        .find(|s| s.path == path && s.method == req.method().as_str())
+        .find(|s| s.method == req.method().as_str())
+        .copied()
     else {
-        return next.run(req).await;
+        return method_not_allowed(&known);
     };
+    let ip = peer_ip(&app, &req);
+    let address = ip
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "unknown".into());
     let Some(action) = spec.action else {
+        // The OAuth endpoints: anyone may call them, so each address has a rate limit.
+        if let (Some(abuse), Some(ip)) = (&app.abuse, ip)
+            && spec.path.starts_with("/api/v1/oauth/")
+        {
+            match abuse.address_request(ip).await {
+                Ok(None) => {}
+                Ok(Some(wait)) => return oauth_too_many(wait),
+                Err(e) => {
+                    tracing::error!(error = %e, "abuse check failed");
+                    return OAuthError {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        error: "temporarily_unavailable",
+                        description: "the server cannot check this request right now; try again"
+                            .into(),
+                    }
+                    .into_response();
+                }
+            }
+        }
         return next.run(req).await;
     };
-    let address = peer(&app, &req);
+    // A locked address is refused before its credentials are looked at (a lock must not
+    // tell a guesser whether the guess was right). User-code entry also has a rate per
+    // address: a user code is short, so guesses must be slow from anywhere.
+    if let (Some(abuse), Some(ip)) = (&app.abuse, ip) {
+        match abuse.check(Realm::Api, ip, None).await {
+            Ok(None) => {}
+            Ok(Some(wait)) => return ApiError::locked(wait).into_response(),
+            Err(e) => return abuse_down(e).into_response(),
+        }
+        if action == Action::ApproveDevice {
+            match abuse.address_request(ip).await {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    let mut e = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        "too many codes entered from this address; slow down",
+                    );
+                    e.retry_after = Some(i64::try_from(wait).unwrap_or(i64::MAX));
+                    return e.into_response();
+                }
+                Err(e) => return abuse_down(e).into_response(),
+            }
+        }
+    }
     let team_name = params.ok().and_then(|p| {
         p.iter()
             .find(|(k, _)| *k == "team")
@@ -535,8 +670,6 @@ pub async fn authorize(
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             if e.status == StatusCode::UNAUTHORIZED {
-                // ABUSE hook: bad credentials are counted per address here once the
-                // general limiter (src/abuse/) is merged.
                 let _ = app.events.record(&SecurityEvent {
                     action: "auth.failure",
                     actor: None,
@@ -544,6 +677,22 @@ pub async fn authorize(
                     target: None,
                     outcome: "failure",
                 });
+                // Bad tokens and sessions count against the address (in the store, so
+                // every replica sees them); the failure that starts a lock answers 429,
+                // and the lock's start is an anomaly in the audit log.
+                if let (Some(abuse), Some(ip)) = (&app.abuse, ip) {
+                    match abuse
+                        .failure(Realm::Api, FailureKind::BadToken, ip, None)
+                        .await
+                    {
+                        Ok(r) => {
+                            if let Some(wait) = r.refused {
+                                return ApiError::locked(wait).into_response();
+                            }
+                        }
+                        Err(e) => return abuse_down(e).into_response(),
+                    }
+                }
             }
             return e.into_response();
         }
@@ -566,8 +715,122 @@ pub async fn authorize(
         )
         .into_response();
     }
+    // A token's rate limit (after authentication: token ids are not secret, so forged
+    // requests naming one must not drain the real token's bucket); its first use from a
+    // new address is flagged as an anomaly by the same call.
+    if let (Some(abuse), Some(ip)) = (&app.abuse, ip) {
+        let token = match &principal.via {
+            Via::ApiToken { id, .. } | Via::AccessToken { id, .. } => Some(id.clone()),
+            Via::Session { .. } => None,
+        };
+        if let Some(id) = token {
+            match abuse.token_request(Account::token(&id), ip).await {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    let mut e = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        "too many requests with this token; slow down",
+                    );
+                    e.retry_after = Some(i64::try_from(wait).unwrap_or(i64::MAX));
+                    return e.into_response();
+                }
+                Err(e) => return abuse_down(e).into_response(),
+            }
+        }
+    }
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// The abuse check could not be made: the request is not let through unchecked (503).
+fn abuse_down(e: crate::abuse::AbuseError) -> ApiError {
+    tracing::error!(error = %e, "abuse check failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the server cannot check this request right now; try again",
+    )
+}
+
+/// 405 for a method ROUTES does not list on a known path, with `Allow` naming the ones it
+/// does.
+fn method_not_allowed(known: &[&RouteSpec]) -> Response {
+    let allow = known
+        .iter()
+        .map(|s| s.method)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut resp = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("this method is not allowed here; allowed: {allow}"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
+/// 429 in OAuth's error shape, for the OAuth endpoints' address rate limit.
+fn oauth_too_many(wait: u64) -> Response {
+    let mut resp = OAuthError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        error: "rate_limited",
+        description: "too many requests from this address; slow down".into(),
+    }
+    .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
+    resp
+}
+
+/// Rewrites any error answer that is not JSON (axum's own rejections of a path, query or
+/// body it could not read, which are plain text) into the one error shape, so a client
+/// never meets a second format. JSON answers (ours, and OAuth's) pass untouched.
+async fn one_error_shape(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        s if s.is_server_error() => "unavailable",
+        _ => "bad_request",
+    };
+    let message = if text.trim().is_empty() || status.is_server_error() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text.trim().to_owned()
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// The `/api/v1` router.
@@ -597,6 +860,10 @@ pub fn router(app: App) -> Router {
             "/api/v1/teams/{team}/members/{user}",
             patch(change_role).delete(remove_member),
         )
+        // Everything else under /api/v1 reaches `authorize`, which answers 404 for a path
+        // ROUTES does not list and 405 for a method it does not list.
+        .route("/api/v1", axum::routing::any(not_found))
+        .route("/api/v1/", axum::routing::any(not_found))
         .route("/api/v1/{*rest}", axum::routing::any(not_found))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -607,6 +874,7 @@ pub fn router(app: App) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(one_error_shape))
         .layer(axum::middleware::map_response(no_store))
         .with_state(app)
 }
@@ -886,6 +1154,18 @@ pub(crate) async fn approve(
     axum::Extension(p): axum::Extension<Principal>,
     Body(body): Body<ApproveRequest>,
 ) -> Result<Response, ApiError> {
+    // A user locked by wrong codes is refused before the code is looked at (a right guess
+    // must not be told apart while locked).
+    if let (Some(abuse), Ok(ip)) = (&app.abuse, p.address.parse()) {
+        match abuse
+            .check(Realm::Api, ip, Some(Account::user(&p.user.id)))
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(wait)) => return Err(ApiError::locked(wait)),
+            Err(e) => return Err(abuse_down(e)),
+        }
+    }
     let now = app.now();
     let keys = [format!("user:{}", p.user.id), format!("addr:{}", p.address)];
     let user_id = p.user.id.clone();
@@ -910,7 +1190,8 @@ pub(crate) async fn approve(
                 return Ok(Err(e));
             }
         }
-        let fail = |s: &mut Store, msg: &str| -> Result<Result<String, ApiError>, StoreError> {
+        type Checked = Result<(String, model::Team), ApiError>;
+        let fail = |s: &mut Store, msg: &str| -> Result<Checked, StoreError> {
             for k in &keys {
                 model::record_failure(s, k, now, APPROVE_WINDOW_MS)?;
             }
@@ -964,26 +1245,74 @@ pub(crate) async fn approve(
                 "this token's role is capped below yours, and the login would get your full role: approve it signed in, or with an uncapped token",
             )));
         }
-        if !model::device_decide(s, &d.id, approve, &user_id, &team.id)? {
-            return fail(s, "this code expired or was already used");
-        }
-        Ok(Ok(team.name))
+        Ok(Ok((d.id, team)))
     })
-    .await??;
-    record(
-        &app,
-        SecurityEvent {
-            action: if approve {
-                "device.approve"
-            } else {
-                "device.deny"
-            },
-            actor: Some(p.user.id.clone()),
-            address: p.address.clone(),
-            target: Some(outcome.clone()),
-            outcome: "success",
-        },
-    )?;
+    .await?;
+    // The decision and its audit record in one transaction (the checks above only read,
+    // and count failures, which must stay counted); the decision is conditional on the
+    // login still pending, so a race with another approval is caught here.
+    let outcome = match outcome {
+        Ok((device, team)) => {
+            let (uid, actor, address) = (p.user.id.clone(), p.user.id.clone(), p.address.clone());
+            db_audited(
+                &app,
+                move |s, _| {
+                    Ok(
+                        if model::device_decide(s, &device, approve, &uid, &team.id)? {
+                            Ok(team.name)
+                        } else {
+                            Err(ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_user_code",
+                                "this code expired or was already used",
+                            ))
+                        },
+                    )
+                },
+                move |team| SecurityEvent {
+                    action: if approve {
+                        "device.approve"
+                    } else {
+                        "device.deny"
+                    },
+                    actor: Some(actor),
+                    address,
+                    target: Some(team.clone()),
+                    outcome: "success",
+                },
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let outcome = match outcome {
+        Ok(team) => team,
+        Err(e) => {
+            // A wrong code also counts in abuse protection's store-shared counters, per
+            // address and per user: a burst locks both and is flagged in the audit log.
+            if e.code == "invalid_user_code"
+                && let (Some(abuse), Ok(ip)) = (&app.abuse, p.address.parse())
+            {
+                match abuse
+                    .failure(
+                        Realm::Api,
+                        FailureKind::BadUserCode,
+                        ip,
+                        Some(Account::user(&p.user.id)),
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        if let Some(wait) = r.refused {
+                            return Err(ApiError::locked(wait));
+                        }
+                    }
+                    Err(e) => return Err(abuse_down(e)),
+                }
+            }
+            return Err(e);
+        }
+    };
     Ok(axum::Json(doc::Approved {
         approved: approve,
         team: outcome,
@@ -1019,7 +1348,7 @@ pub struct Page {
     cursor: Option<String>,
     /// Items per page, 1 to 200 (default 50).
     #[serde(default)]
-    #[param(value_type = Option<u32>)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     limit: Option<String>,
 }
 
@@ -1105,47 +1434,50 @@ pub(crate) async fn create_token(
     // A token acts with its capped role: what it creates is capped by that too, or a
     // Viewer-capped (or stolen one-hour) token could mint a lasting Owner token.
     let acting = bound.as_ref().map(|_| p.role.unwrap_or(Role::Viewer));
-    let out = db(&app, move |s, key| {
-        let Some(team) = model::team_by_name(s, &body.team)? else {
-            return Ok(Err(ApiError::not_found("team")));
-        };
-        let Some(mut mine) = model::role_in(s, &team.id, &uid)? else {
-            return Ok(Err(ApiError::not_found("team")));
-        };
-        if let Some(a) = acting {
-            mine = mine.min(a);
-        }
-        if bound.as_ref().is_some_and(|b| *b != team.id) {
-            return Ok(Err(ApiError::not_found("team")));
-        }
-        let cap = body.role.unwrap_or(mine);
-        if !mine.at_least(cap) {
-            return Ok(Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "a token cannot have a stronger role than yours",
-            )));
-        }
-        let (row, secret) = model::create_token(
-            s,
-            key,
-            &model::NewToken {
-                kind: Kind::Api,
-                team_id: &team.id,
-                user_id: &uid,
-                name: body.name.trim(),
-                role_cap: cap,
-                family: None,
-                expires_at: body
-                    .expires_in_days
-                    .map(|d| now + i64::from(d) * 86_400_000),
-            },
-            now,
-        )?;
-        Ok(Ok((row, secret)))
-    })
-    .await??;
-    record(&app, p.succeeded("token.create", Some(out.0.id.clone())))?;
+    let out = db_audited(
+        &app,
+        move |s, key| {
+            let Some(team) = model::team_by_name(s, &body.team)? else {
+                return Ok(Err(ApiError::not_found("team")));
+            };
+            let Some(mut mine) = model::role_in(s, &team.id, &uid)? else {
+                return Ok(Err(ApiError::not_found("team")));
+            };
+            if let Some(a) = acting {
+                mine = mine.min(a);
+            }
+            if bound.as_ref().is_some_and(|b| *b != team.id) {
+                return Ok(Err(ApiError::not_found("team")));
+            }
+            let cap = body.role.unwrap_or(mine);
+            if !mine.at_least(cap) {
+                return Ok(Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "a token cannot have a stronger role than yours",
+                )));
+            }
+            let (row, secret) = model::create_token(
+                s,
+                key,
+                &model::NewToken {
+                    kind: Kind::Api,
+                    team_id: &team.id,
+                    user_id: &uid,
+                    name: body.name.trim(),
+                    role_cap: cap,
+                    family: None,
+                    expires_at: body
+                        .expires_in_days
+                        .map(|d| now + i64::from(d) * 86_400_000),
+                },
+                now,
+            )?;
+            Ok(Ok((row, secret)))
+        },
+        move |(row, _)| p.succeeded("token.create", Some(row.id.clone())),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(doc::CreatedToken {
@@ -1166,30 +1498,31 @@ pub(crate) async fn revoke_token(
     let uid = p.user.id.clone();
     let tid = id.clone();
     let bound = p.bound_team().map(|b| (b.to_owned(), p.role));
-    let done = db(&app, move |s, _| {
-        let Some(t) = model::token(s, &tid)? else {
-            return Ok(false);
-        };
-        // A team-bound token acts in its team only, with its capped role; a session with
-        // the user's role in the token's team.
-        let role = match &bound {
-            Some((team, _)) if *team != t.team_id => return Ok(false),
-            Some((_, role)) => *role,
-            None => model::role_in(s, &t.team_id, &uid)?,
-        };
-        let allowed =
-            t.user_id == uid || role.is_some_and(|r| roles::allows(r, Action::ManageAllTokens));
-        if !allowed || t.kind != "api" {
-            return Ok(false);
-        }
-        model::revoke_token(s, &t.id, now)?;
-        Ok(true)
-    })
+    db_audited(
+        &app,
+        move |s, _| {
+            let gone = || Ok(Err(ApiError::not_found("token")));
+            let Some(t) = model::token(s, &tid)? else {
+                return gone();
+            };
+            // A team-bound token acts in its team only, with its capped role; a session with
+            // the user's role in the token's team.
+            let role = match &bound {
+                Some((team, _)) if *team != t.team_id => return gone(),
+                Some((_, role)) => *role,
+                None => model::role_in(s, &t.team_id, &uid)?,
+            };
+            let allowed =
+                t.user_id == uid || role.is_some_and(|r| roles::allows(r, Action::ManageAllTokens));
+            if !allowed || t.kind != "api" {
+                return gone();
+            }
+            model::revoke_token(s, &t.id, now)?;
+            Ok(Ok(()))
+        },
+        move |_| p.succeeded("token.revoke", Some(id)),
+    )
     .await?;
-    if !done {
-        return Err(ApiError::not_found("token"));
-    }
-    record(&app, p.succeeded("token.revoke", Some(id)))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1222,10 +1555,18 @@ pub(crate) async fn revoke_session(
 ) -> Result<Response, ApiError> {
     let now = app.now();
     let (uid, sid) = (p.user.id.clone(), id.clone());
-    if !db(&app, move |s, _| model::revoke_session(s, &uid, &sid, now)).await? {
-        return Err(ApiError::not_found("session"));
-    }
-    record(&app, p.succeeded("session.revoke", Some(id)))?;
+    db_audited(
+        &app,
+        move |s, _| {
+            Ok(if model::revoke_session(s, &uid, &sid, now)? {
+                Ok(())
+            } else {
+                Err(ApiError::not_found("session"))
+            })
+        },
+        move |_| p.succeeded("session.revoke", Some(id)),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1236,11 +1577,12 @@ pub(crate) async fn revoke_all(
 ) -> Result<Response, ApiError> {
     let now = app.now();
     let uid = p.user.id.clone();
-    let n = db(&app, move |s, _| model::revoke_all(s, &uid, now)).await?;
-    record(
+    let n = db_audited(
         &app,
-        p.succeeded("session.revoke_all", Some(p.user.id.clone())),
-    )?;
+        move |s, _| Ok(Ok(model::revoke_all(s, &uid, now)?)),
+        move |_| p.succeeded("session.revoke_all", Some(p.user.id.clone())),
+    )
+    .await?;
     Ok(axum::Json(doc::Revoked { revoked: n }).into_response())
 }
 
@@ -1273,10 +1615,18 @@ pub(crate) async fn revoke_login(
 ) -> Result<Response, ApiError> {
     let now = app.now();
     let (uid, lid) = (p.user.id.clone(), id.clone());
-    if !db(&app, move |s, _| model::revoke_login(s, &uid, &lid, now)).await? {
-        return Err(ApiError::not_found("login"));
-    }
-    record(&app, p.succeeded("login.revoke", Some(id)))?;
+    db_audited(
+        &app,
+        move |s, _| {
+            Ok(if model::revoke_login(s, &uid, &lid, now)? {
+                Ok(())
+            } else {
+                Err(ApiError::not_found("login"))
+            })
+        },
+        move |_| p.succeeded("login.revoke", Some(id)),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1346,21 +1696,23 @@ pub(crate) async fn invite_member(
     let now = app.now();
     let role = body.role;
     let tid = team.id.clone();
-    let (user, added) = db(&app, move |s, _| {
-        let name = body.display_name.unwrap_or_else(|| body.email.clone());
-        let u = model::create_user(s, &body.email, &name, now)?;
-        let added = model::add_member(s, &tid, &u.id, role, now)?;
-        Ok((u, added))
-    })
+    let user = db_audited(
+        &app,
+        move |s, _| {
+            let name = body.display_name.unwrap_or_else(|| body.email.clone());
+            let u = model::create_user(s, &body.email, &name, now)?;
+            if !model::add_member(s, &tid, &u.id, role, now)? {
+                return Ok(Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "already a member",
+                )));
+            }
+            Ok(Ok(u))
+        },
+        move |u| p.succeeded("member.invite", Some(u.id.clone())),
+    )
     .await?;
-    if !added {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "already a member",
-        ));
-    }
-    record(&app, p.succeeded("member.invite", Some(user.id.clone())))?;
     Ok((
         StatusCode::CREATED,
         axum::Json(model::Member { user, role }),
@@ -1383,22 +1735,29 @@ pub(crate) async fn change_role(
 ) -> Result<Response, ApiError> {
     let (team, _) = team_of(&p)?;
     let (tid, uid, role) = (team.id.clone(), user.clone(), body.role);
-    db(&app, move |s, _| {
-        let Some(current) = model::role_in(s, &tid, &uid)? else {
-            return Ok(Err(ApiError::not_found("member")));
-        };
-        if current == Role::Owner && role != Role::Owner && model::owners(s, &tid)? <= 1 {
-            return Ok(Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "last_owner",
-                "a team keeps at least one Owner; make someone else Owner first",
-            )));
-        }
-        model::set_role(s, &tid, &uid, role)?;
-        Ok(Ok(()))
-    })
-    .await??;
-    record(&app, p.succeeded("member.role_change", Some(user.clone())))?;
+    let target = user.clone();
+    // The last-Owner check and the change in one transaction, the team locked first: two
+    // Owners demoting each other at once cannot leave the team without one.
+    db_audited(
+        &app,
+        move |s, _| {
+            model::lock_team(s, &tid)?;
+            let Some(current) = model::role_in(s, &tid, &uid)? else {
+                return Ok(Err(ApiError::not_found("member")));
+            };
+            if current == Role::Owner && role != Role::Owner && model::owners(s, &tid)? <= 1 {
+                return Ok(Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "last_owner",
+                    "a team keeps at least one Owner; make someone else Owner first",
+                )));
+            }
+            model::set_role(s, &tid, &uid, role)?;
+            Ok(Ok(()))
+        },
+        move |_| p.succeeded("member.role_change", Some(target)),
+    )
+    .await?;
     Ok(axum::Json(doc::RoleChanged { user, role }).into_response())
 }
 
@@ -1411,22 +1770,27 @@ pub(crate) async fn remove_member(
     let (team, _) = team_of(&p)?;
     let now = app.now();
     let (tid, uid) = (team.id.clone(), user.clone());
-    db(&app, move |s, _| {
-        let Some(current) = model::role_in(s, &tid, &uid)? else {
-            return Ok(Err(ApiError::not_found("member")));
-        };
-        if current == Role::Owner && model::owners(s, &tid)? <= 1 {
-            return Ok(Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "last_owner",
-                "a team keeps at least one Owner",
-            )));
-        }
-        model::remove_member(s, &tid, &uid, now)?;
-        Ok(Ok(()))
-    })
-    .await??;
-    record(&app, p.succeeded("member.remove", Some(user)))?;
+    // As in change_role: the team locked, the check and the removal in one transaction.
+    db_audited(
+        &app,
+        move |s, _| {
+            model::lock_team(s, &tid)?;
+            let Some(current) = model::role_in(s, &tid, &uid)? else {
+                return Ok(Err(ApiError::not_found("member")));
+            };
+            if current == Role::Owner && model::owners(s, &tid)? <= 1 {
+                return Ok(Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "last_owner",
+                    "a team keeps at least one Owner",
+                )));
+            }
+            model::remove_member(s, &tid, &uid, now)?;
+            Ok(Ok(()))
+        },
+        move |_| p.succeeded("member.remove", Some(user)),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

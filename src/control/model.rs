@@ -269,6 +269,18 @@ pub fn remove_member(
     Ok(gone)
 }
 
+/// Locks the team's row until the transaction ends (a no-op UPDATE: the same statement on
+/// both backends, where `FOR UPDATE` is PostgreSQL's alone). Taken before counting Owners,
+/// so two concurrent demotions or removals of two Owners run one after the other and the
+/// second sees the first's result: a team never ends with no Owner.
+pub fn lock_team(db: &mut impl Db, team_id: &str) -> Result<(), StoreError> {
+    db.exec(
+        "UPDATE cp_teams SET name = name WHERE id = $1",
+        &[V::from(team_id)],
+    )?;
+    Ok(())
+}
+
 pub fn owners(db: &mut impl Db, team_id: &str) -> Result<i64, StoreError> {
     Ok(db
         .row(

@@ -641,6 +641,8 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
             let resolver = abuse.clone();
             state.client_address =
                 Arc::new(move |peer, headers| resolver.client_address(peer, headers));
+            // The same counters and limits as the webhook endpoint, in the same store.
+            state.abuse = Some(abuse.clone());
             app.merge(crate::control::api::router(Arc::new(state)))
         }
         None => app,
