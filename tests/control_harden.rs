@@ -252,6 +252,19 @@ async fn bad_bodies_queries_and_paths_are_4xx_in_the_error_shape() {
             "bad_request",
         ),
         (
+            "an empty limit",
+            srv.req(Method::GET, "/api/v1/logins?limit=")
+                .bearer_auth(&token),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "a fraction of a day",
+            post().json(&json!({"name": "x", "team": "acme", "expires_in_days": 3.5})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_request",
+        ),
+        (
             "a bad limit",
             srv.req(Method::GET, "/api/v1/tokens?limit=abc")
                 .bearer_auth(&token),
@@ -285,6 +298,11 @@ async fn bad_bodies_queries_and_paths_are_4xx_in_the_error_shape() {
         );
         assert_eq!(error_code(&body), code, "{what}: {body}");
     }
+    // A whole number written as a float is an integer, as JSON Schema counts them.
+    let (status, _, body) = srv
+        .send(post().json(&json!({"name": "x", "team": "acme", "expires_in_days": 3.0})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     // The OAuth endpoints keep RFC 6749's shape for their bad bodies.
     let (status, _, body) = srv
         .send(

@@ -899,8 +899,10 @@ async fn no_store(mut resp: Response) -> Response {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct DeviceRequest {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]+$")]
     client_id: String,
     #[serde(default)]
+    #[schema(max_length = 200)]
     scope: Option<String>,
 }
 
@@ -948,6 +950,7 @@ pub(crate) async fn device_authorization(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct TokenRequest {
+    #[schema(pattern = "^(urn:ietf:params:oauth:grant-type:device_code|refresh_token)$")]
     grant_type: String,
     #[serde(default)]
     device_code: Option<String>,
@@ -1135,6 +1138,10 @@ fn address_of(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct ApproveRequest {
+    /// Eight letters of `BCDFGHJKLMNPQRSTVWXZ`, any case, optionally `XXXX-XXXX`.
+    #[schema(
+        pattern = "^[BCDFGHJKLMNPQRSTVWXZbcdfghjklmnpqrstvwxz]{4}[- ]?[BCDFGHJKLMNPQRSTVWXZbcdfghjklmnpqrstvwxz]{4}$"
+    )]
     user_code: String,
     #[serde(default)]
     team: Option<String>,
@@ -1366,7 +1373,7 @@ impl Page {
             None => String::new(),
         };
         let limit = match self.limit.as_deref() {
-            None | Some("") => 50,
+            None => 50,
             Some(l) => l
                 .parse::<i64>()
                 .ok()
@@ -1409,12 +1416,33 @@ pub(crate) async fn list_tokens(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// 1 to 100 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     name: String,
     team: String,
     #[serde(default)]
     role: Option<Role>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 3650)]
     expires_in_days: Option<u32>,
+}
+
+/// A JSON integer as JSON Schema counts them: `314.0` is the integer 314 (clients written in
+/// languages without integers send that), `314.5` is not.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+                .map(|f| f as u64)
+        })
+        .and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom("expected a whole number"))
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken, responses((status = 201, description = "Created; the secret is shown once", body = crate::control::openapi::CreatedToken), (status = 400, description = "Bad request", body = crate::control::openapi::ErrorBody), (status = 404, description = "No such team of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
@@ -1423,7 +1451,7 @@ pub(crate) async fn create_token(
     axum::Extension(p): axum::Extension<Principal>,
     Body(body): Body<CreateToken>,
 ) -> Result<Response, ApiError> {
-    if body.name.trim().is_empty() || body.name.len() > 100 {
+    if body.name.trim().is_empty() || body.name.chars().count() > 100 {
         return Err(ApiError::bad("name: 1 to 100 characters"));
     }
     if body.expires_in_days.is_some_and(|d| d == 0 || d > 3650) {
@@ -1659,6 +1687,7 @@ pub(crate) async fn list_members(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Invite {
+    #[schema(max_length = 254, pattern = "^[^@\\s]+@[^\\s]*\\.[^\\s]*$")]
     email: String,
     role: Role,
     #[serde(default)]
@@ -1666,7 +1695,7 @@ pub struct Invite {
 }
 
 fn valid_email(e: &str) -> bool {
-    e.len() <= 254
+    e.chars().count() <= 254
         && e.split_once('@').is_some_and(|(l, d)| {
             !l.is_empty() && d.contains('.') && !e.contains(char::is_whitespace)
         })
