@@ -1052,7 +1052,11 @@ pub(crate) async fn token(
                 .refresh_token
                 .filter(|c| secrets::well_formed(Kind::Refresh, c))
                 .ok_or_else(|| oauth("invalid_grant", "unknown refresh_token"))?;
-            match db(&app, move |s, key| model::refresh(s, key, &rt, now)).await? {
+            // One transaction: the winner's conditional UPDATE keeps the token's row locked
+            // until its new grant is committed, so a concurrent reuse waits, then finds the
+            // token used and revokes the family INCLUDING the grant just issued (run apart,
+            // the reuse's revocation could land between them and miss it).
+            match db(&app, move |s, key| model::refresh_once(s, key, &rt, now)).await? {
                 Refreshed::New(g) => Ok(grant_response(&g)),
                 Refreshed::Invalid => Err(oauth(
                     "invalid_grant",

@@ -833,6 +833,25 @@ pub fn refresh(
     )?))
 }
 
+/// [`refresh`] in one store transaction (see the token endpoint for why it must be one).
+pub fn refresh_once(
+    store: &mut crate::store::Store,
+    key: &ServerKey,
+    secret: &str,
+    now: i64,
+) -> Result<Refreshed, StoreError> {
+    use crate::store::tx::TxError;
+    store
+        .transaction(|tx| refresh(tx, key, secret, now).map_err(TxError::<()>::Store))
+        .map_err(|e| match e {
+            TxError::Store(e) => e,
+            TxError::Abort(()) => StoreError::Corrupt {
+                path: "cp_refresh_tokens".into(),
+                what: "a refresh was abandoned".into(),
+            },
+        })
+}
+
 /// Revokes every refresh and access token of a device grant.
 pub fn revoke_family(db: &mut impl Db, family: &str, now: i64) -> Result<(), StoreError> {
     db.exec(
