@@ -33,6 +33,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub mod anchor;
 pub mod chain;
 pub mod details;
 pub mod keys;
@@ -553,4 +554,11 @@ impl AuditLog {
 pub trait SecurityEvents: Send + Sync {
     /// Seal and write `event`; its sequence number. See the must-write rule in the module doc.
     fn record(&self, event: AuditEvent) -> Result<u64, AuditError>;
+}
+
+/// Two hex MACs equal, compared in constant time and case-insensitively (an anchor may be
+/// typed or pasted in either case).
+pub(crate) fn keys_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    crate::control::secrets::constant_time_eq(a.as_bytes(), b.as_bytes())
 }

@@ -925,8 +925,8 @@ pub(crate) async fn device_authorization(
         return Err(oauth("invalid_scope", "scope too long"));
     }
     let now = app.now();
-    // ABUSE hook: unauthenticated, so creations per address belong under the general
-    // limiter; expired authorizations are deleted on every creation meanwhile.
+    // Unauthenticated: `authorize` took one request from the address's bucket (abuse
+    // protection) before this ran; expired authorizations are deleted on every creation.
     let (client, sc) = (body.client_id.clone(), scope.clone());
     let (device, user) = db(&app, move |s, key| {
         model::create_device(s, key, &client, &sc, now)
@@ -1187,8 +1187,9 @@ pub(crate) async fn approve(
     let acting = bound.as_ref().map(|_| p.role.unwrap_or(Role::Viewer));
     let approve = body.approve;
     let outcome = db(&app, move |s, key| {
-        // ABUSE hook: this per-user and per-address counter is the user-code limiter until
-        // the general one (src/abuse/) replaces it.
+        // A second, fixed-window limit per user and per address on wrong codes, beside abuse
+        // protection's (which `authorize` and the failure path below feed): it also holds
+        // where no abuse protection is configured (tests, embedded use).
         for k in &keys {
             let (n, until) = model::failures(s, k, now, APPROVE_WINDOW_MS)?;
             if n >= APPROVE_FAILURES {
