@@ -33,6 +33,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub mod anchor;
 pub mod chain;
 pub mod details;
 pub mod keys;
@@ -487,6 +488,20 @@ impl AuditLog {
         Ok(u64::try_from(written.seq).unwrap_or(0))
     }
 
+    /// Records `event` through `append`, which appends the sealed record inside a transaction
+    /// the caller holds (`store::tx::Tx::append_audit`), so the record commits with the change
+    /// made in the same transaction, or neither does.
+    pub fn record_with(
+        &self,
+        append: &mut dyn FnMut(&mut SealRecord<'_>) -> Result<AuditRecord, AuditError>,
+        event: &AuditEvent,
+    ) -> Result<u64, AuditError> {
+        let keys = self.keys()?;
+        let record = chain::unsealed(event)?;
+        let written = append(&mut |head| chain::seal(keys, record.clone(), head))?;
+        Ok(u64::try_from(written.seq).unwrap_or(0))
+    }
+
     /// Walks the whole chain (and the checkpoints) and reports the first problem.
     pub fn verify(&self, rows: &mut dyn AuditRows) -> Result<Verification, AuditError> {
         chain::verify(self.keys()?, rows)
@@ -539,4 +554,11 @@ impl AuditLog {
 pub trait SecurityEvents: Send + Sync {
     /// Seal and write `event`; its sequence number. See the must-write rule in the module doc.
     fn record(&self, event: AuditEvent) -> Result<u64, AuditError>;
+}
+
+/// Two hex MACs equal, compared in constant time and case-insensitively (an anchor may be
+/// typed or pasted in either case).
+pub(crate) fn keys_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    crate::control::secrets::constant_time_eq(a.as_bytes(), b.as_bytes())
 }

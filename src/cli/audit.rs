@@ -19,6 +19,10 @@ pub enum AuditCommand {
     /// Check the whole chain and its checkpoints: exit 0 intact, 1 tampered (the finding is
     /// printed), 2 could not run.
     Verify(VerifyArgs),
+    /// Print the newest record's seq and MAC (after verifying the log), and the command that
+    /// checks them later: publish it OUTSIDE the database, so cutting off the newest records
+    /// is found (docs/audit.md, "Anchoring the head").
+    Head(HeadArgs),
     /// Show records, newest first, filtered by time, actor and action.
     List(ListArgs),
     /// Delete records older than the retention (default 90 days, or
@@ -38,6 +42,28 @@ pub enum Format {
 pub struct VerifyArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// An anchor from `telbase audit head`: the log must still reach record N...
+    #[arg(long, value_name = "N", requires = "expect_mac", value_parser = clap::value_parser!(i64).range(1..))]
+    pub expect_seq: Option<i64>,
+    /// ...and that record's MAC must be this (hex).
+    #[arg(long, value_name = "HEX", requires = "expect_seq", value_parser = parse_mac)]
+    pub expect_mac: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HeadArgs {
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// A MAC as `audit head` prints it: 64 hex digits.
+fn parse_mac(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err("expected the 64 hex digits `telbase audit head` printed".into())
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -108,6 +134,7 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
 pub fn audit_cmd(cmd: &AuditCommand) -> ExitCode {
     let result = match cmd {
         AuditCommand::Verify(a) => return verify(a),
+        AuditCommand::Head(a) => head(a),
         AuditCommand::List(a) => list(a),
         AuditCommand::Prune(a) => prune(a),
         AuditCommand::Keygen(a) => keygen(a),
@@ -122,18 +149,67 @@ pub fn audit_cmd(cmd: &AuditCommand) -> ExitCode {
 }
 
 fn verify(args: &VerifyArgs) -> ExitCode {
-    let run = || -> anyhow::Result<crate::audit::Verification> {
+    use crate::audit::anchor::{self, AnchorCheck};
+    let run = || -> anyhow::Result<(crate::audit::Verification, Option<AnchorCheck>)> {
         let log = AuditLog::from_env()?;
         let mut store = super::env::open_store()?;
-        Ok(log.verify(&mut store)?)
+        let v = log.verify(&mut store)?;
+        let anchored = match (&args.expect_seq, &args.expect_mac) {
+            (Some(seq), Some(mac)) if v.finding.is_none() => {
+                Some(anchor::check(&mut store, &v, *seq, mac)?)
+            }
+            _ => None,
+        };
+        Ok((v, anchored))
     };
-    let v = match run() {
+    let (v, anchored) = match run() {
         Ok(v) => v,
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::from(2);
         }
     };
+    if let Some(a) = &anchored {
+        let (text, code) = match a {
+            AnchorCheck::Holds => (
+                format!(
+                    "anchor holds: the log reaches record {} with the expected MAC",
+                    args.expect_seq.unwrap_or_default()
+                ),
+                0,
+            ),
+            AnchorCheck::Truncated { head_seq } => (
+                format!(
+                    "audit log TAMPERED: truncated: it ends at record {head_seq}, before the anchored record {}",
+                    args.expect_seq.unwrap_or_default()
+                ),
+                1,
+            ),
+            AnchorCheck::Differs { seq } => (
+                format!(
+                    "audit log TAMPERED: record {seq} is not the anchored one (different MAC or missing)"
+                ),
+                1,
+            ),
+            AnchorCheck::Pruned { first_kept } => (
+                format!(
+                    "cannot check the anchor: retention pruned it (the log now starts at record {first_kept}); anchor more often than the retention"
+                ),
+                2,
+            ),
+        };
+        match args.format {
+            Format::Json => println!("{}", serde_json::json!({"verification": v, "anchor": a})),
+            Format::Text => {
+                println!(
+                    "audit log intact: {} records (seq {}..{}), {} checkpoints, key {}",
+                    v.records, v.first_seq, v.head_seq, v.checkpoints, v.key_id
+                );
+                println!("{text}");
+            }
+        }
+        return ExitCode::from(code);
+    }
     match args.format {
         Format::Json => println!(
             "{}",
@@ -263,5 +339,33 @@ fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
         args.out.display(),
         id.id()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `telbase audit head`: the anchor to publish (see [`crate::audit::anchor`]).
+fn head(args: &HeadArgs) -> anyhow::Result<ExitCode> {
+    let log = AuditLog::from_env()?;
+    let mut store = super::env::open_store()?;
+    let Some(a) = crate::audit::anchor::head(&log, &mut store)? else {
+        bail!("the audit log has no records yet: nothing to anchor");
+    };
+    match args.format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "seq": a.seq,
+                "mac": a.mac,
+                "at": chrono::DateTime::from_timestamp_millis(a.at_ms).map(|t| t.to_rfc3339()),
+                "verify": a.verify_command(),
+            }))?
+        ),
+        Format::Text => {
+            let at = chrono::DateTime::from_timestamp_millis(a.at_ms)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+            println!("seq {}\nmac {}\nat {at}", a.seq, a.mac);
+            println!("check later with: {}", a.verify_command());
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -121,12 +121,15 @@ fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
         },
         notify,
         run_list: args.run_list,
-        abuse: crate::abuse::AbuseConfig::from_vars(|k| {
-            (k == "TELBASE_TRUSTED_PROXIES")
-                .then(|| args.trusted_proxies.clone())
-                .flatten()
-        })
-        .context("--trusted-proxies (TELBASE_TRUSTED_PROXIES)")?,
+        abuse: abuse_numbers(
+            crate::abuse::AbuseConfig::from_vars(|k| {
+                (k == "TELBASE_TRUSTED_PROXIES")
+                    .then(|| args.trusted_proxies.clone())
+                    .flatten()
+            })
+            .context("--trusted-proxies (TELBASE_TRUSTED_PROXIES)")?,
+            |k| std::env::var(k).ok(),
+        )?,
         audit: Some(audit),
         control: if args.control_plane {
             Some(serve::ControlConfig {
@@ -142,6 +145,39 @@ fn edge(args: &ServeArgs) -> anyhow::Result<serve::EdgeConfig> {
         },
         ..serve::EdgeConfig::default()
     })
+}
+
+/// The limits operators may change (docs/abuse.md): TELBASE_ABUSE_ADDRESS_FAILURES (failures
+/// per address before a lock) and TELBASE_ABUSE_TOKEN_RATE / TELBASE_ABUSE_ADDRESS_RATE
+/// (`PER_MINUTE/BURST`). Unset: the defaults. A value that is not a positive number is an
+/// error at the start, never a silently dropped limit.
+pub fn abuse_numbers(
+    mut config: crate::abuse::AbuseConfig,
+    var: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<crate::abuse::AbuseConfig> {
+    let positive = |name: &str, v: &str| -> anyhow::Result<u32> {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| anyhow!("{name}: `{v}` is not a positive number"))
+    };
+    if let Some(v) = var("TELBASE_ABUSE_ADDRESS_FAILURES").filter(|v| !v.is_empty()) {
+        config.policies.api_address.threshold = positive("TELBASE_ABUSE_ADDRESS_FAILURES", &v)?;
+    }
+    for (name, rate) in [
+        ("TELBASE_ABUSE_TOKEN_RATE", &mut config.limits.token),
+        ("TELBASE_ABUSE_ADDRESS_RATE", &mut config.limits.address),
+    ] {
+        if let Some(v) = var(name).filter(|v| !v.is_empty()) {
+            let (per_minute, burst) = v
+                .split_once('/')
+                .ok_or_else(|| anyhow!("{name}: `{v}` is not PER_MINUTE/BURST"))?;
+            rate.per_minute = positive(name, per_minute)?;
+            rate.burst = positive(name, burst)?;
+        }
+    }
+    Ok(config)
 }
 
 /// A secret from `NAME_FILE` (a path) or `NAME` (the value); the file wins.
@@ -257,4 +293,47 @@ async fn shutdown_signal() {
         }
     }
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod abuse_number_tests {
+    use super::abuse_numbers;
+    use crate::abuse::AbuseConfig;
+
+    #[test]
+    fn operators_may_change_the_numbers_and_bad_ones_stop_the_start() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let c = abuse_numbers(
+            AbuseConfig::default(),
+            vars(&[
+                ("TELBASE_ABUSE_ADDRESS_FAILURES", "50"),
+                ("TELBASE_ABUSE_TOKEN_RATE", "1200/200"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.policies.api_address.threshold, 50);
+        assert_eq!(
+            (c.limits.token.per_minute, c.limits.token.burst),
+            (1200, 200)
+        );
+        assert_eq!(c.limits.address, AbuseConfig::default().limits.address);
+        for bad in [
+            &[("TELBASE_ABUSE_ADDRESS_FAILURES", "0")][..],
+            &[("TELBASE_ABUSE_TOKEN_RATE", "600")][..],
+            &[("TELBASE_ABUSE_ADDRESS_RATE", "x/3")][..],
+            &[("TELBASE_ABUSE_ADDRESS_RATE", "60/-1")][..],
+        ] {
+            assert!(
+                abuse_numbers(AbuseConfig::default(), vars(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -30,12 +30,14 @@ use super::openapi as doc;
 use super::roles::{self, Action, Role};
 use super::secrets::{self, Kind, ServerKey};
 use super::{SecurityEvent, SecurityEvents};
+use crate::abuse::{Abuse, Account, FailureKind, Realm};
+use crate::store::tx::{Tx, TxError};
 use crate::store::{Store, StoreError};
 
 pub(crate) mod rest;
 
 /// Request bodies larger than this are refused (413) before they are parsed.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// User-code entries that fail, per user and per address, before entry is refused for the
 /// rest of the window.
 pub const APPROVE_FAILURES: i64 = 10;
@@ -216,6 +218,11 @@ pub struct ControlState {
     /// keyring file rotated meanwhile is read afresh). Default: `TELBASE_MASTER_KEY_FILE` /
     /// `TELBASE_MASTER_KEY`, as the worker reads them; `Err` says why there are none.
     pub master_keys: MasterKeys,
+    /// Failure counters, lockouts and rate limits (`crate::abuse`, in the store, shared by
+    /// replicas): bad tokens and sessions per address, a token bucket per token, a rate per
+    /// address on the OAuth endpoints and on user-code entry. `telbase serve` sets it;
+    /// `None` (the default) checks nothing.
+    pub abuse: Option<Arc<Abuse>>,
 }
 
 /// Loads the envelope store's master keys (see [`ControlState::master_keys`]).
@@ -236,6 +243,7 @@ impl ControlState {
                 crate::secrets::envelope::key_provider_from_vars(|k| std::env::var(k).ok())
                     .map_err(|e| e.to_string())
             }),
+            abuse: None,
         }
     }
 
@@ -244,7 +252,8 @@ impl ControlState {
     }
 }
 
-type App = Arc<ControlState>;
+/// The shared state handlers take.
+pub type App = Arc<ControlState>;
 
 /// An error in the one JSON shape.
 #[derive(Debug)]
@@ -273,6 +282,16 @@ impl ApiError {
     }
     fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    /// 429 for a locked address or account (the same answer whatever the credentials).
+    pub fn locked(wait: u64) -> ApiError {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed attempts from this address; try again later",
+        );
+        e.retry_after = Some(i64::try_from(wait).unwrap_or(i64::MAX));
+        e
     }
     fn unauthorized() -> ApiError {
         ApiError::new(
@@ -466,7 +485,70 @@ async fn db<T: Send + 'static>(
     })?
 }
 
-fn record(app: &App, event: SecurityEvent) -> Result<(), ApiError> {
+/// Runs an audited change and its audit record in ONE store transaction: `change` runs on
+/// the transaction (every `model::` function takes it, as it takes a [`Store`]); when it
+/// answers `Ok(Ok(v))`, `event(&v)` is recorded in the audit log inside the same
+/// transaction, and both commit together. A failed audit write rolls the change back and
+/// answers 503 `audit_unavailable`, so a change is never done without its record (nor a
+/// record written for a change that did not happen). `Ok(Err(e))` from `change` (a refusal:
+/// not found, conflict...) rolls back and answers `e`, recording nothing; record a failure
+/// with [`record`] if it needs one.
+///
+/// Use this for every request that changes something the audit log must show:
+///
+/// ```ignore
+/// let row = db_audited(
+///     &app,
+///     move |tx, key| Ok(Ok(model::create_thing(tx, key, &args, now)?)),
+///     move |row| p.succeeded("thing.create", Some(row.id.clone())),
+/// )
+/// .await?;
+/// ```
+pub async fn db_audited<T: Send + 'static>(
+    app: &App,
+    change: impl FnOnce(&mut Tx<'_>, &ServerKey) -> Result<Result<T, ApiError>, StoreError>
+    + Send
+    + 'static,
+    event: impl FnOnce(&T) -> SecurityEvent + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = app.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut s = app.store.lock().unwrap_or_else(|e| e.into_inner());
+        let (key, events) = (&app.key, app.events.clone());
+        s.transaction(|tx| {
+            let v = change(tx, key)?.map_err(TxError::Abort)?;
+            let ev = event(&v);
+            events
+                .record_in(tx, &ev)
+                .map_err(|e| TxError::Abort(audit_failed(&ev, &e)))?;
+            Ok(v)
+        })
+    })
+    .await;
+    match out {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(TxError::Abort(e))) => Err(e),
+        Ok(Err(TxError::Store(e))) => Err(e.into()),
+        Err(e) => Err(StoreError::Corrupt {
+            path: "control plane".into(),
+            what: format!("a store task failed: {e}"),
+        }
+        .into()),
+    }
+}
+
+fn audit_failed(event: &SecurityEvent, e: &str) -> ApiError {
+    tracing::error!(error = %e, action = event.action, "cannot record a security event");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        "the audit log cannot be written; the request was not carried out",
+    )
+}
+
+/// Records an event that has no change to go with (a failure, a refusal) on its own; a
+/// change and its event go through [`db_audited`] instead.
+pub fn record(app: &App, event: SecurityEvent) -> Result<(), ApiError> {
     app.events.record(&event).map_err(|e| {
         tracing::error!(error = %e, action = event.action, "cannot record a security event");
         ApiError::new(
@@ -477,11 +559,10 @@ fn record(app: &App, event: SecurityEvent) -> Result<(), ApiError> {
     })
 }
 
-fn peer(app: &ControlState, req: &Request) -> String {
+fn peer_ip(app: &ControlState, req: &Request) -> Option<std::net::IpAddr> {
     req.extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| (app.client_address)(c.0.ip(), req.headers()).to_string())
-        .unwrap_or_else(|| "unknown".into())
+        .map(|c| (app.client_address)(c.0.ip(), req.headers()))
 }
 
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -503,19 +584,73 @@ pub async fn authorize(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let Some(path) = matched.map(|m| m.as_str().to_owned()) else {
-        return next.run(req).await;
-    };
-    let Some(spec) = ROUTES
+    // Deny by default: only what ROUTES lists gets through. A path it does not list is a
+    // 404 and a method it does not list on a known path a 405 naming the allowed ones, both
+    // in the one error shape (axum would otherwise answer HEAD through the GET handler,
+    // which has no principal, and unknown paths in plain text).
+    let path = matched.map(|m| m.as_str().to_owned()).unwrap_or_default();
+    let known: Vec<&RouteSpec> = ROUTES.iter().filter(|s| s.path == path).collect();
+    if known.is_empty() {
+        return ApiError::not_found("route").into_response();
+    }
+    let Some(spec) = known
         .iter()
-        .find(|s| s.path == path && s.method == req.method().as_str())
+        .find(|s| s.method == req.method().as_str())
+        .copied()
     else {
-        return next.run(req).await;
+        return method_not_allowed(&known);
     };
+    let ip = peer_ip(&app, &req);
+    let address = ip
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| "unknown".into());
     let Some(action) = spec.action else {
+        // The OAuth endpoints: anyone may call them, so each address has a rate limit.
+        if let (Some(abuse), Some(ip)) = (&app.abuse, ip)
+            && spec.path.starts_with("/api/v1/oauth/")
+        {
+            match abuse.address_request(ip).await {
+                Ok(None) => {}
+                Ok(Some(wait)) => return oauth_too_many(wait),
+                Err(e) => {
+                    tracing::error!(error = %e, "abuse check failed");
+                    return OAuthError {
+                        status: StatusCode::SERVICE_UNAVAILABLE,
+                        error: "temporarily_unavailable",
+                        description: "the server cannot check this request right now; try again"
+                            .into(),
+                    }
+                    .into_response();
+                }
+            }
+        }
         return next.run(req).await;
     };
-    let address = peer(&app, &req);
+    // A locked address is refused before its credentials are looked at (a lock must not
+    // tell a guesser whether the guess was right). User-code entry also has a rate per
+    // address: a user code is short, so guesses must be slow from anywhere.
+    if let (Some(abuse), Some(ip)) = (&app.abuse, ip) {
+        match abuse.check(Realm::Api, ip, None).await {
+            Ok(None) => {}
+            Ok(Some(wait)) => return ApiError::locked(wait).into_response(),
+            Err(e) => return abuse_down(e).into_response(),
+        }
+        if action == Action::ApproveDevice {
+            match abuse.address_request(ip).await {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    let mut e = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        "too many codes entered from this address; slow down",
+                    );
+                    e.retry_after = Some(i64::try_from(wait).unwrap_or(i64::MAX));
+                    return e.into_response();
+                }
+                Err(e) => return abuse_down(e).into_response(),
+            }
+        }
+    }
     let team_name = params.ok().and_then(|p| {
         p.iter()
             .find(|(k, _)| *k == "team")
@@ -605,8 +740,6 @@ pub async fn authorize(
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             if e.status == StatusCode::UNAUTHORIZED {
-                // ABUSE hook: bad credentials are counted per address here once the
-                // general limiter (src/abuse/) is merged.
                 let _ = app.events.record(&SecurityEvent {
                     action: "auth.failure",
                     actor: None,
@@ -614,6 +747,22 @@ pub async fn authorize(
                     target: None,
                     outcome: "failure",
                 });
+                // Bad tokens and sessions count against the address (in the store, so
+                // every replica sees them); the failure that starts a lock answers 429,
+                // and the lock's start is an anomaly in the audit log.
+                if let (Some(abuse), Some(ip)) = (&app.abuse, ip) {
+                    match abuse
+                        .failure(Realm::Api, FailureKind::BadToken, ip, None)
+                        .await
+                    {
+                        Ok(r) => {
+                            if let Some(wait) = r.refused {
+                                return ApiError::locked(wait).into_response();
+                            }
+                        }
+                        Err(e) => return abuse_down(e).into_response(),
+                    }
+                }
             }
             return e.into_response();
         }
@@ -636,8 +785,122 @@ pub async fn authorize(
         )
         .into_response();
     }
+    // A token's rate limit (after authentication: token ids are not secret, so forged
+    // requests naming one must not drain the real token's bucket); its first use from a
+    // new address is flagged as an anomaly by the same call.
+    if let (Some(abuse), Some(ip)) = (&app.abuse, ip) {
+        let token = match &principal.via {
+            Via::ApiToken { id, .. } | Via::AccessToken { id, .. } => Some(id.clone()),
+            Via::Session { .. } => None,
+        };
+        if let Some(id) = token {
+            match abuse.token_request(Account::token(&id), ip).await {
+                Ok(None) => {}
+                Ok(Some(wait)) => {
+                    let mut e = ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        "too many requests with this token; slow down",
+                    );
+                    e.retry_after = Some(i64::try_from(wait).unwrap_or(i64::MAX));
+                    return e.into_response();
+                }
+                Err(e) => return abuse_down(e).into_response(),
+            }
+        }
+    }
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// The abuse check could not be made: the request is not let through unchecked (503).
+fn abuse_down(e: crate::abuse::AbuseError) -> ApiError {
+    tracing::error!(error = %e, "abuse check failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the server cannot check this request right now; try again",
+    )
+}
+
+/// 405 for a method ROUTES does not list on a known path, with `Allow` naming the ones it
+/// does.
+fn method_not_allowed(known: &[&RouteSpec]) -> Response {
+    let allow = known
+        .iter()
+        .map(|s| s.method)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut resp = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("this method is not allowed here; allowed: {allow}"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&allow) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
+/// 429 in OAuth's error shape, for the OAuth endpoints' address rate limit.
+fn oauth_too_many(wait: u64) -> Response {
+    let mut resp = OAuthError {
+        status: StatusCode::TOO_MANY_REQUESTS,
+        error: "rate_limited",
+        description: "too many requests from this address; slow down".into(),
+    }
+    .into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
+    resp
+}
+
+/// Rewrites any error answer that is not JSON (axum's own rejections of a path, query or
+/// body it could not read, which are plain text) into the one error shape, so a client
+/// never meets a second format. JSON answers (ours, and OAuth's) pass untouched.
+async fn one_error_shape(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
+        s if s.is_server_error() => "unavailable",
+        _ => "bad_request",
+    };
+    let message = if text.trim().is_empty() || status.is_server_error() {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    } else {
+        text.trim().to_owned()
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// The `/api/v1` router.
@@ -668,6 +931,10 @@ pub fn router(app: App) -> Router {
             patch(change_role).delete(remove_member),
         )
         .merge(rest::routes())
+        // Everything else under /api/v1 reaches `authorize`, which answers 404 for a path
+        // ROUTES does not list and 405 for a method it does not list.
+        .route("/api/v1", axum::routing::any(not_found))
+        .route("/api/v1/", axum::routing::any(not_found))
         .route("/api/v1/{*rest}", axum::routing::any(not_found))
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -678,6 +945,7 @@ pub fn router(app: App) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(one_error_shape))
         .layer(axum::middleware::map_response(no_store))
         .with_state(app)
 }
@@ -702,8 +970,10 @@ async fn no_store(mut resp: Response) -> Response {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct DeviceRequest {
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]+$")]
     client_id: String,
     #[serde(default)]
+    #[schema(max_length = 200)]
     scope: Option<String>,
 }
 
@@ -726,8 +996,8 @@ pub(crate) async fn device_authorization(
         return Err(oauth("invalid_scope", "scope too long"));
     }
     let now = app.now();
-    // ABUSE hook: unauthenticated, so creations per address belong under the general
-    // limiter; expired authorizations are deleted on every creation meanwhile.
+    // Unauthenticated: `authorize` took one request from the address's bucket (abuse
+    // protection) before this ran; expired authorizations are deleted on every creation.
     let (client, sc) = (body.client_id.clone(), scope.clone());
     let (device, user) = db(&app, move |s, key| {
         model::create_device(s, key, &client, &sc, now)
@@ -751,6 +1021,7 @@ pub(crate) async fn device_authorization(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct TokenRequest {
+    #[schema(pattern = "^(urn:ietf:params:oauth:grant-type:device_code|refresh_token)$")]
     grant_type: String,
     #[serde(default)]
     device_code: Option<String>,
@@ -852,7 +1123,11 @@ pub(crate) async fn token(
                 .refresh_token
                 .filter(|c| secrets::well_formed(Kind::Refresh, c))
                 .ok_or_else(|| oauth("invalid_grant", "unknown refresh_token"))?;
-            match db(&app, move |s, key| model::refresh(s, key, &rt, now)).await? {
+            // One transaction: the winner's conditional UPDATE keeps the token's row locked
+            // until its new grant is committed, so a concurrent reuse waits, then finds the
+            // token used and revokes the family INCLUDING the grant just issued (run apart,
+            // the reuse's revocation could land between them and miss it).
+            match db(&app, move |s, key| model::refresh_once(s, key, &rt, now)).await? {
                 Refreshed::New(g) => Ok(grant_response(&g)),
                 Refreshed::Invalid => Err(oauth(
                     "invalid_grant",
@@ -938,6 +1213,10 @@ fn address_of(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct ApproveRequest {
+    /// Eight letters of `BCDFGHJKLMNPQRSTVWXZ`, any case, optionally `XXXX-XXXX`.
+    #[schema(
+        pattern = "^[BCDFGHJKLMNPQRSTVWXZbcdfghjklmnpqrstvwxz]{4}[- ]?[BCDFGHJKLMNPQRSTVWXZbcdfghjklmnpqrstvwxz]{4}$"
+    )]
     user_code: String,
     #[serde(default)]
     team: Option<String>,
@@ -957,6 +1236,18 @@ pub(crate) async fn approve(
     axum::Extension(p): axum::Extension<Principal>,
     Body(body): Body<ApproveRequest>,
 ) -> Result<Response, ApiError> {
+    // A user locked by wrong codes is refused before the code is looked at (a right guess
+    // must not be told apart while locked).
+    if let (Some(abuse), Ok(ip)) = (&app.abuse, p.address.parse()) {
+        match abuse
+            .check(Realm::Api, ip, Some(Account::user(&p.user.id)))
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(wait)) => return Err(ApiError::locked(wait)),
+            Err(e) => return Err(abuse_down(e)),
+        }
+    }
     let now = app.now();
     let keys = [format!("user:{}", p.user.id), format!("addr:{}", p.address)];
     let user_id = p.user.id.clone();
@@ -967,8 +1258,9 @@ pub(crate) async fn approve(
     let acting = bound.as_ref().map(|_| p.role.unwrap_or(Role::Viewer));
     let approve = body.approve;
     let outcome = db(&app, move |s, key| {
-        // ABUSE hook: this per-user and per-address counter is the user-code limiter until
-        // the general one (src/abuse/) replaces it.
+        // A second, fixed-window limit per user and per address on wrong codes, beside abuse
+        // protection's (which `authorize` and the failure path below feed): it also holds
+        // where no abuse protection is configured (tests, embedded use).
         for k in &keys {
             let (n, until) = model::failures(s, k, now, APPROVE_WINDOW_MS)?;
             if n >= APPROVE_FAILURES {
@@ -981,7 +1273,8 @@ pub(crate) async fn approve(
                 return Ok(Err(e));
             }
         }
-        let fail = |s: &mut Store, msg: &str| -> Result<Result<String, ApiError>, StoreError> {
+        type Checked = Result<(String, model::Team), ApiError>;
+        let fail = |s: &mut Store, msg: &str| -> Result<Checked, StoreError> {
             for k in &keys {
                 model::record_failure(s, k, now, APPROVE_WINDOW_MS)?;
             }
@@ -1035,26 +1328,74 @@ pub(crate) async fn approve(
                 "this token's role is capped below yours, and the login would get your full role: approve it signed in, or with an uncapped token",
             )));
         }
-        if !model::device_decide(s, &d.id, approve, &user_id, &team.id)? {
-            return fail(s, "this code expired or was already used");
-        }
-        Ok(Ok(team.name))
+        Ok(Ok((d.id, team)))
     })
-    .await??;
-    record(
-        &app,
-        SecurityEvent {
-            action: if approve {
-                "device.approve"
-            } else {
-                "device.deny"
-            },
-            actor: Some(p.user.id.clone()),
-            address: p.address.clone(),
-            target: Some(outcome.clone()),
-            outcome: "success",
-        },
-    )?;
+    .await?;
+    // The decision and its audit record in one transaction (the checks above only read,
+    // and count failures, which must stay counted); the decision is conditional on the
+    // login still pending, so a race with another approval is caught here.
+    let outcome = match outcome {
+        Ok((device, team)) => {
+            let (uid, actor, address) = (p.user.id.clone(), p.user.id.clone(), p.address.clone());
+            db_audited(
+                &app,
+                move |s, _| {
+                    Ok(
+                        if model::device_decide(s, &device, approve, &uid, &team.id)? {
+                            Ok(team.name)
+                        } else {
+                            Err(ApiError::new(
+                                StatusCode::BAD_REQUEST,
+                                "invalid_user_code",
+                                "this code expired or was already used",
+                            ))
+                        },
+                    )
+                },
+                move |team| SecurityEvent {
+                    action: if approve {
+                        "device.approve"
+                    } else {
+                        "device.deny"
+                    },
+                    actor: Some(actor),
+                    address,
+                    target: Some(team.clone()),
+                    outcome: "success",
+                },
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    let outcome = match outcome {
+        Ok(team) => team,
+        Err(e) => {
+            // A wrong code also counts in abuse protection's store-shared counters, per
+            // address and per user: a burst locks both and is flagged in the audit log.
+            if e.code == "invalid_user_code"
+                && let (Some(abuse), Ok(ip)) = (&app.abuse, p.address.parse())
+            {
+                match abuse
+                    .failure(
+                        Realm::Api,
+                        FailureKind::BadUserCode,
+                        ip,
+                        Some(Account::user(&p.user.id)),
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        if let Some(wait) = r.refused {
+                            return Err(ApiError::locked(wait));
+                        }
+                    }
+                    Err(e) => return Err(abuse_down(e)),
+                }
+            }
+            return Err(e);
+        }
+    };
     Ok(axum::Json(doc::Approved {
         approved: approve,
         team: outcome,
@@ -1090,7 +1431,7 @@ pub struct Page {
     cursor: Option<String>,
     /// Items per page, 1 to 200 (default 50).
     #[serde(default)]
-    #[param(value_type = Option<u32>)]
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 200)]
     limit: Option<String>,
 }
 
@@ -1108,7 +1449,7 @@ impl Page {
             None => String::new(),
         };
         let limit = match self.limit.as_deref() {
-            None | Some("") => 50,
+            None => 50,
             Some(l) => l
                 .parse::<i64>()
                 .ok()
@@ -1151,12 +1492,33 @@ pub(crate) async fn list_tokens(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// 1 to 100 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
     name: String,
     team: String,
     #[serde(default)]
     role: Option<Role>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 3650)]
     expires_in_days: Option<u32>,
+}
+
+/// A JSON integer as JSON Schema counts them: `314.0` is the integer 314 (clients written in
+/// languages without integers send that), `314.5` is not.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    use serde::de::Error as _;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+                .map(|f| f as u64)
+        })
+        .and_then(|n| u32::try_from(n).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom("expected a whole number"))
 }
 
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken, responses((status = 201, description = "Created; the secret is shown once", body = crate::control::openapi::CreatedToken), (status = 400, description = "Bad request", body = crate::control::openapi::ErrorBody), (status = 404, description = "No such team of yours", body = crate::control::openapi::ErrorBody), (status = 401, description = "No valid credentials", body = crate::control::openapi::ErrorBody), (status = 403, description = "The role does not allow this", body = crate::control::openapi::ErrorBody)))]
@@ -1165,7 +1527,7 @@ pub(crate) async fn create_token(
     axum::Extension(p): axum::Extension<Principal>,
     Body(body): Body<CreateToken>,
 ) -> Result<Response, ApiError> {
-    if body.name.trim().is_empty() || body.name.len() > 100 {
+    if body.name.trim().is_empty() || body.name.chars().count() > 100 {
         return Err(ApiError::bad("name: 1 to 100 characters"));
     }
     if body.expires_in_days.is_some_and(|d| d == 0 || d > 3650) {
@@ -1176,47 +1538,50 @@ pub(crate) async fn create_token(
     // A token acts with its capped role: what it creates is capped by that too, or a
     // Viewer-capped (or stolen one-hour) token could mint a lasting Owner token.
     let acting = bound.as_ref().map(|_| p.role.unwrap_or(Role::Viewer));
-    let out = db(&app, move |s, key| {
-        let Some(team) = model::team_by_name(s, &body.team)? else {
-            return Ok(Err(ApiError::not_found("team")));
-        };
-        let Some(mut mine) = model::role_in(s, &team.id, &uid)? else {
-            return Ok(Err(ApiError::not_found("team")));
-        };
-        if let Some(a) = acting {
-            mine = mine.min(a);
-        }
-        if bound.as_ref().is_some_and(|b| *b != team.id) {
-            return Ok(Err(ApiError::not_found("team")));
-        }
-        let cap = body.role.unwrap_or(mine);
-        if !mine.at_least(cap) {
-            return Ok(Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "a token cannot have a stronger role than yours",
-            )));
-        }
-        let (row, secret) = model::create_token(
-            s,
-            key,
-            &model::NewToken {
-                kind: Kind::Api,
-                team_id: &team.id,
-                user_id: &uid,
-                name: body.name.trim(),
-                role_cap: cap,
-                family: None,
-                expires_at: body
-                    .expires_in_days
-                    .map(|d| now + i64::from(d) * 86_400_000),
-            },
-            now,
-        )?;
-        Ok(Ok((row, secret)))
-    })
-    .await??;
-    record(&app, p.succeeded("token.create", Some(out.0.id.clone())))?;
+    let out = db_audited(
+        &app,
+        move |s, key| {
+            let Some(team) = model::team_by_name(s, &body.team)? else {
+                return Ok(Err(ApiError::not_found("team")));
+            };
+            let Some(mut mine) = model::role_in(s, &team.id, &uid)? else {
+                return Ok(Err(ApiError::not_found("team")));
+            };
+            if let Some(a) = acting {
+                mine = mine.min(a);
+            }
+            if bound.as_ref().is_some_and(|b| *b != team.id) {
+                return Ok(Err(ApiError::not_found("team")));
+            }
+            let cap = body.role.unwrap_or(mine);
+            if !mine.at_least(cap) {
+                return Ok(Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "a token cannot have a stronger role than yours",
+                )));
+            }
+            let (row, secret) = model::create_token(
+                s,
+                key,
+                &model::NewToken {
+                    kind: Kind::Api,
+                    team_id: &team.id,
+                    user_id: &uid,
+                    name: body.name.trim(),
+                    role_cap: cap,
+                    family: None,
+                    expires_at: body
+                        .expires_in_days
+                        .map(|d| now + i64::from(d) * 86_400_000),
+                },
+                now,
+            )?;
+            Ok(Ok((row, secret)))
+        },
+        move |(row, _)| p.succeeded("token.create", Some(row.id.clone())),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(doc::CreatedToken {
@@ -1237,30 +1602,31 @@ pub(crate) async fn revoke_token(
     let uid = p.user.id.clone();
     let tid = id.clone();
     let bound = p.bound_team().map(|b| (b.to_owned(), p.role));
-    let done = db(&app, move |s, _| {
-        let Some(t) = model::token(s, &tid)? else {
-            return Ok(false);
-        };
-        // A team-bound token acts in its team only, with its capped role; a session with
-        // the user's role in the token's team.
-        let role = match &bound {
-            Some((team, _)) if *team != t.team_id => return Ok(false),
-            Some((_, role)) => *role,
-            None => model::role_in(s, &t.team_id, &uid)?,
-        };
-        let allowed =
-            t.user_id == uid || role.is_some_and(|r| roles::allows(r, Action::ManageAllTokens));
-        if !allowed || t.kind != "api" {
-            return Ok(false);
-        }
-        model::revoke_token(s, &t.id, now)?;
-        Ok(true)
-    })
+    db_audited(
+        &app,
+        move |s, _| {
+            let gone = || Ok(Err(ApiError::not_found("token")));
+            let Some(t) = model::token(s, &tid)? else {
+                return gone();
+            };
+            // A team-bound token acts in its team only, with its capped role; a session with
+            // the user's role in the token's team.
+            let role = match &bound {
+                Some((team, _)) if *team != t.team_id => return gone(),
+                Some((_, role)) => *role,
+                None => model::role_in(s, &t.team_id, &uid)?,
+            };
+            let allowed =
+                t.user_id == uid || role.is_some_and(|r| roles::allows(r, Action::ManageAllTokens));
+            if !allowed || t.kind != "api" {
+                return gone();
+            }
+            model::revoke_token(s, &t.id, now)?;
+            Ok(Ok(()))
+        },
+        move |_| p.succeeded("token.revoke", Some(id)),
+    )
     .await?;
-    if !done {
-        return Err(ApiError::not_found("token"));
-    }
-    record(&app, p.succeeded("token.revoke", Some(id)))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1293,10 +1659,18 @@ pub(crate) async fn revoke_session(
 ) -> Result<Response, ApiError> {
     let now = app.now();
     let (uid, sid) = (p.user.id.clone(), id.clone());
-    if !db(&app, move |s, _| model::revoke_session(s, &uid, &sid, now)).await? {
-        return Err(ApiError::not_found("session"));
-    }
-    record(&app, p.succeeded("session.revoke", Some(id)))?;
+    db_audited(
+        &app,
+        move |s, _| {
+            Ok(if model::revoke_session(s, &uid, &sid, now)? {
+                Ok(())
+            } else {
+                Err(ApiError::not_found("session"))
+            })
+        },
+        move |_| p.succeeded("session.revoke", Some(id)),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1307,11 +1681,12 @@ pub(crate) async fn revoke_all(
 ) -> Result<Response, ApiError> {
     let now = app.now();
     let uid = p.user.id.clone();
-    let n = db(&app, move |s, _| model::revoke_all(s, &uid, now)).await?;
-    record(
+    let n = db_audited(
         &app,
-        p.succeeded("session.revoke_all", Some(p.user.id.clone())),
-    )?;
+        move |s, _| Ok(Ok(model::revoke_all(s, &uid, now)?)),
+        move |_| p.succeeded("session.revoke_all", Some(p.user.id.clone())),
+    )
+    .await?;
     Ok(axum::Json(doc::Revoked { revoked: n }).into_response())
 }
 
@@ -1344,10 +1719,18 @@ pub(crate) async fn revoke_login(
 ) -> Result<Response, ApiError> {
     let now = app.now();
     let (uid, lid) = (p.user.id.clone(), id.clone());
-    if !db(&app, move |s, _| model::revoke_login(s, &uid, &lid, now)).await? {
-        return Err(ApiError::not_found("login"));
-    }
-    record(&app, p.succeeded("login.revoke", Some(id)))?;
+    db_audited(
+        &app,
+        move |s, _| {
+            Ok(if model::revoke_login(s, &uid, &lid, now)? {
+                Ok(())
+            } else {
+                Err(ApiError::not_found("login"))
+            })
+        },
+        move |_| p.succeeded("login.revoke", Some(id)),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1380,6 +1763,7 @@ pub(crate) async fn list_members(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Invite {
+    #[schema(max_length = 254, pattern = "^[^@\\s]+@[^\\s]*\\.[^\\s]*$")]
     email: String,
     role: Role,
     #[serde(default)]
@@ -1387,7 +1771,7 @@ pub struct Invite {
 }
 
 fn valid_email(e: &str) -> bool {
-    e.len() <= 254
+    e.chars().count() <= 254
         && e.split_once('@').is_some_and(|(l, d)| {
             !l.is_empty() && d.contains('.') && !e.contains(char::is_whitespace)
         })
@@ -1417,21 +1801,23 @@ pub(crate) async fn invite_member(
     let now = app.now();
     let role = body.role;
     let tid = team.id.clone();
-    let (user, added) = db(&app, move |s, _| {
-        let name = body.display_name.unwrap_or_else(|| body.email.clone());
-        let u = model::create_user(s, &body.email, &name, now)?;
-        let added = model::add_member(s, &tid, &u.id, role, now)?;
-        Ok((u, added))
-    })
+    let user = db_audited(
+        &app,
+        move |s, _| {
+            let name = body.display_name.unwrap_or_else(|| body.email.clone());
+            let u = model::create_user(s, &body.email, &name, now)?;
+            if !model::add_member(s, &tid, &u.id, role, now)? {
+                return Ok(Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "already a member",
+                )));
+            }
+            Ok(Ok(u))
+        },
+        move |u| p.succeeded("member.invite", Some(u.id.clone())),
+    )
     .await?;
-    if !added {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            "already a member",
-        ));
-    }
-    record(&app, p.succeeded("member.invite", Some(user.id.clone())))?;
     Ok((
         StatusCode::CREATED,
         axum::Json(model::Member { user, role }),
@@ -1454,22 +1840,29 @@ pub(crate) async fn change_role(
 ) -> Result<Response, ApiError> {
     let (team, _) = team_of(&p)?;
     let (tid, uid, role) = (team.id.clone(), user.clone(), body.role);
-    db(&app, move |s, _| {
-        let Some(current) = model::role_in(s, &tid, &uid)? else {
-            return Ok(Err(ApiError::not_found("member")));
-        };
-        if current == Role::Owner && role != Role::Owner && model::owners(s, &tid)? <= 1 {
-            return Ok(Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "last_owner",
-                "a team keeps at least one Owner; make someone else Owner first",
-            )));
-        }
-        model::set_role(s, &tid, &uid, role)?;
-        Ok(Ok(()))
-    })
-    .await??;
-    record(&app, p.succeeded("member.role_change", Some(user.clone())))?;
+    let target = user.clone();
+    // The last-Owner check and the change in one transaction, the team locked first: two
+    // Owners demoting each other at once cannot leave the team without one.
+    db_audited(
+        &app,
+        move |s, _| {
+            model::lock_team(s, &tid)?;
+            let Some(current) = model::role_in(s, &tid, &uid)? else {
+                return Ok(Err(ApiError::not_found("member")));
+            };
+            if current == Role::Owner && role != Role::Owner && model::owners(s, &tid)? <= 1 {
+                return Ok(Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "last_owner",
+                    "a team keeps at least one Owner; make someone else Owner first",
+                )));
+            }
+            model::set_role(s, &tid, &uid, role)?;
+            Ok(Ok(()))
+        },
+        move |_| p.succeeded("member.role_change", Some(target)),
+    )
+    .await?;
     Ok(axum::Json(doc::RoleChanged { user, role }).into_response())
 }
 
@@ -1482,22 +1875,27 @@ pub(crate) async fn remove_member(
     let (team, _) = team_of(&p)?;
     let now = app.now();
     let (tid, uid) = (team.id.clone(), user.clone());
-    db(&app, move |s, _| {
-        let Some(current) = model::role_in(s, &tid, &uid)? else {
-            return Ok(Err(ApiError::not_found("member")));
-        };
-        if current == Role::Owner && model::owners(s, &tid)? <= 1 {
-            return Ok(Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "last_owner",
-                "a team keeps at least one Owner",
-            )));
-        }
-        model::remove_member(s, &tid, &uid, now)?;
-        Ok(Ok(()))
-    })
-    .await??;
-    record(&app, p.succeeded("member.remove", Some(user)))?;
+    // As in change_role: the team locked, the check and the removal in one transaction.
+    db_audited(
+        &app,
+        move |s, _| {
+            model::lock_team(s, &tid)?;
+            let Some(current) = model::role_in(s, &tid, &uid)? else {
+                return Ok(Err(ApiError::not_found("member")));
+            };
+            if current == Role::Owner && model::owners(s, &tid)? <= 1 {
+                return Ok(Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "last_owner",
+                    "a team keeps at least one Owner",
+                )));
+            }
+            model::remove_member(s, &tid, &uid, now)?;
+            Ok(Ok(()))
+        },
+        move |_| p.succeeded("member.remove", Some(user)),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

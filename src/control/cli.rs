@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 
 /// The client id the CLI presents.
@@ -34,6 +35,21 @@ pub enum TeamCommand {
         name: String,
         #[arg(long)]
         owner: String,
+    },
+    /// Mint an API token for a member of a team (on the store, with the control key:
+    /// TELBASE_CONTROL_KEY_FILE or TELBASE_CONTROL_KEY). For bootstrap and automation, where
+    /// no one can approve a device login yet; prints the token alone, once.
+    Token {
+        team: String,
+        /// The member's email.
+        #[arg(long)]
+        user: String,
+        /// The token's name, as the token list shows it.
+        #[arg(long, default_value = "bootstrap")]
+        name: String,
+        /// Expire after this many days (1 to 3650); default never.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        expires_in_days: Option<u32>,
     },
 }
 
@@ -316,7 +332,15 @@ pub fn whoami_cmd() -> anyhow::Result<ExitCode> {
 }
 
 pub fn team_cmd(cmd: &TeamCommand) -> anyhow::Result<ExitCode> {
-    let TeamCommand::Create { name, owner } = cmd;
+    let (name, owner) = match cmd {
+        TeamCommand::Create { name, owner } => (name, owner),
+        TeamCommand::Token {
+            team,
+            user,
+            name,
+            expires_in_days,
+        } => return token_cmd(team, user, name, *expires_in_days),
+    };
     if !super::model::valid_team_name(name) {
         bail!("team names are lowercase letters, digits and `-` (at most 64)");
     }
@@ -333,5 +357,43 @@ pub fn team_cmd(cmd: &TeamCommand) -> anyhow::Result<ExitCode> {
         now,
     )?;
     println!("Created team {} with {} as Owner.", team.name, user.email);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `telbase team token TEAM --user EMAIL`: an API token with the member's full role in the
+/// team, its secret printed once (and stored only as a keyed hash, as every token).
+fn token_cmd(
+    team: &str,
+    email: &str,
+    name: &str,
+    expires_in_days: Option<u32>,
+) -> anyhow::Result<ExitCode> {
+    if name.trim().is_empty() || name.len() > 100 {
+        bail!("--name: 1 to 100 characters");
+    }
+    let key = super::secrets::ServerKey::from_vars(|k| std::env::var(k).ok())?;
+    let mut store = crate::store::open(&crate::store::Location::from_env()?)?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let t = super::model::team_by_name(&mut store, team)?
+        .ok_or_else(|| anyhow!("no team named {team}"))?;
+    let u = super::model::user_by_email(&mut store, email)?
+        .ok_or_else(|| anyhow!("no user {email}"))?;
+    let role = super::model::role_in(&mut store, &t.id, &u.id)?
+        .ok_or_else(|| anyhow!("{email} is not a member of {team}"))?;
+    let (_, secret) = super::model::create_token(
+        &mut store,
+        &key,
+        &super::model::NewToken {
+            kind: super::secrets::Kind::Api,
+            team_id: &t.id,
+            user_id: &u.id,
+            name: name.trim(),
+            role_cap: role,
+            family: None,
+            expires_at: expires_in_days.map(|d| now + i64::from(d) * 86_400_000),
+        },
+        now,
+    )?;
+    println!("{}", secret.expose_secret());
     Ok(ExitCode::SUCCESS)
 }

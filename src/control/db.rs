@@ -5,6 +5,7 @@
 //! [`Db`] runs it on whichever backend the [`Store`] is. Secrets never reach these tables:
 //! only their keyed hashes (see [`super::secrets`]).
 
+use crate::store::tx::Tx;
 use crate::store::{Store, StoreError};
 
 /// The control plane's migration (the same text on SQLite and PostgreSQL).
@@ -206,13 +207,7 @@ pub trait Db {
 impl Db for Store {
     fn exec(&mut self, sql: &str, params: &[V]) -> Result<u64, StoreError> {
         match self {
-            Store::Sqlite(s) => {
-                let p = lite_params(params);
-                s.conn
-                    .execute(&sqlite_sql(sql), rusqlite::params_from_iter(p.iter()))
-                    .map(|n| n as u64)
-                    .map_err(|e| s.err(e))
-            }
+            Store::Sqlite(s) => lite_exec(&s.conn, sql, params).map_err(|e| s.err(e)),
             Store::Postgres(s) => {
                 let boxed = pg_params(params);
                 let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
@@ -224,62 +219,101 @@ impl Db for Store {
 
     fn rows(&mut self, sql: &str, params: &[V]) -> Result<Vec<Vec<V>>, StoreError> {
         match self {
-            Store::Sqlite(s) => {
-                let p = lite_params(params);
-                let read = || -> rusqlite::Result<Vec<Vec<V>>> {
-                    let mut stmt = s.conn.prepare(&sqlite_sql(sql))?;
-                    let n = stmt.column_count();
-                    let mut rows = stmt.query(rusqlite::params_from_iter(p.iter()))?;
-                    let mut out = Vec::new();
-                    while let Some(r) = rows.next()? {
-                        let mut row = Vec::with_capacity(n);
-                        for i in 0..n {
-                            row.push(match r.get_ref(i)? {
-                                rusqlite::types::ValueRef::Integer(n) => V::I(n),
-                                rusqlite::types::ValueRef::Text(t) => {
-                                    V::T(String::from_utf8_lossy(t).into_owned())
-                                }
-                                rusqlite::types::ValueRef::Null => V::NullT,
-                                rusqlite::types::ValueRef::Real(f) => V::I(f as i64),
-                                rusqlite::types::ValueRef::Blob(b) => {
-                                    V::T(String::from_utf8_lossy(b).into_owned())
-                                }
-                            });
-                        }
-                        out.push(row);
-                    }
-                    Ok(out)
-                };
-                read().map_err(|e| s.err(e))
-            }
+            Store::Sqlite(s) => lite_rows(&s.conn, sql, params).map_err(|e| s.err(e)),
             Store::Postgres(s) => {
                 let boxed = pg_params(params);
                 let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                     boxed.iter().map(|b| b.as_ref()).collect();
-                let rows = s.query(sql, &refs)?;
-                Ok(rows
-                    .iter()
-                    .map(|r| {
-                        (0..r.len())
-                            .map(|i| {
-                                if *r.columns()[i].type_() == tokio_postgres::types::Type::INT8 {
-                                    r.get::<_, Option<i64>>(i).map(V::I).unwrap_or(V::NullI)
-                                } else if *r.columns()[i].type_()
-                                    == tokio_postgres::types::Type::INT4
-                                {
-                                    r.get::<_, Option<i32>>(i)
-                                        .map(|n| V::I(n.into()))
-                                        .unwrap_or(V::NullI)
-                                } else {
-                                    r.get::<_, Option<String>>(i).map(V::T).unwrap_or(V::NullT)
-                                }
-                            })
-                            .collect()
-                    })
-                    .collect())
+                Ok(pg_rows(&s.query(sql, &refs)?))
             }
         }
     }
+}
+
+/// The same statements inside one transaction (`Store::transaction`): what an audited
+/// change runs on, so it commits with its audit record.
+impl Db for Tx<'_> {
+    fn exec(&mut self, sql: &str, params: &[V]) -> Result<u64, StoreError> {
+        match self {
+            Tx::Sqlite { tx, path } => {
+                lite_exec(tx, sql, params).map_err(|e| Tx::sqlite_err(path, e))
+            }
+            Tx::Postgres { tx, store } => {
+                let boxed = pg_params(params);
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    boxed.iter().map(|b| b.as_ref()).collect();
+                crate::store::postgres::tx::execute(tx, store, sql, &refs)
+            }
+        }
+    }
+
+    fn rows(&mut self, sql: &str, params: &[V]) -> Result<Vec<Vec<V>>, StoreError> {
+        match self {
+            Tx::Sqlite { tx, path } => {
+                lite_rows(tx, sql, params).map_err(|e| Tx::sqlite_err(path, e))
+            }
+            Tx::Postgres { tx, store } => {
+                let boxed = pg_params(params);
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    boxed.iter().map(|b| b.as_ref()).collect();
+                Ok(pg_rows(&crate::store::postgres::tx::query(
+                    tx, store, sql, &refs,
+                )?))
+            }
+        }
+    }
+}
+
+fn lite_exec(conn: &rusqlite::Connection, sql: &str, params: &[V]) -> rusqlite::Result<u64> {
+    let p = lite_params(params);
+    conn.execute(&sqlite_sql(sql), rusqlite::params_from_iter(p.iter()))
+        .map(|n| n as u64)
+}
+
+fn lite_rows(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    params: &[V],
+) -> rusqlite::Result<Vec<Vec<V>>> {
+    let p = lite_params(params);
+    let mut stmt = conn.prepare(&sqlite_sql(sql))?;
+    let n = stmt.column_count();
+    let mut rows = stmt.query(rusqlite::params_from_iter(p.iter()))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let mut row = Vec::with_capacity(n);
+        for i in 0..n {
+            row.push(match r.get_ref(i)? {
+                rusqlite::types::ValueRef::Integer(n) => V::I(n),
+                rusqlite::types::ValueRef::Text(t) => V::T(String::from_utf8_lossy(t).into_owned()),
+                rusqlite::types::ValueRef::Null => V::NullT,
+                rusqlite::types::ValueRef::Real(f) => V::I(f as i64),
+                rusqlite::types::ValueRef::Blob(b) => V::T(String::from_utf8_lossy(b).into_owned()),
+            });
+        }
+        out.push(row);
+    }
+    Ok(out)
+}
+
+fn pg_rows(rows: &[tokio_postgres::Row]) -> Vec<Vec<V>> {
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| {
+                    if *r.columns()[i].type_() == tokio_postgres::types::Type::INT8 {
+                        r.get::<_, Option<i64>>(i).map(V::I).unwrap_or(V::NullI)
+                    } else if *r.columns()[i].type_() == tokio_postgres::types::Type::INT4 {
+                        r.get::<_, Option<i32>>(i)
+                            .map(|n| V::I(n.into()))
+                            .unwrap_or(V::NullI)
+                    } else {
+                        r.get::<_, Option<String>>(i).map(V::T).unwrap_or(V::NullT)
+                    }
+                })
+                .collect()
+        })
+        .collect()
 }
 
 fn lite_params(params: &[V]) -> Vec<rusqlite::types::Value> {

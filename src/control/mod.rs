@@ -37,6 +37,18 @@ pub struct SecurityEvent {
 /// cannot be recorded fails (503): the issue asks that audited requests never go unrecorded.
 pub trait SecurityEvents: Send + Sync + 'static {
     fn record(&self, event: &SecurityEvent) -> Result<(), String>;
+
+    /// Records `event` inside `tx`, the store transaction that makes the change it tells
+    /// of, so both commit or neither does (see `api::db_audited`). The audit log does this;
+    /// a sink outside the store (the stand-in [`TracingEvents`]) records as [`Self::record`].
+    fn record_in(
+        &self,
+        tx: &mut crate::store::tx::Tx<'_>,
+        event: &SecurityEvent,
+    ) -> Result<(), String> {
+        let _ = tx;
+        self.record(event)
+    }
 }
 
 /// The stand-in sink: one structured log line per event.

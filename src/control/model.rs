@@ -269,6 +269,18 @@ pub fn remove_member(
     Ok(gone)
 }
 
+/// Locks the team's row until the transaction ends (a no-op UPDATE: the same statement on
+/// both backends, where `FOR UPDATE` is PostgreSQL's alone). Taken before counting Owners,
+/// so two concurrent demotions or removals of two Owners run one after the other and the
+/// second sees the first's result: a team never ends with no Owner.
+pub fn lock_team(db: &mut impl Db, team_id: &str) -> Result<(), StoreError> {
+    db.exec(
+        "UPDATE cp_teams SET name = name WHERE id = $1",
+        &[V::from(team_id)],
+    )?;
+    Ok(())
+}
+
 pub fn owners(db: &mut impl Db, team_id: &str) -> Result<i64, StoreError> {
     Ok(db
         .row(
@@ -819,6 +831,25 @@ pub fn refresh(
         "telbase-cli",
         now,
     )?))
+}
+
+/// [`refresh`] in one store transaction (see the token endpoint for why it must be one).
+pub fn refresh_once(
+    store: &mut crate::store::Store,
+    key: &ServerKey,
+    secret: &str,
+    now: i64,
+) -> Result<Refreshed, StoreError> {
+    use crate::store::tx::TxError;
+    store
+        .transaction(|tx| refresh(tx, key, secret, now).map_err(TxError::<()>::Store))
+        .map_err(|e| match e {
+            TxError::Store(e) => e,
+            TxError::Abort(()) => StoreError::Corrupt {
+                path: "cp_refresh_tokens".into(),
+                what: "a refresh was abandoned".into(),
+            },
+        })
 }
 
 /// Revokes every refresh and access token of a device grant.

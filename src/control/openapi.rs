@@ -173,11 +173,16 @@ impl Modify for Security {
                         .or_insert_with(|| errors(desc, oauth).into());
                 };
                 add("503", "The store did not answer; try again");
+                add(
+                    "429",
+                    "Rate limited or locked out after failures (see docs/abuse.md); wait Retry-After seconds",
+                );
                 if op.request_body.is_some() {
                     add("400", "Malformed body");
-                    add("413", "Body larger than 16 KiB");
+                    add("413", "Body larger than 64 KiB");
                     if !oauth {
                         add("415", "Body is not JSON");
+                        add("422", "Body is JSON but not of the described shape");
                     }
                 }
             }

@@ -196,6 +196,19 @@ impl crate::control::SecurityEvents for ServerAudit {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+
+    /// In the change's own transaction: the record and the change commit together.
+    fn record_in(
+        &self,
+        tx: &mut crate::store::tx::Tx<'_>,
+        event: &crate::control::SecurityEvent,
+    ) -> Result<(), String> {
+        let event = from_control(event).map_err(|e| e.to_string())?;
+        self.log
+            .record_with(&mut |seal| tx.append_audit(seal), &event)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// One control-plane event as an audit record. Its action names (`token.create`,

@@ -644,6 +644,8 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
             let resolver = abuse.clone();
             state.client_address =
                 Arc::new(move |peer, headers| resolver.client_address(peer, headers));
+            // The same counters and limits as the webhook endpoint, in the same store.
+            state.abuse = Some(abuse.clone());
             let state = Arc::new(state);
             // The dashboard (sign-in, identity pages) on the same state, outside /api/v1.
             let mut web = crate::web::Web::new(state.clone(), edge.signin.clone());

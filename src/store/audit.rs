@@ -192,6 +192,61 @@ fn missing_head() -> AuditError {
     AuditError::Damaged("the chain head row is missing; run `telbase audit verify`".into())
 }
 
+/// Appends one sealed record on `conn`, which is inside a transaction holding SQLite's write
+/// lock (the trait's append opens one; [`super::tx::Tx`] shares the caller's).
+pub(super) fn append_on(
+    conn: &rusqlite::Connection,
+    path: &str,
+    seal: &mut SealRecord<'_>,
+) -> Result<AuditRecord, AuditError> {
+    let e = |error| {
+        AuditError::Store(super::StoreError::Sqlite {
+            path: path.to_owned(),
+            error,
+        })
+    };
+    let current = conn
+        .query_row(HEAD, [], head)
+        .optional()
+        .map_err(e)?
+        .ok_or_else(missing_head)?;
+    let (r, new_head) = seal(&current)?;
+    conn.execute(
+        &format!(
+            "INSERT INTO audit_records ({RECORD_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        ),
+        params![
+            r.seq,
+            r.at_ms,
+            r.actor_kind,
+            r.actor_id,
+            r.actor_display,
+            r.action,
+            r.source,
+            r.target_type,
+            r.target_id,
+            r.outcome,
+            r.details,
+            r.key_id,
+            r.prev_mac,
+            r.mac
+        ],
+    )
+    .map_err(e)?;
+    conn.execute(
+        SET_HEAD,
+        params![
+            new_head.seq,
+            new_head.mac,
+            new_head.checkpoints,
+            new_head.head_mac
+        ],
+    )
+    .map_err(e)?;
+    Ok(r)
+}
+
 impl AuditRows for SqliteStore {
     fn append_audit(&mut self, seal: &mut SealRecord<'_>) -> Result<AuditRecord, AuditError> {
         let path = self.path.display().to_string();
@@ -205,45 +260,7 @@ impl AuditRows for SqliteStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(e)?;
-        let current = tx
-            .query_row(HEAD, [], head)
-            .optional()
-            .map_err(e)?
-            .ok_or_else(missing_head)?;
-        let (r, new_head) = seal(&current)?;
-        tx.execute(
-            &format!(
-                "INSERT INTO audit_records ({RECORD_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
-            ),
-            params![
-                r.seq,
-                r.at_ms,
-                r.actor_kind,
-                r.actor_id,
-                r.actor_display,
-                r.action,
-                r.source,
-                r.target_type,
-                r.target_id,
-                r.outcome,
-                r.details,
-                r.key_id,
-                r.prev_mac,
-                r.mac
-            ],
-        )
-        .map_err(e)?;
-        tx.execute(
-            SET_HEAD,
-            params![
-                new_head.seq,
-                new_head.mac,
-                new_head.checkpoints,
-                new_head.head_mac
-            ],
-        )
-        .map_err(e)?;
+        let r = append_on(&tx, &path, seal)?;
         tx.commit().map_err(e)?;
         Ok(r)
     }

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod postgres;
 pub mod runs;
 pub mod sqlite;
+pub mod tx;
 
 pub use postgres::{PgUrl, PostgresStore};
 pub use sqlite::SqliteStore;

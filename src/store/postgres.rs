@@ -24,6 +24,9 @@
 //! row types carry them), and implement its methods on [`PostgresStore`] below the queue.
 
 mod audit;
+pub(crate) mod tx;
+pub(crate) use audit::append_on as append_audit_on;
+pub(crate) use tx::in_transaction;
 
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex};

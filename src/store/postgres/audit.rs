@@ -72,50 +72,62 @@ fn missing_head() -> AuditError {
     AuditError::Damaged("the chain head row is missing; run `telbase audit verify`".into())
 }
 
+/// Appends one sealed record inside `tx`, after locking the chain head row (the trait's
+/// append opens its own transaction; `store::tx::Tx` shares the caller's).
+pub(crate) fn append_on(
+    tx: &tokio_postgres::Transaction<'_>,
+    store: &PostgresStore,
+    seal: &mut SealRecord<'_>,
+) -> Result<AuditRecord, AuditError> {
+    let e = |e| AuditError::Store(store.err(e));
+    let current = wait(tx.query_opt(&format!("{HEAD} FOR UPDATE"), &[]))
+        .map_err(e)?
+        .as_ref()
+        .map(head)
+        .ok_or_else(missing_head)?;
+    let (r, new_head) = seal(&current)?;
+    wait(tx.execute(
+        &format!(
+            "INSERT INTO audit_records ({RECORD_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        ),
+        &[
+            &r.seq,
+            &r.at_ms,
+            &r.actor_kind,
+            &r.actor_id,
+            &r.actor_display,
+            &r.action,
+            &r.source,
+            &r.target_type,
+            &r.target_id,
+            &r.outcome,
+            &r.details,
+            &r.key_id,
+            &r.prev_mac,
+            &r.mac,
+        ],
+    ))
+    .map_err(e)?;
+    wait(tx.execute(
+        SET_HEAD,
+        &[
+            &new_head.seq,
+            &new_head.mac,
+            &new_head.checkpoints,
+            &new_head.head_mac,
+        ],
+    ))
+    .map_err(e)?;
+    Ok(r)
+}
+
 impl AuditRows for PostgresStore {
     fn append_audit(&mut self, seal: &mut SealRecord<'_>) -> Result<AuditRecord, AuditError> {
         let e = |e| AuditError::Store(self.err(e));
         let mut c = self.conn()?;
         let tx = wait(c.transaction()).map_err(e)?;
-        let current = wait(tx.query_opt(&format!("{HEAD} FOR UPDATE"), &[]))
-            .map_err(e)?
-            .as_ref()
-            .map(head)
-            .ok_or_else(missing_head)?;
-        let (r, new_head) = seal(&current)?;
-        wait(tx.execute(
-            &format!(
-                "INSERT INTO audit_records ({RECORD_COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-            ),
-            &[
-                &r.seq,
-                &r.at_ms,
-                &r.actor_kind,
-                &r.actor_id,
-                &r.actor_display,
-                &r.action,
-                &r.source,
-                &r.target_type,
-                &r.target_id,
-                &r.outcome,
-                &r.details,
-                &r.key_id,
-                &r.prev_mac,
-                &r.mac,
-            ],
-        ))
-        .map_err(e)?;
-        wait(tx.execute(
-            SET_HEAD,
-            &[
-                &new_head.seq,
-                &new_head.mac,
-                &new_head.checkpoints,
-                &new_head.head_mac,
-            ],
-        ))
-        .map_err(e)?;
+        let r = append_on(&tx, self, seal)?;
         wait(tx.commit()).map_err(e)?;
         Ok(r)
     }
