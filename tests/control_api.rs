@@ -105,6 +105,13 @@ const NOW: i64 = 1_800_000_000_000;
 fn world(s: &mut Store, key: &ServerKey) -> World {
     let acme = model::create_team(s, "acme", NOW).unwrap().unwrap();
     let other = model::create_team(s, "other", NOW).unwrap().unwrap();
+    // Each team may register its own account's repositories (an operator's grant).
+    for t in [&acme, &other] {
+        let pattern = format!("{}/*", t.name);
+        telbase::control::projects::grant_repos(s, &t.id, &pattern, NOW)
+            .unwrap()
+            .unwrap();
+    }
     let mut w = World {
         users: Default::default(),
         tokens: Default::default(),

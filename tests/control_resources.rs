@@ -48,6 +48,21 @@ impl SecurityEvents for Sink {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+
+    // As `ServerAudit` does: inside the change's transaction (a second connection would
+    // wait for the transaction's write lock on SQLite).
+    fn record_in(
+        &self,
+        tx: &mut telbase::store::tx::Tx<'_>,
+        e: &SecurityEvent,
+    ) -> Result<(), String> {
+        self.seen.lock().unwrap().push(format!("{e:?}"));
+        let event = telbase::serve::audit::from_control(e).map_err(|e| e.to_string())?;
+        self.log
+            .record_with(&mut |seal| tx.append_audit(seal), &event)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Every log line of this test process, at every level.
@@ -168,6 +183,13 @@ struct World {
 fn world(s: &mut Store, key: &ServerKey) -> World {
     let acme = model::create_team(s, "acme", NOW).unwrap().unwrap();
     let other = model::create_team(s, "other", NOW).unwrap().unwrap();
+    // Each team may register its own account's repositories (an operator's grant).
+    for t in [&acme, &other] {
+        let pattern = format!("{}/*", t.name);
+        telbase::control::projects::grant_repos(s, &t.id, &pattern, NOW)
+            .unwrap()
+            .unwrap();
+    }
     let mut w = World {
         users: HashMap::new(),
         tokens: HashMap::new(),
@@ -231,7 +253,7 @@ async fn projects_are_registered_once_and_invisible_to_other_teams() {
         assert_eq!(p["created_by"], w.users["owner"].as_str());
         assert!(p.get("team_id").is_none());
         // The name and the repository are the server's, whichever team asks.
-        for body in [create("web", "other/site"), create("site", "ACME/web")] {
+        for body in [create("web", "other/site")] {
             let (st, e) = srv
                 .call(
                     Method::POST,
@@ -247,6 +269,18 @@ async fn projects_are_registered_once_and_invisible_to_other_teams() {
                 "no hint of who holds it: {e}"
             );
         }
+        // A repository not granted to the team: refused whoever holds it, without a hint.
+        let (st, e) = srv
+            .call(
+                Method::POST,
+                "/api/v1/teams/other/projects",
+                eve,
+                Some(create("site", "ACME/web")),
+            )
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN, "{e}");
+        assert_eq!(e["error"]["code"], "repository_not_granted");
+        assert!(!e.to_string().contains("acme"), "{e}");
         let (st, _) = srv
             .call(
                 Method::POST,
@@ -402,9 +436,37 @@ async fn projects_are_registered_once_and_invisible_to_other_teams() {
             .await;
         assert_eq!(
             st,
-            StatusCode::CREATED,
-            "the name and repository are free again"
+            StatusCode::FORBIDDEN,
+            "acme's repository stays acme's, registered or not"
         );
+        let (st, _) = srv
+            .call(
+                Method::POST,
+                "/api/v1/teams/other/projects",
+                eve,
+                Some(create("web", "other/web")),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "the name is free again");
+        // Values stored under a name no project holds (`telbase env set`, or a deletion cut
+        // short) keep the name from being registered: they are nobody's to hand out.
+        seed_env_var(
+            &mut ts.open(),
+            "orphan",
+            "production",
+            "TOKEN",
+            "left-behind",
+        );
+        let (st, e) = srv
+            .call(
+                Method::POST,
+                "/api/v1/teams/acme/projects",
+                owner,
+                Some(create("orphan", "acme/orphan")),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT, "{e}");
+        assert!(!e.to_string().contains("left-behind"));
     }
 }
 
@@ -435,6 +497,16 @@ async fn environments_and_runs_of_a_project() {
         s.save_run(&teardown).unwrap();
         seed_run(&mut s, "acme/web", "preview-12", NOW + 5, "failure", "[]");
         let elsewhere = seed_run(&mut s, &site.repo, "production", NOW, "success", URL_REPORT);
+        // A run of the repository from before the project was registered (at NOW): another
+        // team's history, or nobody's; never this project's.
+        let before_claim = seed_run(
+            &mut s,
+            "acme/web",
+            "production",
+            NOW - 1,
+            "success",
+            URL_REPORT,
+        );
         let sibling = seed_run(&mut s, &api_p.repo, "production", NOW, "success", "[]");
         seed_run(&mut s, "acme/webx", "preview-99", NOW, "success", "[]");
         drop(s);
@@ -503,6 +575,7 @@ async fn environments_and_runs_of_a_project() {
         assert_eq!(missing["error"]["message"], "run not found");
         for id in [
             elsewhere.id.as_str(),
+            before_claim.id.as_str(),
             sibling.id.as_str(),
             "..%2F..%2Fx",
             "A",
@@ -555,7 +628,7 @@ async fn run_pages_neither_repeat_nor_skip_while_runs_arrive() {
                 &mut s,
                 &web.repo,
                 env,
-                NOW + (i / 3) * 1000,
+                NOW + 100_000 + (i / 3) * 1000,
                 outcome,
                 "[]",
             ));
@@ -584,7 +657,8 @@ async fn run_pages_neither_repeat_nor_skip_while_runs_arrive() {
                     .map(|r| r["id"].as_str().unwrap().to_owned()),
             );
             // Between pages, new runs start (newer than everything) and an old one is
-            // imported (older than everything).
+            // imported (older than everything, though after the project's registration at
+            // NOW: earlier runs are not the project's, see below).
             if pages == 1 {
                 let mut s = ts.open();
                 for k in 0..3 {
@@ -592,7 +666,7 @@ async fn run_pages_neither_repeat_nor_skip_while_runs_arrive() {
                         &mut s,
                         &web.repo,
                         "production",
-                        NOW + 100_000 + k,
+                        NOW + 200_000 + k,
                         "running",
                         "[]",
                     );
@@ -601,7 +675,7 @@ async fn run_pages_neither_repeat_nor_skip_while_runs_arrive() {
                     &mut s,
                     &web.repo,
                     "production",
-                    NOW - 50_000,
+                    NOW + 50_000,
                     "success",
                     "[]",
                 ));
@@ -645,7 +719,8 @@ async fn run_pages_neither_repeat_nor_skip_while_runs_arrive() {
             .map(|r| r.id.clone())
             .collect();
         assert_eq!(ids(&v), want);
-        // since is inclusive, until exclusive: [NOW+2s, NOW+4s) holds the runs of i = 6..=11.
+        // since is inclusive, until exclusive: [+2s, +4s) holds the runs of i = 6..=11.
+        const T0: i64 = NOW + 100_000;
         let t = |ms: i64| {
             chrono::DateTime::from_timestamp_millis(ms)
                 .unwrap()
@@ -655,8 +730,8 @@ async fn run_pages_neither_repeat_nor_skip_while_runs_arrive() {
             .get(
                 &format!(
                     "{base}?since={}&until={}&limit=200",
-                    t(NOW + 2000).replace('+', "%2B"),
-                    t(NOW + 4000)
+                    t(T0 + 2000).replace('+', "%2B"),
+                    t(T0 + 4000)
                 ),
                 tok,
             )
@@ -664,7 +739,7 @@ async fn run_pages_neither_repeat_nor_skip_while_runs_arrive() {
         assert_eq!(st, StatusCode::OK, "{v}");
         let want: Vec<String> = expected
             .iter()
-            .filter(|r| (NOW + 2000..NOW + 4000).contains(&r.started_at))
+            .filter(|r| (T0 + 2000..T0 + 4000).contains(&r.started_at))
             .map(|r| r.id.clone())
             .collect();
         assert_eq!(want.len(), 6);
@@ -1072,5 +1147,54 @@ async fn the_audit_log_is_the_teams_own_filtered_and_paged() {
                 .await;
             assert_eq!(st, StatusCode::FORBIDDEN, "{who}");
         }
+    }
+}
+
+#[test]
+fn repository_grants_are_one_teams_and_never_overlap() {
+    use telbase::control::projects::{
+        GrantRefused, grant_repos, granted_repos, parse_repo_pattern, repo_granted, revoke_repos,
+    };
+    assert_eq!(parse_repo_pattern(" Acme/* ").as_deref(), Some("acme/*"));
+    assert_eq!(parse_repo_pattern("acme/web").as_deref(), Some("acme/web"));
+    for bad in ["acme", "*/web", "acme/*/x", "acme/..", "", "/*"] {
+        assert_eq!(parse_repo_pattern(bad), None, "{bad}");
+    }
+    for ts in stores() {
+        let mut s = ts.open();
+        let a = model::create_team(&mut s, "ga", NOW).unwrap().unwrap();
+        let b = model::create_team(&mut s, "gb", NOW).unwrap().unwrap();
+        grant_repos(&mut s, &a.id, "my_org/*", NOW)
+            .unwrap()
+            .unwrap();
+        grant_repos(&mut s, &a.id, "my_org/*", NOW)
+            .unwrap()
+            .unwrap();
+        // `_` is a literal in the owner, not LIKE's wildcard: `myXorg` is someone else.
+        grant_repos(&mut s, &b.id, "myxorg/*", NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            grant_repos(&mut s, &b.id, "my_org/web", NOW).unwrap(),
+            Err(GrantRefused::Overlaps("my_org/*".into()))
+        );
+        grant_repos(&mut s, &b.id, "solo/app", NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            grant_repos(&mut s, &a.id, "solo/*", NOW).unwrap(),
+            Err(GrantRefused::Overlaps("solo/app".into()))
+        );
+        assert!(repo_granted(&mut s, &a.id, "My_Org/Web").unwrap());
+        assert!(!repo_granted(&mut s, &b.id, "my_org/web").unwrap());
+        assert!(repo_granted(&mut s, &b.id, "solo/app").unwrap());
+        assert!(!repo_granted(&mut s, &b.id, "solo/other").unwrap());
+        assert_eq!(
+            granted_repos(&mut s, &b.id).unwrap(),
+            ["myxorg/*", "solo/app"]
+        );
+        assert!(revoke_repos(&mut s, &b.id, "solo/app").unwrap());
+        assert!(!revoke_repos(&mut s, &b.id, "solo/app").unwrap());
+        grant_repos(&mut s, &a.id, "solo/*", NOW).unwrap().unwrap();
     }
 }

@@ -51,6 +51,24 @@ pub enum TeamCommand {
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
         expires_in_days: Option<u32>,
     },
+    /// The repositories a team may register as projects (on the store). Only an operator
+    /// grants them: runs are found by repository, so a team registering a repository that
+    /// is not its own would read that repository's plans.
+    Repos {
+        #[command(subcommand)]
+        command: ReposCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ReposCommand {
+    /// Grant `owner/name` or `owner/*` (every repository of that account) to a team. A
+    /// pattern overlapping another team's grant is refused.
+    Add { team: String, pattern: String },
+    /// Take a grant back (projects already registered stay).
+    Remove { team: String, pattern: String },
+    /// The team's grants.
+    List { team: String },
 }
 
 /// What `credentials.json` holds.
@@ -340,6 +358,7 @@ pub fn team_cmd(cmd: &TeamCommand) -> anyhow::Result<ExitCode> {
             name,
             expires_in_days,
         } => return token_cmd(team, user, name, *expires_in_days),
+        TeamCommand::Repos { command } => return repos_cmd(command),
     };
     if !super::model::valid_team_name(name) {
         bail!("team names are lowercase letters, digits and `-` (at most 64)");
@@ -357,6 +376,48 @@ pub fn team_cmd(cmd: &TeamCommand) -> anyhow::Result<ExitCode> {
         now,
     )?;
     println!("Created team {} with {} as Owner.", team.name, user.email);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `telbase team repos add|remove|list`.
+fn repos_cmd(cmd: &ReposCommand) -> anyhow::Result<ExitCode> {
+    use super::projects::{GrantRefused, grant_repos, granted_repos, parse_repo_pattern};
+    let team_name = match cmd {
+        ReposCommand::Add { team, .. }
+        | ReposCommand::Remove { team, .. }
+        | ReposCommand::List { team } => team,
+    };
+    let mut store = crate::store::open(&crate::store::Location::from_env()?)?;
+    let t = super::model::team_by_name(&mut store, team_name)?
+        .ok_or_else(|| anyhow!("no team named {team_name}"))?;
+    let pattern_of = |p: &str| {
+        parse_repo_pattern(p)
+            .ok_or_else(|| anyhow!("{p:?}: a repository `owner/name` or `owner/*`"))
+    };
+    match cmd {
+        ReposCommand::Add { pattern, .. } => {
+            let pattern = pattern_of(pattern)?;
+            let now = chrono::Utc::now().timestamp_millis();
+            match grant_repos(&mut store, &t.id, &pattern, now)? {
+                Ok(()) => println!("Granted {pattern} to team {}.", t.name),
+                Err(GrantRefused::Overlaps(other)) => {
+                    bail!("{pattern} overlaps {other}, which another team holds")
+                }
+            }
+        }
+        ReposCommand::Remove { pattern, .. } => {
+            let pattern = pattern_of(pattern)?;
+            if !super::projects::revoke_repos(&mut store, &t.id, &pattern)? {
+                bail!("team {} holds no grant {pattern}", t.name);
+            }
+            println!("Took {pattern} back from team {}.", t.name);
+        }
+        ReposCommand::List { .. } => {
+            for p in granted_repos(&mut store, &t.id)? {
+                println!("{p}");
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

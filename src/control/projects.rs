@@ -37,6 +37,137 @@ pub const MIGRATION: &str = "
     CREATE INDEX cp_runs_by_lower_repo ON runs(lower(repo), started_at);
 ";
 
+/// Migration 11: which repositories a team may register as projects. An operator grants
+/// them (`telbase team repos add`), because a team's own word is not proof that the
+/// repository is theirs: runs are found by repository and stored env vars by project name,
+/// so a claim on someone else's repository would read their plans and write the values their
+/// deploys receive. A pattern is `owner/name` or `owner/*`, lower-case, and belongs to one
+/// team (the primary key; overlaps between teams are refused when granted).
+pub const REPOS_MIGRATION: &str = "
+    CREATE TABLE cp_team_repos (
+        pattern    TEXT PRIMARY KEY,
+        team_id    TEXT NOT NULL REFERENCES cp_teams(id) ON DELETE CASCADE,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX cp_team_repos_team ON cp_team_repos(team_id, pattern);
+";
+
+/// A grant pattern: `owner/name` or `owner/*` (see [`REPOS_MIGRATION`]), lower-cased.
+pub fn parse_repo_pattern(pattern: &str) -> Option<String> {
+    let p = pattern.trim().to_ascii_lowercase();
+    match p.strip_suffix("/*") {
+        Some(owner) => valid_repo(&format!("{owner}/x")).then_some(p),
+        None => valid_repo(&p).then_some(p),
+    }
+}
+
+/// Why a grant was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantRefused {
+    /// Another team holds this pattern or one overlapping it.
+    Overlaps(String),
+}
+
+/// Grants `pattern` (already parsed) to the team; `Ok(Err)` when another team holds an
+/// overlapping one (`owner/*` overlaps every `owner/x`). Granting what the team has is a
+/// no-op.
+pub fn grant_repos(
+    db: &mut impl Db,
+    team_id: &str,
+    pattern: &str,
+    now: i64,
+) -> Result<Result<(), GrantRefused>, StoreError> {
+    let owner = pattern.split('/').next().unwrap_or_default();
+    let wildcard = format!("{owner}/*");
+    let mut others = db.rows(
+        "SELECT pattern FROM cp_team_repos WHERE team_id <> $1 AND (pattern = $2 OR pattern = $3)",
+        &[V::from(team_id), V::from(pattern), V::from(&wildcard)],
+    )?;
+    if pattern == wildcard {
+        others.extend(db.rows(
+            "SELECT pattern FROM cp_team_repos WHERE team_id <> $1 AND pattern LIKE $2 ESCAPE '\\'",
+            &[
+                V::from(team_id),
+                V::from(format!("{}/%", like_escape(owner))),
+            ],
+        )?);
+    }
+    if let Some(r) = others.first() {
+        return Ok(Err(GrantRefused::Overlaps(r[0].text())));
+    }
+    db.exec(
+        "INSERT INTO cp_team_repos (pattern, team_id, created_at) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+        &[V::from(pattern), V::from(team_id), V::I(now)],
+    )?;
+    Ok(Ok(()))
+}
+
+/// Revokes a grant; `false` if the team did not hold it. Projects already registered stay.
+pub fn revoke_repos(db: &mut impl Db, team_id: &str, pattern: &str) -> Result<bool, StoreError> {
+    Ok(db.exec(
+        "DELETE FROM cp_team_repos WHERE team_id = $1 AND pattern = $2",
+        &[V::from(team_id), V::from(pattern)],
+    )? == 1)
+}
+
+/// The team's grants, sorted.
+pub fn granted_repos(db: &mut impl Db, team_id: &str) -> Result<Vec<String>, StoreError> {
+    Ok(db
+        .rows(
+            "SELECT pattern FROM cp_team_repos WHERE team_id = $1 ORDER BY pattern",
+            &[V::from(team_id)],
+        )?
+        .iter()
+        .map(|r| r[0].text())
+        .collect())
+}
+
+/// Whether the team was granted `repo` (exactly or by its owner's `owner/*`).
+pub fn repo_granted(db: &mut impl Db, team_id: &str, repo: &str) -> Result<bool, StoreError> {
+    let repo = repo.to_ascii_lowercase();
+    let owner = repo.split('/').next().unwrap_or_default();
+    Ok(db
+        .row(
+            "SELECT 1 FROM cp_team_repos WHERE team_id = $1 AND (pattern = $2 OR pattern = $3)",
+            &[
+                V::from(team_id),
+                V::from(&repo),
+                V::from(format!("{owner}/*")),
+            ],
+        )?
+        .is_some())
+}
+
+/// The repository the project `name` is registered for, by any team; `None` if no project
+/// has that name. The worker asks before handing stored values of `name` to a repository.
+pub fn registered_repo(db: &mut impl Db, name: &str) -> Result<Option<String>, StoreError> {
+    Ok(db
+        .row(
+            "SELECT repo FROM cp_projects WHERE name = $1",
+            &[V::from(name)],
+        )?
+        .map(|r| r[0].text()))
+}
+
+/// Whether any stored env var value is kept under the project name `name`.
+pub fn has_stored_values(db: &mut impl Db, name: &str) -> Result<bool, StoreError> {
+    Ok(db
+        .row(
+            "SELECT 1 FROM secret_values v JOIN secret_names n ON n.id = v.name_id
+             WHERE n.project = $1 LIMIT 1",
+            &[V::from(name)],
+        )?
+        .is_some())
+}
+
+/// `LIKE` pattern text with its wildcards taken literally (owners may contain `_`).
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
+}
+
 /// The config path when none is given: what the GitHub App and `serve --watch` read.
 pub const DEFAULT_CONFIG_PATH: &str = "telbase.yaml";
 
@@ -243,6 +374,7 @@ pub struct RunQuery {
 pub fn runs(
     db: &mut impl Db,
     repo: &str,
+    claimed_at: i64,
     q: &RunQuery,
     limit: i64,
 ) -> Result<Vec<RunRecord>, StoreError> {
@@ -262,7 +394,9 @@ pub fn runs(
                 V::from(repo.to_ascii_lowercase()),
                 V::from(q.environment.as_str()),
                 V::from(q.outcome.as_str()),
-                V::I(q.since.unwrap_or(i64::MIN)),
+                // Never before the project's claim: runs of the repository before this team
+                // registered it (another team's, or nobody's) are not this team's history.
+                V::I(q.since.unwrap_or(i64::MIN).max(claimed_at)),
                 V::I(q.until.unwrap_or(i64::MAX)),
                 V::I(after_at),
                 V::from(if q.after.is_some() {
@@ -281,29 +415,45 @@ pub fn runs(
 }
 
 /// One run of `repo`; a run of another repository is `None`, like a missing one.
-pub fn run(db: &mut impl Db, repo: &str, id: &str) -> Result<Option<RunRecord>, StoreError> {
+pub fn run(
+    db: &mut impl Db,
+    repo: &str,
+    claimed_at: i64,
+    id: &str,
+) -> Result<Option<RunRecord>, StoreError> {
     Ok(db
         .row(
-            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND lower(repo) = $2"),
-            &[V::from(id), V::from(repo.to_ascii_lowercase())],
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1 AND lower(repo) = $2 AND started_at >= $3"
+            ),
+            &[
+                V::from(id),
+                V::from(repo.to_ascii_lowercase()),
+                V::I(claimed_at),
+            ],
         )?
         .map(|r| run_of(&r)))
 }
 
 /// The newest run of each environment of `repo` (production and every preview seen), by
 /// environment name.
-pub fn latest_per_environment(db: &mut impl Db, repo: &str) -> Result<Vec<RunRecord>, StoreError> {
+pub fn latest_per_environment(
+    db: &mut impl Db,
+    repo: &str,
+    claimed_at: i64,
+) -> Result<Vec<RunRecord>, StoreError> {
     Ok(db
         .rows(
             &format!(
                 "SELECT {RUN_COLUMNS} FROM runs r
-                 WHERE lower(r.repo) = $1
+                 WHERE lower(r.repo) = $1 AND r.started_at >= $2
                    AND r.id = (SELECT x.id FROM runs x
                                WHERE lower(x.repo) = $1 AND x.environment = r.environment
+                                 AND x.started_at >= $2
                                ORDER BY x.started_at DESC, x.id DESC LIMIT 1)
                  ORDER BY r.environment"
             ),
-            &[V::from(repo.to_ascii_lowercase())],
+            &[V::from(repo.to_ascii_lowercase()), V::I(claimed_at)],
         )?
         .iter()
         .map(|r| run_of(r))
@@ -315,6 +465,7 @@ pub fn latest_per_environment(db: &mut impl Db, repo: &str) -> Result<Vec<RunRec
 pub fn latest_with_urls(
     db: &mut impl Db,
     repo: &str,
+    claimed_at: i64,
     environment: &str,
 ) -> Result<Option<RunRecord>, StoreError> {
     Ok(db
@@ -322,9 +473,14 @@ pub fn latest_with_urls(
             &format!(
                 "SELECT {RUN_COLUMNS} FROM runs
                  WHERE lower(repo) = $1 AND environment = $2 AND report LIKE '%\"url\"%'
+                   AND started_at >= $3
                  ORDER BY started_at DESC, id DESC LIMIT 1"
             ),
-            &[V::from(repo.to_ascii_lowercase()), V::from(environment)],
+            &[
+                V::from(repo.to_ascii_lowercase()),
+                V::from(environment),
+                V::I(claimed_at),
+            ],
         )?
         .map(|r| run_of(&r)))
 }

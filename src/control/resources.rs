@@ -13,6 +13,7 @@
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::db::Db;
 use super::projects::{self, AuditQuery, NewProject, Project, RunQuery};
 use super::secrets;
 use crate::secrets::envelope::KeyProvider;
@@ -38,6 +39,9 @@ pub enum ResourceError {
     InvalidCursor,
     #[error("{0}")]
     Conflict(String),
+    /// The team may not do this with that input (a repository not granted to it).
+    #[error("{0}")]
+    Forbidden(String),
     /// The server cannot do this now (no master key to seal with, a fault it logged).
     #[error("{0}")]
     Unavailable(String),
@@ -361,9 +365,13 @@ pub fn get_project(store: &mut Store, team_id: &str, name: &str) -> Result<Proje
     projects::by_name(store, team_id, name)?.ok_or(ResourceError::NotFound("project"))
 }
 
-/// Registers a project for the team.
+/// Registers a project for the team: only a repository an operator granted to the team
+/// (`projects::repo_granted`), and only a name no stored values are kept under already (values
+/// set before any project held the name, with `telbase env set`, are not this team's to
+/// read or replace). Generic over the store so the API runs it in the transaction of its
+/// audit record.
 pub fn create_project(
-    store: &mut Store,
+    db: &mut impl Db,
     team_id: &str,
     user_id: &str,
     body: &CreateProject,
@@ -389,8 +397,20 @@ pub fn create_project(
                 .into(),
         ));
     }
+    if !projects::repo_granted(db, team_id, &body.repo)? {
+        return Err(ResourceError::Forbidden(
+            "this repository is not granted to the team; a server operator grants repositories with `telbase team repos add TEAM OWNER/NAME` (or `OWNER/*`)".into(),
+        ));
+    }
+    if projects::registered_repo(db, &body.name)?.is_none()
+        && projects::has_stored_values(db, &body.name)?
+    {
+        return Err(ResourceError::Conflict(
+            "values are stored under this project name outside any project (`telbase env set`); an operator must unset them (`telbase env unset`) before a team can register the name".into(),
+        ));
+    }
     projects::create(
-        store,
+        db,
         &NewProject {
             team_id,
             name: &body.name,
@@ -409,16 +429,20 @@ pub fn create_project(
     })
 }
 
-/// Unregisters the team's project and deletes its stored env var values (both
-/// environments): the name becomes free for another team, which must not inherit them.
-/// Runs stay (they are the repository's history, and expire with the retention).
+/// Unregisters the team's project, then deletes its stored env var values (both
+/// environments) so the next team to register the name cannot inherit them. In that order:
+/// should the values' deletion be cut short (or a concurrent `PUT` land after it), values
+/// stay under a name no project holds, which [`create_project`] refuses to hand out, so
+/// nothing leaks; an operator removes them with `telbase env unset`. Runs stay (the
+/// repository's history, expiring with the retention); a later claim sees only runs that
+/// started after it (`projects::runs`).
 pub fn delete_project(store: &mut Store, team_id: &str, name: &str) -> Result<Project> {
     let project = get_project(store, team_id, name)?;
-    for v in store.list_values(&project.name, None)? {
-        store.delete_value(&v.name)?;
-    }
     if !projects::delete(store, team_id, name)? {
         return Err(ResourceError::NotFound("project"));
+    }
+    for v in store.list_values(&project.name, None)? {
+        store.delete_value(&v.name)?;
     }
     Ok(project)
 }
@@ -428,7 +452,7 @@ pub fn delete_project(store: &mut Store, team_id: &str, name: &str) -> Result<Pr
 /// Production and every preview seen in the project's runs, each with its newest run and
 /// the URLs the runs reported.
 pub fn environments(store: &mut Store, project: &Project) -> Result<EnvironmentList> {
-    let latest = projects::latest_per_environment(store, &project.repo)?;
+    let latest = projects::latest_per_environment(store, &project.repo, project.created_at)?;
     let mut items = Vec::with_capacity(latest.len() + 1);
     if !latest.iter().any(|r| r.environment == "production") {
         items.push(EnvironmentView {
@@ -445,7 +469,12 @@ pub fn environments(store: &mut Store, project: &Project) -> Result<EnvironmentL
         let urls = if torn_down {
             Vec::new()
         } else {
-            match projects::latest_with_urls(store, &project.repo, &run.environment)? {
+            match projects::latest_with_urls(
+                store,
+                &project.repo,
+                project.created_at,
+                &run.environment,
+            )? {
                 Some(r) => report(&r.report)
                     .into_iter()
                     .filter(|s| s.outcome == "done")
@@ -510,7 +539,7 @@ pub fn runs(
 ) -> Result<RunPage> {
     let after = decode(cursor)?.map(|c| run_after(&c)).transpose()?;
     let q = run_query(filter, after)?;
-    let rows = projects::runs(store, &project.repo, &q, limit)?;
+    let rows = projects::runs(store, &project.repo, project.created_at, &q, limit)?;
     let next_cursor = next(&rows, limit, |r| format!("{}_{}", r.started_at, r.id));
     Ok(RunPage {
         items: rows.iter().map(RunSummary::from).collect(),
@@ -523,7 +552,8 @@ pub fn run(store: &mut Store, project: &Project, id: &str) -> Result<RunDetail> 
     if !crate::serve::runs::valid_id(id) {
         return Err(ResourceError::NotFound("run"));
     }
-    let r = projects::run(store, &project.repo, id)?.ok_or(ResourceError::NotFound("run"))?;
+    let r = projects::run(store, &project.repo, project.created_at, id)?
+        .ok_or(ResourceError::NotFound("run"))?;
     Ok(RunDetail {
         run: RunSummary::from(&r),
         plan: r.plan.clone(),

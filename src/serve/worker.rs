@@ -520,7 +520,7 @@ impl Reconciler {
         if mode == Mode::Apply {
             status(StatusState::Pending, "Reconciling…".into()).await;
         }
-        let opener = match self.opener_for(&mut desired) {
+        let opener = match self.opener_for(&mut desired, repo) {
             Ok(o) => o,
             Err(e) => {
                 if !teardown {
@@ -617,6 +617,7 @@ impl Reconciler {
     fn opener_for(
         &self,
         desired: &mut crate::model::DesiredState,
+        repo: &str,
     ) -> Result<Arc<dyn Opener>, String> {
         if !crate::secrets::stored::uses_stored(desired) {
             return Ok(self.opener.clone());
@@ -631,6 +632,20 @@ impl Reconciler {
             tracing::error!(error = %e, "the store of stored values cannot be opened");
             "the server cannot open its store of stored values (see the server's log)".to_owned()
         })?;
+        // Stored values are kept by project name. When the control plane has registered that
+        // name for a repository, only that repository's runs receive them: another
+        // repository whose file says `project: NAME` must not be handed a team's values.
+        let registered = crate::control::projects::registered_repo(&mut store, &desired.project)
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read the project registrations");
+                "the server cannot read its project registrations (see the server's log)".to_owned()
+            })?;
+        if let Some(owner) = registered.filter(|r| !r.eq_ignore_ascii_case(repo)) {
+            return Err(format!(
+                "project `{}` is registered on this server for {owner}, not {repo}: its stored values are not handed to another repository",
+                desired.project
+            ));
+        }
         crate::secrets::stored::read_fingerprints(desired, &mut store)?;
         let keys = crate::secrets::envelope::key_provider_from_vars(|k| std::env::var(k).ok())
             .map_err(|e| e.to_string());

@@ -128,6 +128,7 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "control plane identity", crate::control::db::MIGRATION),
     (9, "control plane projects", crate::control::projects::MIGRATION),
     (10, "dashboard sign-in flows", crate::web::oidc::MIGRATION),
+    (11, "repositories granted to teams", crate::control::projects::REPOS_MIGRATION),
 ];
 
 /// The newest schema version this Telbase knows.

@@ -14,7 +14,7 @@ use axum::routing::{get, put};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{ApiError, App, Body, Page, Principal, db, record, team_of};
+use super::{ApiError, App, Body, Page, Principal, db, db_audited, record, team_of};
 use crate::control::projects::Project;
 use crate::control::resources::{
     self as res, AuditFilter, CreateProject, ResourceError, RunFilter,
@@ -65,6 +65,9 @@ impl From<ResourceError> for ApiError {
                 "not a cursor from this API",
             ),
             ResourceError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            ResourceError::Forbidden(m) => {
+                ApiError::new(StatusCode::FORBIDDEN, "repository_not_granted", m)
+            }
             ResourceError::Unavailable(m) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", m)
             }
@@ -144,17 +147,19 @@ pub(crate) async fn create_project(
     let (team, _) = team_of(&p)?;
     let now = app.now();
     let (tid, uid) = (team.id.clone(), p.user.id.clone());
-    let project = with_store(&app, move |s| {
-        res::create_project(s, &tid, &uid, &body, now)
-    })
-    .await?;
-    record(
+    // The registration and its audit record commit together (or neither does).
+    let event_of = p.clone();
+    let project = db_audited(
         &app,
-        p.succeeded(
-            "project.create",
-            Some(res::project_target(&team.id, &project.name)),
-        ),
-    )?;
+        move |tx, _| Ok(res::create_project(tx, &tid, &uid, &body, now).map_err(ApiError::from)),
+        move |project: &Project| {
+            event_of.succeeded(
+                "project.create",
+                Some(res::project_target(&team.id, &project.name)),
+            )
+        },
+    )
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(project)).into_response())
 }
 
