@@ -75,6 +75,51 @@ impl Web {
     }
 }
 
+/// Runs a change and its security event in ONE store transaction (as the API's
+/// `api::db_audited`): a record that cannot be written rolls the change back and answers
+/// 503; a change refused with a page writes no record.
+pub async fn audited<T: Send + 'static>(
+    web: &Arc<Web>,
+    change: impl FnOnce(&mut crate::store::tx::Tx<'_>) -> Result<Result<T, Page>, StoreError>
+    + Send
+    + 'static,
+    event: SecurityEvent,
+) -> Result<T, Page> {
+    use crate::store::tx::TxError;
+    let web = web.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut s = web.control.store.lock().unwrap_or_else(|e| e.into_inner());
+        let events = web.control.events.clone();
+        s.transaction(|tx| {
+            let v = change(tx)?.map_err(TxError::Abort)?;
+            events.record_in(tx, &event).map_err(|e| {
+                tracing::error!(error = %e, action = event.action, "cannot record a security event");
+                TxError::Abort(Page::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The security log cannot be written, so nothing was changed. Try again shortly.",
+                ))
+            })?;
+            Ok(v)
+        })
+    })
+    .await;
+    match out {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(TxError::Abort(page))) => Err(page),
+        Ok(Err(TxError::Store(e))) => {
+            tracing::error!(error = %e, "dashboard: the store failed");
+            Err(Page::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The store did not answer; try again.",
+            ))
+        }
+        Err(_) => Err(Page::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The store did not answer; try again.",
+        )),
+    }
+}
+
 /// Runs `f` on the store off the async threads.
 pub async fn db<T: Send + 'static>(
     web: &Arc<Web>,

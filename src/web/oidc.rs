@@ -713,7 +713,9 @@ fn identity_from_claims(p: &Provider, d: &Discovery, c: &Value) -> Result<Identi
             // Microsoft's `email` is whatever the account's admin typed unless the tenant
             // proved it owns the domain: `xms_edov` (an optional claim the app registration
             // asks for) says so. Without it the address proves nothing.
-            if !truthy(c.get("xms_edov")) && !truthy(c.get("email_verified")) {
+            // `email_verified` is not Microsoft's to vouch with: a tenant can put it into
+            // tokens through claims mapping for a domain it does not own (the nOAuth class).
+            if !truthy(c.get("xms_edov")) {
                 return Err(SignInError::Unverified(
                     "Microsoft did not mark the email's domain as verified (xms_edov); see docs/dashboard.md",
                 ));
@@ -1001,6 +1003,12 @@ mod tests {
         assert!(identity_from_claims(&p, &d, &other_tenant).is_err());
         let mut unverified = ok.clone();
         unverified.as_object_mut().unwrap().remove("xms_edov");
+        assert!(matches!(
+            identity_from_claims(&p, &d, &unverified),
+            Err(SignInError::Unverified(_))
+        ));
+        // A tenant's claims mapping can add `email_verified`; it is not Microsoft's proof.
+        unverified["email_verified"] = json!(true);
         assert!(matches!(
             identity_from_claims(&p, &d, &unverified),
             Err(SignInError::Unverified(_))

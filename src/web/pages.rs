@@ -5,7 +5,7 @@
 //! ([`Viewer::check_form`]) and its permission second ([`Viewer::in_team`] →
 //! `roles::allows`), whatever the page showed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -15,7 +15,9 @@ use maud::{Markup, html};
 use secrecy::{ExposeSecret as _, SecretString};
 
 use super::oidc::{self, ProviderKind};
-use super::{Page, Viewer, Web, csrf, db, html_page, layout, redirect_with_cookie, rotate, when};
+use super::{
+    Page, Viewer, Web, audited, csrf, db, html_page, layout, redirect_with_cookie, rotate, when,
+};
 use crate::control::SecurityEvent;
 use crate::control::api::{
     APPROVE_FAILURES, APPROVE_WINDOW_MS, session_cookie, session_cookie_name,
@@ -113,8 +115,32 @@ pub async fn auth_start(
     State(web): St,
     Path(slug): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    req: axum::extract::Request,
 ) -> Result<Response, Page> {
     let p = provider(&web, &slug)?;
+    // Each start writes a flow row: a locked address is refused, and starts take from the
+    // address's request bucket, so a loop cannot fill the table.
+    if let Some(a) = web.abuse.clone() {
+        let (parts, _) = req.into_parts();
+        let addr = ip(&super::address(&web, &parts));
+        let refused = tokio::task::spawn_blocking(move || {
+            match a.check_blocking(crate::abuse::rows::Realm::Api, addr, None)? {
+                Some(wait) => Ok(Some(wait)),
+                None => a.address_request_blocking(addr),
+            }
+        })
+        .await;
+        match refused {
+            Ok(Ok(Some(wait))) => return Ok(too_many(wait)),
+            Ok(Ok(None)) => {}
+            _ => {
+                return Err(Page::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The server cannot start a sign-in right now; try again shortly.",
+                ));
+            }
+        }
+    }
     let next = local_path(q.get("next"));
     let (state, binding) = (oidc::random_value(), oidc::random_value());
     let now = web.now();
@@ -906,21 +932,27 @@ pub async fn member_role(
         .and_then(|r| Role::parse(r))
         .ok_or_else(|| Page::bad("Unknown role."))?;
     let (tid, uid) = (team.id.clone(), user.clone());
-    db(&web, move |s, _| {
-        let Some(current) = model::role_in(s, &tid, &uid)? else {
-            return Ok(Err(Page::not_found()));
-        };
-        if current == Role::Owner && role != Role::Owner && model::owners(s, &tid)? <= 1 {
-            return Ok(Err(Page::new(
-                StatusCode::CONFLICT,
-                "A team keeps at least one Owner; make someone else Owner first.",
-            )));
-        }
-        model::set_role(s, &tid, &uid, role)?;
-        Ok(Ok(()))
-    })
-    .await??;
-    web.record(v.event("member.role_change", Some(user)))?;
+    // Check and change under the team's lock, with the record, in one transaction: two
+    // Owners demoting each other at once (two replicas) cannot leave the team without one.
+    audited(
+        &web,
+        move |s| {
+            model::lock_team(s, &tid)?;
+            let Some(current) = model::role_in(s, &tid, &uid)? else {
+                return Ok(Err(Page::not_found()));
+            };
+            if current == Role::Owner && role != Role::Owner && model::owners(s, &tid)? <= 1 {
+                return Ok(Err(Page::new(
+                    StatusCode::CONFLICT,
+                    "A team keeps at least one Owner; make someone else Owner first.",
+                )));
+            }
+            model::set_role(s, &tid, &uid, role)?;
+            Ok(Ok(()))
+        },
+        v.event("member.role_change", Some(user)),
+    )
+    .await?;
     let mut v = v;
     let cookie = rotate(&web, &mut v).await?;
     Ok(redirect_with_cookie(
@@ -939,111 +971,87 @@ pub async fn member_remove(
     v.check_form(&web, &headers, &form)?;
     let (team, _) = v.in_team(&team, Action::RemoveMembers)?;
     let (tid, uid, now) = (team.id.clone(), user.clone(), web.now());
-    db(&web, move |s, _| {
-        let Some(current) = model::role_in(s, &tid, &uid)? else {
-            return Ok(Err(Page::not_found()));
-        };
-        if current == Role::Owner && model::owners(s, &tid)? <= 1 {
-            return Ok(Err(Page::new(
-                StatusCode::CONFLICT,
-                "A team keeps at least one Owner.",
-            )));
-        }
-        model::remove_member(s, &tid, &uid, now)?;
-        Ok(Ok(()))
-    })
-    .await??;
-    web.record(v.event("member.remove", Some(user)))?;
+    audited(
+        &web,
+        move |s| {
+            model::lock_team(s, &tid)?;
+            let Some(current) = model::role_in(s, &tid, &uid)? else {
+                return Ok(Err(Page::not_found()));
+            };
+            if current == Role::Owner && model::owners(s, &tid)? <= 1 {
+                return Ok(Err(Page::new(
+                    StatusCode::CONFLICT,
+                    "A team keeps at least one Owner.",
+                )));
+            }
+            model::remove_member(s, &tid, &uid, now)?;
+            Ok(Ok(()))
+        },
+        v.event("member.remove", Some(user)),
+    )
+    .await?;
     Ok(Redirect::to(&format!("/teams/{}/members", team.name)).into_response())
 }
 
 // ---- audit log ----
 
-const AUDIT_PAGE: usize = 50;
+const AUDIT_PAGE: i64 = 50;
 
-/// The team's audit log. Records carry no team, so the team's view is the records whose
-/// actor or target is one of its members, newest first, filtered by action (exact or
-/// `auth.*`) and actor, paginated by sequence number.
+/// The team's audit log: exactly the records `GET /api/v1/teams/{team}/audit-events`
+/// shows (`resources::audit_events`: one scoping rule for both, so a record of another team
+/// never reaches this page), newest first, filtered by action (exact or `auth.*`) and
+/// actor, paginated by the API's cursor.
 pub async fn audit(
     State(web): St,
     v: Viewer,
     Path(team): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Page> {
-    use crate::audit::chain::{AuditFilter, AuditRows as _};
+    use crate::control::resources::{self as res, ResourceError};
     let (team, _) = v.in_team(&team, Action::ViewAuditLog)?;
-    let action = q
-        .get("action")
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty());
-    let actor = q
-        .get("actor")
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty());
-    if action.as_ref().is_some_and(|a| {
-        a.len() > 80
-            || !a
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b == b'.' || b == b'_' || b == b'*')
-    }) {
-        return Err(Page::bad(
-            "Action: a name such as auth.login, or a prefix such as auth.*",
-        ));
-    }
-    let before = match q.get("before").map(|s| s.trim()).filter(|s| !s.is_empty()) {
-        None => None,
-        Some(b) => Some(
-            b.parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| Page::bad("Not a page of this log."))?,
-        ),
+    let field = |k: &str| {
+        q.get(k)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
     };
-    let tid = team.id.clone();
-    let (a2, ac2) = (action.clone(), actor.clone());
+    let (action, actor, before) = (field("action"), field("actor"), field("before"));
+    let filter = res::AuditFilter {
+        since: None,
+        until: None,
+        actor: actor.clone(),
+        action: action.clone(),
+    };
+    let t = team.clone();
     let found = db(&web, move |s, _| {
-        let members: HashSet<String> = model::members(s, &tid, "", 1000)?
-            .into_iter()
-            .map(|m| m.user.id)
-            .collect();
-        let mut out = Vec::new();
-        let mut cursor = before;
-        // Bounded: at most 10 batches are read per page.
-        for _ in 0..10 {
-            let batch = s
-                .audit_query(&AuditFilter {
-                    action: a2.clone(),
-                    actor: ac2.clone(),
-                    before_seq: cursor,
-                    limit: 200,
-                    ..AuditFilter::default()
-                })
-                .map_err(|e| crate::store::StoreError::Corrupt {
-                    path: "audit log".into(),
-                    what: e.to_string(),
-                })?;
-            let done = batch.len() < 200;
-            for r in batch {
-                cursor = Some(r.seq);
-                if members.contains(&r.actor_id)
-                    || r.target_id.as_ref().is_some_and(|t| members.contains(t))
-                {
-                    out.push(r);
-                    if out.len() == AUDIT_PAGE {
-                        return Ok((out, cursor));
-                    }
-                }
-            }
-            if done {
-                return Ok((out, None));
-            }
-        }
-        Ok((out, cursor))
+        Ok(res::audit_events(
+            s,
+            &t,
+            &filter,
+            before.as_deref(),
+            AUDIT_PAGE,
+        ))
     })
     .await?;
-    let (rows, next) = found;
-    let more = |seq: i64| {
-        let mut u = format!("/teams/{}/audit?before={seq}", team.name);
+    let page = found.map_err(|e| match e {
+        ResourceError::InvalidCursor => Page::bad("Not a page of this log."),
+        ResourceError::Invalid(m) => Page::bad(m),
+        ResourceError::Store(e) => {
+            tracing::error!(error = %e, "dashboard: the store failed");
+            Page::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The store did not answer; try again.",
+            )
+        }
+        other => Page::bad(other.to_string()),
+    })?;
+    let rows = page.items;
+    let next = page.next_cursor;
+    let more = |cursor: &str| {
+        let mut u = format!(
+            "/teams/{}/audit?before={}",
+            team.name,
+            oidc::form_encode(cursor)
+        );
         if let Some(a) = &action {
             u.push_str(&format!("&action={}", oidc::form_encode(a)));
         }
@@ -1066,17 +1074,22 @@ pub async fn audit(
             @for r in &rows {
                 tr {
                     td { (r.seq) }
-                    td { (when(r.at_ms)) }
-                    td { (r.actor_display) }
+                    td { (r.time) }
+                    td {
+                        (r.actor.display)
+                        @if r.actor.id != r.actor.display { " (" (r.actor.id) ")" }
+                    }
                     td { (r.action) }
                     td { (r.source.clone().unwrap_or_default()) }
-                    td { (r.target_type.clone().unwrap_or_default()) " " (r.target_id.clone().unwrap_or_default()) }
+                    td {
+                        @if let Some(t) = &r.target { (t.kind) " " (t.id.clone().unwrap_or_default()) }
+                    }
                     td { (r.outcome) }
                 }
             }
         }
         @if rows.is_empty() { p.note { "No records." } }
-        @if let Some(n) = next { p { a #older href=(more(n)) { "Older" } } }
+        @if let Some(n) = &next { p { a #older href=(more(n)) { "Older" } } }
     };
     Ok(html_page(layout(Some(&v.nav()), "Audit log", body)))
 }
