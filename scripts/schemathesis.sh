@@ -75,6 +75,11 @@ export GITHUB_API_URL=http://127.0.0.1:9
 
 "$TELBASE_BIN" team create acme --owner owner@example.com >/dev/null
 token=$("$TELBASE_BIN" team token acme --user owner@example.com --name schemathesis)
+# The team may register its own account's repositories (an operator's grant).
+"$TELBASE_BIN" team repos add acme 'acme/*' >/dev/null
+# A master key (a keyring file: `<id> <base64 of 32 bytes>`), so env vars can be sealed.
+(umask 077 && echo "k1 $(head -c 32 /dev/urandom | base64)" >"$work/master.keys")
+export TELBASE_MASTER_KEY_FILE="$work/master.keys"
 
 # A free port: bind 0 is not available through the CLI, so ask the kernel for one first.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -96,6 +101,15 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 
+# A project with a stored value, so the project routes (`path.project` in the toml) reach
+# their handlers and not only the 404 of a missing project.
+api() {
+    curl -fsS -o /dev/null -X "$1" -H "Authorization: Bearer $token" \
+        -H 'Content-Type: application/json' -d "$3" "http://127.0.0.1:$port/api/v1/teams/acme/$2"
+}
+api POST projects '{"name": "web", "repo": "acme/web"}'
+api PUT projects/web/environments/production/env-vars/DB_URL '{"value": "seeded"}'
+
 # The served description must be the committed one (tests/control_openapi.rs checks the
 # code against it too); schemathesis reads the committed file.
 if ! curl -fsS "http://127.0.0.1:$port/api/v1/openapi.json" | cmp -s - docs/openapi.json; then
@@ -104,9 +118,10 @@ if ! curl -fsS "http://127.0.0.1:$port/api/v1/openapi.json" | cmp -s - docs/open
 fi
 
 # Operations that can take the run's own credentials away (revoking its token, demoting or
-# removing its Owner once another Owner was invited) run last, in a second pass, so that the
-# first pass tests every other operation with a working token.
-LAST_OPERATIONS=(revoke_token change_role remove_member)
+# removing its Owner once another Owner was invited) or its seeded project run last, in a
+# second pass, so that the first pass tests every other operation with a working token and
+# an existing project.
+LAST_OPERATIONS=(revoke_token change_role remove_member delete_project)
 exclude=() include=()
 for op in "${LAST_OPERATIONS[@]}"; do
     exclude+=(--exclude-operation-id "$op")

@@ -92,3 +92,58 @@ async fn it_is_served() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), openapi::json());
 }
+
+/// The patterns the description gives for a new project's fields accept exactly what the
+/// server's validators accept (schemathesis holds the server to the description both ways:
+/// schema-valid input must be accepted, schema-invalid input refused).
+mod project_patterns {
+    use proptest::prelude::*;
+    use telbase::control::projects::{valid_config_path, valid_name, valid_repo};
+
+    fn pattern(field: &str) -> regex::Regex {
+        let doc: serde_json::Value =
+            serde_json::from_str(&telbase::control::openapi::json()).unwrap();
+        let p = doc["components"]["schemas"]["CreateProject"]["properties"][field]["pattern"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no pattern for {field}"))
+            .to_owned();
+        regex::Regex::new(&p).unwrap()
+    }
+
+    // Strings near the rules' edges: the allowed characters, dots, slashes and a few others.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9-]{0,42}",
+            "[A-Za-z0-9._/-]{0,12}",
+            "\\.{0,3}[a-z]{0,2}/\\.{0,3}[a-z]{0,2}",
+            "([a-z.]{0,4}/){0,3}[a-z.]{0,5}\\.(yaml|yml|json)",
+            ".{0,8}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn agree_with_the_validators(s in text()) {
+            prop_assert_eq!(pattern("name").is_match(&s), valid_name(&s), "name {:?}", s);
+            prop_assert_eq!(pattern("repo").is_match(&s), valid_repo(&s), "repo {:?}", s);
+            let config = pattern("config_path").is_match(&s) && s.chars().count() <= 256;
+            prop_assert_eq!(config, valid_config_path(&s), "config_path {:?}", s);
+        }
+    }
+
+    #[test]
+    fn edge_cases() {
+        for (s, ok) in [
+            (".github/.github", true),
+            ("acme/..", false),
+            ("acme/...", true),
+            ("./x", false),
+            ("a/b", true),
+        ] {
+            assert_eq!(pattern("repo").is_match(s), ok, "{s}");
+            assert_eq!(valid_repo(s), ok, "{s}");
+        }
+        let long = format!("{}/x", "a".repeat(101));
+        assert!(!pattern("repo").is_match(&long) && !valid_repo(&long));
+    }
+}

@@ -492,12 +492,18 @@ async fn the_audit_page_shows_the_teams_records() {
         let out =
             telbase::control::model::create_user(&mut *s, "out@else.org", "out", now).unwrap();
         let log = telbase::audit::AuditLog::new(telbase::audit::AuditKeys::from_secret(&[3; 32]));
+        let acme = telbase::control::model::team_by_name(&mut *s, "acme")
+            .unwrap()
+            .unwrap();
         let mut write = |actor: &str, action: &'static str| {
+            let target = action
+                .starts_with("member.")
+                .then(|| telbase::control::api::member_target(&acme.id, actor));
             let e = telbase::serve::audit::from_control(&telbase::control::SecurityEvent {
                 action,
                 actor: Some(actor.to_owned()),
                 address: "192.0.2.7".into(),
-                target: None,
+                target,
                 outcome: "success",
             })
             .unwrap();
@@ -510,6 +516,19 @@ async fn the_audit_page_shows_the_teams_records() {
         }
         write(&ada.id, "member.invite");
         write(&out.id, "session.revoke");
+        // A member change in another team, by a member of this one: not this team's.
+        let e = telbase::serve::audit::from_control(&telbase::control::SecurityEvent {
+            action: "member.remove",
+            actor: Some(ada.id.clone()),
+            address: "192.0.2.7".into(),
+            target: Some(telbase::control::api::member_target(
+                "elsewhere-team",
+                &out.id,
+            )),
+            outcome: "success",
+        })
+        .unwrap();
+        log.record(&mut *s, &e).unwrap();
         (ada, out)
     };
     let mut a = Agent::new();
@@ -526,6 +545,10 @@ async fn the_audit_page_shows_the_teams_records() {
         .get(&format!("{}/teams/acme/audit?action=admin.*", app.base))
         .await;
     assert!(only.body.contains("admin.member_invite"), "{}", only.body);
+    assert!(
+        !only.body.contains("admin.member_remove"),
+        "another team's member change"
+    );
     assert!(!only.body.contains("access.session_revoke"));
     let bad = a
         .get(&format!("{}/teams/acme/audit?before=x", app.base))

@@ -546,6 +546,13 @@ fn audit_failed(event: &SecurityEvent, e: &str) -> ApiError {
     )
 }
 
+/// The audit target of a membership: `TEAM_ID/USER_ID`. The team's id leads, as in the
+/// targets of its projects and env vars, so a team's audit view finds its own member
+/// changes by prefix and never another team's (a person may be in several teams).
+pub fn member_target(team_id: &str, user_id: &str) -> String {
+    format!("{team_id}/{user_id}")
+}
+
 /// Records an event that has no change to go with (a failure, a refusal) on its own; a
 /// change and its event go through [`db_audited`] instead.
 pub fn record(app: &App, event: SecurityEvent) -> Result<(), ApiError> {
@@ -1801,6 +1808,7 @@ pub(crate) async fn invite_member(
     let now = app.now();
     let role = body.role;
     let tid = team.id.clone();
+    let team_id = team.id.clone();
     let user = db_audited(
         &app,
         move |s, _| {
@@ -1815,7 +1823,7 @@ pub(crate) async fn invite_member(
             }
             Ok(Ok(u))
         },
-        move |u| p.succeeded("member.invite", Some(u.id.clone())),
+        move |u| p.succeeded("member.invite", Some(member_target(&team_id, &u.id))),
     )
     .await?;
     Ok((
@@ -1840,7 +1848,7 @@ pub(crate) async fn change_role(
 ) -> Result<Response, ApiError> {
     let (team, _) = team_of(&p)?;
     let (tid, uid, role) = (team.id.clone(), user.clone(), body.role);
-    let target = user.clone();
+    let target = member_target(&team.id, &user);
     // The last-Owner check and the change in one transaction, the team locked first: two
     // Owners demoting each other at once cannot leave the team without one.
     db_audited(
@@ -1875,6 +1883,7 @@ pub(crate) async fn remove_member(
     let (team, _) = team_of(&p)?;
     let now = app.now();
     let (tid, uid) = (team.id.clone(), user.clone());
+    let target = member_target(&team.id, &user);
     // As in change_role: the team locked, the check and the removal in one transaction.
     db_audited(
         &app,
@@ -1893,7 +1902,7 @@ pub(crate) async fn remove_member(
             model::remove_member(s, &tid, &uid, now)?;
             Ok(Ok(()))
         },
-        move |_| p.succeeded("member.remove", Some(user)),
+        move |_| p.succeeded("member.remove", Some(target)),
     )
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

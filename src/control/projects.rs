@@ -529,11 +529,11 @@ pub fn team_target_prefix(team_id: &str) -> String {
 
 /// The records that belong to team (`team_id`, `team_name`), newest first (see
 /// docs/control-plane.md, "The audit log of a team"):
-/// - about its projects and env vars: the target id starts with `TEAM_ID/`;
+/// - about its projects, env vars and memberships: the target id starts with `TEAM_ID/`;
 /// - about its API tokens: the target is a token of the team;
 /// - device logins approved into it: the target is the team's name;
-/// - member administration (`admin.member_*`) and account security (`access.session_*`,
-///   `access.login_*`) done by someone who is a member now.
+/// - account security (`access.session_*`, `access.login_*`) done by someone who is a
+///   member now.
 pub fn team_audit(
     db: &mut impl Db,
     team_id: &str,
@@ -550,8 +550,7 @@ pub fn team_audit(
                     OR (target_type = 'token'
                         AND target_id IN (SELECT id FROM cp_tokens WHERE team_id = $2))
                     OR (target_type = 'device_login' AND target_id = $3)
-                    OR ((substr(action, 1, 13) = 'admin.member_'
-                         OR substr(action, 1, 15) = 'access.session_'
+                    OR ((substr(action, 1, 15) = 'access.session_'
                          OR substr(action, 1, 13) = 'access.login_')
                         AND actor_id IN (SELECT user_id FROM cp_memberships WHERE team_id = $2)))
                AND at_ms >= $4 AND at_ms < $5

@@ -246,11 +246,23 @@ pub struct AuditEventView {
 #[serde(deny_unknown_fields)]
 pub struct CreateProject {
     /// The `project:` of its telbase.yaml.
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,38}[a-z0-9]$")]
     pub name: String,
-    /// `owner/name` on GitHub.
+    /// `owner/name` on GitHub (each part 1 to 100 of letters, digits, `-`, `_`, `.`; not
+    /// `.` or `..`). The patterns here are `projects::valid_repo` and
+    /// `projects::valid_config_path` in regex form, so the description accepts exactly what
+    /// the server does.
+    #[schema(
+        pattern = "^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}|\\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,98}|\\.\\.[A-Za-z0-9._-]{1,98})/(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}|\\.[A-Za-z0-9_-][A-Za-z0-9._-]{0,98}|\\.\\.[A-Za-z0-9._-]{1,98})$"
+    )]
     pub repo: String,
-    /// The config inside the repository (default `telbase.yaml`).
+    /// The config inside the repository (default `telbase.yaml`): `/`-separated segments,
+    /// ending `.yaml` or `.yml`, at most 256 characters.
     #[serde(default)]
+    #[schema(
+        max_length = 256,
+        pattern = "^(?:(?:[A-Za-z0-9_-][A-Za-z0-9._-]*|\\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\\.\\.[A-Za-z0-9._-]+)/)*[A-Za-z0-9._-]*\\.ya?ml$"
+    )]
     pub config_path: Option<String>,
 }
 
@@ -258,11 +270,13 @@ pub struct CreateProject {
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RunFilter {
-    /// Only this environment: `production` or `preview-N`.
+    /// Only this environment: `production` or `preview-N` (empty: any).
     #[serde(default)]
+    #[param(pattern = "^(production|preview-[0-9]{1,19})?$")]
     pub environment: Option<String>,
-    /// Only this outcome: running, success, failure or error.
+    /// Only this outcome: running, success, failure or error (empty: any).
     #[serde(default)]
+    #[param(pattern = "^(running|success|failure|error)?$")]
     pub outcome: Option<String>,
     /// Started at or after this time (RFC 3339).
     #[serde(default)]

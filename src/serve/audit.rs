@@ -223,7 +223,8 @@ pub fn from_control(event: &crate::control::SecurityEvent) -> Result<AuditEvent,
         "token" => (format!("access.token_{rest}"), "token"),
         "session" => (format!("access.session_{rest}"), "session"),
         "login" => (format!("access.login_{rest}"), "login"),
-        "member" => (format!("admin.member_{rest}"), "user"),
+        // Targets are `TEAM_ID/USER_ID` (`api::member_target`).
+        "member" => (format!("admin.member_{rest}"), "membership"),
         // Projects and env vars are configuration changes; their targets start with the
         // team's id (`TEAM_ID/PROJECT[/ENVIRONMENT/NAME]`), which scopes a team's audit log.
         "project" => (format!("config.project_{rest}"), "project"),

@@ -914,7 +914,10 @@ pub async fn member_invite(
     if !added {
         return Err(Page::new(StatusCode::CONFLICT, "Already a member."));
     }
-    web.record(v.event("member.invite", Some(user.id)))?;
+    web.record(v.event(
+        "member.invite",
+        Some(crate::control::api::member_target(&team.id, &user.id)),
+    ))?;
     Ok(Redirect::to(&format!("/teams/{}/members", team.name)).into_response())
 }
 
@@ -950,7 +953,10 @@ pub async fn member_role(
             model::set_role(s, &tid, &uid, role)?;
             Ok(Ok(()))
         },
-        v.event("member.role_change", Some(user)),
+        v.event(
+            "member.role_change",
+            Some(crate::control::api::member_target(&team.id, &user)),
+        ),
     )
     .await?;
     let mut v = v;
@@ -987,7 +993,10 @@ pub async fn member_remove(
             model::remove_member(s, &tid, &uid, now)?;
             Ok(Ok(()))
         },
-        v.event("member.remove", Some(user)),
+        v.event(
+            "member.remove",
+            Some(crate::control::api::member_target(&team.id, &user)),
+        ),
     )
     .await?;
     Ok(Redirect::to(&format!("/teams/{}/members", team.name)).into_response())

@@ -253,6 +253,9 @@ impl<'de> Deserialize<'de> for EnvValue {
 
 /// The body of `PUT …/env-vars/{name}`: exactly `{"value": "…"}`.
 #[derive(utoipa::ToSchema)]
+// Read by utoipa only (the Deserialize below is by hand and refuses unknown fields): the
+// description says `additionalProperties: false`, as the server behaves.
+#[serde(deny_unknown_fields)]
 pub struct SetEnvVar {
     /// The value (UTF-8 text, not empty). Stored encrypted; never shown again.
     #[schema(value_type = String, format = Password)]
