@@ -2,7 +2,11 @@
 //! the in-process server and the fake identity provider: sign-in with the fake Google and
 //! GitHub, a CLI device login approved in the browser while the CLI side polls for its
 //! token, revoking sessions (another browser is signed out at once), a Viewer who sees no
-//! change forms, and a form posted from another origin being refused.
+//! change forms, and a form posted from another origin being refused. Then the project
+//! pages: a Member follows the navigation from the team to a run and sees its plan and
+//! per-resource results (escaped), sets an env var through the form (afterwards only the
+//! mask shows) and unsets it; a Viewer sees no change form and no env var name on these
+//! pages, and a POST forged with the Viewer's own cookie and CSRF token is refused.
 //!
 //! One chromedriver serves the whole binary (one test function, one browser session per
 //! scenario). Without chromium or chromedriver the test says why and returns; CI installs
@@ -13,6 +17,8 @@
 
 #[path = "common/dashboard.rs"]
 mod dashboard;
+#[path = "common/resources.rs"]
+mod resources;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -208,6 +214,24 @@ impl Browser {
         }
     }
 
+    /// The browser's cookies for the current page, as a `Cookie` header.
+    async fn cookie_header(&self) -> String {
+        self.call(reqwest::Method::GET, "/cookie", None)
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}={}",
+                    c["name"].as_str().unwrap(),
+                    c["value"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     async fn quit(self) {
         let _ = self.http.delete(&self.base).send().await;
     }
@@ -352,4 +376,225 @@ async fn dashboard_in_headless_chromium() {
     assert!(app.events.actions().contains(&"auth.csrf_rejected"));
     owner2.quit().await;
     viewer.quit().await;
+
+    project_pages(&driver, &app).await;
+}
+
+/// A project with a run whose plan and results carry markup, and a stored env var.
+fn seed_pages(app: &dashboard::App) -> (String, String) {
+    use telbase::store::RunRows as _;
+    let mut s = app.control.store.lock().unwrap();
+    let project = resources::seed_project(&mut s, "acme", "shop");
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut run = resources::run_record(
+        &project.repo,
+        "production",
+        now - 60_000,
+        "failure",
+        r#"[{"key":"vercel_project.web","action":"create","outcome":"done","url":"https://shop.example.test","millis":41},
+            {"key":"neon_database.db","action":"update","outcome":"failed","error":"quota <b>exceeded</b>","millis":7},
+            {"key":"turso_database.cache","action":"create","outcome":"skipped","because":"neon_database.db","millis":0}]"#,
+    );
+    run.plan =
+        "+ vercel_project.web: create\n~ neon_database.db: update <script>alert(1)</script>\n"
+            .into();
+    run.summary = "1 done, 1 failed, 1 skipped".into();
+    s.save_run(&run).unwrap();
+    resources::seed_env_var(
+        &mut s,
+        "shop",
+        "production",
+        "DATABASE_URL",
+        "postgres://keep-out",
+    );
+    (project.name, run.id)
+}
+
+async fn project_pages(driver: &Driver, app: &dashboard::App) {
+    let (project, run_id) = seed_pages(app);
+    let base = &app.base;
+
+    // A Member: from the dashboard's home to the team's projects, the project, the run.
+    let max = driver.browser().await;
+    max.sign_in(app, "google", "max@example.com").await;
+    max.go(&format!("{base}/")).await;
+    max.click("main a[href='/teams/acme/projects']").await;
+    max.wait_for("Projects of acme").await;
+    assert_eq!(
+        max.count("#create").await,
+        0,
+        "a Member registers no projects"
+    );
+    max.click(&format!("#projects a[href$='/{project}']")).await;
+    let page = max.wait_for("Environments").await;
+    assert!(
+        page.contains("https://shop.example.test"),
+        "the URL the run reported"
+    );
+    assert!(page.contains("failure"), "the latest run's outcome");
+    max.click(&format!("#environments a[href$='/runs/{run_id}']"))
+        .await;
+    let page = max.wait_for("Results").await;
+    // The plan as text: its markup escaped, never elements.
+    assert!(
+        page.contains("update &lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert_eq!(max.count("#plan script").await, 0);
+    assert_eq!(max.count("#report b").await, 0);
+    assert!(page.contains("quota &lt;b&gt;exceeded&lt;/b&gt;"));
+    assert_eq!(max.count("#report tr").await, 4, "a header and three steps");
+    assert!(page.contains("because <code>neon_database.db</code> failed"));
+    assert_eq!(
+        max.count("#report a[href='https://shop.example.test']")
+            .await,
+        1
+    );
+    // The runs list, filtered.
+    max.go(&format!(
+        "{base}/teams/acme/projects/{project}/runs?outcome=success"
+    ))
+    .await;
+    max.wait_for("No runs match.").await;
+    max.go(&format!(
+        "{base}/teams/acme/projects/{project}/runs?outcome=failure"
+    ))
+    .await;
+    assert_eq!(max.count("#runs tr").await, 2);
+
+    // Setting an env var as a Member: afterwards only the mask shows, never the value.
+    max.go(&format!("{base}/teams/acme/projects/{project}"))
+        .await;
+    max.click("#environments a[href$='/env/production']").await;
+    max.wait_for("DATABASE_URL").await;
+    max.type_in("#set-env input[name=name]", "API_KEY").await;
+    max.type_in("#set-env input[name=value]", "sk-live-7d1f0c-do-not-show")
+        .await;
+    max.click("#set-env button").await;
+    let page = max.wait_for("API_KEY").await;
+    assert!(!page.contains("sk-live-7d1f0c-do-not-show"));
+    assert!(!page.contains("postgres://keep-out"));
+    assert_eq!(max.count("#env-vars code.masked").await, 2);
+    assert!(page.contains(telbase::control::resources::MASK));
+    assert!(app.events.actions().contains(&"env.set"));
+    let stored = {
+        let mut s = app.control.store.lock().unwrap();
+        telbase::secrets::stored::open_text(
+            &mut *s,
+            &resources::keyring(),
+            &telbase::store::SecretName {
+                project: project.clone(),
+                environment: "production".into(),
+                name: "API_KEY".into(),
+            },
+        )
+        .unwrap()
+        .unwrap()
+    };
+    use secrecy::ExposeSecret as _;
+    assert_eq!(
+        stored.expose_secret(),
+        "sk-live-7d1f0c-do-not-show",
+        "sealed, not lost"
+    );
+    // Unset it again.
+    max.click("#env-vars form[action$='/API_KEY/unset'] button")
+        .await;
+    max.wait_for("Set a value").await;
+    assert!(!max.source().await.contains("API_KEY"));
+    assert!(app.events.actions().contains(&"env.unset"));
+    max.quit().await;
+
+    // A Viewer: the pages show, without a change form or an env var name.
+    let vic = driver.browser().await;
+    vic.sign_in(app, "google", "vic@example.com").await;
+    for path in [
+        "/teams/acme/projects".to_owned(),
+        format!("/teams/acme/projects/{project}"),
+        format!("/teams/acme/projects/{project}/runs"),
+        format!("/teams/acme/projects/{project}/runs/{run_id}"),
+    ] {
+        vic.go(&format!("{base}{path}")).await;
+        let page = vic.source().await;
+        assert!(!page.contains("does not allow"), "{path}: {page}");
+        assert_eq!(
+            vic.count("form[method=post][action^='/teams']").await,
+            0,
+            "{path}"
+        );
+        assert!(
+            !page.contains("DATABASE_URL") && !page.contains("/env/"),
+            "{path}"
+        );
+    }
+    vic.go(&format!(
+        "{base}/teams/acme/projects/{project}/env/production"
+    ))
+    .await;
+    let page = vic.source().await;
+    assert!(page.contains("does not allow this"));
+    assert!(!page.contains("DATABASE_URL"));
+    // A POST forged with the Viewer's own session and a valid CSRF token (from the
+    // sign-out form): the role decides, not the page.
+    vic.go(&format!("{base}/teams/acme/projects")).await;
+    let token = dashboard::input_value(&vic.source().await, "csrf").expect("a CSRF token");
+    let cookie = vic.cookie_header().await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let before = app.events.actions().len();
+    for (path, form) in [
+        (
+            format!("/teams/acme/projects/{project}/env/production"),
+            vec![("csrf", token.as_str()), ("name", "EVIL"), ("value", "x")],
+        ),
+        (
+            format!("/teams/acme/projects/{project}/env/production/DATABASE_URL/unset"),
+            vec![("csrf", token.as_str())],
+        ),
+        (
+            format!("/teams/acme/projects/{project}/delete"),
+            vec![("csrf", token.as_str()), ("confirm", project.as_str())],
+        ),
+        (
+            "/teams/acme/projects".to_owned(),
+            vec![
+                ("csrf", token.as_str()),
+                ("name", "evil"),
+                ("repo", "acme/evil"),
+            ],
+        ),
+    ] {
+        let r = http
+            .post(format!("{base}{path}"))
+            .header("cookie", &cookie)
+            .header("origin", base.as_str())
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        assert!(r.text().await.unwrap().contains("does not allow this"));
+    }
+    assert_eq!(
+        app.events.actions().len(),
+        before,
+        "nothing changed, nothing recorded"
+    );
+    let left = {
+        let mut s = app.control.store.lock().unwrap();
+        let team = telbase::control::model::team_by_name(&mut *s, "acme")
+            .unwrap()
+            .unwrap();
+        let p = telbase::control::resources::get_project(&mut s, &team.id, &project).unwrap();
+        telbase::control::resources::env_vars(&mut s, &p, "production").unwrap()
+    };
+    let names: Vec<_> = left.items.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["DATABASE_URL"],
+        "the Viewer's forged POSTs changed nothing"
+    );
+    vic.quit().await;
 }

@@ -3,7 +3,8 @@
 //! shared [`Web`] state, the [`layout`] (navigation, the signed-in user, the sign-out form),
 //! the strict security headers, the signed-in [`Viewer`] resolved from the session cookie,
 //! session rotation ([`rotate`]), the error pages, and the CSRF helpers ([`csrf`]). Sign-in
-//! lives in [`oidc`], the pages in [`pages`].
+//! lives in [`oidc`], the identity pages in [`pages`], the project, run and env var pages
+//! in [`projects`].
 //!
 //! Authorization is the control plane's: a page about a team asks [`Viewer::in_team`],
 //! which reads the member's role with `model::role_in` and asks `roles::allows` — the one
@@ -18,6 +19,7 @@
 pub mod csrf;
 pub mod oidc;
 pub mod pages;
+pub mod projects;
 
 use std::sync::Arc;
 
@@ -220,6 +222,9 @@ pub fn layout(nav: Option<&Nav>, title: &str, body: Markup) -> Markup {
                             a href="/sessions" { "Sessions" }
                             a href="/tokens" { "API tokens" }
                             @for (team, role) in &n.teams {
+                                @if roles::allows(*role, Action::ViewProject) {
+                                    a href={ "/teams/" (team) "/projects" } { (team) " projects" }
+                                }
                                 @if roles::allows(*role, Action::ViewMembers) {
                                     a href={ "/teams/" (team) "/members" } { (team) " members" }
                                 }
@@ -313,6 +318,28 @@ pub fn router(web: Arc<Web>) -> Router {
             post(pages::member_remove),
         )
         .route("/teams/{team}/audit", get(pages::audit))
+        .route(
+            "/teams/{team}/projects",
+            get(projects::projects).post(projects::project_create),
+        )
+        .route("/teams/{team}/projects/{project}", get(projects::project))
+        .route(
+            "/teams/{team}/projects/{project}/delete",
+            post(projects::project_delete),
+        )
+        .route("/teams/{team}/projects/{project}/runs", get(projects::runs))
+        .route(
+            "/teams/{team}/projects/{project}/runs/{run}",
+            get(projects::run),
+        )
+        .route(
+            "/teams/{team}/projects/{project}/env/{environment}",
+            get(projects::env_vars).post(projects::env_var_set),
+        )
+        .route(
+            "/teams/{team}/projects/{project}/env/{environment}/{name}/unset",
+            post(projects::env_var_unset),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(web)

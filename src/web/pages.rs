@@ -74,7 +74,7 @@ pub async fn home(v: Result<Viewer, Response>) -> Response {
         table {
             tr { th { "Team" } th { "Your role" } }
             @for (t, r) in &v.teams {
-                tr { td { a href={ "/teams/" (t.name) "/members" } { (t.name) } } td { (r.as_str()) } }
+                tr { td { a href={ "/teams/" (t.name) "/projects" } { (t.name) } } td { (r.as_str()) } }
             }
         }
     };

@@ -43,6 +43,9 @@ pub struct App {
     _dir: tempfile::TempDir,
 }
 
+/// The envelope store's master key in tests (base64 of 32 bytes).
+pub const TEST_MASTER_KEY: &str = "k1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 pub const CLIENT_ID: &str = "telbase-test-client";
 pub const CLIENT_SECRET: &str = "telbase-test-secret";
 
@@ -109,6 +112,13 @@ pub async fn start_on(mut store: telbase::store::Store, dir: tempfile::TempDir) 
     let events = Arc::new(Recorder::default());
     let mut control = ControlState::new(store, key.clone(), base.clone(), false);
     control.events = events.clone();
+    // A fixed test keyring, so the env var pages can seal values (as `telbase serve` does
+    // with TELBASE_MASTER_KEY_FILE).
+    control.master_keys = Arc::new(|| {
+        telbase::secrets::envelope::Keyring::parse(TEST_MASTER_KEY, "test keyring")
+            .map(|k| Box::new(k) as Box<dyn telbase::secrets::envelope::KeyProvider>)
+            .map_err(|e| e.to_string())
+    });
     let control = Arc::new(control);
     // Abuse protection on a store of its own (its tables only), as `telbase serve` wires it.
     let abuse_store = telbase::store::open(&telbase::store::Location::Sqlite(
