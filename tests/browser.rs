@@ -384,7 +384,8 @@ async fn dashboard_in_headless_chromium() {
 fn seed_pages(app: &dashboard::App) -> (String, String) {
     use telbase::store::RunRows as _;
     let mut s = app.control.store.lock().unwrap();
-    let project = resources::seed_project(&mut s, "acme", "shop");
+    // Registered before the runs below (which start now): a project shows only runs since.
+    let project = resources::seed_project_at(&mut s, "acme", "shop", 0);
     let now = chrono::Utc::now().timestamp_millis();
     let mut run = resources::run_record(
         &project.repo,

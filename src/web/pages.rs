@@ -1043,15 +1043,7 @@ pub async fn audit(
     .await?;
     let page = found.map_err(|e| match e {
         ResourceError::InvalidCursor => Page::bad("Not a page of this log."),
-        ResourceError::Invalid(m) => Page::bad(m),
-        ResourceError::Store(e) => {
-            tracing::error!(error = %e, "dashboard: the store failed");
-            Page::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The store did not answer; try again.",
-            )
-        }
-        other => Page::bad(other.to_string()),
+        other => Page::from(other),
     })?;
     let rows = page.items;
     let next = page.next_cursor;

@@ -46,6 +46,7 @@ impl From<ResourceError> for Page {
             ResourceError::Invalid(m) => Page::bad(m),
             ResourceError::InvalidCursor => Page::bad("Not a page of this list."),
             ResourceError::Conflict(m) => Page::new(StatusCode::CONFLICT, m),
+            ResourceError::Forbidden(m) => Page::new(StatusCode::FORBIDDEN, m),
             ResourceError::Unavailable(m) => Page::new(StatusCode::SERVICE_UNAVAILABLE, m),
             ResourceError::Store(e) => {
                 tracing::error!(error = %e, "dashboard: the store failed");

@@ -62,6 +62,10 @@ pub async fn start_on(mut store: telbase::store::Store, dir: tempfile::TempDir) 
     let team = model::create_team(&mut store, "acme", now)
         .unwrap()
         .unwrap();
+    // The team may register its own account's repositories (an operator's grant).
+    telbase::control::projects::grant_repos(&mut store, &team.id, "acme/*", now)
+        .unwrap()
+        .unwrap();
     for (email, role) in [
         ("ada@example.com", Role::Owner),
         ("vic@example.com", Role::Viewer),

@@ -33,8 +33,14 @@ pub fn fresh_name() -> String {
     format!("p{}", &telbase::control::secrets::new_id()[..12])
 }
 
-/// A project `name` of team `team` on repository `team/name`.
+/// A project `name` of team `team` on repository `team/name`, registered at the tests'
+/// fixed time (1_800_000_000_000): it shows runs that start then or later.
 pub fn seed_project(s: &mut Store, team: &str, name: &str) -> Project {
+    seed_project_at(s, team, name, 1_800_000_000_000)
+}
+
+/// As [`seed_project`], registered at `at` (unix ms).
+pub fn seed_project_at(s: &mut Store, team: &str, name: &str, at: i64) -> Project {
     let t = model::team_by_name(s, team).unwrap().unwrap();
     projects::create(
         s,
@@ -45,7 +51,7 @@ pub fn seed_project(s: &mut Store, team: &str, name: &str) -> Project {
             config_path: "telbase.yaml",
             created_by: "seed",
         },
-        1_800_000_000_000,
+        at,
     )
     .unwrap()
     .expect("a fresh project name and repository")
