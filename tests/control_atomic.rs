@@ -9,6 +9,8 @@
 //!   is told of reuse, and the whole family ends revoked, the winner's new tokens included.
 
 mod common;
+#[path = "common/resources.rs"]
+mod resources;
 
 use std::sync::{Arc, Barrier};
 
@@ -187,6 +189,12 @@ async fn a_failed_audit_write_leaves_no_change_behind() {
                 NOW,
             )
             .unwrap();
+            // A project with a stored value, for the project and env var routes.
+            telbase::control::projects::grant_repos(&mut s, &team_id, "acme/*", NOW)
+                .unwrap()
+                .unwrap();
+            resources::seed_project(&mut s, "acme", "web");
+            resources::seed_env_var(&mut s, "web", "production", "OLD", "old-value");
             let log = if broken == "no key" {
                 AuditLog::without_key()
             } else {
@@ -207,6 +215,8 @@ async fn a_failed_audit_write_leaves_no_change_behind() {
                         "SELECT COUNT(*) FROM cp_memberships WHERE role = 'admin'",
                     ),
                     count(s, "SELECT COUNT(*) FROM cp_memberships"),
+                    count(s, "SELECT COUNT(*) FROM cp_projects"),
+                    count(s, "SELECT COUNT(*) FROM secret_values"),
                 )
             };
             let before = snapshot(&mut s);
@@ -233,6 +243,28 @@ async fn a_failed_audit_write_leaves_no_change_behind() {
                     None,
                 ),
                 (Method::POST, "/api/v1/sessions/revoke-all".into(), None),
+                (
+                    Method::POST,
+                    "/api/v1/teams/acme/projects".into(),
+                    Some(json!({"name": "shop", "repo": "acme/shop"})),
+                ),
+                // The env var and project-deletion routes record their event before the
+                // change (the secret store's statements cannot share the transaction).
+                (
+                    Method::PUT,
+                    "/api/v1/teams/acme/projects/web/environments/production/env-vars/NEW".into(),
+                    Some(json!({"value": "new-value"})),
+                ),
+                (
+                    Method::DELETE,
+                    "/api/v1/teams/acme/projects/web/environments/production/env-vars/OLD".into(),
+                    None,
+                ),
+                (
+                    Method::DELETE,
+                    "/api/v1/teams/acme/projects/web".into(),
+                    None,
+                ),
             ];
             for (method, path, body) in tries {
                 let (st, b) = srv.call(method.clone(), &path, &owner, body).await;

@@ -634,6 +634,35 @@ pub fn env_vars(store: &mut Store, project: &Project, environment: &str) -> Resu
     Ok(EnvVarList { items })
 }
 
+/// What [`set_env_var`] would refuse of the input alone (name, environment, empty value),
+/// checked before anything is recorded: a mistyped request is a 400, not an audit entry.
+pub fn check_set(
+    project: &Project,
+    environment: &str,
+    name: &str,
+    value: &SecretString,
+) -> Result<()> {
+    secret_name(project, environment, name)?;
+    if value.expose_secret().is_empty() {
+        return Err(ResourceError::Invalid("value: must not be empty".into()));
+    }
+    Ok(())
+}
+
+/// What [`unset_env_var`] would refuse before changing anything: a bad name, or no value.
+pub fn check_unset(
+    store: &mut Store,
+    project: &Project,
+    environment: &str,
+    name: &str,
+) -> Result<()> {
+    let key = secret_name(project, environment, name)?;
+    match store.get_value(&key)? {
+        Some(_) => Ok(()),
+        None => Err(ResourceError::NotFound("env var")),
+    }
+}
+
 /// Seals `value` as a new version of the env var through the envelope store. `true` with
 /// the view when the name had no value before. The value goes from the [`SecretString`]
 /// into the envelope and nowhere else.

@@ -82,18 +82,22 @@ impl Web {
 /// 503; a change refused with a page writes no record.
 pub async fn audited<T: Send + 'static>(
     web: &Arc<Web>,
-    change: impl FnOnce(&mut crate::store::tx::Tx<'_>) -> Result<Result<T, Page>, StoreError>
+    change: impl FnOnce(
+        &mut crate::store::tx::Tx<'_>,
+        &ServerKey,
+    ) -> Result<Result<T, Page>, StoreError>
     + Send
     + 'static,
-    event: SecurityEvent,
+    event: impl FnOnce(&T) -> SecurityEvent + Send + 'static,
 ) -> Result<T, Page> {
     use crate::store::tx::TxError;
     let web = web.clone();
     let out = tokio::task::spawn_blocking(move || {
         let mut s = web.control.store.lock().unwrap_or_else(|e| e.into_inner());
-        let events = web.control.events.clone();
+        let (key, events) = (&web.control.key, web.control.events.clone());
         s.transaction(|tx| {
-            let v = change(tx)?.map_err(TxError::Abort)?;
+            let v = change(tx, key)?.map_err(TxError::Abort)?;
+            let event = event(&v);
             events.record_in(tx, &event).map_err(|e| {
                 tracing::error!(error = %e, action = event.action, "cannot record a security event");
                 TxError::Abort(Page::new(
@@ -120,6 +124,30 @@ pub async fn audited<T: Send + 'static>(
             "The store did not answer; try again.",
         )),
     }
+}
+
+/// For a change that cannot run in a store transaction (sealing env vars goes through the
+/// secret store's own statements): its event is recorded FIRST, so a record that cannot be
+/// written stops the change before it happens; should the change then fail, a `failure`
+/// event with the same action and target follows, so the log never shows a change that was
+/// not made without saying so.
+pub async fn intent_first<T>(
+    web: &Arc<Web>,
+    event: SecurityEvent,
+    change: impl std::future::Future<Output = Result<T, Page>>,
+) -> Result<T, Page> {
+    web.record(event.clone())?;
+    let out = change.await;
+    if out.is_err() {
+        let failed = SecurityEvent {
+            outcome: "failure",
+            ..event
+        };
+        if let Err(e) = web.control.events.record(&failed) {
+            tracing::error!(error = %e, action = failed.action, "cannot record a failed change");
+        }
+    }
+    out
 }
 
 /// Runs `f` on the store off the async threads.

@@ -618,10 +618,19 @@ pub async fn session_revoke(
 ) -> Result<Response, Page> {
     v.check_form(&web, &headers, &form)?;
     let (uid, sid, now) = (v.user.id.clone(), id.clone(), web.now());
-    if !db(&web, move |s, _| model::revoke_session(s, &uid, &sid, now)).await? {
-        return Err(Page::not_found());
-    }
-    web.record(v.event("session.revoke", Some(id.clone())))?;
+    let event = v.event("session.revoke", Some(id.clone()));
+    audited(
+        &web,
+        move |s, _| {
+            Ok(if model::revoke_session(s, &uid, &sid, now)? {
+                Ok(())
+            } else {
+                Err(Page::not_found())
+            })
+        },
+        move |_| event,
+    )
+    .await?;
     if id == v.session.id {
         return Ok(redirect_with_cookie(
             "/signin",
@@ -642,12 +651,16 @@ pub async fn sessions_revoke_all(
     let (ua, addr) = (v.user_agent.clone(), v.address.clone());
     // Every session (this one too) and CLI login ends at once; this browser gets a fresh
     // session, so the person is not signed out of the page they are on.
-    let secret = db(&web, move |s, key| {
-        model::revoke_all(s, &uid, now)?;
-        Ok(model::create_session(s, key, &uid, &ua, &addr, now)?.1)
-    })
+    let event = v.event("session.revoke_all", Some(v.user.id.clone()));
+    let secret = audited(
+        &web,
+        move |s, key| {
+            model::revoke_all(s, &uid, now)?;
+            Ok(Ok(model::create_session(s, key, &uid, &ua, &addr, now)?.1))
+        },
+        move |_| event,
+    )
     .await?;
-    web.record(v.event("session.revoke_all", Some(v.user.id.clone())))?;
     Ok(redirect_with_cookie(
         "/sessions?revoked=all",
         &session_cookie(&secret, web.control.secure_cookies),
@@ -754,24 +767,31 @@ pub async fn token_create(
     };
     let now = web.now();
     let uid = v.user.id.clone();
-    let (row, secret) = db(&web, move |s, key| {
-        model::create_token(
-            s,
-            key,
-            &NewToken {
-                kind: Kind::Api,
-                team_id: &team.id,
-                user_id: &uid,
-                name: &name,
-                role_cap: cap,
-                family: None,
-                expires_at: days.map(|d| now + d * 86_400_000),
-            },
-            now,
-        )
-    })
+    let base = v.event("token.create", None);
+    let (_row, secret) = audited(
+        &web,
+        move |s, key| {
+            Ok(Ok(model::create_token(
+                s,
+                key,
+                &NewToken {
+                    kind: Kind::Api,
+                    team_id: &team.id,
+                    user_id: &uid,
+                    name: &name,
+                    role_cap: cap,
+                    family: None,
+                    expires_at: days.map(|d| now + d * 86_400_000),
+                },
+                now,
+            )?))
+        },
+        move |(row, _)| SecurityEvent {
+            target: Some(row.id.clone()),
+            ..base
+        },
+    )
     .await?;
-    web.record(v.event("token.create", Some(row.id.clone())))?;
     // The page is rendered with the rotated session's CSRF token, so its forms still work.
     let mut v = v;
     let cookie = rotate(&web, &mut v).await?;
@@ -792,23 +812,24 @@ pub async fn token_revoke(
 ) -> Result<Response, Page> {
     v.check_form(&web, &headers, &form)?;
     let (uid, tid, now) = (v.user.id.clone(), id.clone(), web.now());
-    let done = db(&web, move |s, _| {
-        let Some(t) = model::token(s, &tid)? else {
-            return Ok(false);
-        };
-        let role = model::role_in(s, &t.team_id, &uid)?;
-        let allowed =
-            t.user_id == uid || role.is_some_and(|r| roles::allows(r, Action::ManageAllTokens));
-        if !allowed || t.kind != "api" {
-            return Ok(false);
-        }
-        model::revoke_token(s, &t.id, now)
-    })
+    let event = v.event("token.revoke", Some(id));
+    audited(
+        &web,
+        move |s, _| {
+            let Some(t) = model::token(s, &tid)? else {
+                return Ok(Err(Page::not_found()));
+            };
+            let role = model::role_in(s, &t.team_id, &uid)?;
+            let allowed =
+                t.user_id == uid || role.is_some_and(|r| roles::allows(r, Action::ManageAllTokens));
+            if !allowed || t.kind != "api" || !model::revoke_token(s, &t.id, now)? {
+                return Ok(Err(Page::not_found()));
+            }
+            Ok(Ok(()))
+        },
+        move |_| event,
+    )
     .await?;
-    if !done {
-        return Err(Page::not_found());
-    }
-    web.record(v.event("token.revoke", Some(id)))?;
     Ok(Redirect::to("/tokens").into_response())
 }
 
@@ -905,19 +926,22 @@ pub async fn member_invite(
         return Err(Page::forbidden());
     }
     let (tid, now) = (team.id.clone(), web.now());
-    let (user, added) = db(&web, move |s, _| {
-        let u = model::create_user(s, &email, &email, now)?;
-        let added = model::add_member(s, &tid, &u.id, role, now)?;
-        Ok((u, added))
-    })
+    let (team_id, base) = (team.id.clone(), v.event("member.invite", None));
+    audited(
+        &web,
+        move |s, _| {
+            let u = model::create_user(s, &email, &email, now)?;
+            if !model::add_member(s, &tid, &u.id, role, now)? {
+                return Ok(Err(Page::new(StatusCode::CONFLICT, "Already a member.")));
+            }
+            Ok(Ok(u))
+        },
+        move |u| SecurityEvent {
+            target: Some(crate::control::api::member_target(&team_id, &u.id)),
+            ..base
+        },
+    )
     .await?;
-    if !added {
-        return Err(Page::new(StatusCode::CONFLICT, "Already a member."));
-    }
-    web.record(v.event(
-        "member.invite",
-        Some(crate::control::api::member_target(&team.id, &user.id)),
-    ))?;
     Ok(Redirect::to(&format!("/teams/{}/members", team.name)).into_response())
 }
 
@@ -937,9 +961,13 @@ pub async fn member_role(
     let (tid, uid) = (team.id.clone(), user.clone());
     // Check and change under the team's lock, with the record, in one transaction: two
     // Owners demoting each other at once (two replicas) cannot leave the team without one.
+    let event = v.event(
+        "member.role_change",
+        Some(crate::control::api::member_target(&team.id, &user)),
+    );
     audited(
         &web,
-        move |s| {
+        move |s, _| {
             model::lock_team(s, &tid)?;
             let Some(current) = model::role_in(s, &tid, &uid)? else {
                 return Ok(Err(Page::not_found()));
@@ -953,10 +981,7 @@ pub async fn member_role(
             model::set_role(s, &tid, &uid, role)?;
             Ok(Ok(()))
         },
-        v.event(
-            "member.role_change",
-            Some(crate::control::api::member_target(&team.id, &user)),
-        ),
+        move |_| event,
     )
     .await?;
     let mut v = v;
@@ -977,9 +1002,13 @@ pub async fn member_remove(
     v.check_form(&web, &headers, &form)?;
     let (team, _) = v.in_team(&team, Action::RemoveMembers)?;
     let (tid, uid, now) = (team.id.clone(), user.clone(), web.now());
+    let event = v.event(
+        "member.remove",
+        Some(crate::control::api::member_target(&team.id, &user)),
+    );
     audited(
         &web,
-        move |s| {
+        move |s, _| {
             model::lock_team(s, &tid)?;
             let Some(current) = model::role_in(s, &tid, &uid)? else {
                 return Ok(Err(Page::not_found()));
@@ -993,10 +1022,7 @@ pub async fn member_remove(
             model::remove_member(s, &tid, &uid, now)?;
             Ok(Ok(()))
         },
-        v.event(
-            "member.remove",
-            Some(crate::control::api::member_target(&team.id, &user)),
-        ),
+        move |_| event,
     )
     .await?;
     Ok(Redirect::to(&format!("/teams/{}/members", team.name)).into_response())

@@ -25,7 +25,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::oidc::form_encode;
-use super::{Page, Viewer, Web, csrf, db, html_page, layout, when};
+use super::{Page, Viewer, Web, audited, csrf, db, html_page, intent_first, layout, when};
 use crate::control::api::rest::EnvValue;
 use crate::control::projects::{DEFAULT_CONFIG_PATH, Project};
 use crate::control::resources::{
@@ -235,14 +235,16 @@ pub async fn project_create(
         config_path: Some(f.config_path.trim().to_owned()).filter(|c| !c.is_empty()),
     };
     let (tid, uid, now) = (team.id.clone(), v.user.id.clone(), web.now());
-    let project = with_store(&web, move |s| {
-        res::create_project(s, &tid, &uid, &body, now)
-    })
+    let (team_id, base) = (team.id.clone(), v.event("project.create", None));
+    let project = audited(
+        &web,
+        move |s, _| Ok(res::create_project(s, &tid, &uid, &body, now).map_err(Page::from)),
+        move |project: &Project| crate::control::SecurityEvent {
+            target: Some(res::project_target(&team_id, &project.name)),
+            ..base
+        },
+    )
     .await?;
-    web.record(v.event(
-        "project.create",
-        Some(res::project_target(&team.id, &project.name)),
-    ))?;
     Ok(Redirect::to(&project_base(&team.name, &project.name)).into_response())
 }
 
@@ -268,12 +270,19 @@ pub async fn project_delete(
             "Type the project's name to unregister it; nothing was changed.",
         ));
     }
+    // Not found before anything is recorded.
+    let project = project_of(&web, &team.id, project).await?.name;
     let tid = team.id.clone();
-    let gone = with_store(&web, move |s| res::delete_project(s, &tid, &project)).await?;
-    web.record(v.event(
+    let event = v.event(
         "project.delete",
-        Some(res::project_target(&team.id, &gone.name)),
-    ))?;
+        Some(res::project_target(&team.id, &project)),
+    );
+    intent_first(
+        &web,
+        event,
+        with_store(&web, move |s| res::delete_project(s, &tid, &project)),
+    )
+    .await?;
     Ok(Redirect::to(&format!("/teams/{}/projects", team.name)).into_response())
 }
 
@@ -558,8 +567,9 @@ pub async fn env_var_set(
         .value
         .map(|v| v.0)
         .unwrap_or_else(|| secrecy::SecretString::from(String::new()));
+    res::check_set(&project, &environment, &name, &value)?;
     let (p, e) = (project.clone(), environment.clone());
-    with_store(&web, move |s| {
+    let change = with_store(&web, move |s| {
         let keys = keys().map_err(|e| {
             tracing::error!(error = %e, "no master keys to seal env vars with");
             ResourceError::Unavailable(
@@ -567,9 +577,8 @@ pub async fn env_var_set(
             )
         })?;
         res::set_env_var(s, keys.as_ref(), &p, &e, &name, &value)
-    })
-    .await?;
-    web.record(v.event("env.set", Some(target)))?;
+    });
+    intent_first(&web, v.event("env.set", Some(target)), change).await?;
     Ok(Redirect::to(&format!(
         "{}/env/{environment}",
         project_base(&team.name, &project.name)
@@ -594,9 +603,11 @@ pub async fn env_var_unset(
     let (team, _) = v.in_team(&team, Action::ManageEnvVars)?;
     let project = project_of(&web, &team.id, project).await?;
     let target = res::env_var_target(&team.id, &project.name, &environment, &name);
+    let (p, e, n) = (project.clone(), environment.clone(), name.clone());
+    with_store(&web, move |s| res::check_unset(s, &p, &e, &n)).await?;
     let (p, e) = (project.clone(), environment.clone());
-    with_store(&web, move |s| res::unset_env_var(s, &p, &e, &name)).await?;
-    web.record(v.event("env.unset", Some(target)))?;
+    let change = with_store(&web, move |s| res::unset_env_var(s, &p, &e, &name));
+    intent_first(&web, v.event("env.unset", Some(target)), change).await?;
     Ok(Redirect::to(&format!(
         "{}/env/{environment}",
         project_base(&team.name, &project.name)

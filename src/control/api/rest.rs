@@ -111,6 +111,30 @@ async fn with_store<T: Send + 'static>(
     Ok(db(app, move |s, _| Ok(f(s))).await??)
 }
 
+/// For a change that cannot share a store transaction with its audit record (the stored
+/// values go through the secret store's own statements; `db_audited` is for the rest): the
+/// event is recorded FIRST, so a record that cannot be written (503) stops the change before
+/// it happens, as the must-write rule asks; should the change then fail, a `failure` record
+/// of the same action and target follows, so the log never claims a change silently.
+async fn intent_first<T>(
+    app: &App,
+    event: crate::control::SecurityEvent,
+    change: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    record(app, event.clone())?;
+    let out = change.await;
+    if out.is_err() {
+        let failed = crate::control::SecurityEvent {
+            outcome: "failure",
+            ..event
+        };
+        if let Err(e) = app.events.record(&failed) {
+            tracing::error!(error = %e, action = failed.action, "cannot record a failed change");
+        }
+    }
+    out
+}
+
 /// The limit of `page` (1–200, default 50); its cursor is checked by the resource itself.
 fn limit_of(page: &Page) -> Result<(Option<String>, i64), ApiError> {
     let (_, limit) = page.parse()?;
@@ -179,15 +203,15 @@ pub(crate) async fn delete_project(
     P((_, project)): P<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (team, _) = team_of(&p)?;
+    // Not found before anything is recorded; then the event first (see `intent_first`).
+    let project = project_of(&app, &p, project).await?.name;
     let tid = team.id.clone();
-    let gone = with_store(&app, move |s| res::delete_project(s, &tid, &project)).await?;
-    record(
-        &app,
-        p.succeeded(
-            "project.delete",
-            Some(res::project_target(&team.id, &gone.name)),
-        ),
-    )?;
+    let event = p.succeeded(
+        "project.delete",
+        Some(res::project_target(&team.id, &project)),
+    );
+    let change = with_store(&app, move |s| res::delete_project(s, &tid, &project));
+    intent_first(&app, event, change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -330,17 +354,24 @@ pub(crate) async fn set_env_var(
     let project = project_of(&app, &p, project).await?;
     let target = res::env_var_target(&team.id, &project.name, &environment, &name);
     let keys = app.master_keys.clone();
-    let (view, created) = with_store(&app, move |s| {
+    res::check_set(&project, &environment, &name, &body.value.0)?;
+    let change = with_store(&app, move |s| {
         let keys = keys().map_err(|e| {
             tracing::error!(error = %e, "no master keys to seal env vars with");
             ResourceError::Unavailable(
                 "the server has no master key to seal values with (TELBASE_MASTER_KEY_FILE); see the server's log".into(),
             )
         })?;
-        res::set_env_var(s, keys.as_ref(), &project, &environment, &name, &body.value.0)
-    })
-    .await?;
-    record(&app, p.succeeded("env.set", Some(target)))?;
+        res::set_env_var(
+            s,
+            keys.as_ref(),
+            &project,
+            &environment,
+            &name,
+            &body.value.0,
+        )
+    });
+    let (view, created) = intent_first(&app, p.succeeded("env.set", Some(target)), change).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -358,11 +389,12 @@ pub(crate) async fn unset_env_var(
     let (team, _) = team_of(&p)?;
     let project = project_of(&app, &p, project).await?;
     let target = res::env_var_target(&team.id, &project.name, &environment, &name);
-    with_store(&app, move |s| {
+    let (p2, e2, n2) = (project.clone(), environment.clone(), name.clone());
+    with_store(&app, move |s| res::check_unset(s, &p2, &e2, &n2)).await?;
+    let change = with_store(&app, move |s| {
         res::unset_env_var(s, &project, &environment, &name)
-    })
-    .await?;
-    record(&app, p.succeeded("env.unset", Some(target)))?;
+    });
+    intent_first(&app, p.succeeded("env.unset", Some(target)), change).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
