@@ -781,7 +781,22 @@ pub async fn authorize(
     }
     // Routes about oneself need no team role: every role may do them (roles::allows says
     // so for all four), so the weakest role stands in.
+    // API access is logged (security page 5.1, "all access is logged and auditable", and
+    // 7.2, "API access logs"): the route, never its parameters' values. A team route's
+    // target leads with the team's id, so the team's audit view holds its own accesses.
+    let route_target = match &principal.team {
+        Some(t) => format!("{}/{}:{}", t.id, spec.method, spec.path),
+        None => format!("{}:{}", spec.method, spec.path),
+    };
     if !roles::allows(principal.role.unwrap_or(Role::Viewer), action) {
+        // Best effort: the refusal stands whether or not it could be recorded.
+        let _ = app.events.record(&SecurityEvent {
+            action: "api.denied",
+            actor: Some(principal.user.id.clone()),
+            address: principal.address.clone(),
+            target: Some(route_target),
+            outcome: "denied",
+        });
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -815,6 +830,20 @@ pub async fn authorize(
                 Err(e) => return abuse_down(e).into_response(),
             }
         }
+    }
+    // Recorded before the handler runs, and required: a request that cannot be logged is
+    // not served (503), as for every audited request.
+    if let Err(e) = record(
+        &app,
+        SecurityEvent {
+            action: "api.access",
+            actor: Some(principal.user.id.clone()),
+            address: principal.address.clone(),
+            target: Some(route_target),
+            outcome: "success",
+        },
+    ) {
+        return e.into_response();
     }
     req.extensions_mut().insert(principal);
     next.run(req).await

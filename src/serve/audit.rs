@@ -223,6 +223,8 @@ pub fn from_control(event: &crate::control::SecurityEvent) -> Result<AuditEvent,
         "token" => (format!("access.token_{rest}"), "token"),
         "session" => (format!("access.session_{rest}"), "session"),
         "login" => (format!("access.login_{rest}"), "login"),
+        // API access (`api.access`, `api.denied`): the target is the route.
+        "api" => (event.action.to_owned(), "route"),
         // Targets are `TEAM_ID/USER_ID` (`api::member_target`).
         "member" => (format!("admin.member_{rest}"), "membership"),
         // Projects and env vars are configuration changes; their targets start with the
