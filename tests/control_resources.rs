@@ -1206,16 +1206,23 @@ fn repository_grants_are_one_teams_and_never_overlap() {
         let mut s = ts.open();
         let a = model::create_team(&mut s, "ga", NOW).unwrap().unwrap();
         let b = model::create_team(&mut s, "gb", NOW).unwrap().unwrap();
-        grant_repos(&mut s, &a.id, "my_org/*", NOW)
+        // `_` is a literal in the owner, not LIKE's wildcard: `myxorg` is someone else, so
+        // b's `myxorg/web` does not overlap a's `my_org/*` (the LIKE query runs for a's
+        // wildcard grant, after b's exact one).
+        grant_repos(&mut s, &b.id, "myxorg/web", NOW)
             .unwrap()
             .unwrap();
         grant_repos(&mut s, &a.id, "my_org/*", NOW)
             .unwrap()
             .unwrap();
-        // `_` is a literal in the owner, not LIKE's wildcard: `myXorg` is someone else.
-        grant_repos(&mut s, &b.id, "myxorg/*", NOW)
+        grant_repos(&mut s, &a.id, "my_org/*", NOW)
             .unwrap()
             .unwrap();
+        // The same pattern again for another team: refused, not reported as granted.
+        assert_eq!(
+            grant_repos(&mut s, &b.id, "my_org/*", NOW).unwrap(),
+            Err(GrantRefused::Overlaps("my_org/*".into()))
+        );
         assert_eq!(
             grant_repos(&mut s, &b.id, "my_org/web", NOW).unwrap(),
             Err(GrantRefused::Overlaps("my_org/*".into()))
@@ -1233,7 +1240,7 @@ fn repository_grants_are_one_teams_and_never_overlap() {
         assert!(!repo_granted(&mut s, &b.id, "solo/other").unwrap());
         assert_eq!(
             granted_repos(&mut s, &b.id).unwrap(),
-            ["myxorg/*", "solo/app"]
+            ["myxorg/web", "solo/app"]
         );
         assert!(revoke_repos(&mut s, &b.id, "solo/app").unwrap());
         assert!(!revoke_repos(&mut s, &b.id, "solo/app").unwrap());

@@ -100,7 +100,16 @@ pub fn grant_repos(
          ON CONFLICT DO NOTHING",
         &[V::from(pattern), V::from(team_id), V::I(now)],
     )?;
-    Ok(Ok(()))
+    // Read back: a concurrent grant of the same pattern to another team wins the insert,
+    // and this one must then say so rather than report a grant it does not hold.
+    let holder = db.row(
+        "SELECT team_id FROM cp_team_repos WHERE pattern = $1",
+        &[V::from(pattern)],
+    )?;
+    match holder {
+        Some(r) if r[0].text() == team_id => Ok(Ok(())),
+        _ => Ok(Err(GrantRefused::Overlaps(pattern.to_owned()))),
+    }
 }
 
 /// Revokes a grant; `false` if the team did not hold it. Projects already registered stay.

@@ -443,20 +443,21 @@ pub fn create_project(
     })
 }
 
-/// Unregisters the team's project, then deletes its stored env var values (both
-/// environments) so the next team to register the name cannot inherit them. In that order:
-/// should the values' deletion be cut short (or a concurrent `PUT` land after it), values
-/// stay under a name no project holds, which [`create_project`] refuses to hand out, so
-/// nothing leaks; an operator removes them with `telbase env unset`. Runs stay (the
-/// repository's history, expiring with the retention); a later claim sees only runs that
-/// started after it (`projects::runs`).
+/// Deletes the team's project's stored env var values (both environments), then unregisters
+/// it, so the next team to register the name cannot inherit them. In that order: cut short
+/// after the values, the project stays registered (and can be deleted again); a value set
+/// concurrently after the values went is removed again by [`set_env_var`]'s own check, and
+/// anything still left under a name no project holds is nobody's: [`create_project`] refuses
+/// the name and, with the control plane on, the worker hands such values to no repository.
+/// Runs stay (the repository's history, expiring with the retention); a later claim sees
+/// only runs that started after it (`projects::runs`).
 pub fn delete_project(store: &mut Store, team_id: &str, name: &str) -> Result<Project> {
     let project = get_project(store, team_id, name)?;
-    if !projects::delete(store, team_id, name)? {
-        return Err(ResourceError::NotFound("project"));
-    }
     for v in store.list_values(&project.name, None)? {
         store.delete_value(&v.name)?;
+    }
+    if !projects::delete(store, team_id, name)? {
+        return Err(ResourceError::NotFound("project"));
     }
     Ok(project)
 }
@@ -691,6 +692,12 @@ pub fn set_env_var(
             )
         }
     })?;
+    // The project may have been unregistered meanwhile (its deletion removes the values it
+    // sees, not one written after): then this value must not stay under a freed name.
+    if projects::by_name(store, &project.team_id, &project.name)?.is_none() {
+        store.delete_value(&key)?;
+        return Err(ResourceError::NotFound("project"));
+    }
     let view = EnvVarView::from(&StoredSecret {
         name: key,
         value: sealed,

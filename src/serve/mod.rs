@@ -597,6 +597,7 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         public_url: config.public_url.clone(),
         runs: Some(queue.clone()),
         observer: Some(board.clone()),
+        require_registration: edge.control.is_some(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -110,6 +110,32 @@ pub struct Reconciler {
     /// Told about applied steps, torn-down previews and failed jobs (uptime targets and
     /// notifications, `serve::uptime`).
     pub observer: Option<Arc<dyn ReconcileObserver>>,
+    /// The control plane is on (teams register projects): stored values of a project name
+    /// go only to the repository it is registered for, and an unregistered name gets none.
+    pub require_registration: bool,
+}
+
+/// Whether a run of `repo` may open the stored values of a project name registered for
+/// `registered` (`None`: no project holds the name). With the control plane on, values go
+/// only to the registered repository (a name nobody holds, e.g. values left by a deletion
+/// cut short, is nobody's to hand out); without it, the operator's `telbase env set` values
+/// go where the file names them, as before. The refusal never names the other repository:
+/// whoever can push a file must not learn which repository holds a name.
+pub fn stored_values_allowed(
+    registered: Option<&str>,
+    repo: &str,
+    require_registration: bool,
+) -> Result<(), String> {
+    match registered {
+        Some(r) if r.eq_ignore_ascii_case(repo) => Ok(()),
+        Some(_) => Err(
+            "this file's project name is registered on this server for another repository: its stored values are not handed to this one".into(),
+        ),
+        None if require_registration => Err(
+            "this file's project name is not registered on this server (a team registers it as a project for this repository); its stored values are not handed out".into(),
+        ),
+        None => Ok(()),
+    }
 }
 
 /// What the rest of the server learns from reconciles. Called on the worker's task: keep it
@@ -632,20 +658,14 @@ impl Reconciler {
             tracing::error!(error = %e, "the store of stored values cannot be opened");
             "the server cannot open its store of stored values (see the server's log)".to_owned()
         })?;
-        // Stored values are kept by project name. When the control plane has registered that
-        // name for a repository, only that repository's runs receive them: another
-        // repository whose file says `project: NAME` must not be handed a team's values.
+        // Stored values are kept by project name: only the repository the name is registered
+        // for receives them (`stored_values_allowed`).
         let registered = crate::control::projects::registered_repo(&mut store, &desired.project)
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot read the project registrations");
                 "the server cannot read its project registrations (see the server's log)".to_owned()
             })?;
-        if let Some(owner) = registered.filter(|r| !r.eq_ignore_ascii_case(repo)) {
-            return Err(format!(
-                "project `{}` is registered on this server for {owner}, not {repo}: its stored values are not handed to another repository",
-                desired.project
-            ));
-        }
+        stored_values_allowed(registered.as_deref(), repo, self.require_registration)?;
         crate::secrets::stored::read_fingerprints(desired, &mut store)?;
         let keys = crate::secrets::envelope::key_provider_from_vars(|k| std::env::var(k).ok())
             .map_err(|e| e.to_string());
@@ -931,5 +951,21 @@ pub async fn work(
                 "a job's result could not be recorded; its lease will expire and it runs again"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stored_values_go_only_to_the_registered_repository() {
+        use super::stored_values_allowed as allowed;
+        assert!(allowed(Some("acme/web"), "Acme/Web", true).is_ok());
+        assert!(allowed(Some("acme/web"), "acme/web", false).is_ok());
+        let other = allowed(Some("acme/web"), "evil/x", false).unwrap_err();
+        assert!(!other.contains("acme"), "names no repository: {other}");
+        assert!(allowed(Some("acme/web"), "evil/x", true).is_err());
+        // A name no project holds: refused with the control plane, the operator's otherwise.
+        assert!(allowed(None, "evil/x", true).is_err());
+        assert!(allowed(None, "acme/web", false).is_ok());
     }
 }

@@ -406,8 +406,16 @@ pub async fn logout(
 ) -> Result<Response, Page> {
     v.check_form(&web, &headers, &form)?;
     let (uid, sid, now) = (v.user.id.clone(), v.session.id.clone(), web.now());
-    db(&web, move |s, _| model::revoke_session(s, &uid, &sid, now)).await?;
-    web.record(v.event("auth.logout", Some(v.session.id.clone())))?;
+    let event = v.event("auth.logout", Some(v.session.id.clone()));
+    audited(
+        &web,
+        move |s, _| {
+            model::revoke_session(s, &uid, &sid, now)?;
+            Ok(Ok(()))
+        },
+        move |_| event,
+    )
+    .await?;
     Ok(redirect_with_cookie(
         "/signin",
         &clear_session_cookie(web.control.secure_cookies),
@@ -485,7 +493,7 @@ pub async fn device_post(
                 return Ok(Err(Some((until - now) / 1000)));
             }
         }
-        let fail = |s: &mut crate::store::Store| -> Result<Result<(), Option<i64>>, _> {
+        let fail = |s: &mut crate::store::Store| -> Result<Result<String, Option<i64>>, _> {
             for k in &keys {
                 model::record_failure(s, k, now, APPROVE_WINDOW_MS)?;
             }
@@ -500,14 +508,36 @@ pub async fn device_post(
         if d.status != "pending" || d.expires_at <= now {
             return fail(s);
         }
-        if !model::device_decide(s, &d.id, approve, &uid, &tid)? {
-            return fail(s);
-        }
-        Ok(Ok(()))
+        Ok(Ok(d.id))
     })
     .await?;
     match outcome {
-        Ok(()) => {}
+        Ok(device) => {
+            // The decision commits with its record (a wrong code above is counted, not
+            // rolled back); a code decided meanwhile by someone else changes nothing.
+            let event = v.event(
+                if approve {
+                    "device.approve"
+                } else {
+                    "device.deny"
+                },
+                Some(team.name.clone()),
+            );
+            audited(
+                &web,
+                move |s, _| {
+                    Ok(if model::device_decide(s, &device, approve, &uid, &tid)? {
+                        Ok(())
+                    } else {
+                        Err(Page::bad(
+                            "This login was decided meanwhile; nothing was changed.",
+                        ))
+                    })
+                },
+                move |_| event,
+            )
+            .await?;
+        }
         Err(Some(wait)) => {
             let mut p = Page::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -534,14 +564,6 @@ pub async fn device_post(
             return Ok(r);
         }
     }
-    web.record(v.event(
-        if approve {
-            "device.approve"
-        } else {
-            "device.deny"
-        },
-        Some(team.name.clone()),
-    ))?;
     let mut v = v;
     let cookie = rotate(&web, &mut v).await?;
     let body = html! {
