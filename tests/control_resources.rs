@@ -1247,3 +1247,46 @@ fn repository_grants_are_one_teams_and_never_overlap() {
         grant_repos(&mut s, &a.id, "solo/*", NOW).unwrap().unwrap();
     }
 }
+
+/// `telbase team repos`: grants through the CLI, an overlap refused with a clear message,
+/// and each grant in the security log when the machine has the audit key.
+#[test]
+fn the_cli_grants_repositories_and_logs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("s.db").display());
+    let key = dir.path().join("audit.key");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_telbase"))
+            .args(args)
+            .env("TELBASE_DATABASE_URL", &db)
+            .env("TELBASE_AUDIT_KEY_FILE", &key)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        run(&["audit", "keygen", "--out", key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    for (team, owner) in [("acme", "a@example.com"), ("other", "o@example.com")] {
+        assert!(
+            run(&["team", "create", team, "--owner", owner])
+                .status
+                .success()
+        );
+    }
+    let ok = run(&["team", "repos", "add", "acme", "Acme-Inc/*"]);
+    assert!(ok.status.success(), "{ok:?}");
+    let clash = run(&["team", "repos", "add", "other", "acme-inc/web"]);
+    assert!(!clash.status.success());
+    let err = String::from_utf8_lossy(&clash.stderr);
+    assert!(err.contains("overlaps acme-inc/*"), "{err}");
+    let bad = run(&["team", "repos", "add", "other", "not-a-repo"]);
+    assert!(!bad.status.success());
+    let list = run(&["team", "repos", "list", "acme"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "acme-inc/*\n");
+    let log = run(&["audit", "list"]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert_eq!(log.matches("admin.repos_granted").count(), 1, "{log}");
+    assert!(run(&["audit", "verify"]).status.success());
+}

@@ -496,7 +496,7 @@ async fn db<T: Send + 'static>(
 ///
 /// Use this for every request that changes something the audit log must show:
 ///
-/// ```ignore
+/// ```text
 /// let row = db_audited(
 ///     &app,
 ///     move |tx, key| Ok(Ok(model::create_thing(tx, key, &args, now)?)),

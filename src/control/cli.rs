@@ -399,7 +399,10 @@ fn repos_cmd(cmd: &ReposCommand) -> anyhow::Result<ExitCode> {
             let pattern = pattern_of(pattern)?;
             let now = chrono::Utc::now().timestamp_millis();
             match grant_repos(&mut store, &t.id, &pattern, now)? {
-                Ok(()) => println!("Granted {pattern} to team {}.", t.name),
+                Ok(()) => {
+                    audit_grant(&mut store, "admin.repos_granted", &t.id, &pattern)?;
+                    println!("Granted {pattern} to team {}.", t.name)
+                }
                 Err(GrantRefused::Overlaps(other)) => {
                     bail!("{pattern} overlaps {other}, which another team holds")
                 }
@@ -410,6 +413,7 @@ fn repos_cmd(cmd: &ReposCommand) -> anyhow::Result<ExitCode> {
             if !super::projects::revoke_repos(&mut store, &t.id, &pattern)? {
                 bail!("team {} holds no grant {pattern}", t.name);
             }
+            audit_grant(&mut store, "admin.repos_revoked", &t.id, &pattern)?;
             println!("Took {pattern} back from team {}.", t.name);
         }
         ReposCommand::List { .. } => {
@@ -419,6 +423,28 @@ fn repos_cmd(cmd: &ReposCommand) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A grant decides who may read a repository's plans and set the values its deploys
+/// receive: it goes into the security log when this machine has the audit key (as the
+/// server's does, and as `telbase abuse unlock` records), with the team's id leading the
+/// target so the team's audit view shows it.
+fn audit_grant(
+    store: &mut crate::store::Store,
+    action: &str,
+    team_id: &str,
+    pattern: &str,
+) -> anyhow::Result<()> {
+    use crate::audit::{Action, Actor, AuditEvent, AuditLog, Outcome};
+    let log = AuditLog::from_env().context("the audit key")?;
+    if !log.has_key() {
+        return Ok(());
+    }
+    let event = AuditEvent::new(Actor::system("cli"), Action::new(action)?, Outcome::Success)
+        .on("repo_grant", format!("{team_id}/{pattern}"));
+    log.record(store, &event)
+        .map_err(|e| anyhow!("done, but the security log could not record it: {e}"))?;
+    Ok(())
 }
 
 /// `telbase team token TEAM --user EMAIL`: an API token with the member's full role in the
