@@ -577,7 +577,11 @@ pub async fn rotate(web: &Arc<Web>, v: &mut Viewer) -> Result<String, Page> {
 
 /// A 303 to `to` with a `Set-Cookie`.
 pub fn redirect_with_cookie(to: &str, cookie: &str) -> Response {
-    let mut r = Redirect::to(to).into_response();
+    with_cookie(Redirect::to(to).into_response(), cookie)
+}
+
+/// `r` setting `cookie` too (a rotated session's, after a sensitive action).
+pub fn with_cookie(mut r: Response, cookie: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(cookie) {
         r.headers_mut().append(header::SET_COOKIE, v);
     }

@@ -17,6 +17,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use super::oidc::{self, ProviderKind};
 use super::{
     Page, Viewer, Web, audited, csrf, db, html_page, layout, redirect_with_cookie, rotate, when,
+    with_cookie,
 };
 use crate::control::SecurityEvent;
 use crate::control::api::{
@@ -574,11 +575,10 @@ pub async fn device_post(
             p #result { "Denied: the CLI login was refused." }
         }
     };
-    let mut r = html_page(layout(Some(&v.nav()), "Approve a CLI login", body));
-    if let Ok(h) = HeaderValue::from_str(&cookie) {
-        r.headers_mut().append(header::SET_COOKIE, h);
-    }
-    Ok(r)
+    Ok(with_cookie(
+        html_page(layout(Some(&v.nav()), "Approve a CLI login", body)),
+        &cookie,
+    ))
 }
 
 // ---- sessions ----
@@ -818,11 +818,10 @@ pub async fn token_create(
     let mut v = v;
     let cookie = rotate(&web, &mut v).await?;
     let body = tokens_body(&web, &v, Some(&secret)).await?;
-    let mut r = html_page(layout(Some(&v.nav()), "API tokens", body));
-    if let Ok(h) = HeaderValue::from_str(&cookie) {
-        r.headers_mut().append(header::SET_COOKIE, h);
-    }
-    Ok(r)
+    Ok(with_cookie(
+        html_page(layout(Some(&v.nav()), "API tokens", body)),
+        &cookie,
+    ))
 }
 
 pub async fn token_revoke(
