@@ -832,18 +832,28 @@ pub async fn authorize(
         }
     }
     // Recorded before the handler runs, and required: a request that cannot be logged is
-    // not served (503), as for every audited request.
-    if let Err(e) = record(
-        &app,
-        SecurityEvent {
-            action: "api.access",
-            actor: Some(principal.user.id.clone()),
-            address: principal.address.clone(),
-            target: Some(route_target),
-            outcome: "success",
-        },
-    ) {
-        return e.into_response();
+    // not served (503), as for every audited request. Off the async threads: the write is
+    // a store transaction, and one is made for every request.
+    let access = SecurityEvent {
+        action: "api.access",
+        actor: Some(principal.user.id.clone()),
+        address: principal.address.clone(),
+        target: Some(route_target),
+        outcome: "success",
+    };
+    let logger = app.clone();
+    let logged = tokio::task::spawn_blocking(move || record(&logger, access)).await;
+    match logged {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the audit log cannot be written; the request was not carried out",
+            )
+            .into_response();
+        }
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
