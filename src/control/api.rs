@@ -504,13 +504,11 @@ async fn db<T: Send + 'static>(
 /// )
 /// .await?;
 /// ```
-pub async fn db_audited<T: Send + 'static>(
+pub async fn db_audited<T: Send + 'static, E: AuditAnswer>(
     app: &App,
-    change: impl FnOnce(&mut Tx<'_>, &ServerKey) -> Result<Result<T, ApiError>, StoreError>
-    + Send
-    + 'static,
+    change: impl FnOnce(&mut Tx<'_>, &ServerKey) -> Result<Result<T, E>, StoreError> + Send + 'static,
     event: impl FnOnce(&T) -> SecurityEvent + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, E> {
     let app = app.clone();
     let out = tokio::task::spawn_blocking(move || {
         let mut s = app.store.lock().unwrap_or_else(|e| e.into_inner());
@@ -528,22 +526,67 @@ pub async fn db_audited<T: Send + 'static>(
     match out {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(TxError::Abort(e))) => Err(e),
-        Ok(Err(TxError::Store(e))) => Err(e.into()),
-        Err(e) => Err(StoreError::Corrupt {
+        Ok(Err(TxError::Store(e))) => Err(E::store_failed(e)),
+        Err(e) => Err(E::store_failed(StoreError::Corrupt {
             path: "control plane".into(),
             what: format!("a store task failed: {e}"),
-        }
-        .into()),
+        })),
     }
 }
 
-fn audit_failed(event: &SecurityEvent, e: &str) -> ApiError {
+/// For a change that cannot share a store transaction with its audit record (stored values
+/// go through the secret store's own statements; [`db_audited`] is for the rest): the event
+/// is recorded FIRST, so a record that cannot be written (503) stops the change before it
+/// happens, as the must-write rule asks; should the change then fail, a `failure` record of
+/// the same action and target follows, so the log never claims a change silently. Check
+/// the input before calling it: a mistyped request is an error, not an audit entry.
+pub async fn intent_first<T, E: AuditAnswer>(
+    app: &App,
+    event: SecurityEvent,
+    change: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    if let Err(e) = app.events.record(&event) {
+        return Err(audit_failed(&event, &e));
+    }
+    let out = change.await;
+    if out.is_err() {
+        let failed = SecurityEvent {
+            outcome: "failure",
+            ..event
+        };
+        if let Err(e) = app.events.record(&failed) {
+            tracing::error!(error = %e, action = failed.action, "cannot record a failed change");
+        }
+    }
+    out
+}
+
+/// What an audited request answers when its record or the store fails: the API's JSON
+/// error, or the dashboard's page (`crate::web::Page`), so [`db_audited`] and
+/// [`intent_first`] serve both.
+pub trait AuditAnswer: Send + 'static {
+    /// The audit log cannot be written: nothing was changed (503).
+    fn audit_unavailable() -> Self;
+    /// The store failed (its error is logged by the implementation, never shown).
+    fn store_failed(e: StoreError) -> Self;
+}
+
+impl AuditAnswer for ApiError {
+    fn audit_unavailable() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit log cannot be written; the request was not carried out",
+        )
+    }
+    fn store_failed(e: StoreError) -> Self {
+        e.into()
+    }
+}
+
+fn audit_failed<E: AuditAnswer>(event: &SecurityEvent, e: &str) -> E {
     tracing::error!(error = %e, action = event.action, "cannot record a security event");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "audit_unavailable",
-        "the audit log cannot be written; the request was not carried out",
-    )
+    E::audit_unavailable()
 }
 
 /// The audit target of a membership: `TEAM_ID/USER_ID`. The team's id leads, as in the
@@ -1727,7 +1770,7 @@ pub(crate) async fn revoke_all(
 ) -> Result<Response, ApiError> {
     let now = app.now();
     let uid = p.user.id.clone();
-    let n = db_audited(
+    let n = db_audited::<_, ApiError>(
         &app,
         move |s, _| Ok(Ok(model::revoke_all(s, &uid, now)?)),
         move |_| p.succeeded("session.revoke_all", Some(p.user.id.clone())),

@@ -77,9 +77,26 @@ impl Web {
     }
 }
 
-/// Runs a change and its security event in ONE store transaction (as the API's
-/// `api::db_audited`): a record that cannot be written rolls the change back and answers
-/// 503; a change refused with a page writes no record.
+/// The dashboard's answers to a failed audit write or store, for the control plane's
+/// `api::db_audited` and `api::intent_first` (the same two mechanisms as the API's: a
+/// change commits with its record, or its record comes first).
+impl crate::control::api::AuditAnswer for Page {
+    fn audit_unavailable() -> Self {
+        Page::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The security log cannot be written, so nothing was changed. Try again shortly.",
+        )
+    }
+    fn store_failed(e: StoreError) -> Self {
+        tracing::error!(error = %e, "dashboard: the store failed");
+        Page::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The store did not answer; try again.",
+        )
+    }
+}
+
+/// [`crate::control::api::db_audited`] on the dashboard's control plane.
 pub async fn audited<T: Send + 'static>(
     web: &Arc<Web>,
     change: impl FnOnce(
@@ -90,64 +107,16 @@ pub async fn audited<T: Send + 'static>(
     + 'static,
     event: impl FnOnce(&T) -> SecurityEvent + Send + 'static,
 ) -> Result<T, Page> {
-    use crate::store::tx::TxError;
-    let web = web.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        let mut s = web.control.store.lock().unwrap_or_else(|e| e.into_inner());
-        let (key, events) = (&web.control.key, web.control.events.clone());
-        s.transaction(|tx| {
-            let v = change(tx, key)?.map_err(TxError::Abort)?;
-            let event = event(&v);
-            events.record_in(tx, &event).map_err(|e| {
-                tracing::error!(error = %e, action = event.action, "cannot record a security event");
-                TxError::Abort(Page::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The security log cannot be written, so nothing was changed. Try again shortly.",
-                ))
-            })?;
-            Ok(v)
-        })
-    })
-    .await;
-    match out {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(TxError::Abort(page))) => Err(page),
-        Ok(Err(TxError::Store(e))) => {
-            tracing::error!(error = %e, "dashboard: the store failed");
-            Err(Page::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The store did not answer; try again.",
-            ))
-        }
-        Err(_) => Err(Page::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The store did not answer; try again.",
-        )),
-    }
+    crate::control::api::db_audited(&web.control, change, event).await
 }
 
-/// For a change that cannot run in a store transaction (sealing env vars goes through the
-/// secret store's own statements): its event is recorded FIRST, so a record that cannot be
-/// written stops the change before it happens; should the change then fail, a `failure`
-/// event with the same action and target follows, so the log never shows a change that was
-/// not made without saying so.
+/// [`crate::control::api::intent_first`] on the dashboard's control plane.
 pub async fn intent_first<T>(
     web: &Arc<Web>,
     event: SecurityEvent,
     change: impl std::future::Future<Output = Result<T, Page>>,
 ) -> Result<T, Page> {
-    web.record(event.clone())?;
-    let out = change.await;
-    if out.is_err() {
-        let failed = SecurityEvent {
-            outcome: "failure",
-            ..event
-        };
-        if let Err(e) = web.control.events.record(&failed) {
-            tracing::error!(error = %e, action = failed.action, "cannot record a failed change");
-        }
-    }
-    out
+    crate::control::api::intent_first(&web.control, event, change).await
 }
 
 /// Runs `f` on the store off the async threads.

@@ -14,7 +14,7 @@ use axum::routing::{get, put};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{ApiError, App, Body, Page, Principal, db, db_audited, record, team_of};
+use super::{ApiError, App, Body, Page, Principal, db, db_audited, intent_first, team_of};
 use crate::control::projects::Project;
 use crate::control::resources::{
     self as res, AuditFilter, CreateProject, ResourceError, RunFilter,
@@ -109,30 +109,6 @@ async fn with_store<T: Send + 'static>(
     f: impl FnOnce(&mut crate::store::Store) -> Result<T, ResourceError> + Send + 'static,
 ) -> Result<T, ApiError> {
     Ok(db(app, move |s, _| Ok(f(s))).await??)
-}
-
-/// For a change that cannot share a store transaction with its audit record (the stored
-/// values go through the secret store's own statements; `db_audited` is for the rest): the
-/// event is recorded FIRST, so a record that cannot be written (503) stops the change before
-/// it happens, as the must-write rule asks; should the change then fail, a `failure` record
-/// of the same action and target follows, so the log never claims a change silently.
-async fn intent_first<T>(
-    app: &App,
-    event: crate::control::SecurityEvent,
-    change: impl std::future::Future<Output = Result<T, ApiError>>,
-) -> Result<T, ApiError> {
-    record(app, event.clone())?;
-    let out = change.await;
-    if out.is_err() {
-        let failed = crate::control::SecurityEvent {
-            outcome: "failure",
-            ..event
-        };
-        if let Err(e) = app.events.record(&failed) {
-            tracing::error!(error = %e, action = failed.action, "cannot record a failed change");
-        }
-    }
-    out
 }
 
 /// The limit of `page` (1–200, default 50); its cursor is checked by the resource itself.
