@@ -2,133 +2,53 @@
 //! control plane on, end to end: the admin bootstrap `telbase team create`, the device
 //! flow approved through `/api/v1/device/approve`, the 0600 credentials file, an automatic
 //! refresh once the access token has expired, and a logout that revokes on the server.
+//! (The OS keyring variant is tests/control_keyring.rs.)
 
 mod common;
+#[path = "common/login_world.rs"]
+mod login_world;
 #[path = "common/serve_app.rs"]
 mod serve_app;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::ffi::OsString;
+use std::process::Command;
 
-use secrecy::ExposeSecret as _;
-use serde_json::{Value, json};
-use telbase::control::model::{self, NewToken};
-use telbase::control::roles::Role;
-use telbase::control::secrets::{Kind, ServerKey};
+use serde_json::Value;
+use telbase::control::secrets::ServerKey;
 use telbase::serve::{self, ControlConfig, EdgeConfig};
 
 use common::{app_key, emu};
+use login_world::{BIN, LoginWorld, audit_log};
 use serve_app::server_config;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_login_against_telbase_serve() {
-    let Some((pem, _)) = app_key() else {
+    let Some(world) = LoginWorld::start().await else {
         return;
     };
-    let emu = emu::start(telbase::emulator::Config::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("telbase.db");
-    let key = ServerKey::generate();
-    let config = server_config(&emu, dir.path(), pem);
-    let running = serve::start_with(
-        config,
-        EdgeConfig {
-            control: Some(ControlConfig { key: key.clone() }),
-            audit: Some(audit_log()),
-            ..EdgeConfig::default()
-        },
-    )
-    .await
-    .unwrap();
-    let base = format!("http://{}", running.addr);
-    let bin = env!("CARGO_BIN_EXE_telbase");
-
-    // The bootstrap: a fresh server's first team and Owner, on the store.
-    let out = Command::new(bin)
-        .args(["team", "create", "acme", "--owner", "Ada@Example.com"])
-        .env("TELBASE_DATABASE_URL", &db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bin = BIN;
     let again = Command::new(bin)
         .args(["team", "create", "acme", "--owner", "x@example.com"])
-        .env("TELBASE_DATABASE_URL", &db)
+        .env("TELBASE_DATABASE_URL", &world.db)
         .output()
         .unwrap();
     assert!(!again.status.success(), "a second team of the same name");
 
-    // The dashboard's stand-in: an API token of the Owner (sign-in comes with OIDC).
-    let approver = {
-        let mut s = telbase::store::open(&telbase::store::Location::Sqlite(db.clone())).unwrap();
-        let team = model::team_by_name(&mut s, "acme").unwrap().unwrap();
-        let user = model::user_by_email(&mut s, "ada@example.com")
-            .unwrap()
-            .unwrap();
-        let (_, secret) = model::create_token(
-            &mut s,
-            &key,
-            &NewToken {
-                kind: Kind::Api,
-                team_id: &team.id,
-                user_id: &user.id,
-                name: "dashboard",
-                role_cap: Role::Owner,
-                family: None,
-                expires_at: None,
-            },
-            chrono::Utc::now().timestamp_millis(),
-        )
-        .unwrap();
-        secret.expose_secret().to_owned()
+    // The file, chosen explicitly: this test must never reach a developer's own keyring.
+    let config_home = world.dir.path().join("config");
+    let env = |home: &std::path::Path| {
+        vec![
+            ("XDG_CONFIG_HOME", OsString::from(home)),
+            ("TELBASE_CREDENTIALS_STORE", OsString::from("file")),
+        ]
     };
-
-    let config_home = dir.path().join("config");
-    let mut login = Command::new(bin)
-        .args(["login", "--server", &base])
-        .env("XDG_CONFIG_HOME", &config_home)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read the code the person would type from what `login` shows.
-    let stderr = login.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut shown = Vec::new();
-    let code = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("login shows a code");
-        shown.push(line.clone());
-        if let Some(c) = line.split("enter the code: ").nth(1) {
-            break c.trim().to_owned();
-        }
-    };
-    assert!(shown[0].contains(&format!("{base}/device")), "{shown:?}");
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{base}/api/v1/device/approve"))
-        .bearer_auth(&approver)
-        .json(&json!({"user_code": code}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let status = tokio::task::spawn_blocking(move || login.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
-    let rest: Vec<String> = rx.try_iter().collect();
-    assert!(rest.iter().any(|l| l.contains("Logged in")), "{rest:?}");
+    let shown = world.login(&env(&config_home)).await;
+    assert!(
+        shown
+            .iter()
+            .any(|l| l.contains("kept in") && l.contains("credentials.json (mode 0600)")),
+        "{shown:?}"
+    );
 
     // The tokens are in a 0600 file, not the main config.
     let file = config_home.join("telbase/credentials.json");
@@ -149,7 +69,7 @@ async fn device_login_against_telbase_serve() {
     let whoami = |home: &std::path::Path| {
         Command::new(bin)
             .arg("whoami")
-            .env("XDG_CONFIG_HOME", home)
+            .envs(env(home))
             .output()
             .unwrap()
     };
@@ -182,30 +102,35 @@ async fn device_login_against_telbase_serve() {
         0o600
     );
 
+    // A damaged file is named in the error, and the error quotes none of its content.
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, r#"{"server": 5, "access_token": "tlb_at_leak"}"#).unwrap();
+    let out = whoami(&config_home);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("credentials.json: unreadable"), "{err}");
+    assert!(!err.contains("tlb_at_leak"), "{err}");
+    std::fs::write(&file, good).unwrap();
+
     // Logout revokes on the server and deletes the file.
     let access = creds2["access_token"].as_str().unwrap().to_owned();
     let out = Command::new(bin)
         .arg("logout")
-        .env("XDG_CONFIG_HOME", &config_home)
+        .envs(env(&config_home))
         .output()
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Logged out"));
     assert!(!file.exists());
-    let r = http
-        .get(format!("{base}/api/v1/me"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    assert!(!world.accepts(&access).await);
     let out = whoami(&config_home);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("telbase login"));
-    running.stop().await;
+    let db = world.db.clone();
+    world.running.stop().await;
 
     // Everything that happened is in the security log, in order, and the chain holds.
-    let mut store = telbase::store::open(&telbase::store::Location::Sqlite(db.clone())).unwrap();
+    let mut store = telbase::store::open(&telbase::store::Location::Sqlite(db)).unwrap();
     let records =
         telbase::audit::AuditLog::list(&mut store, &telbase::audit::AuditFilter::default())
             .unwrap();
@@ -220,10 +145,6 @@ async fn device_login_against_telbase_serve() {
     assert_eq!(approve.source.as_deref(), Some("127.0.0.1"));
     assert_eq!(approve.actor_kind.as_str(), "user");
     assert_eq!(audit_log().verify(&mut store).unwrap().finding, None);
-}
-
-fn audit_log() -> telbase::audit::AuditLog {
-    telbase::audit::AuditLog::new(telbase::audit::AuditKeys::from_secret(&[9; 32]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

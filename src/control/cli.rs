@@ -2,19 +2,17 @@
 //! server), `telbase logout`, `telbase whoami`, and the bootstrap `telbase team create NAME
 //! --owner EMAIL` (on the store directly: a fresh server has no one to sign in yet).
 //!
-//! Tokens are kept in a 0600 file, `credentials.json` under the config directory
-//! (`$XDG_CONFIG_HOME/telbase`, else `~/.config/telbase`, created 0700), never in the main
-//! config. Not the OS keyring: the `keyring` crate brings a D-Bus secret-service stack on
-//! Linux (and platform crates elsewhere) for a file the same user could read anyway on a
-//! headless machine; docs/control-plane.md says so. The access token lives an hour; an
-//! expired one is refreshed (and the refresh token rotated) before use.
+//! Tokens are kept in the OS keyring where one answers, else in a 0600 file, never in the
+//! main config (`credstore` owns that choice). The access token lives an hour; an expired
+//! one is refreshed (and the refresh token rotated) before use, and saved back where it
+//! was found.
 
-use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+
+use super::credstore::{self, Place};
 use secrecy::ExposeSecret as _;
 use serde::{Deserialize, Serialize};
 
@@ -81,68 +79,21 @@ pub struct Credentials {
     pub expires_at: i64,
 }
 
+/// The tokens do not outlive the value in memory.
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        self.access_token.zeroize();
+        self.refresh_token.zeroize();
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("server", &self.server)
             .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
-    }
-}
-
-/// `$XDG_CONFIG_HOME/telbase/credentials.json` or `~/.config/telbase/credentials.json`.
-pub fn credentials_path() -> anyhow::Result<PathBuf> {
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let dir = match (var("XDG_CONFIG_HOME"), var("HOME")) {
-        (Some(x), _) => PathBuf::from(x),
-        (None, Some(h)) => PathBuf::from(h).join(".config"),
-        _ => bail!("no config directory: set XDG_CONFIG_HOME or HOME"),
-    };
-    Ok(dir.join("telbase").join("credentials.json"))
-}
-
-pub fn load() -> anyhow::Result<Option<Credentials>> {
-    let path = credentials_path()?;
-    match std::fs::read_to_string(&path) {
-        Ok(t) => {
-            Ok(Some(serde_json::from_str(&t).with_context(|| {
-                format!("{}: unreadable", path.display())
-            })?))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow!("{}: {e}", path.display())),
-    }
-}
-
-/// Writes the credentials 0600 (a new file renamed over the old one).
-pub fn save(c: &Credentials) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    let path = credentials_path()?;
-    let dir = path
-        .parent()
-        .ok_or_else(|| anyhow!("no config directory"))?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let tmp = dir.join(".credentials.json.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| tmp.display().to_string())?;
-    f.write_all(serde_json::to_string_pretty(c)?.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
-}
-
-fn forget() -> anyhow::Result<()> {
-    match std::fs::remove_file(credentials_path()?) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
     }
 }
 
@@ -240,8 +191,13 @@ pub async fn device_login(
     }
 }
 
-/// Fresh credentials: refreshed (and saved) when the access token expired or is about to.
-pub async fn fresh(client: &reqwest::Client, mut c: Credentials) -> anyhow::Result<Credentials> {
+/// Fresh credentials: refreshed (and saved back in `place`) when the access token expired
+/// or is about to.
+pub async fn fresh(
+    client: &reqwest::Client,
+    mut c: Credentials,
+    place: &Place,
+) -> anyhow::Result<Credentials> {
     if c.expires_at - 60 > chrono::Utc::now().timestamp() {
         return Ok(c);
     }
@@ -258,7 +214,7 @@ pub async fn fresh(client: &reqwest::Client, mut c: Credentials) -> anyhow::Resu
             error: "error".into(),
             error_description: String::new(),
         });
-        forget()?;
+        credstore::forget()?;
         bail!(
             "the login expired ({}); run `telbase login` again",
             e.error_description
@@ -268,18 +224,26 @@ pub async fn fresh(client: &reqwest::Client, mut c: Credentials) -> anyhow::Resu
     c.access_token = t.access_token;
     c.refresh_token = t.refresh_token;
     c.expires_at = chrono::Utc::now().timestamp() + t.expires_in;
-    save(&c)?;
+    credstore::save(&c, place)?;
     Ok(c)
 }
 
 pub fn login_cmd(args: &LoginArgs) -> anyhow::Result<ExitCode> {
-    let server = match (&args.server, load().ok().flatten()) {
+    let server = match (&args.server, credstore::load().ok().flatten()) {
         (Some(s), _) => s.clone(),
-        (None, Some(c)) => c.server,
+        (None, Some((c, _))) => c.server.clone(),
         (None, None) => {
             bail!("which server? `telbase login --server https://…` (or TELBASE_SERVER)")
         }
     };
+    // Where the tokens will go is settled first: a keyring that was asked for and is
+    // missing must stop the login before anyone approves it.
+    let (place, passed_over) = credstore::destination()?;
+    if let Some(why) = passed_over {
+        eprintln!(
+            "No OS keyring ({why}); the login will be kept in {place}. Set TELBASE_CREDENTIALS_STORE=file to choose the file."
+        );
+    }
     runtime()?.block_on(async {
         let client = http()?;
         let c = device_login(&client, &server, |code, uri, complete| {
@@ -290,14 +254,14 @@ pub fn login_cmd(args: &LoginArgs) -> anyhow::Result<ExitCode> {
             eprintln!("Waiting for approval…");
         })
         .await?;
-        save(&c)?;
-        eprintln!("Logged in to {}.", c.server);
+        credstore::save(&c, &place)?;
+        eprintln!("Logged in to {}; the login is kept in {place}.", c.server);
         Ok(ExitCode::SUCCESS)
     })
 }
 
 pub fn logout_cmd() -> anyhow::Result<ExitCode> {
-    let Some(c) = load()? else {
+    let Some((c, _)) = credstore::load()? else {
         eprintln!("Not logged in.");
         return Ok(ExitCode::SUCCESS);
     };
@@ -309,7 +273,7 @@ pub fn logout_cmd() -> anyhow::Result<ExitCode> {
             .form(&[("token", c.refresh_token.as_str())])
             .send()
             .await;
-        forget()?;
+        credstore::forget()?;
         match r {
             Ok(r) if r.status().is_success() => eprintln!("Logged out of {}.", c.server),
             _ => eprintln!(
@@ -321,10 +285,11 @@ pub fn logout_cmd() -> anyhow::Result<ExitCode> {
 }
 
 pub fn whoami_cmd() -> anyhow::Result<ExitCode> {
-    let c = load()?.ok_or_else(|| anyhow!("not logged in: run `telbase login`"))?;
+    let (c, place) =
+        credstore::load()?.ok_or_else(|| anyhow!("not logged in: run `telbase login`"))?;
     runtime()?.block_on(async {
         let client = http()?;
-        let c = fresh(&client, c).await?;
+        let c = fresh(&client, c, &place).await?;
         let me: serde_json::Value = client
             .get(format!("{}/api/v1/me", c.server))
             .bearer_auth(&c.access_token)

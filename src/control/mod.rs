@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod credstore;
 pub mod db;
 pub mod model;
 pub mod openapi;
