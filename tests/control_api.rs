@@ -902,6 +902,92 @@ async fn sessions_expire_when_idle_and_revoke_all_is_immediate() {
     }
 }
 
+/// A sensitive change made through the API with a browser session rotates the session, as
+/// the dashboard does: the response sets a new cookie, and the old one is dead. Reads and
+/// refused changes leave it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensitive_api_changes_rotate_the_browser_session() {
+    for ts in stores() {
+        let key = ServerKey::generate();
+        let mut s = ts.open();
+        let w = world(&mut s, &key);
+        let srv = serve(ts.open(), key.clone()).await;
+        let (_, cookie) =
+            model::create_session(&mut s, &key, &w.users["member"], "Firefox", "10.0.0.1", NOW)
+                .unwrap();
+        let send = |method: Method, path: &str, cookie: &str, body: Option<Value>| {
+            let mut req = srv
+                .http
+                .request(method, format!("{}{path}", srv.base))
+                .header("cookie", format!("telbase_session={cookie}"))
+                .header("user-agent", "Firefox");
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            req.send()
+        };
+        let new_cookie = |r: &reqwest::Response| {
+            r.headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| {
+                    v.strip_prefix("telbase_session=")
+                        .map(|rest| rest.split(';').next().unwrap().to_owned())
+                })
+        };
+        let c0 = cookie.expose_secret().to_owned();
+        // A read: same session, no cookie.
+        let r = send(Method::GET, "/api/v1/me", &c0, None).await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(new_cookie(&r), None);
+        // A refused change (a token stronger than the role): nothing rotates.
+        let r = send(
+            Method::POST,
+            "/api/v1/tokens",
+            &c0,
+            Some(json!({"name": "x", "team": "acme", "role": "owner"})),
+        )
+        .await
+        .unwrap();
+        assert!(r.status().is_client_error(), "{}", r.status());
+        assert_eq!(new_cookie(&r), None);
+        // Creating a token: a new session, the old one dead at once.
+        let r = send(
+            Method::POST,
+            "/api/v1/tokens",
+            &c0,
+            Some(json!({"name": "ci", "team": "acme", "role": "viewer"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let c1 = new_cookie(&r).expect("a rotated session cookie");
+        assert_ne!(c1, c0);
+        let me = |c: String| async move {
+            send(Method::GET, "/api/v1/me", &c, None)
+                .await
+                .unwrap()
+                .status()
+        };
+        assert_eq!(me(c0.clone()).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(me(c1.clone()).await, StatusCode::OK);
+        // The new session keeps the user agent, so the session list still names it.
+        let r = send(Method::GET, "/api/v1/sessions", &c1, None)
+            .await
+            .unwrap();
+        let list: Value = r.json().await.unwrap();
+        assert_eq!(list["items"][0]["user_agent"], "Firefox", "{list}");
+        // Revoke-all ends the session; it is not brought back by a rotation.
+        let r = send(Method::POST, "/api/v1/sessions/revoke-all", &c1, None)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(new_cookie(&r), None);
+        assert_eq!(me(c1).await, StatusCode::UNAUTHORIZED);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_shown_once_paginated_and_revocable() {
     for ts in stores() {

@@ -898,8 +898,69 @@ pub async fn authorize(
             .into_response();
         }
     }
+    // A sensitive change made with a browser session rotates it, as the dashboard does:
+    // the session id seen before the change is dead after it, and the response carries
+    // the new cookie.
+    let rotation = match &principal.via {
+        Via::Session { id } if rotates_session(spec) => Some((
+            principal.user.id.clone(),
+            id.clone(),
+            principal.address.clone(),
+            req.headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+        )),
+        _ => None,
+    };
     req.extensions_mut().insert(principal);
-    next.run(req).await
+    let mut resp = next.run(req).await;
+    if let Some((uid, old, addr, ua)) = rotation
+        && resp.status().is_success()
+    {
+        let now = app.now();
+        let rotated = db(&app, move |s, key| {
+            // A change that ended this very session (removing oneself…) leaves it ended.
+            if !model::revoke_session(s, &uid, &old, now)? {
+                return Ok(None);
+            }
+            model::create_session(s, key, &uid, &ua, &addr, now).map(Some)
+        })
+        .await;
+        match rotated {
+            Ok(Some((_, secret))) => {
+                if let Ok(v) = HeaderValue::from_str(&session_cookie(&secret, app.secure_cookies)) {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
+                }
+            }
+            Ok(None) => {}
+            // The change stands. The old session is ended first, so a failure leaves
+            // either it alive (the end failed) or no session (the new one failed): never
+            // both. Said in the log, never hidden.
+            Err(e) => {
+                tracing::error!(error = %e, "could not rotate the session after a sensitive change")
+            }
+        }
+    }
+    resp
+}
+
+/// The changes after which a browser session is rotated (the dashboard's list): device
+/// approval or denial, token creation and revocation, invitations, role changes and
+/// removals. Not `revoke-all` or a session's own revocation: those end it.
+fn rotates_session(spec: &RouteSpec) -> bool {
+    spec.method != "GET"
+        && matches!(
+            spec.action,
+            Some(
+                Action::ApproveDevice
+                    | Action::ManageOwnTokens
+                    | Action::InviteMembers
+                    | Action::ChangeRoles
+                    | Action::RemoveMembers
+            )
+        )
 }
 
 /// The abuse check could not be made: the request is not let through unchecked (503).
