@@ -1192,6 +1192,74 @@ async fn the_audit_log_is_the_teams_own_filtered_and_paged() {
     }
 }
 
+/// An operator taking a repository grant back takes the team's project of it out of reach
+/// at once: its runs, env vars and deploy values (the worker's rule) are refused with a
+/// clear 403, while an Admin can still unregister it, which removes its values. Granted
+/// again, it is back as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_taken_back_takes_the_project_out_of_reach() {
+    use telbase::control::projects::{grant_repos, registration, revoke_repos};
+    use telbase::serve::worker::stored_values_allowed;
+    for ts in stores() {
+        let (key, w) = setup(&ts);
+        let mut s = ts.open();
+        seed_project(&mut s, "acme", "web");
+        let srv = serve(&ts, key).await;
+        let (member, admin) = (&w.tokens["member"], &w.tokens["admin"]);
+        let project = "/api/v1/teams/acme/projects/web";
+        let var = format!("{project}/environments/production/env-vars/API_KEY");
+        let (st, v) = srv
+            .call(Method::PUT, &var, member, Some(json!({"value": "v1"})))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        let values = |s: &mut Store| s.list_values("web", None).unwrap().len();
+        assert_eq!(values(&mut s), 1);
+
+        let acme = &w.teams["acme"];
+        assert!(revoke_repos(&mut s, acme, "acme/*").unwrap());
+        let reg = registration(&mut s, "web").unwrap().unwrap();
+        assert_eq!((reg.repo.as_str(), reg.granted), ("acme/web", false));
+        assert!(stored_values_allowed(Some(("acme/web", reg.granted)), "acme/web", true).is_err());
+        let reads = [
+            project.to_owned(),
+            format!("{project}/environments"),
+            format!("{project}/runs"),
+            format!("{project}/environments/production/env-vars"),
+        ];
+        for path in &reads {
+            let (st, e) = srv.call(Method::GET, path, member, None).await;
+            assert_eq!(st, StatusCode::FORBIDDEN, "{path}: {e}");
+            assert_eq!(e["error"]["code"], "repository_not_granted", "{path}");
+            assert!(
+                e["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("no longer granted"),
+                "{e}"
+            );
+        }
+        let (st, _) = srv
+            .call(Method::PUT, &var, member, Some(json!({"value": "v2"})))
+            .await;
+        assert_eq!(st, StatusCode::FORBIDDEN);
+        assert_eq!(values(&mut s), 1, "nothing changed");
+
+        // Granted again: back as it was.
+        grant_repos(&mut s, acme, "acme/web", NOW).unwrap().unwrap();
+        for path in &reads {
+            let (st, e) = srv.call(Method::GET, path, member, None).await;
+            assert_eq!(st, StatusCode::OK, "{path}: {e}");
+        }
+
+        // Taken back again, the project can still be unregistered, and its values go.
+        assert!(revoke_repos(&mut s, acme, "acme/web").unwrap());
+        let (st, e) = srv.call(Method::DELETE, project, admin, None).await;
+        assert_eq!(st, StatusCode::NO_CONTENT, "{e}");
+        assert_eq!(values(&mut s), 0);
+        assert_eq!(registration(&mut s, "web").unwrap(), None);
+    }
+}
+
 #[test]
 fn repository_grants_are_one_teams_and_never_overlap() {
     use telbase::control::projects::{

@@ -63,7 +63,9 @@ pub enum ReposCommand {
     /// Grant `owner/name` or `owner/*` (every repository of that account) to a team. A
     /// pattern overlapping another team's grant is refused.
     Add { team: String, pattern: String },
-    /// Take a grant back (projects already registered stay).
+    /// Take a grant back. The team's projects of those repositories stay registered but
+    /// out of its reach (runs, env vars, deploy values) until granted again; an Admin can
+    /// still unregister them.
     Remove { team: String, pattern: String },
     /// The team's grants.
     List { team: String },

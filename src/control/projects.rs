@@ -149,14 +149,32 @@ pub fn repo_granted(db: &mut impl Db, team_id: &str, repo: &str) -> Result<bool,
 }
 
 /// The repository the project `name` is registered for, by any team; `None` if no project
-/// has that name. The worker asks before handing stored values of `name` to a repository.
+/// has that name.
 pub fn registered_repo(db: &mut impl Db, name: &str) -> Result<Option<String>, StoreError> {
-    Ok(db
-        .row(
-            "SELECT repo FROM cp_projects WHERE name = $1",
-            &[V::from(name)],
-        )?
-        .map(|r| r[0].text()))
+    Ok(registration(db, name)?.map(|r| r.repo))
+}
+
+/// Who holds a project name: its repository, and whether the team that registered it still
+/// holds a grant covering that repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub repo: String,
+    pub granted: bool,
+}
+
+/// The registration of the project `name`, by any team; `None` if no project has that
+/// name. The worker asks before handing stored values of `name` to a repository.
+pub fn registration(db: &mut impl Db, name: &str) -> Result<Option<Registration>, StoreError> {
+    let Some(row) = db.row(
+        "SELECT repo, team_id FROM cp_projects WHERE name = $1",
+        &[V::from(name)],
+    )?
+    else {
+        return Ok(None);
+    };
+    let (repo, team_id) = (row[0].text(), row[1].text());
+    let granted = repo_granted(db, &team_id, &repo)?;
+    Ok(Some(Registration { repo, granted }))
 }
 
 /// Whether any stored env var value is kept under the project name `name`.

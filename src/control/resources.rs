@@ -371,8 +371,25 @@ pub fn list_projects(
     Ok(ProjectPage { items, next_cursor })
 }
 
-/// The team's project `name`; another team's is not found.
+/// The team's project `name`, to read or change: another team's is not found, and one whose
+/// repository the team no longer holds a grant for is refused. Taking a grant back
+/// (`telbase team repos remove`) thereby takes the repository's plans and deploy values out
+/// of the team's reach at once, while the project stays for the team to unregister (or for
+/// the grant to come back).
 pub fn get_project(store: &mut Store, team_id: &str, name: &str) -> Result<Project> {
+    let project = find_project(store, team_id, name)?;
+    if !projects::repo_granted(store, team_id, &project.repo)? {
+        return Err(ResourceError::Forbidden(format!(
+            "the repository {} is no longer granted to this team: the project's runs and env vars are out of reach until a server operator grants it again (`telbase team repos add`); an Admin can still unregister it",
+            project.repo
+        )));
+    }
+    Ok(project)
+}
+
+/// The team's project `name` whether or not its repository is still granted: for
+/// unregistering it. Another team's is not found.
+pub fn find_project(store: &mut Store, team_id: &str, name: &str) -> Result<Project> {
     if !projects::valid_name(name) {
         return Err(ResourceError::NotFound("project"));
     }
@@ -452,7 +469,7 @@ pub fn create_project(
 /// Runs stay (the repository's history, expiring with the retention); a later claim sees
 /// only runs that started after it (`projects::runs`).
 pub fn delete_project(store: &mut Store, team_id: &str, name: &str) -> Result<Project> {
-    let project = get_project(store, team_id, name)?;
+    let project = find_project(store, team_id, name)?;
     for v in store.list_values(&project.name, None)? {
         store.delete_value(&v.name)?;
     }

@@ -121,16 +121,22 @@ pub struct Reconciler {
 /// cut short, is nobody's to hand out); without it, the operator's `telbase env set` values
 /// go where the file names them, as before. The refusal never names the other repository:
 /// whoever can push a file must not learn which repository holds a name.
+///
+/// `registered` is the registered repository and whether its team still holds a grant for
+/// it: with the control plane on, a grant taken back stops the values too.
 pub fn stored_values_allowed(
-    registered: Option<&str>,
+    registered: Option<(&str, bool)>,
     repo: &str,
     require_registration: bool,
 ) -> Result<(), String> {
     match registered {
-        Some(r) if r.eq_ignore_ascii_case(repo) => Ok(()),
-        Some(_) => Err(
+        Some((r, _)) if !r.eq_ignore_ascii_case(repo) => Err(
             "this file's project name is registered on this server for another repository: its stored values are not handed to this one".into(),
         ),
+        Some((_, false)) if require_registration => Err(
+            "this repository is no longer granted to the team whose project holds this file's project name (a server operator took it back): its stored values are not handed out".into(),
+        ),
+        Some(_) => Ok(()),
         None if require_registration => Err(
             "this file's project name is not registered on this server (a team registers it as a project for this repository); its stored values are not handed out".into(),
         ),
@@ -660,12 +666,16 @@ impl Reconciler {
         })?;
         // Stored values are kept by project name: only the repository the name is registered
         // for receives them (`stored_values_allowed`).
-        let registered = crate::control::projects::registered_repo(&mut store, &desired.project)
+        let registered = crate::control::projects::registration(&mut store, &desired.project)
             .map_err(|e| {
                 tracing::error!(error = %e, "cannot read the project registrations");
                 "the server cannot read its project registrations (see the server's log)".to_owned()
             })?;
-        stored_values_allowed(registered.as_deref(), repo, self.require_registration)?;
+        stored_values_allowed(
+            registered.as_ref().map(|r| (r.repo.as_str(), r.granted)),
+            repo,
+            self.require_registration,
+        )?;
         crate::secrets::stored::read_fingerprints(desired, &mut store)?;
         let keys = crate::secrets::envelope::key_provider_from_vars(|k| std::env::var(k).ok())
             .map_err(|e| e.to_string());
@@ -959,11 +969,18 @@ mod tests {
     #[test]
     fn stored_values_go_only_to_the_registered_repository() {
         use super::stored_values_allowed as allowed;
-        assert!(allowed(Some("acme/web"), "Acme/Web", true).is_ok());
-        assert!(allowed(Some("acme/web"), "acme/web", false).is_ok());
-        let other = allowed(Some("acme/web"), "evil/x", false).unwrap_err();
+        let granted = Some(("acme/web", true));
+        assert!(allowed(granted, "Acme/Web", true).is_ok());
+        assert!(allowed(granted, "acme/web", false).is_ok());
+        let other = allowed(granted, "evil/x", false).unwrap_err();
         assert!(!other.contains("acme"), "names no repository: {other}");
-        assert!(allowed(Some("acme/web"), "evil/x", true).is_err());
+        assert!(allowed(granted, "evil/x", true).is_err());
+        // The grant taken back: no values with the control plane; grants mean nothing
+        // without it.
+        let revoked = Some(("acme/web", false));
+        assert!(allowed(revoked, "acme/web", true).is_err());
+        assert!(allowed(revoked, "acme/web", false).is_ok());
+        assert!(allowed(revoked, "evil/x", true).is_err());
         // A name no project holds: refused with the control plane, the operator's otherwise.
         assert!(allowed(None, "evil/x", true).is_err());
         assert!(allowed(None, "acme/web", false).is_ok());

@@ -270,8 +270,14 @@ pub async fn project_delete(
             "Type the project's name to unregister it; nothing was changed.",
         ));
     }
-    // Not found before anything is recorded.
-    let project = project_of(&web, &team.id, project).await?.name;
+    // Not found before anything is recorded. A project whose repository grant was taken
+    // back can still be unregistered.
+    let project = {
+        let tid = team.id.clone();
+        with_store(&web, move |s| res::find_project(s, &tid, &project))
+            .await?
+            .name
+    };
     let tid = team.id.clone();
     let event = v.event(
         "project.delete",

@@ -180,7 +180,13 @@ pub(crate) async fn delete_project(
 ) -> Result<Response, ApiError> {
     let (team, _) = team_of(&p)?;
     // Not found before anything is recorded; then the event first (see `intent_first`).
-    let project = project_of(&app, &p, project).await?.name;
+    // A project whose repository grant was taken back can still be unregistered.
+    let project = {
+        let tid = team.id.clone();
+        with_store(&app, move |s| res::find_project(s, &tid, &project))
+            .await?
+            .name
+    };
     let tid = team.id.clone();
     let event = p.succeeded(
         "project.delete",
