@@ -983,6 +983,22 @@ fn the_cli_lists_and_unlocks_addresses_and_accounts() {
             out.contains("203.0.113.7/32") && out.contains("token:tok_x"),
             "{out}"
         );
+        // The same rows as JSON, for scripts.
+        let (code, out, err) = telbase(&["abuse", "list", "--format", "json"]);
+        assert_eq!(code, Some(0), "{err}");
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), 2, "{out}");
+        let by_key = |k: &str| rows.iter().find(|r| r["key"] == k).unwrap();
+        let addr = by_key("203.0.113.7/32");
+        assert_eq!(addr["scope"], "address");
+        assert_eq!(addr["locked"], true, "{addr}");
+        assert!(
+            addr["locked_until"].as_str().unwrap().ends_with('Z'),
+            "{addr}"
+        );
+        assert!(addr["failures"].as_u64().unwrap() > 0, "{addr}");
+        assert_eq!(by_key("token:tok_x")["locked"], true);
         let locked = |abuse: &Abuse| {
             (
                 abuse

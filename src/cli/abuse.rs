@@ -16,9 +16,19 @@ use crate::abuse::{self, AbuseRows as _, Account, LogEvents, UnlockTarget};
 #[derive(Debug, clap::Subcommand)]
 pub enum AbuseCommand {
     /// List failure counters and locks (locked ones first).
-    List,
+    List {
+        /// `text` (a table) or `json` (one array, for scripts and monitoring).
+        #[arg(long, value_enum, default_value_t = ListFormat::Text)]
+        format: ListFormat,
+    },
     /// Lift the lock of an address or an account (its failures and backoff are cleared).
     Unlock(UnlockArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -34,7 +44,7 @@ pub struct UnlockArgs {
 
 pub fn abuse_cmd(cmd: &AbuseCommand) -> ExitCode {
     let result = match cmd {
-        AbuseCommand::List => list(),
+        AbuseCommand::List { format } => list(*format),
         AbuseCommand::Unlock(a) => unlock(a),
     };
     match result {
@@ -52,10 +62,35 @@ fn time(ms: i64) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn list() -> anyhow::Result<()> {
+fn list(format: ListFormat) -> anyhow::Result<()> {
     let mut store = super::env::open_store()?;
     let now = chrono::Utc::now().timestamp_millis();
     let rows = store.subjects(now)?;
+    if format == ListFormat::Json {
+        // Times as RFC 3339 (absent when there is none), `locked` decided here with the
+        // same clock as the table's, so a script need not compare times itself.
+        let opt_time = |ms: i64| (ms > 0).then(|| time(ms));
+        let items: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "realm": r.subject.realm.as_str(),
+                    "scope": r.subject.scope.as_str(),
+                    "key": r.subject.key,
+                    "failures": r.failures,
+                    "locked": r.locked_until_ms > now,
+                    "locked_until": (r.locked_until_ms > now).then(|| time(r.locked_until_ms)),
+                    "level": r.level,
+                    "lockouts": r.lockouts,
+                    "last_failure": opt_time(r.last_failure_ms),
+                })
+            })
+            .collect();
+        let mut out = serde_json::to_string_pretty(&items)?;
+        out.push('\n');
+        std::io::stdout().write_all(out.as_bytes())?;
+        return Ok(());
+    }
     let mut out = String::new();
     let _ = writeln!(
         out,
