@@ -978,7 +978,7 @@ async fn sensitive_api_changes_rotate_the_browser_session() {
             .unwrap();
         let list: Value = r.json().await.unwrap();
         assert_eq!(list["items"][0]["user_agent"], "Firefox", "{list}");
-        // Revoke-all ends the session; it is not brought back by a rotation.
+        // Revoke-all ends the session and sets no new one.
         let r = send(Method::POST, "/api/v1/sessions/revoke-all", &c1, None)
             .await
             .unwrap();

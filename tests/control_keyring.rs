@@ -282,7 +282,17 @@ async fn login_keeps_its_tokens_in_the_secret_service() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let printed =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let refreshed = bus.stored().unwrap();
+    for token in [
+        first_access.as_str(),
+        first_refresh.as_str(),
+        refreshed["access_token"].as_str().unwrap(),
+        refreshed["refresh_token"].as_str().unwrap(),
+    ] {
+        assert!(!printed.contains(token), "whoami shows no token");
+    }
     assert_ne!(refreshed["refresh_token"].as_str().unwrap(), first_refresh);
     assert!(refreshed["expires_at"].as_i64().unwrap() > chrono::Utc::now().timestamp());
     assert!(!file.exists());
@@ -295,7 +305,21 @@ async fn login_keeps_its_tokens_in_the_secret_service() {
         );
     }
 
-    // A damaged item: a clear error that quotes none of it.
+    // Logout revokes on the server and removes the item.
+    let out = bus.telbase(&["logout"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Logged out"));
+    assert_eq!(bus.stored(), None, "the item is gone");
+    assert!(!world.accepts(&access).await);
+    let out = bus.telbase(&["whoami"], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in"));
+
+    // A damaged item: a clear error that quotes none of it, and `logout` still removes it.
     let out = bus.secret_tool(
         &[
             "store",
@@ -311,34 +335,20 @@ async fn login_keeps_its_tokens_in_the_secret_service() {
     let out = bus.telbase(&["whoami"], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("the keyring's Telbase login"), "{err}");
-    assert!(!err.contains("tlb_at_leak"), "{err}");
-    let out = bus.secret_tool(
-        &[
-            "store",
-            "--label=Telbase CLI login",
-            "service",
-            "telbase",
-            "username",
-            "login",
-        ],
-        Some(&refreshed.to_string()),
-    );
-    assert!(out.status.success());
-
-    // Logout revokes on the server and removes the item.
-    let out = bus.telbase(&["logout"], &[]);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("the keyring's Telbase login") && err.contains("`telbase logout` removes it"),
+        "{err}"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Logged out"));
-    assert_eq!(bus.stored(), None, "the item is gone");
-    assert!(!world.accepts(&access).await);
-    let out = bus.telbase(&["whoami"], &[]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not logged in"));
+    assert!(!err.contains("tlb_at_leak"), "{err}");
+    let out = bus.telbase(&["logout"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Removed the local login, which could not be read"),
+        "{err}"
+    );
+    assert!(!err.contains("tlb_at_leak"), "{err}");
+    assert_eq!(bus.stored(), None, "the damaged item is gone");
     world.running.stop().await;
 }
 

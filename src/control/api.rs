@@ -920,12 +920,9 @@ pub async fn authorize(
         && resp.status().is_success()
     {
         let now = app.now();
+        // A session ended meanwhile (a revoke-all elsewhere) stays ended.
         let rotated = db(&app, move |s, key| {
-            // A change that ended this very session (removing oneself…) leaves it ended.
-            if !model::revoke_session(s, &uid, &old, now)? {
-                return Ok(None);
-            }
-            model::create_session(s, key, &uid, &ua, &addr, now).map(Some)
+            rotate_session_tx(s, key, &uid, &old, &ua, &addr, now)
         })
         .await;
         match rotated {
@@ -935,15 +932,35 @@ pub async fn authorize(
                 }
             }
             Ok(None) => {}
-            // The change stands. The old session is ended first, so a failure leaves
-            // either it alive (the end failed) or no session (the new one failed): never
-            // both. Said in the log, never hidden.
+            // The change stands, and the old session with it (the rotation is one
+            // transaction). Said in the log, never hidden.
             Err(e) => {
                 tracing::error!(error = %e, "could not rotate the session after a sensitive change")
             }
         }
     }
     resp
+}
+
+/// [`model::rotate_session`] in a transaction of its own: the old session ends and the new
+/// one starts together, under the user's lock.
+pub fn rotate_session_tx(
+    s: &mut Store,
+    key: &ServerKey,
+    user_id: &str,
+    old: &str,
+    user_agent: &str,
+    address: &str,
+    now: i64,
+) -> Result<Option<(model::SessionRow, secrecy::SecretString)>, StoreError> {
+    s.transaction(|tx| {
+        model::rotate_session(tx, key, user_id, old, user_agent, address, now)
+            .map_err(TxError::<std::convert::Infallible>::Store)
+    })
+    .map_err(|e| match e {
+        TxError::Store(e) => e,
+        TxError::Abort(never) => match never {},
+    })
 }
 
 /// The changes after which a browser session is rotated (the dashboard's list): device

@@ -226,17 +226,22 @@ pub async fn fresh(
     c.access_token = t.access_token;
     c.refresh_token = t.refresh_token;
     c.expires_at = chrono::Utc::now().timestamp() + t.expires_in;
-    credstore::save(&c, place)?;
+    if let (moved, Some(why)) = credstore::save(&c, place)? {
+        eprintln!("The OS keyring failed ({why}); the refreshed login is kept in {moved}.");
+    }
     Ok(c)
 }
 
 pub fn login_cmd(args: &LoginArgs) -> anyhow::Result<ExitCode> {
-    let server = match (&args.server, credstore::load().ok().flatten()) {
-        (Some(s), _) => s.clone(),
-        (None, Some((c, _))) => c.server.clone(),
-        (None, None) => {
-            bail!("which server? `telbase login --server https://…` (or TELBASE_SERVER)")
-        }
+    // The last login is read only when it names the server (each keyring call may wait).
+    let server = match &args.server {
+        Some(s) => s.clone(),
+        None => match credstore::load().ok().flatten() {
+            Some((c, _)) => c.server.clone(),
+            None => {
+                bail!("which server? `telbase login --server https://…` (or TELBASE_SERVER)")
+            }
+        },
     };
     // Where the tokens will go is settled first: a keyring that was asked for and is
     // missing must stop the login before anyone approves it.
@@ -256,16 +261,32 @@ pub fn login_cmd(args: &LoginArgs) -> anyhow::Result<ExitCode> {
             eprintln!("Waiting for approval…");
         })
         .await?;
-        credstore::save(&c, &place)?;
+        let (place, why) = credstore::save(&c, &place)?;
+        if let Some(why) = why {
+            eprintln!("The OS keyring failed ({why}); keeping the login in the file instead.");
+        }
         eprintln!("Logged in to {}; the login is kept in {place}.", c.server);
         Ok(ExitCode::SUCCESS)
     })
 }
 
 pub fn logout_cmd() -> anyhow::Result<ExitCode> {
-    let Some((c, _)) = credstore::load()? else {
-        eprintln!("Not logged in.");
-        return Ok(ExitCode::SUCCESS);
+    let c = match credstore::load() {
+        Ok(Some((c, _))) => c,
+        Ok(None) => {
+            eprintln!("Not logged in.");
+            return Ok(ExitCode::SUCCESS);
+        }
+        // An unreadable login cannot be revoked on the server (its token is not known),
+        // but it must still be removable here.
+        Err(credstore::LoadError::Unreadable(e)) => {
+            credstore::forget()?;
+            eprintln!(
+                "Removed the local login, which could not be read ({e}); the server was not told (it expires on its own, or revoke it from the dashboard)."
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
     };
     runtime()?.block_on(async {
         let client = http()?;

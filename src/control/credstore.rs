@@ -83,6 +83,16 @@ fn platform_store_name() -> &'static str {
     }
 }
 
+/// Why `load` found no usable login: a stored one that cannot be read (which `logout` still
+/// removes), or anything else (the keyring not answering, the file system).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Unreadable(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
 /// Why the keyring cannot be used: its kind and the platform's message, nothing stored.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -122,11 +132,13 @@ pub fn destination() -> anyhow::Result<(Place, Option<Unavailable>)> {
     }
 }
 
-/// The saved credentials and where they were found: the keyring first (unless `file`),
-/// then the file.
-pub fn load() -> anyhow::Result<Option<(Credentials, Place)>> {
+/// The saved credentials and where they were found. `keyring`: the keyring alone. `file`:
+/// the file alone. `auto`: both; when both hold a login (one saved to the file while the
+/// keyring was locked, the keyring's left from before), the newer one, by expiry.
+pub fn load() -> Result<Option<(Credentials, Place)>, LoadError> {
     let mode = Mode::from_env()?;
     let mut keyring_trouble = None;
+    let mut in_keyring = None;
     if mode != Mode::File {
         match keyring_call(|e| match e.get_password() {
             Ok(v) => Ok(Some(Zeroizing::new(v))),
@@ -134,39 +146,53 @@ pub fn load() -> anyhow::Result<Option<(Credentials, Place)>> {
             Err(e) => Err(e),
         }) {
             Ok(Some(json)) => {
-                let c = serde_json::from_str(&json).map_err(|e| {
-                    anyhow!(
-                        "the keyring's Telbase login (service {SERVICE}, account {ACCOUNT}) is unreadable ({}); run `telbase logout` and `telbase login`",
+                let c: Credentials = serde_json::from_str(&json).map_err(|e| {
+                    LoadError::Unreadable(format!(
+                        "the keyring's Telbase login (service {SERVICE}, account {ACCOUNT}) is unreadable ({}); `telbase logout` removes it",
                         json_problem(&e)
-                    )
+                    ))
                 })?;
-                return Ok(Some((c, Place::Keyring)));
+                in_keyring = Some(c);
             }
             Ok(None) => {}
             Err(why) if mode == Mode::Keyring => {
-                bail!("the OS keyring cannot be used: {why}")
+                return Err(anyhow!("the OS keyring cannot be used: {why}").into());
             }
             Err(why) => keyring_trouble = Some(why),
         }
+        if mode == Mode::Keyring {
+            return Ok(in_keyring.map(|c| (c, Place::Keyring)));
+        }
     }
     let path = credentials_path()?;
-    match std::fs::read(&path) {
+    let in_file: Option<Credentials> = match std::fs::read(&path) {
         Ok(bytes) => {
             let bytes = Zeroizing::new(bytes);
-            let c = serde_json::from_slice(&bytes)
-                .map_err(|e| anyhow!("{}: unreadable ({})", path.display(), json_problem(&e)))?;
-            Ok(Some((c, Place::File(path))))
+            Some(serde_json::from_slice(&bytes).map_err(|e| {
+                LoadError::Unreadable(format!(
+                    "{}: unreadable ({}); `telbase logout` removes it",
+                    path.display(),
+                    json_problem(&e)
+                ))
+            })?)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match keyring_trouble {
-            // A login kept in a keyring that is locked or gone quiet looks like no login
-            // at all; say what happened instead of only "not logged in".
-            Some(why) => bail!(
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow!("{}: {e}", path.display()).into()),
+    };
+    match (in_keyring, in_file) {
+        (Some(k), Some(f)) if f.expires_at > k.expires_at => Ok(Some((f, Place::File(path)))),
+        (Some(k), _) => Ok(Some((k, Place::Keyring))),
+        (None, Some(f)) => Ok(Some((f, Place::File(path)))),
+        // A login kept in a keyring that is locked or gone quiet looks like no login at
+        // all; say what happened instead of only "not logged in".
+        (None, None) => match keyring_trouble {
+            Some(why) => Err(anyhow!(
                 "not logged in: no login in {}, and the OS keyring could not be asked ({why}); run `telbase login` (or unlock the keyring)",
                 path.display()
-            ),
+            )
+            .into()),
             None => Ok(None),
         },
-        Err(e) => Err(anyhow!("{}: {e}", path.display())),
     }
 }
 
@@ -181,16 +207,34 @@ fn json_problem(e: &serde_json::Error) -> String {
     )
 }
 
-/// Saves the credentials in `place`. Into the keyring, it also removes an older file.
-pub fn save(c: &Credentials, place: &Place) -> anyhow::Result<()> {
+/// Saves the credentials in `place`, and says where they went. Into the keyring, it also
+/// removes an older file. In `auto`, a keyring that fails now (locked since it was asked,
+/// a password prompt nobody answers) does not lose the login: it goes to the file, and the
+/// reason comes back for the person to see. With `keyring`, that is an error.
+pub fn save(c: &Credentials, place: &Place) -> anyhow::Result<(Place, Option<Unavailable>)> {
     let json = Zeroizing::new(serde_json::to_string_pretty(c)?);
+    let path = credentials_path()?;
     match place {
         Place::Keyring => {
-            keyring_call(move |e| e.set_password(&json))
-                .map_err(|why| anyhow!("could not save the login in the OS keyring: {why}"))?;
-            remove_file(&credentials_path()?)
+            let copy = json.clone();
+            match keyring_call(move |e| e.set_password(&copy)) {
+                Ok(()) => {
+                    remove_file(&path)?;
+                    Ok((Place::Keyring, None))
+                }
+                Err(why) if Mode::from_env()? == Mode::Keyring => {
+                    Err(anyhow!("could not save the login in the OS keyring: {why}"))
+                }
+                Err(why) => {
+                    write_file(&path, json.as_bytes())?;
+                    Ok((Place::File(path), Some(why)))
+                }
+            }
         }
-        Place::File(path) => write_file(path, json.as_bytes()),
+        Place::File(p) => {
+            write_file(p, json.as_bytes())?;
+            Ok((place.clone(), None))
+        }
     }
 }
 

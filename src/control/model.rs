@@ -269,6 +269,39 @@ pub fn remove_member(
     Ok(gone)
 }
 
+/// Locks the user's row until the transaction ends (a no-op UPDATE, as [`lock_team`]).
+/// Taken by [`revoke_all`] and [`rotate_session`], so a rotation on one replica and a
+/// "revoke all" on another run one after the other: a rotation never slips a new session
+/// past a revoke-all (under READ COMMITTED the revoke-all's UPDATE, once it holds the
+/// lock, sees the rotation's new row; a rotation that waited sees its old session ended
+/// and makes none).
+pub fn lock_user(db: &mut impl Db, user_id: &str) -> Result<(), StoreError> {
+    db.exec(
+        "UPDATE cp_users SET display_name = display_name WHERE id = $1",
+        &[V::from(user_id)],
+    )?;
+    Ok(())
+}
+
+/// Ends the session `old` of `user_id` and starts a new one with the same user agent and
+/// address; `None` (and nothing created) when `old` was already ended. Run it in a
+/// transaction (the lock holds until its end).
+pub fn rotate_session(
+    db: &mut impl Db,
+    key: &ServerKey,
+    user_id: &str,
+    old: &str,
+    user_agent: &str,
+    address: &str,
+    now: i64,
+) -> Result<Option<(SessionRow, SecretString)>, StoreError> {
+    lock_user(db, user_id)?;
+    if !revoke_session(db, user_id, old, now)? {
+        return Ok(None);
+    }
+    create_session(db, key, user_id, user_agent, address, now).map(Some)
+}
+
 /// Locks the team's row until the transaction ends (a no-op UPDATE: the same statement on
 /// both backends, where `FOR UPDATE` is PostgreSQL's alone). Taken before counting Owners,
 /// so two concurrent demotions or removals of two Owners run one after the other and the
@@ -586,6 +619,7 @@ pub fn revoke_session(
 /// Every session and every CLI login (device grants: refresh and access tokens) of a
 /// user, at once. Long-lived API tokens stay: they are managed on their own.
 pub fn revoke_all(db: &mut impl Db, user_id: &str, now: i64) -> Result<u64, StoreError> {
+    lock_user(db, user_id)?;
     let mut n = db.exec(
         "UPDATE cp_sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL",
         &[V::from(user_id), V::I(now)],

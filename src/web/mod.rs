@@ -534,11 +534,17 @@ pub async fn rotate(web: &Arc<Web>, v: &mut Viewer) -> Result<String, Page> {
         v.address.clone(),
         web.now(),
     );
-    let (row, secret) = db(web, move |s, key| {
-        model::revoke_session(s, &uid, &old, now)?;
-        model::create_session(s, key, &uid, &ua, &addr, now)
+    let rotated = db(web, move |s, key| {
+        crate::control::api::rotate_session_tx(s, key, &uid, &old, &ua, &addr, now)
     })
     .await?;
+    // Ended meanwhile (a revoke-all from elsewhere): it stays ended.
+    let Some((row, secret)) = rotated else {
+        return Err(Page::new(
+            StatusCode::UNAUTHORIZED,
+            "Your session ended meanwhile; sign in again.",
+        ));
+    };
     v.csrf = csrf::token(web.key(), &row.id);
     v.session = row;
     Ok(session_cookie(&secret, web.control.secure_cookies))
