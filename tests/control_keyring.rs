@@ -174,6 +174,23 @@ impl Bus {
         }
     }
 
+    /// Locks the login collection, as a screen lock or a timeout does. Nobody can answer
+    /// the unlock prompt here (no desktop), so every use of it fails from then on.
+    fn lock(&self) {
+        let out = Command::new("dbus-send")
+            .args([
+                &format!("--bus={}", self.address),
+                "--print-reply",
+                "--dest=org.freedesktop.secrets",
+                "/org/freedesktop/secrets",
+                "org.freedesktop.Secret.Service.Lock",
+                "array:objpath:/org/freedesktop/secrets/collection/login",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
     fn secret_tool(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut c = Command::new("secret-tool")
             .args(args)
@@ -349,6 +366,42 @@ async fn login_keeps_its_tokens_in_the_secret_service() {
     );
     assert!(!err.contains("tlb_at_leak"), "{err}");
     assert_eq!(bus.stored(), None, "the damaged item is gone");
+
+    // A locked keyring: the check before the flow passes (looking for a missing item needs
+    // no unlock), the save then fails on the prompt nobody answers, and `auto` keeps the
+    // approved login in the file rather than losing it.
+    bus.lock();
+    let shown = world.login(&bus.env()).await;
+    assert!(
+        shown.iter().any(|l| l.contains("The OS keyring failed (")),
+        "{shown:?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .any(|l| l.contains("kept in") && l.contains("credentials.json (mode 0600)")),
+        "{shown:?}"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // ...and commands find it there while the keyring stays locked.
+    let out = bus.telbase(&["whoami"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `keyring` looks in the keyring alone: the file's login is not its.
+    let out = bus.telbase(&["whoami"], &[("TELBASE_CREDENTIALS_STORE", "keyring")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not logged in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     world.running.stop().await;
 }
 
