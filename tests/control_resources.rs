@@ -911,15 +911,28 @@ async fn env_vars_are_masked_and_the_value_never_leaves() {
             )
             .await;
         assert_eq!(st, StatusCode::OK, "{audit}");
-        let actions: Vec<&str> = audit["items"]
+        // Each change recorded before it ran (`started`) and then as it ended, newest first.
+        let actions: Vec<(&str, &str)> = audit["items"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|e| e["action"].as_str().unwrap())
+            .map(|e| {
+                (
+                    e["action"].as_str().unwrap(),
+                    e["outcome"].as_str().unwrap(),
+                )
+            })
             .collect();
         assert_eq!(
             actions,
-            ["config.env_unset", "config.env_set", "config.env_set"]
+            [
+                ("config.env_unset", "success"),
+                ("config.env_unset", "started"),
+                ("config.env_set", "success"),
+                ("config.env_set", "started"),
+                ("config.env_set", "success"),
+                ("config.env_set", "started"),
+            ]
         );
         let target = format!("{}/web/production/API_KEY", w.teams["acme"]);
         for e in audit["items"].as_array().unwrap() {
@@ -1060,16 +1073,29 @@ async fn the_audit_log_is_the_teams_own_filtered_and_paged() {
             summary.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
             [
                 "config.project_delete",
+                "config.project_delete",
                 "access.token_create",
+                "config.env_set",
                 "config.env_set",
                 "config.project_create",
                 "config.project_create",
             ],
             "{summary:?}"
         );
+        // The record-first changes come as `started`, then `success`.
+        let outcomes: Vec<&str> = acme
+            .iter()
+            .map(|e| e["outcome"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                "success", "started", "success", "success", "started", "success", "success"
+            ]
+        );
         assert_eq!(summary[0].1, format!("{a}/beta"));
-        assert_eq!(summary[2].1, format!("{a}/alpha/preview/DB_URL"));
-        assert_eq!(summary[4].1, format!("{a}/alpha"));
+        assert_eq!(summary[3].1, format!("{a}/alpha/preview/DB_URL"));
+        assert_eq!(summary[6].1, format!("{a}/alpha"));
         let text = page.to_string();
         assert!(
             !text.contains("omega") && !text.contains(&w.teams["other"]),
@@ -1086,7 +1112,7 @@ async fn the_audit_log_is_the_teams_own_filtered_and_paged() {
             .into_iter()
             .filter(|e| e["action"] != "api.access")
             .collect();
-        assert_eq!(theirs.len(), 3, "{theirs:?}");
+        assert_eq!(theirs.len(), 4, "{theirs:?}");
         assert!(!Value::Array(theirs).to_string().contains(a.as_str()));
         // Filters.
         let count = |v: &Value| v["items"].as_array().unwrap().len();
@@ -1100,7 +1126,11 @@ async fn the_audit_log_is_the_teams_own_filtered_and_paged() {
         let (_, v) = srv
             .get("/api/v1/teams/acme/audit-events?action=config.", owner)
             .await;
-        assert_eq!(count(&v), 4);
+        assert_eq!(
+            count(&v),
+            6,
+            "two projects created, one deleted and one env var set: two records each for the latter two"
+        );
         let (_, v) = srv
             .get("/api/v1/teams/acme/audit-events?action=access.*", owner)
             .await;
@@ -1144,7 +1174,7 @@ async fn the_audit_log_is_the_teams_own_filtered_and_paged() {
                 .filter(|e| e["action"] != "api.access")
                 .count()
         };
-        assert_eq!(changes(&v), 5);
+        assert_eq!(changes(&v), 7);
         // Pages of two cover the same records once each.
         let mut paged = Vec::new();
         let mut cursor = String::new();

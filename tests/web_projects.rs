@@ -31,13 +31,22 @@ async fn token(app: &App, a: &mut Agent) -> String {
     input_value(&page.body, "csrf").expect("a CSRF field")
 }
 
+/// The targets of `action`'s successes. A record-first change (env vars, project deletion)
+/// is also recorded as `started` before it runs: checked here once, that each success
+/// follows its `started` record.
 fn targets(app: &App, action: &str) -> Vec<String> {
-    app.events
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| e.action == action)
+    let events = app.events.0.lock().unwrap();
+    let of: Vec<_> = events.iter().filter(|e| e.action == action).collect();
+    for (i, e) in of.iter().enumerate() {
+        if e.outcome == "success" && action != "project.create" {
+            assert!(
+                i > 0 && of[i - 1].outcome == "started" && of[i - 1].target == e.target,
+                "{action}: a success without its started record: {of:?}"
+            );
+        }
+    }
+    of.iter()
+        .filter(|e| e.outcome == "success")
         .filter_map(|e| e.target.clone())
         .collect()
 }

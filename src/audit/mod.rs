@@ -262,6 +262,11 @@ pub enum Outcome {
     Failure,
     /// It was refused by policy (role, lockout, rate limit).
     Denied,
+    /// About to be done: the record of a change that cannot commit together with its record
+    /// (stored values go through the secret store's own statements). Its `success` or
+    /// `failure` follows; a `started` with neither after it means the process stopped in
+    /// between, and says exactly that.
+    Started,
 }
 
 impl Outcome {
@@ -270,6 +275,7 @@ impl Outcome {
             Outcome::Success => "success",
             Outcome::Failure => "failure",
             Outcome::Denied => "denied",
+            Outcome::Started => "started",
         }
     }
     pub fn parse(s: &str) -> Option<Outcome> {
@@ -277,6 +283,7 @@ impl Outcome {
             "success" => Outcome::Success,
             "failure" => Outcome::Failure,
             "denied" => Outcome::Denied,
+            "started" => Outcome::Started,
             _ => return None,
         })
     }

@@ -535,28 +535,36 @@ pub async fn db_audited<T: Send + 'static, E: AuditAnswer>(
 }
 
 /// For a change that cannot share a store transaction with its audit record (stored values
-/// go through the secret store's own statements; [`db_audited`] is for the rest): the event
-/// is recorded FIRST, so a record that cannot be written (503) stops the change before it
-/// happens, as the must-write rule asks; should the change then fail, a `failure` record of
-/// the same action and target follows, so the log never claims a change silently. Check
-/// the input before calling it: a mistyped request is an error, not an audit entry.
+/// go through the secret store's own statements; [`db_audited`] is for the rest): a
+/// `started` record of the event is written FIRST, so a log that cannot be written (503)
+/// stops the change before it happens, as the must-write rule asks; then the change runs,
+/// and its `success` or `failure` record follows. The log thus never claims a change that
+/// did not happen: should the process stop in between, or the second write fail (logged
+/// here), the `started` record stands alone and says just that. Check the input before
+/// calling it: a mistyped request is an error, not an audit entry.
 pub async fn intent_first<T, E: AuditAnswer>(
     app: &App,
     event: SecurityEvent,
     change: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
-    if let Err(e) = app.events.record(&event) {
-        return Err(audit_failed(&event, &e));
+    let started = SecurityEvent {
+        outcome: "started",
+        ..event.clone()
+    };
+    if let Err(e) = app.events.record(&started) {
+        return Err(audit_failed(&started, &e));
     }
     let out = change.await;
-    if out.is_err() {
-        let failed = SecurityEvent {
-            outcome: "failure",
-            ..event
-        };
-        if let Err(e) = app.events.record(&failed) {
-            tracing::error!(error = %e, action = failed.action, "cannot record a failed change");
-        }
+    let ended = SecurityEvent {
+        outcome: if out.is_ok() {
+            event.outcome
+        } else {
+            "failure"
+        },
+        ..event
+    };
+    if let Err(e) = app.events.record(&ended) {
+        tracing::error!(error = %e, action = ended.action, outcome = ended.outcome, "cannot record the end of a change");
     }
     out
 }

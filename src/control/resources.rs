@@ -232,7 +232,8 @@ pub struct AuditEventView {
     /// The client's address.
     pub source: Option<String>,
     pub target: Option<AuditTargetView>,
-    /// success, failure or denied.
+    /// success, failure, denied, or started (a change recorded before it ran; its success or
+    /// failure follows).
     pub outcome: String,
     /// A small JSON object; never a secret.
     #[schema(value_type = Object)]

@@ -240,6 +240,7 @@ pub fn from_control(event: &crate::control::SecurityEvent) -> Result<AuditEvent,
     let outcome = match event.outcome {
         "success" => Outcome::Success,
         "failure" => Outcome::Failure,
+        "started" => Outcome::Started,
         _ => Outcome::Denied,
     };
     let mut e = AuditEvent::new(actor, Action::new(&name)?, outcome);
