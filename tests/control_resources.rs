@@ -1386,5 +1386,61 @@ fn the_cli_grants_repositories_and_logs_it() {
     let log = run(&["audit", "list"]);
     let log = String::from_utf8_lossy(&log.stdout);
     assert_eq!(log.matches("admin.repos_granted").count(), 1, "{log}");
+
+    // An operator moves a repository to another team: the grant goes back, the project it
+    // left behind is listed as not granted and unregistered (its values with it), and the
+    // other team may then have it.
+    {
+        let mut s = telbase::store::open(&telbase::store::Location::parse(&db).unwrap()).unwrap();
+        let t = model::team_by_name(&mut s, "acme").unwrap().unwrap();
+        telbase::control::projects::create(
+            &mut s,
+            &telbase::control::projects::NewProject {
+                team_id: &t.id,
+                name: "web",
+                repo: "acme-inc/web",
+                config_path: "telbase.yaml",
+                created_by: "seed",
+            },
+            NOW,
+        )
+        .unwrap()
+        .unwrap();
+    }
+    let list = run(&["team", "projects", "list", "acme"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "web\tacme-inc/web\n");
+    assert!(
+        run(&["team", "repos", "remove", "acme", "acme-inc/*"])
+            .status
+            .success()
+    );
+    let list = run(&["team", "projects", "list", "acme"]);
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout),
+        "web\tacme-inc/web\t(not granted)\n"
+    );
+    let missing = run(&["team", "projects", "remove", "acme", "nope"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("team acme has no project nope"));
+    let gone = run(&["team", "projects", "remove", "acme", "web"]);
+    assert!(gone.status.success(), "{gone:?}");
+    assert!(String::from_utf8_lossy(&gone.stdout).contains("Unregistered project web"));
+    assert_eq!(run(&["team", "projects", "list", "acme"]).stdout, b"");
+    assert!(
+        run(&["team", "repos", "add", "other", "acme-inc/web"])
+            .status
+            .success()
+    );
+    let log = run(&["audit", "list"]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert_eq!(
+        log.matches("config.project_delete").count(),
+        2,
+        "started, success: {log}"
+    );
+    assert!(
+        !log.contains("nope"),
+        "a missing project is not recorded: {log}"
+    );
     assert!(run(&["audit", "verify"]).status.success());
 }

@@ -56,6 +56,21 @@ pub enum TeamCommand {
         #[command(subcommand)]
         command: ReposCommand,
     },
+    /// The team's projects (on the store): list them, or unregister one as an operator, e.g.
+    /// after taking its repository's grant back to give it to another team (a repository
+    /// is registered to one project at a time).
+    Projects {
+        #[command(subcommand)]
+        command: ProjectsCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ProjectsCommand {
+    /// The team's projects: name, repository, and whether its grant still covers it.
+    List { team: String },
+    /// Unregister a project: its stored env var values are deleted, its runs stay.
+    Remove { team: String, name: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -347,6 +362,7 @@ pub fn team_cmd(cmd: &TeamCommand) -> anyhow::Result<ExitCode> {
             expires_in_days,
         } => return token_cmd(team, user, name, *expires_in_days),
         TeamCommand::Repos { command } => return repos_cmd(command),
+        TeamCommand::Projects { command } => return projects_cmd(command),
     };
     if !super::model::valid_team_name(name) {
         bail!("team names are lowercase letters, digits and `-` (at most 64)");
@@ -413,26 +429,115 @@ fn repos_cmd(cmd: &ReposCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A grant decides who may read a repository's plans and set the values its deploys
-/// receive: it goes into the security log when this machine has the audit key (as the
-/// server's does, and as `telbase abuse unlock` records), with the team's id leading the
-/// target so the team's audit view shows it.
-fn audit_grant(
+/// `telbase team projects list|remove`.
+fn projects_cmd(cmd: &ProjectsCommand) -> anyhow::Result<ExitCode> {
+    let team_name = match cmd {
+        ProjectsCommand::List { team } | ProjectsCommand::Remove { team, .. } => team,
+    };
+    let mut store = crate::store::open(&crate::store::Location::from_env()?)?;
+    let t = super::model::team_by_name(&mut store, team_name)?
+        .ok_or_else(|| anyhow!("no team named {team_name}"))?;
+    match cmd {
+        ProjectsCommand::List { .. } => {
+            let mut after = String::new();
+            loop {
+                let page = super::projects::list(&mut store, &t.id, &after, 200)?;
+                for p in &page {
+                    let granted = super::projects::repo_granted(&mut store, &t.id, &p.repo)?;
+                    println!(
+                        "{}\t{}{}",
+                        p.name,
+                        p.repo,
+                        if granted { "" } else { "\t(not granted)" }
+                    );
+                }
+                match page.last() {
+                    Some(p) if page.len() == 200 => after = p.name.clone(),
+                    _ => break,
+                }
+            }
+        }
+        ProjectsCommand::Remove { name, .. } => {
+            // A project that is not there is an error with no record, as in the API.
+            let project = match super::resources::find_project(&mut store, &t.id, name) {
+                Ok(p) => p,
+                Err(super::resources::ResourceError::NotFound(_)) => {
+                    bail!("team {} has no project {name}", t.name)
+                }
+                Err(e) => bail!("{e}"),
+            };
+            // Recorded first, as the API does for a change that cannot share the audit
+            // record's transaction: a log that cannot be written stops it.
+            let target = super::resources::project_target(&t.id, &project.name);
+            audit_operator(
+                &mut store,
+                "config.project_delete",
+                "project",
+                &target,
+                "started",
+            )?;
+            let outcome = super::resources::delete_project(&mut store, &t.id, name);
+            let ended = if outcome.is_ok() {
+                "success"
+            } else {
+                "failure"
+            };
+            audit_operator(
+                &mut store,
+                "config.project_delete",
+                "project",
+                &target,
+                ended,
+            )?;
+            let p = outcome.map_err(|e| anyhow!("could not unregister {name}: {e}"))?;
+            println!(
+                "Unregistered project {} ({}) of team {}; its stored values are deleted, its runs stay.",
+                p.name, p.repo, t.name
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An operator's change on the store, in the security log when this machine has the audit
+/// key (as the server's does, and as `telbase abuse unlock` records). The target leads
+/// with the team's id, so the team's audit view shows it.
+fn audit_operator(
     store: &mut crate::store::Store,
     action: &str,
-    team_id: &str,
-    pattern: &str,
+    kind: &str,
+    target: &str,
+    outcome: &str,
 ) -> anyhow::Result<()> {
     use crate::audit::{Action, Actor, AuditEvent, AuditLog, Outcome};
     let log = AuditLog::from_env().context("the audit key")?;
     if !log.has_key() {
         return Ok(());
     }
-    let event = AuditEvent::new(Actor::system("cli"), Action::new(action)?, Outcome::Success)
-        .on("repo_grant", format!("{team_id}/{pattern}"));
+    let outcome = Outcome::parse(outcome).ok_or_else(|| anyhow!("outcome {outcome}"))?;
+    let event = AuditEvent::new(Actor::system("cli"), Action::new(action)?, outcome)
+        .on(kind, target.to_owned());
     log.record(store, &event)
-        .map_err(|e| anyhow!("done, but the security log could not record it: {e}"))?;
+        .map_err(|e| anyhow!("the security log could not record it: {e}"))?;
     Ok(())
+}
+
+/// A grant decides who may read a repository's plans and set the values its deploys
+/// receive: recorded after it is made (it commits on its own).
+fn audit_grant(
+    store: &mut crate::store::Store,
+    action: &str,
+    team_id: &str,
+    pattern: &str,
+) -> anyhow::Result<()> {
+    audit_operator(
+        store,
+        action,
+        "repo_grant",
+        &format!("{team_id}/{pattern}"),
+        "success",
+    )
+    .context("done, but")
 }
 
 /// `telbase team token TEAM --user EMAIL`: an API token with the member's full role in the
