@@ -149,7 +149,10 @@ impl LoginWorld {
             .await
             .unwrap()
             .unwrap();
-        shown.extend(rx.try_iter());
+        // Everything it said to the end (the reader stops when the pipe closes).
+        while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
+            shown.push(line);
+        }
         assert!(status.success(), "{shown:?}");
         assert!(shown.iter().any(|l| l.contains("Logged in")), "{shown:?}");
         shown
