@@ -238,3 +238,83 @@ async fn security_events_name_the_client_behind_a_trusted_proxy() {
     // The right-most hop the trusted proxy (127.0.0.1) appended.
     assert_eq!(logout.source.as_deref(), Some("203.0.113.9"));
 }
+
+/// A token endpoint that is busy or failing while the person approves (503 in the API's
+/// shape, 429 with `Retry-After`, a 500 with an HTML page) does not
+/// throw the login away: the CLI asks again at the next interval and gets its tokens. A
+/// server that keeps failing ends the login with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_polling_rides_out_a_failing_server_and_gives_up_on_a_broken_one() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    async fn serve(answers: Vec<(u16, &'static str)>) -> (String, Arc<AtomicUsize>) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let count = polls.clone();
+        let answers = Arc::new(answers);
+        let app = axum::Router::new()
+            .route(
+                "/api/v1/oauth/device_authorization",
+                axum::routing::post(|| async {
+                    axum::Json(serde_json::json!({
+                        "device_code": "dc", "user_code": "ABCD-EFGH",
+                        "verification_uri": "http://x/device", "expires_in": 60, "interval": 1
+                    }))
+                }),
+            )
+            .route(
+                "/api/v1/oauth/token",
+                axum::routing::post(move || {
+                    let (count, answers) = (count.clone(), answers.clone());
+                    async move {
+                        let i = count.fetch_add(1, Ordering::SeqCst);
+                        let (status, body) =
+                            answers.get(i).copied().unwrap_or(*answers.last().unwrap());
+                        let mut headers = HeaderMap::new();
+                        if status == 429 {
+                            headers.insert(header::RETRY_AFTER, "1".parse().unwrap());
+                        }
+                        let r: Response =
+                            (StatusCode::from_u16(status).unwrap(), headers, body).into_response();
+                        r
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), polls)
+    }
+    let client = reqwest::Client::new();
+    const OK: &str = r#"{"access_token":"tlb_at_x","refresh_token":"tlb_rt_x","expires_in":3600,"token_type":"Bearer"}"#;
+    let (base, polls) = serve(vec![
+        (
+            503,
+            r#"{"error":{"code":"audit_unavailable","message":"later"}}"#,
+        ),
+        (429, r#"{"error":{"code":"rate_limited","message":"slow"}}"#),
+        (500, "<html>oops</html>"),
+        (400, r#"{"error":"authorization_pending"}"#),
+        (200, OK),
+    ])
+    .await;
+    let c = telbase::control::cli::device_login(&client, &base, |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!(c.access_token, "tlb_at_x");
+    assert_eq!(polls.load(Ordering::SeqCst), 5);
+
+    let (base, polls) = serve(vec![(503, "{}")]).await;
+    let err = telbase::control::cli::device_login(&client, &base, |_, _, _| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kept failing") && err.contains("503"), "{err}");
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        6,
+        "five retries after the first"
+    );
+}

@@ -173,12 +173,16 @@ pub async fn device_login(
     let mut interval = start["interval"].as_u64().unwrap_or(5).max(1);
     let deadline = std::time::Instant::now()
         + Duration::from_secs(start["expires_in"].as_u64().unwrap_or(900));
+    // Polls that the server could not answer (no connection, 429, 5xx) in a row. The person
+    // may already have approved, so a busy or briefly failing server is asked again at the
+    // next interval instead of the login being thrown away; only a run of them ends it.
+    let mut troubles = 0u32;
     loop {
         tokio::time::sleep(Duration::from_secs(interval)).await;
         if std::time::Instant::now() > deadline {
             bail!("the code expired before it was approved; run `telbase login` again");
         }
-        let resp = client
+        let sent = client
             .post(format!("{server}/api/v1/oauth/token"))
             .form(&[
                 ("grant_type", super::api::DEVICE_GRANT),
@@ -186,8 +190,19 @@ pub async fn device_login(
                 ("client_id", CLIENT_ID),
             ])
             .send()
-            .await?;
-        if resp.status().is_success() {
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                troubles += 1;
+                if troubles > POLL_TROUBLES {
+                    return Err(anyhow!(e).context(format!("cannot reach {server}")));
+                }
+                continue;
+            }
+        };
+        let status = resp.status();
+        if status.is_success() {
             let t: TokenAnswer = resp.json().await?;
             return Ok(Credentials {
                 server,
@@ -196,6 +211,25 @@ pub async fn device_login(
                 expires_at: chrono::Utc::now().timestamp() + t.expires_in,
             });
         }
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            troubles += 1;
+            if troubles > POLL_TROUBLES {
+                bail!(
+                    "{server} kept failing while waiting for the approval (last: {status}); run `telbase login` again"
+                );
+            }
+            // Retry-After, when given, is the least wait (RFC 9110 10.2.3).
+            if let Some(wait) = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                interval = interval.max(wait.min(60));
+            }
+            continue;
+        }
+        troubles = 0;
         let e: OAuthErr = resp.json().await.context("the server's answer")?;
         match e.error.as_str() {
             "authorization_pending" => {}
@@ -207,6 +241,9 @@ pub async fn device_login(
         }
     }
 }
+
+/// How many polls in a row the server may fail to answer before the login gives up.
+const POLL_TROUBLES: u32 = 5;
 
 /// Fresh credentials: refreshed (and saved back in `place`) when the access token expired
 /// or is about to.
