@@ -20,7 +20,6 @@
 //! message (never `Debug`, which for some kinds carries the stored bytes), and the JSON
 //! passes through `Zeroizing` buffers.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -266,10 +265,9 @@ fn remove_file(path: &std::path::Path) -> anyhow::Result<()> {
     }
 }
 
-/// Writes the credentials file 0600 (a new file renamed over the old one), its directory
-/// 0700.
+/// Writes the credentials file 0600, atomically and durably, its directory 0700.
 fn write_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    use std::os::unix::fs::DirBuilderExt as _;
     let dir = path
         .parent()
         .ok_or_else(|| anyhow!("no config directory"))?;
@@ -277,18 +275,8 @@ fn write_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let tmp = dir.join(".credentials.json.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| tmp.display().to_string())?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    crate::secrets::envelope::replace_private_file(path, bytes)
+        .with_context(|| path.display().to_string())
 }
 
 /// Runs `op` on the keyring item on a thread of its own, giving up after `TIMEOUT`.

@@ -579,11 +579,18 @@ pub fn read_keyring_file(path: &Path) -> Result<Keyring, EnvelopeError> {
 /// any point leaves either the old file or the new one, never a mix, and once this returns the
 /// new keys survive a power cut (so no row is ever wrapped under a key that could be lost).
 pub fn write_keyring_file(path: &Path, keyring: &Keyring) -> Result<(), EnvelopeError> {
-    let shown = path.display().to_string();
-    let io = |source| EnvelopeError::Io {
-        path: shown.clone(),
-        error: source,
-    };
+    replace_private_file(path, keyring.render().as_bytes()).map_err(|error| EnvelopeError::Io {
+        path: path.display().to_string(),
+        error,
+    })
+}
+
+/// Replaces `path` with `bytes` atomically and durably, readable by its owner alone: a 0600
+/// temporary file in the same directory (one fixed name: callers write one file at a time,
+/// and a file left by a killed run is simply replaced), written and fsynced, renamed over
+/// `path`, then the directory fsynced. A kill at any point leaves the old file or the new
+/// one, never a mix. For the master keyring and the CLI's credentials file.
+pub fn replace_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -592,24 +599,18 @@ pub fn write_keyring_file(path: &Path, keyring: &Keyring) -> Result<(), Envelope
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // One fixed temporary name: callers hold the rotation lock, and a file left by a killed
-    // run is simply replaced.
     let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(keyring.render().as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)?;
-    Ok(())
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// A keyring file as a [`KeyProvider`] for processes that outlive a rotation (an apply, and
