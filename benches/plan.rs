@@ -41,7 +41,7 @@ fn states(n: usize) -> (DesiredState, ActualState) {
                 service.clone(),
                 ResourceSpec::CloudRunService(CloudRunService {
                     region: "us-central1".into(),
-                    image: format!("ghcr.io/p/app{g}:${{git.sha}}"),
+                    image: format!("ghcr.io/p/app{g}:${{git.sha}}").into(),
                     port: 8080,
                     command: vec![],
                     args: vec![],
@@ -64,7 +64,7 @@ fn states(n: usize) -> (DesiredState, ActualState) {
                 dns.clone(),
                 ResourceSpec::DnsRecord(DnsRecord {
                     zone: "example.com".into(),
-                    hostname: dns.name.to_string(),
+                    hostname: dns.name.clone(),
                     proxied: true,
                     target: service.clone(),
                 }),

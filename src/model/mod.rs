@@ -5,6 +5,13 @@
 //! executor consume them. This module does no I/O and knows no provider wire format: a spec
 //! says what the user asked for in provider terms (a Vercel project, a Cloud Run service), not
 //! how the provider's API spells it.
+//!
+//! Names and short settings in keys and specs (regions, tiers, hostnames, env var names and
+//! plain values, fingerprints) are `CompactString`s: up to 24 bytes they live inside the
+//! struct instead of in a heap allocation of their own. Comparing a spec with its observed
+//! counterpart, the planner's main work, then reads the resource's own memory, which lies
+//! in order with its neighbours, rather than a handful of small allocations scattered over
+//! the heap, each a cache miss of its own once the states no longer fit in the cache.
 
 use compact_str::CompactString;
 use std::collections::{BTreeMap, BTreeSet};
@@ -244,7 +251,7 @@ impl Output {
 pub struct Sealed {
     armor: Option<String>,
     sops: Option<SopsSource>,
-    fingerprint: String,
+    fingerprint: CompactString,
 }
 
 /// Where a SOPS env-file value is: the file (as resolved when the config was read) and the
@@ -256,11 +263,11 @@ pub struct SopsSource {
 }
 
 /// `sha256:` and the first 12 hex digits of the SHA-256 of a ciphertext's text.
-fn ciphertext_fingerprint(text: &str) -> String {
+fn ciphertext_fingerprint(text: &str) -> CompactString {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(text.as_bytes());
     let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    compact_str::format_compact!("sha256:{hex}")
 }
 
 impl Sealed {
@@ -288,7 +295,7 @@ impl Sealed {
     }
 
     /// A sealed value known only by its fingerprint (read back from a provider).
-    pub fn from_fingerprint(fingerprint: impl Into<String>) -> Self {
+    pub fn from_fingerprint(fingerprint: impl Into<CompactString>) -> Self {
         Sealed {
             armor: None,
             sops: None,
@@ -334,7 +341,7 @@ impl Serialize for Sealed {
 #[derive(Debug, Clone, PartialEq)]
 pub enum EnvSource {
     /// Written in the file; not secret.
-    Plain(String),
+    Plain(CompactString),
     /// Age-sealed in the file; opened only in memory at apply time.
     Sealed(Sealed),
     /// Fetched from another resource at apply time; never stored.
@@ -404,7 +411,7 @@ impl EnvSource {
 /// One environment variable of an app.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EnvVar {
-    pub name: String,
+    pub name: CompactString,
     pub source: EnvSource,
 }
 
@@ -435,7 +442,7 @@ pub struct VercelProject {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Probe {
-    pub path: String,
+    pub path: CompactString,
     pub period_seconds: u32,
     pub timeout_seconds: u32,
     pub initial_delay_seconds: u32,
@@ -444,14 +451,14 @@ pub struct Probe {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CloudRunService {
-    pub region: String,
+    pub region: CompactString,
     /// The image with `${git.*}` still in it; the reconciler substitutes the commit.
-    pub image: String,
+    pub image: CompactString,
     pub port: u16,
     pub command: Vec<String>,
     pub args: Vec<String>,
     /// Cloud Run's own spelling: "1", "2", "0.5"…
-    pub cpu: String,
+    pub cpu: CompactString,
     /// Mebibytes, written back as `NMi`.
     pub memory_mib: u32,
     pub min_instances: u32,
@@ -473,7 +480,7 @@ pub struct CloudRunService {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct CloudSqlMount {
     pub instance: ResourceKey,
-    pub region: String,
+    pub region: CompactString,
 }
 
 impl Serialize for CloudSqlMount {
@@ -484,7 +491,7 @@ impl Serialize for CloudSqlMount {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Domain {
-    pub hostname: String,
+    pub hostname: CompactString,
     /// The app resource it routes to.
     pub target: ResourceKey,
 }
@@ -492,13 +499,13 @@ pub struct Domain {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Secret {
     /// The env var it backs, for display.
-    pub env: String,
+    pub env: CompactString,
     pub source: EnvSource,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NeonProject {
-    pub region: String,
+    pub region: CompactString,
     pub pg_version: u32,
     pub deletion_protection: bool,
 }
@@ -506,22 +513,22 @@ pub struct NeonProject {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NeonBranch {
     pub project: ResourceKey,
-    pub parent: String,
+    pub parent: CompactString,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NamedDatabase {
     /// The database name inside the server.
-    pub database: String,
+    pub database: CompactString,
     /// The role (Neon) or user (Cloud SQL) that owns it.
-    pub owner: String,
+    pub owner: CompactString,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CloudSqlInstance {
-    pub region: String,
-    pub database_version: String,
-    pub tier: String,
+    pub region: CompactString,
+    pub database_version: CompactString,
+    pub tier: CompactString,
     pub disk_gb: u32,
     pub deletion_protection: bool,
     /// Daily backups with point-in-time recovery. Always on from telbase.yaml; a field so
@@ -533,7 +540,7 @@ pub struct CloudSqlInstance {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CloudSqlUser {
-    pub user: String,
+    pub user: CompactString,
     /// The Secret Manager secret holding its generated password: the user is created with
     /// the value read from there at apply time, and connection strings read it the same way.
     pub password_secret: ResourceKey,
@@ -541,14 +548,14 @@ pub struct CloudSqlUser {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TursoGroup {
-    pub location: String,
+    pub location: CompactString,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TursoDatabase {
-    pub group: String,
+    pub group: CompactString,
     /// For a preview branch: the database it is seeded from.
-    pub seed_from: Option<String>,
+    pub seed_from: Option<CompactString>,
     pub deletion_protection: bool,
 }
 
@@ -564,8 +571,8 @@ pub struct ZoneSettings {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DnsRecord {
-    pub zone: String,
-    pub hostname: String,
+    pub zone: CompactString,
+    pub hostname: CompactString,
     pub proxied: bool,
     /// The app whose host the record points at; its address is known after apply.
     pub target: ResourceKey,
@@ -871,7 +878,8 @@ impl DesiredState {
                 s.image = s
                     .image
                     .replace("${git.sha}", sha)
-                    .replace("${git.short_sha}", &sha[..sha.len().min(7)]);
+                    .replace("${git.short_sha}", &sha[..sha.len().min(7)])
+                    .into();
             }
         }
     }
