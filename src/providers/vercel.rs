@@ -613,7 +613,7 @@ impl Vercel {
             let key = ResourceKey::new(Kind::VercelProject, name.clone());
             out.push(Observed {
                 key: key.clone(),
-                spec: ResourceSpec::VercelProject(map_project(p, scope)),
+                spec: ResourceSpec::VercelProject(Box::new(map_project(p, scope))),
                 provider_id: id,
                 deletion_allowed: false,
             });

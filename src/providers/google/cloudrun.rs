@@ -815,7 +815,11 @@ impl CloudRun {
                 services.insert(id.clone(), region.clone());
                 out.push(Observed {
                     key: ResourceKey::new(Kind::CloudRunService, id),
-                    spec: ResourceSpec::CloudRunService(map_service(&s, public, &self.project)),
+                    spec: ResourceSpec::CloudRunService(Box::new(map_service(
+                        &s,
+                        public,
+                        &self.project,
+                    ))),
                     provider_id: name.to_owned(),
                     deletion_allowed: false,
                 });
