@@ -225,18 +225,19 @@ pub fn plan(desired: &DesiredState, actual: &ActualState) -> Plan {
     let mut keys: Vec<ResourceKey> = Vec::with_capacity(n);
     let mut verdicts: Vec<Option<Compared>> = Vec::with_capacity(n);
     let mut wanted: Vec<(ResourceKey, u32)> = Vec::with_capacity(n);
-    let mut gone: Vec<&Observed> = Vec::new();
+    // What Telbase owns but the file no longer has, with its teardown rank.
+    let mut gone: Vec<(u8, &Observed)> = Vec::new();
     let mut observed = actual.resources.values().peekable();
     for (i, res) in desired.resources.values().enumerate() {
         wanted.extend(res.depends_on.iter().map(|d| (d.clone(), i as u32)));
         while let Some(o) = observed.next_if(|o| o.key < res.key) {
-            gone.push(o);
+            gone.push((o.key.kind.teardown_rank(), o));
         }
         let matched = observed.next_if(|o| o.key == res.key);
         verdicts.push(Some(compare(res, matched)));
         keys.push(res.key.clone());
     }
-    gone.extend(observed);
+    gone.extend(observed.map(|o| (o.key.kind.teardown_rank(), o)));
     let order = {
         // The index points into `keys`, a few MB even for 100k resources, so confirming a
         // hash match reads there rather than somewhere in the states.
@@ -273,9 +274,14 @@ pub fn plan(desired: &DesiredState, actual: &ActualState) -> Plan {
         }
     }
 
-    // What Telbase owns but the file no longer has: dependents first.
-    gone.sort_by(|a, b| {
-        (a.key.kind.teardown_rank(), &a.key).cmp(&(b.key.kind.teardown_rank(), &b.key))
+    // What Telbase owns but the file no longer has: dependents first, by teardown rank and
+    // then key. `gone` is in key order already, so a stable pass per rank is enough (and
+    // linear: there are a handful of ranks).
+    let max_rank = gone.iter().map(|&(r, _)| r).max().unwrap_or(0);
+    let gone = (0..=max_rank).flat_map(|rank| {
+        gone.iter()
+            .filter(move |&&(r, _)| r == rank)
+            .map(|&(_, o)| o)
     });
     let preview = matches!(
         desired.environment,
