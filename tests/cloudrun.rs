@@ -74,7 +74,7 @@ async fn get(url: &str, path: &str) -> Value {
 fn set_image(run: &mut emu::Run, image: &str) {
     for r in run.desired.resources.values_mut() {
         if let ResourceSpec::CloudRunService(s) = &mut r.spec {
-            s.image = image.to_owned();
+            s.image = image.into();
         }
     }
 }
@@ -91,7 +91,7 @@ fn add_mapping(run: &mut emu::Run, host: &str) {
             key,
             origin: "apps.api".into(),
             spec: ResourceSpec::CloudRunDomainMapping(Domain {
-                hostname: host.to_owned(),
+                hostname: host.into(),
                 target: target.clone(),
             }),
             depends_on: [target].into(),

@@ -171,7 +171,7 @@ async fn scenario(emu: &telbase::emulator::Handle) {
         if let ResourceSpec::CloudRunService(s) =
             &mut run.desired.resources.get_mut(&service).unwrap().spec
         {
-            s.image = image.to_owned();
+            s.image = image.into();
         }
     };
     set_image(

@@ -106,7 +106,7 @@ impl Lowering<'_> {
             .into_iter()
             .flat_map(|loaded| {
                 loaded.keys.iter().map(|k| EnvVar {
-                    name: k.name.clone(),
+                    name: k.name.as_str().into(),
                     source: EnvSource::Sealed(Sealed::sops(
                         loaded.path.clone(),
                         k.name.clone(),
@@ -118,13 +118,13 @@ impl Lowering<'_> {
             .iter()
             .filter_map(|(name, v)| {
                 let source = match v {
-                    EnvValue::Plain(s) => EnvSource::Plain(s.clone()),
+                    EnvValue::Plain(s) => EnvSource::Plain(s.as_str().into()),
                     EnvValue::Spec(spec) => {
                         if spec.only.is_some_and(|o| o != here) {
                             return None;
                         }
                         if let Some(s) = &spec.value {
-                            EnvSource::Plain(s.clone())
+                            EnvSource::Plain(s.as_str().into())
                         } else if let Some(s) = &spec.sealed {
                             EnvSource::Sealed(Sealed::new(s.trim().to_owned()))
                         } else if spec.stored == Some(true) {
@@ -151,7 +151,7 @@ impl Lowering<'_> {
                     }
                 };
                 Some(EnvVar {
-                    name: name.clone(),
+                    name: name.as_str().into(),
                     source,
                 })
             })
@@ -184,7 +184,7 @@ impl Lowering<'_> {
                         .unwrap_or_default();
                     mounts.insert(CloudSqlMount {
                         instance: ResourceKey::new(Kind::CloudSqlInstance, resource.name.clone()),
-                        region,
+                        region: region.into(),
                     });
                     if *output == Output::Url {
                         *output = Output::SocketUrl;
@@ -319,7 +319,11 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                         project.clone(),
                         origin.clone(),
                         ResourceSpec::NeonProject(NeonProject {
-                            region: db.region.clone().unwrap_or_else(|| "aws-us-east-2".into()),
+                            region: db
+                                .region
+                                .clone()
+                                .unwrap_or_else(|| "aws-us-east-2".into())
+                                .into(),
                             pg_version: db.version.unwrap_or(17),
                             deletion_protection: protect,
                         }),
@@ -329,8 +333,8 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                         ResourceKey::new(Kind::NeonDatabase, base),
                         origin,
                         ResourceSpec::NeonDatabase(NamedDatabase {
-                            database: ident.clone(),
-                            owner: format!("{ident}_owner"),
+                            database: ident.as_str().into(),
+                            owner: format!("{ident}_owner").into(),
                         }),
                         [project],
                     );
@@ -342,9 +346,13 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                     instance.clone(),
                     origin.clone(),
                     ResourceSpec::CloudSqlInstance(CloudSqlInstance {
-                        region: db.region.clone().unwrap_or_default(),
-                        database_version: format!("POSTGRES_{}", db.version.unwrap_or(16)),
-                        tier: db.tier.clone().unwrap_or_else(|| "db-custom-1-3840".into()),
+                        region: db.region.clone().unwrap_or_default().into(),
+                        database_version: format!("POSTGRES_{}", db.version.unwrap_or(16)).into(),
+                        tier: db
+                            .tier
+                            .clone()
+                            .unwrap_or_else(|| "db-custom-1-3840".into())
+                            .into(),
                         disk_gb: db.disk_gb.unwrap_or(10),
                         deletion_protection: protect,
                         backups: true,
@@ -369,7 +377,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                     user.clone(),
                     origin.clone(),
                     ResourceSpec::CloudSqlUser(CloudSqlUser {
-                        user: format!("{ident}_owner"),
+                        user: format!("{ident}_owner").into(),
                         password_secret: password.clone(),
                     }),
                     [instance.clone(), password.clone()],
@@ -378,8 +386,8 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                     ResourceKey::new(Kind::CloudSqlDatabase, base),
                     origin,
                     ResourceSpec::CloudSqlDatabase(NamedDatabase {
-                        database: ident.clone(),
-                        owner: format!("{ident}_owner"),
+                        database: ident.as_str().into(),
+                        owner: format!("{ident}_owner").into(),
                     }),
                     [instance, user, password],
                 );
@@ -394,7 +402,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                         group.clone(),
                         origin.clone(),
                         ResourceSpec::TursoGroup(TursoGroup {
-                            location: db.location.clone().unwrap_or_default(),
+                            location: db.location.clone().unwrap_or_default().into(),
                         }),
                         [],
                     );
@@ -404,8 +412,8 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                         ResourceKey::new(Kind::TursoDatabase, format!("{base}-pr-{n}")),
                         origin,
                         ResourceSpec::TursoDatabase(TursoDatabase {
-                            group: group_name,
-                            seed_from: Some(base),
+                            group: group_name.into(),
+                            seed_from: Some(base.into()),
                             deletion_protection: false,
                         }),
                         [group],
@@ -414,7 +422,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                         ResourceKey::new(Kind::TursoDatabase, base),
                         origin,
                         ResourceSpec::TursoDatabase(TursoDatabase {
-                            group: group_name,
+                            group: group_name.into(),
                             seed_from: None,
                             deletion_protection: protect,
                         }),
@@ -466,7 +474,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
             l.add(
                 key.clone(),
                 origin.clone(),
-                ResourceSpec::VercelProject(VercelProject {
+                ResourceSpec::VercelProject(Box::new(VercelProject {
                     framework: vercel_framework(fw).map(str::to_owned),
                     root_directory: app.root.clone(),
                     build_command: build.command,
@@ -478,7 +486,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                     preview_branch_of_pr: l.pr(),
                     git_repository: None,
                     production_commit: None,
-                }),
+                })),
                 deps,
             );
         } else {
@@ -520,7 +528,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                 .unwrap_or(512);
             let scaling = app.scaling.clone().unwrap_or_default();
             let probe = app.health.as_ref().map(|h| Probe {
-                path: h.path.clone(),
+                path: h.path.as_str().into(),
                 period_seconds: secs(&h.interval, 10) as u32,
                 timeout_seconds: secs(&h.timeout, 1) as u32,
                 initial_delay_seconds: secs(&h.initial_delay, 0) as u32,
@@ -529,13 +537,13 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
             l.add(
                 key.clone(),
                 origin.clone(),
-                ResourceSpec::CloudRunService(CloudRunService {
-                    region: app.region.clone().unwrap_or_default(),
-                    image: app.image.clone().unwrap_or_default(),
+                ResourceSpec::CloudRunService(Box::new(CloudRunService {
+                    region: app.region.clone().unwrap_or_default().into(),
+                    image: app.image.clone().unwrap_or_default().into(),
                     port: app.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(8080),
                     command: app.command.clone().unwrap_or_default(),
                     args: app.args.clone().unwrap_or_default(),
-                    cpu: units::cpu_text(cpu),
+                    cpu: units::cpu_text(cpu).into(),
                     memory_mib: memory,
                     min_instances: scaling.min.unwrap_or(0),
                     max_instances: scaling.max.unwrap_or(100),
@@ -544,7 +552,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                     public,
                     env,
                     cloud_sql,
-                }),
+                })),
                 deps,
             );
         }
@@ -562,7 +570,7 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                 )
             };
             let domain = Domain {
-                hostname: host.clone(),
+                hostname: host.as_str().into(),
                 target: key.clone(),
             };
             l.add(
@@ -583,8 +591,8 @@ pub fn lower(cfg: &ConfigFile, env: Environment) -> DesiredState {
                     record.clone(),
                     origin.clone(),
                     ResourceSpec::DnsRecord(DnsRecord {
-                        zone: z.clone(),
-                        hostname: host.clone(),
+                        zone: z.as_str().into(),
+                        hostname: host.as_str().into(),
                         proxied: true,
                         target: key.clone(),
                     }),

@@ -15,7 +15,9 @@ mod render;
 use serde::Serialize;
 use serde_json::Value as J;
 
-use crate::model::{ActualState, DesiredState, Observed, Resource, ResourceKey, ResourceSpec};
+use crate::model::{
+    ActualState, DesiredState, Kind, Observed, Resource, ResourceKey, ResourceSpec,
+};
 
 pub use render::{
     GITHUB_COMMENT_LIMIT, PLAN_JSON_VERSION, render_json, render_markdown, render_markdown_noting,
@@ -214,39 +216,50 @@ fn compare(res: &Resource, observed: Option<&Observed>) -> Compared {
 /// Plan the changes that make `actual` match `desired`.
 pub fn plan(desired: &DesiredState, actual: &ActualState) -> Plan {
     // One pass in key order, walking both maps side by side (they are sorted the same
-    // way): number each resource, compare it, take its key for the step and copy out its
-    // dependencies, so each resource's memory is visited once while it is in cache. On
-    // large states, memory traffic, more than the algorithm (linear apart from a heap of
-    // integers), is the cost; keys are flat values (inline names), so copying them is cheap.
-    let all: Vec<&Resource> = desired.resources.values().collect();
-    let mut index = crate::model::KeyIndex::default();
-    index.reserve(all.len());
-    let mut compared: Vec<Option<(ResourceKey, Compared)>> = Vec::with_capacity(all.len());
-    let mut wanted: Vec<(&ResourceKey, u32)> = Vec::with_capacity(all.len());
-    let mut gone: Vec<&Observed> = Vec::new();
+    // way): compare each resource, and copy out its key and its dependencies' keys, so each
+    // resource's memory is visited once, while it is in cache. On large states memory
+    // traffic, not the algorithm (linear), is the cost: everything after this pass works on
+    // the planner's own dense vectors, never on the states again. Keys are flat values
+    // (inline names), so copying them is cheap.
+    let n = desired.resources.len();
+    let mut keys: Vec<ResourceKey> = Vec::with_capacity(n);
+    let mut verdicts: Vec<Option<Compared>> = Vec::with_capacity(n);
+    let mut wanted: Vec<(ResourceKey, u32)> = Vec::with_capacity(n);
+    // What Telbase owns but the file no longer has, with its teardown rank.
+    let mut gone: Vec<(u8, &Observed)> = Vec::new();
     let mut observed = actual.resources.values().peekable();
-    for (i, res) in all.iter().enumerate() {
-        let i = i as u32;
-        index.insert(&res.key, i);
-        wanted.extend(res.depends_on.iter().map(|d| (d, i)));
+    for (i, res) in desired.resources.values().enumerate() {
+        wanted.extend(res.depends_on.iter().map(|d| (d.clone(), i as u32)));
         while let Some(o) = observed.next_if(|o| o.key < res.key) {
-            gone.push(o);
+            gone.push((o.key.kind.teardown_rank(), o));
         }
         let matched = observed.next_if(|o| o.key == res.key);
-        compared.push(Some((res.key.clone(), compare(res, matched))));
+        verdicts.push(Some(compare(res, matched)));
+        keys.push(res.key.clone());
     }
-    gone.extend(observed);
-    let edges: Vec<(u32, u32)> = wanted
-        .into_iter()
-        .filter_map(|(d, i)| index.get(d).map(|&j| (j, i)))
-        .collect();
+    gone.extend(observed.map(|o| (o.key.kind.teardown_rank(), o)));
+    let order = {
+        // The index points into `keys`, a few MB even for 100k resources, so confirming a
+        // hash match reads there rather than somewhere in the states.
+        let mut index = crate::model::KeyIndex::default();
+        index.reserve(n);
+        index.extend(keys.iter().zip(0u32..));
+        let edges: Vec<(u32, u32)> = wanted
+            .iter()
+            .filter_map(|(d, i)| index.get(d).map(|&j| (j, *i)))
+            .collect();
+        crate::model::dependency_order(n, &edges)
+    };
+    drop(wanted);
 
-    let mut steps = Vec::with_capacity(all.len());
+    let mut steps = Vec::with_capacity(n);
     let mut held_back = Vec::new();
-    for i in crate::model::dependency_order(all.len(), &edges) {
-        let Some((key, c)) = compared[i as usize].take() else {
+    for i in order {
+        let Some(c) = verdicts[i as usize].take() else {
             continue;
         };
+        // Each position comes out of the order once, so its key can be moved out.
+        let key = std::mem::replace(&mut keys[i as usize], ResourceKey::new(Kind::Secret, ""));
         match c {
             Compared::Step(action, changes) => steps.push(Step {
                 key,
@@ -261,9 +274,14 @@ pub fn plan(desired: &DesiredState, actual: &ActualState) -> Plan {
         }
     }
 
-    // What Telbase owns but the file no longer has: dependents first.
-    gone.sort_by(|a, b| {
-        (a.key.kind.teardown_rank(), &a.key).cmp(&(b.key.kind.teardown_rank(), &b.key))
+    // What Telbase owns but the file no longer has: dependents first, by teardown rank and
+    // then key. `gone` is in key order already, so a stable pass per rank is enough (and
+    // linear: there are a handful of ranks).
+    let max_rank = gone.iter().map(|&(r, _)| r).max().unwrap_or(0);
+    let gone = (0..=max_rank).flat_map(|rank| {
+        gone.iter()
+            .filter(move |&&(r, _)| r == rank)
+            .map(|&(_, o)| o)
     });
     let preview = matches!(
         desired.environment,

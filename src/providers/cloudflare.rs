@@ -668,8 +668,8 @@ impl Cloudflare {
                 out.push(Observed {
                     key: ResourceKey::new(Kind::DnsRecord, name.clone()),
                     spec: ResourceSpec::DnsRecord(DnsRecord {
-                        zone: zname.clone(),
-                        hostname: name,
+                        zone: zname.as_str().into(),
+                        hostname: name.into(),
                         proxied: r.get("proxied").and_then(Value::as_bool) == Some(true),
                         target,
                     }),

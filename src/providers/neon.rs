@@ -476,7 +476,7 @@ impl Neon {
                     == Some(db.owner.as_str())
                 {
                     return Ok(Applied {
-                        provider_id: db.database.clone(),
+                        provider_id: db.database.to_string(),
                         url: None,
                     });
                 }
@@ -503,7 +503,7 @@ impl Neon {
         };
         self.wait(&owned.id, &resp, &what).await?;
         Ok(Applied {
-            provider_id: db.database.clone(),
+            provider_id: db.database.to_string(),
             url: None,
         })
     }
@@ -653,7 +653,7 @@ impl Neon {
                     out.push(Observed {
                         key: project_key.clone(),
                         spec: ResourceSpec::NeonProject(NeonProject {
-                            region: s(&o.project, "region_id").unwrap_or_default(),
+                            region: s(&o.project, "region_id").unwrap_or_default().into(),
                             pg_version: o
                                 .project
                                 .get("pg_version")
@@ -679,8 +679,8 @@ impl Neon {
                         out.push(Observed {
                             key: ResourceKey::new(Kind::NeonDatabase, o.name.clone()),
                             spec: ResourceSpec::NeonDatabase(NamedDatabase {
-                                database: s(db, "name").unwrap_or_default(),
-                                owner: s(db, "owner_name").unwrap_or_default(),
+                                database: s(db, "name").unwrap_or_default().into(),
+                                owner: s(db, "owner_name").unwrap_or_default().into(),
                             }),
                             provider_id: s(db, "name").unwrap_or_default(),
                             deletion_allowed,
@@ -825,8 +825,8 @@ impl Neon {
                     .first()
                     .ok_or_else(|| err(ErrorKind::NotFound, &what, "the branch has no database"))?;
                 NamedDatabase {
-                    database: s(first, "name").unwrap_or_default(),
-                    owner: s(first, "owner_name").unwrap_or_default(),
+                    database: s(first, "name").unwrap_or_default().into(),
+                    owner: s(first, "owner_name").unwrap_or_default().into(),
                 }
             }
         };
@@ -847,8 +847,8 @@ impl Neon {
         let uri = require_tls(uri);
         let value = match output {
             Output::Url => uri,
-            Output::Database => db.database,
-            Output::User => db.owner,
+            Output::Database => db.database.to_string(),
+            Output::User => db.owner.to_string(),
             other => {
                 return Err(err(
                     ErrorKind::Permanent,

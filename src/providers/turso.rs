@@ -226,8 +226,8 @@ impl Turso {
             out.push(Observed {
                 key: ResourceKey::new(Kind::TursoDatabase, name.clone()),
                 spec: ResourceSpec::TursoDatabase(TursoDatabase {
-                    group,
-                    seed_from,
+                    group: group.into(),
+                    seed_from: seed_from.map(Into::into),
                     deletion_protection: d
                         .get("delete_protection")
                         .and_then(Value::as_bool)
@@ -246,7 +246,7 @@ impl Turso {
             out.push(Observed {
                 key: ResourceKey::new(Kind::TursoGroup, name.clone()),
                 spec: ResourceSpec::TursoGroup(TursoGroup {
-                    location: group_location(g),
+                    location: group_location(g).into(),
                 }),
                 provider_id: s(g, "uuid").unwrap_or_default(),
                 deletion_allowed: false,

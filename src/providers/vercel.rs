@@ -141,13 +141,16 @@ pub fn map_project(p: &Value, scope: &Scope) -> VercelProject {
             let source = match (from_comment, e.get("type").and_then(Value::as_str)) {
                 (Some(s), _) => s,
                 (None, Some("plain")) => {
-                    EnvSource::Plain(str_field(e, "value").unwrap_or_default())
+                    EnvSource::Plain(str_field(e, "value").unwrap_or_default().into())
                 }
                 // Written by someone else and unreadable: show it as such, so the plan
                 // rewrites it with what the file says.
                 (None, _) => EnvSource::Plain("(unreadable value not written by Telbase)".into()),
             };
-            Some(EnvVar { name, source })
+            Some(EnvVar {
+                name: name.into(),
+                source,
+            })
         })
         .collect();
     env.sort_by(|a, b| a.name.cmp(&b.name));
@@ -326,9 +329,9 @@ impl Vercel {
             let mut items = Vec::with_capacity(spec.env.len());
             for var in &spec.env {
                 let (value, kind) = match &var.source {
-                    EnvSource::Plain(v) => (SecretString::from(v.clone()), "plain"),
+                    EnvSource::Plain(v) => (SecretString::from(v.as_str()), "plain"),
                     _ => {
-                        let v = inputs.env.get(&var.name).ok_or_else(|| {
+                        let v = inputs.env.get(var.name.as_str()).ok_or_else(|| {
                             err(
                                 ErrorKind::Permanent,
                                 &format!("write env {} of {name}", var.name),
@@ -577,7 +580,7 @@ impl Vercel {
             Err(e) => return Err(e),
         }
         Ok(Applied {
-            provider_id: domain.hostname.clone(),
+            provider_id: domain.hostname.to_string(),
             url: Some(format!("https://{}", domain.hostname)),
         })
     }
@@ -610,7 +613,7 @@ impl Vercel {
             let key = ResourceKey::new(Kind::VercelProject, name.clone());
             out.push(Observed {
                 key: key.clone(),
-                spec: ResourceSpec::VercelProject(map_project(p, scope)),
+                spec: ResourceSpec::VercelProject(Box::new(map_project(p, scope))),
                 provider_id: id,
                 deletion_allowed: false,
             });
@@ -633,7 +636,7 @@ impl Vercel {
                 out.push(Observed {
                     key: ResourceKey::new(Kind::VercelDomain, host.clone()),
                     spec: ResourceSpec::VercelDomain(Domain {
-                        hostname: host.clone(),
+                        hostname: host.as_str().into(),
                         target: key.clone(),
                     }),
                     provider_id: host,

@@ -325,14 +325,14 @@ fn sources_mut(
             R::VercelProject(p) => out.extend(
                 p.env
                     .iter_mut()
-                    .map(|v| (origin.clone(), v.name.clone(), &mut v.source)),
+                    .map(|v| (origin.clone(), v.name.to_string(), &mut v.source)),
             ),
             R::CloudRunService(s) => out.extend(
                 s.env
                     .iter_mut()
-                    .map(|v| (origin.clone(), v.name.clone(), &mut v.source)),
+                    .map(|v| (origin.clone(), v.name.to_string(), &mut v.source)),
             ),
-            R::Secret(s) => out.push((origin, s.env.clone(), &mut s.source)),
+            R::Secret(s) => out.push((origin, s.env.to_string(), &mut s.source)),
             _ => {}
         }
     }

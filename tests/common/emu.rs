@@ -95,7 +95,7 @@ impl Run {
                 key,
                 origin: format!("apps.{app}"),
                 spec: ResourceSpec::VercelDomain(Domain {
-                    hostname: host.to_owned(),
+                    hostname: host.into(),
                     target: target.clone(),
                 }),
                 depends_on: [target].into(),

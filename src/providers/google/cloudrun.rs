@@ -132,7 +132,7 @@ pub fn service_body(
     let mut env = Vec::with_capacity(spec.env.len());
     for var in &spec.env {
         if let Some(text) = ops::source_text(&var.source) {
-            sources.insert(var.name.clone(), json!(text));
+            sources.insert(var.name.to_string(), json!(text));
         }
         let item = match &var.source {
             EnvSource::Plain(v) => json!({"name": var.name, "value": v}),
@@ -142,7 +142,7 @@ pub fn service_body(
             }),
             // Not secret (a host, a port, a database name): resolved at apply, written inline.
             _ => {
-                let v = inputs.env.get(&var.name).ok_or_else(|| {
+                let v = inputs.env.get(var.name.as_str()).ok_or_else(|| {
                     format!("{}: its value was not resolved before apply", var.name)
                 })?;
                 json!({"name": var.name, "value": secrecy::ExposeSecret::expose_secret(v)})
@@ -248,14 +248,14 @@ fn mounted_instances(s: &Value, project: &str) -> Vec<CloudSqlMount> {
             match (instance, region, owner) {
                 (Some(i), Some(r), Some(p)) if p == project && mounted => CloudSqlMount {
                     instance: ResourceKey::new(Kind::CloudSqlInstance, i),
-                    region: r.to_owned(),
+                    region: r.into(),
                 },
                 _ => CloudSqlMount {
                     instance: ResourceKey::new(
                         Kind::CloudSqlInstance,
                         format!("{c} (not mounted as Telbase wrote it)"),
                     ),
-                    region: String::new(),
+                    region: "".into(),
                 },
             }
         })
@@ -326,21 +326,20 @@ pub fn map_service(s: &Value, public: bool, project: &str) -> CloudRunService {
                 }
                 (Some(src), None, Some(_)) if !src.is_secret() => src,
                 (Some(_), _, _) => EnvSource::Plain("(value changed outside Telbase)".into()),
-                (None, None, Some(v)) => EnvSource::Plain(v.to_owned()),
+                (None, None, Some(v)) => EnvSource::Plain(v.into()),
                 (None, _, _) => {
                     EnvSource::Plain("(secret reference not written by Telbase)".into())
                 }
             };
-            Some(EnvVar { name: var, source })
+            Some(EnvVar {
+                name: var.into(),
+                source,
+            })
         })
         .collect();
     let probe = c.get("livenessProbe").and_then(|p| {
         Some(Probe {
-            path: p
-                .pointer("/httpGet/path")?
-                .as_str()
-                .unwrap_or("/")
-                .to_owned(),
+            path: p.pointer("/httpGet/path")?.as_str().unwrap_or("/").into(),
             period_seconds: u32_at(p, "/periodSeconds").unwrap_or(10),
             timeout_seconds: u32_at(p, "/timeoutSeconds").unwrap_or(1),
             initial_delay_seconds: u32_at(p, "/initialDelaySeconds").unwrap_or(0),
@@ -361,8 +360,8 @@ pub fn map_service(s: &Value, public: bool, project: &str) -> CloudRunService {
         image = format!("{image} (not serving: {why})");
     }
     CloudRunService {
-        region,
-        image,
+        region: region.into(),
+        image: image.into(),
         port,
         command: strings("command"),
         args: strings("args"),
@@ -370,7 +369,7 @@ pub fn map_service(s: &Value, public: bool, project: &str) -> CloudRunService {
             .pointer("/resources/limits/cpu")
             .and_then(Value::as_str)
             .unwrap_or("1")
-            .to_owned(),
+            .into(),
         memory_mib: c
             .pointer("/resources/limits/memory")
             .and_then(Value::as_str)
@@ -563,7 +562,7 @@ impl CloudRun {
             return Err(fail(format!("`{}` is not a Cloud Run region", spec.region)));
         }
         let mut concrete = spec.clone();
-        concrete.image = concrete_image(scope, &spec.image).map_err(&fail)?;
+        concrete.image = concrete_image(scope, &spec.image).map_err(&fail)?.into();
         let body = service_body(scope, &self.project, name, &concrete, inputs).map_err(&fail)?;
         let existing = self.get_service(&spec.region, name).await?;
         if let Some(s) = &existing
@@ -816,7 +815,11 @@ impl CloudRun {
                 services.insert(id.clone(), region.clone());
                 out.push(Observed {
                     key: ResourceKey::new(Kind::CloudRunService, id),
-                    spec: ResourceSpec::CloudRunService(map_service(&s, public, &self.project)),
+                    spec: ResourceSpec::CloudRunService(Box::new(map_service(
+                        &s,
+                        public,
+                        &self.project,
+                    ))),
                     provider_id: name.to_owned(),
                     deletion_allowed: false,
                 });
@@ -846,7 +849,7 @@ impl CloudRun {
                 out.push(Observed {
                     key: ResourceKey::new(Kind::CloudRunDomainMapping, host),
                     spec: ResourceSpec::CloudRunDomainMapping(Domain {
-                        hostname: host.to_owned(),
+                        hostname: host.into(),
                         target: ResourceKey::new(Kind::CloudRunService, route),
                     }),
                     provider_id: format!("{region}/{host}"),
@@ -1065,7 +1068,7 @@ mod tests {
     fn cloud_sql_volumes_are_written_and_read_back() {
         let s = scope();
         let mut want = spec();
-        want.image = concrete_image(&s, &want.image).unwrap();
+        want.image = concrete_image(&s, &want.image).unwrap().into();
         let mut body = service_body(&s, "proj", "links-api", &want, &Inputs::default()).unwrap();
         assert_eq!(
             body.pointer("/template/volumes"),
@@ -1102,7 +1105,7 @@ mod tests {
     fn a_written_service_maps_back_to_its_spec() {
         let s = scope();
         let mut want = spec();
-        want.image = concrete_image(&s, &want.image).unwrap();
+        want.image = concrete_image(&s, &want.image).unwrap().into();
         assert_eq!(want.image, "r/api:4f2a9c1");
         let mut body = service_body(&s, "proj", "links-api", &want, &Inputs::default()).unwrap();
         let text = body.to_string();

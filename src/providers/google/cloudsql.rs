@@ -121,9 +121,9 @@ fn instance_spec(v: &Value) -> CloudSqlInstance {
     let actual = disk_gb(v);
     let asked = label(v, LABEL_DISK).and_then(|d| d.parse::<u32>().ok());
     CloudSqlInstance {
-        region: s(v, "/region").unwrap_or_default(),
-        database_version: s(v, "/databaseVersion").unwrap_or_default(),
-        tier: s(v, "/settings/tier").unwrap_or_default(),
+        region: s(v, "/region").unwrap_or_default().into(),
+        database_version: s(v, "/databaseVersion").unwrap_or_default().into(),
+        tier: s(v, "/settings/tier").unwrap_or_default().into(),
         disk_gb: match asked {
             Some(a) if actual >= a => a,
             _ => actual,
@@ -434,8 +434,10 @@ impl CloudSql {
                 continue;
             }
             match &r.spec {
-                ResourceSpec::CloudSqlDatabase(d) => set.push((LABEL_DATABASE, d.database.clone())),
-                ResourceSpec::CloudSqlUser(u) => set.push((LABEL_USER, u.user.clone())),
+                ResourceSpec::CloudSqlDatabase(d) => {
+                    set.push((LABEL_DATABASE, d.database.to_string()))
+                }
+                ResourceSpec::CloudSqlUser(u) => set.push((LABEL_USER, u.user.to_string())),
                 _ => {}
             }
         }
@@ -622,8 +624,8 @@ impl CloudSql {
             &inst,
             Some(res),
             &[
-                (LABEL_DATABASE, db.database.clone()),
-                (LABEL_USER, db.owner.clone()),
+                (LABEL_DATABASE, db.database.to_string()),
+                (LABEL_USER, db.owner.to_string()),
             ],
         )
         .await?;
@@ -719,7 +721,7 @@ impl CloudSql {
                 Err(e) => return Err(e),
             }
         }
-        self.ensure_labels(scope, &inst, None, &[(LABEL_USER, user.user.clone())])
+        self.ensure_labels(scope, &inst, None, &[(LABEL_USER, user.user.to_string())])
             .await?;
         Ok(Applied {
             provider_id: format!("{instance}/{}", user.user),
@@ -801,7 +803,7 @@ impl CloudSql {
                 out.push(Observed {
                     key: ResourceKey::new(Kind::CloudSqlUser, name.clone()),
                     spec: ResourceSpec::CloudSqlUser(CloudSqlUser {
-                        user: u.clone(),
+                        user: u.as_str().into(),
                         // The secret holding its password, by the convention `config`
                         // names it with; Cloud SQL cannot tell us.
                         password_secret: ResourceKey::new(Kind::Secret, format!("{name}-password")),
@@ -814,11 +816,12 @@ impl CloudSql {
                 out.push(Observed {
                     key: ResourceKey::new(Kind::CloudSqlDatabase, name.clone()),
                     spec: ResourceSpec::CloudSqlDatabase(NamedDatabase {
-                        database: d.clone(),
+                        database: d.as_str().into(),
                         owner: user
                             .clone()
                             .or_else(|| label(&inst, LABEL_USER))
-                            .unwrap_or_default(),
+                            .unwrap_or_default()
+                            .into(),
                     }),
                     provider_id: format!("{name}/{d}"),
                     deletion_allowed,
@@ -905,8 +908,8 @@ impl CloudSql {
             ));
         };
         match output {
-            Output::Database => return Ok(SecretString::from(db.database.clone())),
-            Output::User => return Ok(SecretString::from(db.owner.clone())),
+            Output::Database => return Ok(SecretString::from(db.database.as_str())),
+            Output::User => return Ok(SecretString::from(db.owner.as_str())),
             Output::Port => return Ok(SecretString::from("5432")),
             _ => {}
         }

@@ -222,8 +222,8 @@ impl SecretManager {
         };
         if add {
             let value = match &spec.source {
-                EnvSource::Plain(v) => SecretString::from(v.clone()),
-                _ => inputs.env.get(&spec.env).cloned().ok_or_else(|| {
+                EnvSource::Plain(v) => SecretString::from(v.as_str()),
+                _ => inputs.env.get(spec.env.as_str()).cloned().ok_or_else(|| {
                     ops::err(
                         P,
                         ErrorKind::Permanent,
@@ -288,7 +288,7 @@ impl SecretManager {
             out.push(Observed {
                 key: ResourceKey::new(Kind::Secret, id.clone()),
                 spec: ResourceSpec::Secret(Secret {
-                    env: note(ANNOTATION_ENV).unwrap_or_default(),
+                    env: note(ANNOTATION_ENV).unwrap_or_default().into(),
                     source,
                 }),
                 provider_id: name.to_owned(),
