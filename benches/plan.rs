@@ -251,8 +251,9 @@ fn interleaved() {
 
 /// `TELBASE_PLAN_PROBE=N` builds the N-resource states, plans them once and exits, with no
 /// timing: a fixed amount of work to count instructions and cache misses under a simulator
-/// (`valgrind --tool=callgrind --toggle-collect='telbase::plan::plan'`), which the shared
-/// machines' wall clocks cannot give.
+/// (`valgrind --tool=callgrind --cache-sim=yes --LL=33554432,16,64
+/// --toggle-collect='telbase::plan::plan'` for the counts above), which the shared machines'
+/// wall clocks cannot give.
 fn probe() -> bool {
     let Ok(n) = std::env::var("TELBASE_PLAN_PROBE") else {
         return false;
