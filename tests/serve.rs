@@ -898,3 +898,103 @@ async fn installing_the_app_reconciles_each_repository_with_a_telbase_yaml() {
     running.stop().await;
     emu.stop().await;
 }
+
+/// With the control plane on, the App reads the file at the config path the repository's
+/// project was registered with, not `telbase.yaml` at the root: a monorepo registers
+/// `deploy/telbase.yaml`, and the root file (here one that does not validate) is not read.
+/// A repository no project holds is still read at `telbase.yaml`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_reads_the_config_path_the_project_was_registered_with() {
+    use telbase::control::{model, projects};
+    let Some((pem, public)) = app_key() else {
+        return;
+    };
+    let Some(main) = serve_app::push_main(MAIN_SHA) else {
+        return;
+    };
+    let emu = emu::start(Config::default()).await;
+    let broken = "project: notes\nthis is: [not valid\n";
+    emu.github_seed(&json!({
+        "app_id": 42,
+        "app_public_key_der_b64": base64::engine::general_purpose::STANDARD.encode(public),
+        "installations": [{"id": 7, "account": "acme", "repos": ["acme/notes", "acme/other"]}],
+        "commits": [
+            {"repo": "acme/notes", "sha": MAIN_SHA, "files": {
+                "telbase.yaml": broken,
+                "deploy/telbase.yaml": config_text(),
+            }},
+            {"repo": "acme/other", "sha": PR_SHA, "files": {
+                "telbase.yaml": broken,
+                "deploy/telbase.yaml": config_text(),
+            }},
+        ],
+    }))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = server_config(&emu, dir.path(), pem);
+    {
+        // Registered as an Admin would through the API: the team, its grant, the project.
+        let mut s = telbase::store::open(&config.store).unwrap();
+        let team = model::create_team(&mut s, "acme", 0).unwrap().unwrap();
+        projects::grant_repos(&mut s, &team.id, "acme/*", 0)
+            .unwrap()
+            .unwrap();
+        projects::create(
+            &mut s,
+            &projects::NewProject {
+                team_id: &team.id,
+                name: "notes",
+                repo: "Acme/Notes",
+                config_path: "deploy/telbase.yaml",
+                created_by: "test",
+            },
+            0,
+        )
+        .unwrap()
+        .unwrap();
+    }
+    let running = serve::start_with(
+        config,
+        serve::EdgeConfig {
+            control: Some(serve::ControlConfig {
+                key: telbase::control::secrets::ServerKey::generate(),
+            }),
+            ..serve::EdgeConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", running.addr);
+    let client = reqwest::Client::new();
+
+    let r = post(&client, &base, "push", "d-registered", &main, SECRET).await;
+    assert_eq!(r.status(), 202);
+    let jobs = settle(&running).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].state, "done", "{jobs:?}");
+    assert!(
+        jobs[0].summary.as_deref().unwrap().starts_with("Applied"),
+        "the registered file, not the broken root one: {jobs:?}"
+    );
+    assert_eq!(emu.inventory()["vercel.projects"], 1);
+
+    // The unregistered repository: its root file, which does not validate.
+    let mut other = main.clone();
+    other["repository"]["full_name"] = "acme/other".into();
+    other["repository"]["id"] = 500_001.into();
+    other["after"] = PR_SHA.into();
+    let r = post(&client, &base, "push", "d-unregistered", &other, SECRET).await;
+    assert_eq!(r.status(), 202);
+    let jobs = settle(&running).await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_eq!(jobs[1].state, "failed", "{jobs:?}");
+    assert!(
+        jobs[1]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("telbase.yaml is invalid"),
+        "{jobs:?}"
+    );
+    running.stop().await;
+}

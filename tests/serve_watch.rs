@@ -510,7 +510,7 @@ fn the_binary_watches_a_subdirectory_against_the_builtin_emulator() {
     wait_for_log(
         &mut child,
         &log,
-        "git watch: failed: telbase.yaml is invalid: line",
+        "git watch: failed: deploy/telbase.yaml is invalid: line",
         60,
     );
     assert!(child.try_wait().unwrap().is_none(), "still running");

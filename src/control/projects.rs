@@ -177,6 +177,17 @@ pub fn registration(db: &mut impl Db, name: &str) -> Result<Option<Registration>
     Ok(Some(Registration { repo, granted }))
 }
 
+/// The config path of the project registered for `repo` (by any team); `None` when no
+/// project holds the repository. One repository is one project, so there is at most one.
+pub fn registered_config_path(db: &mut impl Db, repo: &str) -> Result<Option<String>, StoreError> {
+    Ok(db
+        .row(
+            "SELECT config_path FROM cp_projects WHERE repo = $1",
+            &[V::from(repo.to_ascii_lowercase())],
+        )?
+        .map(|r| r[0].text()))
+}
+
 /// Whether any stored env var value is kept under the project name `name`.
 pub fn has_stored_values(db: &mut impl Db, name: &str) -> Result<bool, StoreError> {
     Ok(db

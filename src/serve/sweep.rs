@@ -271,17 +271,18 @@ async fn preview_environments(
     r: &ProductionRepo,
     sha: &str,
 ) -> Result<BTreeSet<u64>, String> {
+    let path = reconciler.config_path(&r.repo)?;
     let Some(bytes) = reconciler
         .github
-        .read_file(r.installation, &r.repo, "telbase.yaml", sha)
+        .read_file(r.installation, &r.repo, &path, sha)
         .await
         .map_err(|e| e.to_string())?
     else {
         return Ok(BTreeSet::new());
     };
-    let text = String::from_utf8(bytes).map_err(|_| "telbase.yaml is not UTF-8".to_owned())?;
+    let text = String::from_utf8(bytes).map_err(|_| format!("{path} is not UTF-8"))?;
     let (desired, _) = crate::config::load_str(&text, Environment::Production)
-        .map_err(|_| "telbase.yaml does not validate".to_owned())?;
+        .map_err(|_| format!("{path} does not validate"))?;
     let registry =
         crate::providers::registry_for(&desired, &reconciler.credentials, &reconciler.http)
             .map_err(|e| e.to_string())?;

@@ -466,15 +466,23 @@ impl Reconciler {
     ) -> Result<Reached, JobError> {
         let teardown = mode == Mode::Teardown;
         let read = match git {
-            Some(g) => super::watch::read_config(g, sha).await,
-            None => self
-                .github
-                .read_file(installation, repo, CONFIG_FILE, sha)
-                .await
-                .map_err(from_github),
+            Some(g) => (
+                g.config_path.clone(),
+                super::watch::read_config(g, sha).await,
+            ),
+            None => {
+                let path = self.config_path(repo).map_err(JobError::Retry)?;
+                let read = self
+                    .github
+                    .read_file(installation, repo, &path, sha)
+                    .await
+                    .map_err(from_github);
+                (path, read)
+            }
         };
+        let (config_path, read) = read;
         let Some(bytes) = read? else {
-            return Ok(Reached::Nothing(format!("no {CONFIG_FILE} at {sha}")));
+            return Ok(Reached::Nothing(format!("no {config_path} at {sha}")));
         };
         let target_url = run.target_url(self.public_url.as_deref());
         let target_url = target_url.as_deref();
@@ -504,7 +512,7 @@ impl Reconciler {
         let text = match String::from_utf8(bytes) {
             Ok(t) => t,
             Err(_) => {
-                let msg = format!("{CONFIG_FILE} is not UTF-8");
+                let msg = format!("{config_path} is not UTF-8");
                 run.save().await;
                 status(StatusState::Failure, msg.clone()).await;
                 return Err(JobError::Fail(msg));
@@ -518,7 +526,7 @@ impl Reconciler {
                     .find(|d| d.is_error())
                     .map(|d| format!("line {}: {}", d.pos.line, d.message))
                     .unwrap_or_else(|| "invalid".into());
-                let msg = format!("{CONFIG_FILE} is invalid: {first}");
+                let msg = format!("{config_path} is invalid: {first}");
                 run.save().await;
                 status(StatusState::Failure, msg.clone()).await;
                 return Err(JobError::Fail(msg));
@@ -642,6 +650,27 @@ impl Reconciler {
             Environment::Production if apply => Reached::ProductionWith(summary, cron),
             _ => Reached::Nothing(summary),
         })
+    }
+
+    /// The file to read in `repo`: with the control plane on, the config path its project
+    /// was registered with (`telbase.yaml` unless the team chose another, e.g. one per
+    /// directory of a monorepo); `telbase.yaml` for a repository no project holds, and
+    /// without the control plane. An unreadable store is the server's problem, so the
+    /// message names no database and the job is retried.
+    pub(super) fn config_path(&self, repo: &str) -> Result<String, String> {
+        let (true, Some(location)) = (self.require_registration, self.store.as_ref()) else {
+            return Ok(CONFIG_FILE.to_owned());
+        };
+        let mut store = crate::store::open(location).map_err(|e| {
+            tracing::error!(error = %e, "the store cannot be opened to read the project registrations");
+            "the server cannot open its store to read the project registrations (see the server's log)".to_owned()
+        })?;
+        let path =
+            crate::control::projects::registered_config_path(&mut store, repo).map_err(|e| {
+                tracing::error!(error = %e, "cannot read the project registrations");
+                "the server cannot read its project registrations (see the server's log)".to_owned()
+            })?;
+        Ok(path.unwrap_or_else(|| CONFIG_FILE.to_owned()))
     }
 
     /// The opener for this job: the server's age identity, plus the store when the file
