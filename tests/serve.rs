@@ -997,4 +997,18 @@ async fn the_app_reads_the_config_path_the_project_was_registered_with() {
         "{jobs:?}"
     );
     running.stop().await;
+    emu.stop().await;
+    // GitHub's names ignore case, and so does the lookup.
+    let mut s = telbase::store::open(&telbase::store::Location::Sqlite(
+        dir.path().join("telbase.db"),
+    ))
+    .unwrap();
+    assert_eq!(
+        projects::registered_config_path(&mut s, "ACME/notes").unwrap(),
+        Some("deploy/telbase.yaml".to_owned())
+    );
+    assert_eq!(
+        projects::registered_config_path(&mut s, "acme/other").unwrap(),
+        None
+    );
 }

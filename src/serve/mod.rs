@@ -598,6 +598,7 @@ pub async fn start_with(config: ServeConfig, edge: EdgeConfig) -> Result<Running
         runs: Some(queue.clone()),
         observer: Some(board.clone()),
         require_registration: edge.control.is_some(),
+        registrations: Arc::default(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -271,7 +271,7 @@ async fn preview_environments(
     r: &ProductionRepo,
     sha: &str,
 ) -> Result<BTreeSet<u64>, String> {
-    let path = reconciler.config_path(&r.repo)?;
+    let path = reconciler.config_path(&r.repo).await?;
     let Some(bytes) = reconciler
         .github
         .read_file(r.installation, &r.repo, &path, sha)

@@ -113,6 +113,8 @@ pub struct Reconciler {
     /// The control plane is on (teams register projects): stored values of a project name
     /// go only to the repository it is registered for, and an unregistered name gets none.
     pub require_registration: bool,
+    /// The store `config_path` reads registrations from, opened on first use and kept.
+    pub registrations: Arc<std::sync::Mutex<Option<crate::store::Store>>>,
 }
 
 /// Whether a run of `repo` may open the stored values of a project name registered for
@@ -155,7 +157,9 @@ pub trait ReconcileObserver: Send + Sync {
     fn failed(&self, job: &Job, error: &JobError, last_attempt: bool);
 }
 
-const CONFIG_FILE: &str = "telbase.yaml";
+/// The file a repository no project holds is read at (and every repository without the
+/// control plane).
+const CONFIG_FILE: &str = crate::control::projects::DEFAULT_CONFIG_PATH;
 
 const NO_CHANGES: &str = "No changes";
 
@@ -471,7 +475,7 @@ impl Reconciler {
                 super::watch::read_config(g, sha).await,
             ),
             None => {
-                let path = self.config_path(repo).map_err(JobError::Retry)?;
+                let path = self.config_path(repo).await.map_err(JobError::Retry)?;
                 let read = self
                     .github
                     .read_file(installation, repo, &path, sha)
@@ -657,20 +661,34 @@ impl Reconciler {
     /// directory of a monorepo); `telbase.yaml` for a repository no project holds, and
     /// without the control plane. An unreadable store is the server's problem, so the
     /// message names no database and the job is retried.
-    pub(super) fn config_path(&self, repo: &str) -> Result<String, String> {
-        let (true, Some(location)) = (self.require_registration, self.store.as_ref()) else {
+    ///
+    /// The lookup runs on the blocking pool, on one store kept open for it: opening a
+    /// PostgreSQL store costs connections and a migration check, too much for every job. A
+    /// store that failed is dropped and opened again by the next lookup, so a database that
+    /// came back is found again without a restart.
+    pub(super) async fn config_path(&self, repo: &str) -> Result<String, String> {
+        let (true, Some(location)) = (self.require_registration, self.store.clone()) else {
             return Ok(CONFIG_FILE.to_owned());
         };
-        let mut store = crate::store::open(location).map_err(|e| {
-            tracing::error!(error = %e, "the store cannot be opened to read the project registrations");
-            "the server cannot open its store to read the project registrations (see the server's log)".to_owned()
-        })?;
-        let path =
-            crate::control::projects::registered_config_path(&mut store, repo).map_err(|e| {
+        let (kept, repo) = (self.registrations.clone(), repo.to_owned());
+        let looked_up = tokio::task::spawn_blocking(move || {
+            let mut kept = kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let store = match kept.as_mut() {
+                Some(s) => s,
+                None => kept.insert(crate::store::open(&location).map_err(|e| {
+                    tracing::error!(error = %e, "the store cannot be opened to read the project registrations");
+                    "the server cannot open its store to read the project registrations (see the server's log)".to_owned()
+                })?),
+            };
+            crate::control::projects::registered_config_path(store, &repo).map_err(|e| {
+                *kept = None;
                 tracing::error!(error = %e, "cannot read the project registrations");
                 "the server cannot read its project registrations (see the server's log)".to_owned()
-            })?;
-        Ok(path.unwrap_or_else(|| CONFIG_FILE.to_owned()))
+            })
+        })
+        .await
+        .map_err(|_| "the lookup of the project registrations stopped unexpectedly".to_owned())??;
+        Ok(looked_up.unwrap_or_else(|| CONFIG_FILE.to_owned()))
     }
 
     /// The opener for this job: the server's age identity, plus the store when the file
