@@ -469,7 +469,7 @@ impl Reconciler {
         run: &mut super::runs::Draft,
     ) -> Result<Reached, JobError> {
         let teardown = mode == Mode::Teardown;
-        let read = match git {
+        let (config_path, read) = match git {
             Some(g) => (
                 g.config_path.clone(),
                 super::watch::read_config(g, sha).await,
@@ -484,7 +484,6 @@ impl Reconciler {
                 (path, read)
             }
         };
-        let (config_path, read) = read;
         let Some(bytes) = read? else {
             return Ok(Reached::Nothing(format!("no {config_path} at {sha}")));
         };
